@@ -1,0 +1,307 @@
+//! The config file: one YAML document that declares the edge, the supervisor and the apps.
+//!
+//! Two layers, as in river: [`yaml`] reads the file into a tree of nodes that keep their line and
+//! column, and [`parse`] walks that tree against the schema, collecting *every* error (unknown key,
+//! wrong type, bad value) instead of stopping at the first. What comes out is a [`Config`] whose
+//! values are already checked: durations are `Duration`s, addresses are `SocketAddr`s, and relative
+//! paths are resolved against the config file's folder.
+
+mod parse;
+mod units;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size};
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this config was read from (used to resolve relative paths and in messages).
+    pub file: PathBuf,
+    pub state: StateConfig,
+    pub edge: EdgeConfig,
+    pub supervisor: SupervisorConfig,
+    /// Apps by name, in name order.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StateConfig {
+    /// `state.redis`: absent means the embedded in-memory store.
+    pub redis: Option<RedisUrl>,
+}
+
+/// A `redis://` URL. It may carry a password, so `Debug` and `Display` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The full URL, password included: for connecting, never for logging.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // redis://user:password@host:port/db → redis://user:***@host:port/db
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                write!(f, "{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    /// `edge.listen_http`: the plain-HTTP listener.
+    pub listen_http: SocketAddr,
+    /// `edge.wake_timeout`: how long a request waits for a cold app before 503.
+    pub wake_timeout: Duration,
+    /// `edge.grace`: on SIGTERM, how long in-flight requests may finish and spinlets may stop.
+    pub grace: Duration,
+    /// `edge.max_held_requests`: requests held per cold app; more are answered 503 at once.
+    pub max_held_requests: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen_http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            wake_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+            max_held_requests: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// `supervisor.data_dir`: releases, logs and caches live here.
+    pub data_dir: PathBuf,
+    /// `supervisor.port_range`: ports handed to spinlets.
+    pub port_range: PortRange,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/spinforge"),
+            port_range: PortRange::new(30000, 39999).expect("static range is valid"),
+        }
+    }
+}
+
+/// An inclusive port range with at least [`PortRange::MIN_PORTS`] ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    /// Fewer ports than this cannot run a deploy beside a running release for a handful of apps.
+    pub const MIN_PORTS: u32 = 10;
+
+    pub fn new(first: u16, last: u16) -> Result<Self, String> {
+        if first == 0 {
+            return Err("port 0 is not a usable port".into());
+        }
+        if last < first {
+            return Err(format!("range {first}-{last} is empty: the end is below the start"));
+        }
+        let len = u32::from(last) - u32::from(first) + 1;
+        if len < Self::MIN_PORTS {
+            return Err(format!(
+                "range {first}-{last} has {len} port(s); at least {} are needed",
+                Self::MIN_PORTS
+            ));
+        }
+        Ok(Self { first, last })
+    }
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub name: String,
+    /// Lowercase host names, without port, unique across all apps.
+    pub domains: Vec<String>,
+    pub source: AppSource,
+    /// `framework`: how the app is started.
+    pub framework: Framework,
+    /// Extra environment for the app's processes. Values may be secrets.
+    pub env: BTreeMap<String, EnvValue>,
+    /// `memory`: bytes. Caps the V8 heap for now (cgroup enforcement comes with the lifecycle work).
+    pub memory: Option<u64>,
+    /// `idle_timeout`: `None` (written `0`) never stops the app for being idle.
+    pub idle_timeout: Option<Duration>,
+    pub health_check: HealthCheck,
+}
+
+/// Where an app's code comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppSource {
+    /// A local folder with a package.json (absolute once validated).
+    Directory(PathBuf),
+}
+
+/// How an app is run. Only Node servers with a `start` script or entry file exist so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framework {
+    /// Found out from the source.
+    Auto,
+    Express,
+    Node,
+}
+
+/// An env value: shown as `***` by `Debug` so that it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvValue(String);
+
+impl EnvValue {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// The path requested; any answer below 500 means healthy.
+    pub path: String,
+    /// How long a starting spinlet has to answer before it counts as failed.
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self { path: "/".into(), timeout: Duration::from_secs(30) }
+    }
+}
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no place in the file (e.g. it cannot be read).
+    pub line: u32,
+    pub column: u32,
+    /// The dotted key the problem is about, e.g. `apps.hello.idle_timeout` (empty for the file).
+    pub key: String,
+    pub message: String,
+    /// The offending source line, for the caret display.
+    pub source_line: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = &self.source_line {
+            let gutter = self.line.to_string();
+            write!(f, "\n {gutter} | {line}\n {} | ", " ".repeat(gutter.len()))?;
+            let before: String = line
+                .chars()
+                .take(self.column.saturating_sub(1) as usize)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            write!(f, "{before}^")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+                source_line: None,
+            }])
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        parse::parse(text, path)
+    }
+
+    /// The app that serves `domain` (lowercase, no port), if any.
+    pub fn app_for_domain(&self, domain: &str) -> Option<&AppConfig> {
+        self.apps.values().find(|a| a.domains.iter().any(|d| d == domain))
+    }
+}

@@ -1,0 +1,669 @@
+//! The schema walk: YAML nodes → [`Config`], every error collected with its place.
+
+use super::yaml::{self, Key, Node, Pos, Value};
+use super::{
+    AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue, Framework,
+    HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, units,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Keys of design.md that later versions implement. Naming them gets a clearer error than
+/// "unknown key", and keeps the door open: each moves to the schema when it works.
+const PLANNED: &[&str] = &[
+    "tls",
+    "edge.listen_https",
+    "edge.metrics",
+    "supervisor.admin_listen",
+    "supervisor.admin_token_env",
+    "supervisor.deploy_dir",
+    "supervisor.run_as",
+    "apps.*.cpu",
+    "apps.*.rate_limit",
+    "apps.*.tls",
+    "apps.*.upstream",
+];
+
+/// Names SpinForge sets in every spinlet's environment.
+const RESERVED_ENV: &[&str] = &["PORT", "HOST"];
+
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut w = Walker { file, lines: text.lines().collect(), errors: Vec::new() };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let root = match yaml::read(text) {
+        Ok(root) => root,
+        Err(e) => {
+            w.error(e.pos, "", format!("invalid YAML: {}", e.message));
+            return Err(ConfigErrors(w.errors));
+        }
+    };
+    let config = w.config(&root, &base);
+    if w.errors.is_empty() {
+        Ok(config)
+    } else {
+        w.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(w.errors))
+    }
+}
+
+struct Walker<'a> {
+    file: &'a Path,
+    lines: Vec<&'a str>,
+    errors: Vec<ConfigError>,
+}
+
+/// The entries of one mapping, handed out by name; whatever is left at `finish` is unknown.
+struct Fields<'n> {
+    path: String,
+    entries: Vec<(&'n Key, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    fn take(&mut self, name: &str) -> Option<(String, &'n Node)> {
+        let i = self.entries.iter().position(|(k, _)| k.name == name)?;
+        let (_, node) = self.entries.remove(i);
+        Some((join(&self.path, name), node))
+    }
+
+    /// Reports the keys nobody took: planned ones as "not supported yet", others as unknown
+    /// with the closest known name.
+    fn finish(self, w: &mut Walker<'_>, known: &[&str], planned_prefix: &str) {
+        for (key, _) in self.entries {
+            let path = join(&self.path, &key.name);
+            let planned_name = join(planned_prefix, &key.name);
+            if PLANNED.contains(&planned_name.as_str()) {
+                w.error(
+                    key.pos,
+                    &path,
+                    "not supported by this version of SpinForge yet; remove it for now",
+                );
+                continue;
+            }
+            let mut message = "unknown key".to_string();
+            if let Some(best) = closest(&key.name, known) {
+                message.push_str(&format!("; did you mean `{best}`?"));
+            } else if !known.is_empty() {
+                message.push_str(&format!("; known keys here: {}", known.join(", ")));
+            }
+            w.error(key.pos, &path, message);
+        }
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+}
+
+impl Walker<'_> {
+    fn error(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        let source_line = (pos.line >= 1)
+            .then(|| self.lines.get(pos.line as usize - 1).map(|l| l.to_string()))
+            .flatten();
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            key: key.to_string(),
+            message: message.into(),
+            source_line,
+        });
+    }
+
+    /// A mapping's fields; `null` (a key with nothing under it) is an empty mapping.
+    fn fields<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+        match &node.value {
+            Value::Map(entries) => Some(Fields {
+                path: path.to_string(),
+                entries: entries.iter().map(|(k, v)| (k, v)).collect(),
+            }),
+            Value::Null => Some(Fields { path: path.to_string(), entries: Vec::new() }),
+            other => {
+                self.error(node.pos, path, format!("expected a mapping, found {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    fn scalar<'n>(&mut self, node: &'n Node, path: &str, what: &str) -> Option<&'n str> {
+        match &node.value {
+            Value::Scalar(s) => Some(s),
+            other => {
+                self.error(node.pos, path, format!("expected {what}, found {}", other.kind()));
+                None
+            }
+        }
+    }
+
+    /// Reads a scalar and converts it; a conversion error is reported at the value.
+    fn value<T>(
+        &mut self,
+        field: Option<(String, &Node)>,
+        what: &str,
+        convert: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (path, node) = field?;
+        let text = self.scalar(node, &path, what)?;
+        match convert(text) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(node.pos, &path, message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, field: Option<(String, &Node)>) -> Option<Duration> {
+        self.value(field, "a duration such as 30s", units::parse_duration)
+    }
+
+    fn config(&mut self, root: &Node, base: &Path) -> Config {
+        let mut config = Config {
+            file: self.file.to_path_buf(),
+            state: StateConfig::default(),
+            edge: EdgeConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            apps: BTreeMap::new(),
+        };
+        let Some(mut top) = self.fields(root, "") else { return config };
+        if let Some((path, node)) = top.take("state") {
+            self.state(node, &path, &mut config.state);
+        }
+        if let Some((path, node)) = top.take("edge") {
+            self.edge(node, &path, &mut config.edge);
+        }
+        if let Some((path, node)) = top.take("supervisor") {
+            self.supervisor(node, &path, base, &mut config.supervisor);
+        }
+        if let Some((path, node)) = top.take("apps") {
+            config.apps = self.apps(node, &path, base);
+        }
+        top.finish(self, &["state", "edge", "supervisor", "apps"], "");
+        config
+    }
+
+    fn state(&mut self, node: &Node, path: &str, out: &mut StateConfig) {
+        let Some(mut f) = self.fields(node, path) else { return };
+        out.redis = self.value(f.take("redis"), "a redis:// URL", |s| {
+            if ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| s.starts_with(scheme))
+            {
+                Ok(RedisUrl::new(s))
+            } else {
+                Err(format!(
+                    "`{}` is not a Redis URL: write redis://host:port/db (or rediss:// for TLS)",
+                    RedisUrl::new(s)
+                ))
+            }
+        });
+        f.finish(self, &["redis"], "state");
+    }
+
+    fn edge(&mut self, node: &Node, path: &str, out: &mut EdgeConfig) {
+        let Some(mut f) = self.fields(node, path) else { return };
+        if let Some(a) = self.value(f.take("listen_http"), "an address", socket_addr) {
+            out.listen_http = a;
+        }
+        if let Some(d) = self.positive_duration(f.take("wake_timeout")) {
+            out.wake_timeout = d;
+        }
+        if let Some(d) = self.positive_duration(f.take("grace")) {
+            out.grace = d;
+        }
+        if let Some(n) = self.value(f.take("max_held_requests"), "a number", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("`{s}` is not a positive whole number"))
+        }) {
+            out.max_held_requests = n;
+        }
+        f.finish(self, &["listen_http", "wake_timeout", "grace", "max_held_requests"], "edge");
+    }
+
+    fn positive_duration(&mut self, field: Option<(String, &Node)>) -> Option<Duration> {
+        let pos = field.as_ref().map(|(p, n)| (p.clone(), n.pos));
+        let d = self.duration(field)?;
+        if d.is_zero() {
+            let (path, pos) = pos?;
+            self.error(pos, &path, "must be longer than 0");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn supervisor(&mut self, node: &Node, path: &str, base: &Path, out: &mut SupervisorConfig) {
+        let Some(mut f) = self.fields(node, path) else { return };
+        if let Some(dir) = self.value(f.take("data_dir"), "a folder path", |s| {
+            if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(base.join(s)) }
+        }) {
+            out.data_dir = dir;
+        }
+        if let Some(r) = self.value(f.take("port_range"), "a port range such as 30000-39999", port_range) {
+            out.port_range = r;
+        }
+        f.finish(self, &["data_dir", "port_range"], "supervisor");
+    }
+
+    fn apps(&mut self, node: &Node, path: &str, base: &Path) -> BTreeMap<String, AppConfig> {
+        let mut apps = BTreeMap::new();
+        let Value::Map(entries) = &node.value else {
+            if !matches!(node.value, Value::Null) {
+                self.error(node.pos, path, format!("expected a mapping of app names, found {}", node.value.kind()));
+            }
+            return apps;
+        };
+        // Which app claimed each domain first, and where, for the duplicate message.
+        let mut claimed: HashMap<String, (String, u32)> = HashMap::new();
+        for (key, app_node) in entries {
+            let app_path = join(path, &key.name);
+            if let Err(message) = app_name(&key.name) {
+                self.error(key.pos, &app_path, message);
+            }
+            if let Some(app) = self.app(&key.name, app_node, &app_path, base, &mut claimed) {
+                apps.insert(key.name.clone(), app);
+            }
+        }
+        apps
+    }
+
+    fn app(
+        &mut self,
+        name: &str,
+        node: &Node,
+        path: &str,
+        base: &Path,
+        claimed: &mut HashMap<String, (String, u32)>,
+    ) -> Option<AppConfig> {
+        let errors_before = self.errors.len();
+        let mut f = self.fields(node, path)?;
+        let domains = self.domains(f.take("domains"), path, node.pos, name, claimed);
+        let source = match f.take("source") {
+            Some((p, n)) => self.source(&p, n, base),
+            None => {
+                self.error(node.pos, path, "an app needs `source:`, the folder of its code");
+                None
+            }
+        };
+        let framework = self
+            .value(f.take("framework"), "a framework name", |s| match s {
+                "auto" => Ok(Framework::Auto),
+                "express" => Ok(Framework::Express),
+                "node" => Ok(Framework::Node),
+                "next" | "remix" | "static" => {
+                    Err(format!("framework `{s}` is not supported by this version of SpinForge yet"))
+                }
+                _ => Err(format!("`{s}` is not a framework: use auto, express or node")),
+            })
+            .unwrap_or(Framework::Auto);
+        let env = f.take("env").map(|(p, n)| self.env(&p, n)).unwrap_or_default();
+        let instances = f.take("instances");
+        self.value(instances, "a number", |s| match s.parse::<u32>() {
+            Ok(1) => Ok(()),
+            _ => Err(format!("`{s}`: only 1 instance per app is supported by this version yet")),
+        });
+        let memory = self.value(f.take("memory"), "a size such as 256M", |s| {
+            let bytes = units::parse_size(s)?;
+            if bytes < 32 << 20 {
+                return Err(format!("`{s}` is too little for a Node process: give at least 32M"));
+            }
+            Ok(bytes)
+        });
+        let idle_timeout = match f.take("idle_timeout") {
+            Some(field) => self.duration(Some(field)).map(|d| (!d.is_zero()).then_some(d)),
+            None => Some(Some(Duration::from_secs(300))),
+        };
+        let health_check = f
+            .take("health_check")
+            .map(|(p, n)| self.health_check(&p, n))
+            .unwrap_or_default();
+        f.finish(
+            self,
+            &["domains", "source", "framework", "env", "instances", "memory", "idle_timeout", "health_check"],
+            "apps.*",
+        );
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(AppConfig {
+            name: name.to_string(),
+            domains,
+            source: source?,
+            framework,
+            env,
+            memory,
+            idle_timeout: idle_timeout?,
+            health_check,
+        })
+    }
+
+    fn domains(
+        &mut self,
+        field: Option<(String, &Node)>,
+        app_path: &str,
+        app_pos: Pos,
+        app: &str,
+        claimed: &mut HashMap<String, (String, u32)>,
+    ) -> Vec<String> {
+        let Some((path, node)) = field else {
+            self.error(app_pos, app_path, "an app needs `domains:`, the host names it answers on");
+            return Vec::new();
+        };
+        let items: Vec<&Node> = match &node.value {
+            Value::Seq(items) => items.iter().collect(),
+            Value::Scalar(_) => vec![node],
+            other => {
+                self.error(node.pos, &path, format!("expected a list of domains, found {}", other.kind()));
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.error(node.pos, &path, "an app needs at least one domain");
+        }
+        let mut domains = Vec::new();
+        for item in items {
+            let Some(text) = self.scalar(item, &path, "a domain") else { continue };
+            match domain(text) {
+                Ok(d) => match claimed.get(&d) {
+                    Some((other, line)) if other == app => {
+                        self.error(item.pos, &path, format!("`{d}` is listed twice (also on line {line})"));
+                    }
+                    Some((other, line)) => {
+                        self.error(
+                            item.pos,
+                            &path,
+                            format!("`{d}` is already the domain of app `{other}` (line {line}); a domain routes to one app"),
+                        );
+                    }
+                    None => {
+                        claimed.insert(d.clone(), (app.to_string(), item.pos.line));
+                        domains.push(d);
+                    }
+                },
+                Err(message) => self.error(item.pos, &path, message),
+            }
+        }
+        domains
+    }
+
+    fn source(&mut self, path: &str, node: &Node, base: &Path) -> Option<AppSource> {
+        let text = self.scalar(node, path, "a folder path")?;
+        let remote = ["http://", "https://", "git@", "git://", "ssh://"]
+            .iter()
+            .any(|p| text.starts_with(p));
+        if remote || text.ends_with(".git") || text.ends_with(".tar.gz") || text.ends_with(".tgz") {
+            self.error(
+                node.pos,
+                path,
+                format!("`{text}`: git and tarball sources are not supported by this version yet; give a local folder"),
+            );
+            return None;
+        }
+        let dir = base.join(text);
+        if !dir.is_dir() {
+            self.error(node.pos, path, format!("`{text}` is not a folder (looked for {})", dir.display()));
+            return None;
+        }
+        Some(AppSource::Directory(absolute(&dir)))
+    }
+
+    fn env(&mut self, path: &str, node: &Node) -> BTreeMap<String, EnvValue> {
+        let mut env = BTreeMap::new();
+        let Value::Map(entries) = &node.value else {
+            if !matches!(node.value, Value::Null) {
+                self.error(node.pos, path, format!("expected a mapping of NAME: value, found {}", node.value.kind()));
+            }
+            return env;
+        };
+        for (key, value) in entries {
+            let var_path = join(path, &key.name);
+            if !env_name_ok(&key.name) {
+                self.error(key.pos, &var_path, "an environment variable name is letters, digits and _, not starting with a digit");
+                continue;
+            }
+            if RESERVED_ENV.contains(&key.name.as_str()) {
+                self.error(key.pos, &var_path, format!("{} is set by SpinForge for every spinlet", key.name));
+                continue;
+            }
+            match &value.value {
+                Value::Scalar(s) => {
+                    env.insert(key.name.clone(), EnvValue::new(s.clone()));
+                }
+                Value::Null => {
+                    env.insert(key.name.clone(), EnvValue::new(""));
+                }
+                other => self.error(value.pos, &var_path, format!("expected a scalar value, found {}", other.kind())),
+            }
+        }
+        env
+    }
+
+    fn health_check(&mut self, path: &str, node: &Node) -> HealthCheck {
+        let mut hc = HealthCheck::default();
+        let Some(mut f) = self.fields(node, path) else { return hc };
+        if let Some(p) = self.value(f.take("path"), "a path", |s| {
+            if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not a request path: it starts with / and has no spaces"))
+            }
+        }) {
+            hc.path = p;
+        }
+        if let Some(d) = self.positive_duration(f.take("timeout")) {
+            hc.timeout = d;
+        }
+        f.finish(self, &["path", "timeout"], "apps.*.health_check");
+        hc
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an address: write IP:port, e.g. 0.0.0.0:80, 127.0.0.1:8080 or [::]:80")
+    })
+}
+
+fn port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("`{s}` is not a port range: write FIRST-LAST, e.g. 30000-39999");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let first: u16 = a.trim().parse().map_err(|_| bad())?;
+    let last: u16 = b.trim().parse().map_err(|_| bad())?;
+    PortRange::new(first, last)
+}
+
+/// App names end up in paths, store keys and process names: keep them plain.
+fn app_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid app name: use 1-63 lowercase letters, digits and -, not starting or ending with -"
+        ))
+    }
+}
+
+/// Checks a host name (or `*.` wildcard, or IP address) and returns it lowercase.
+pub(crate) fn domain(text: &str) -> Result<String, String> {
+    let d = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(d);
+    }
+    if d.contains(':') || d.contains('/') {
+        return Err(format!("`{text}` is not a domain: give the host name only, without scheme, port or path"));
+    }
+    let name = d.strip_prefix("*.").unwrap_or(&d);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.is_empty() || d.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{text}` is not a valid domain: labels of letters, digits and - separated by dots (a leading `*.` for a wildcard)"
+        ));
+    }
+    Ok(d)
+}
+
+fn env_name_ok(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The known name nearest to `name` (edit distance at most 2), for "did you mean".
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("apps/hello")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("apps/api")).expect("mkdir");
+        dir
+    }
+
+    fn parse_in(dir: &tempfile::TempDir, text: &str) -> Result<Config, ConfigErrors> {
+        parse(text, &dir.path().join("spinforge.yaml"))
+    }
+
+    #[test]
+    fn full_config_with_defaults() {
+        let dir = fixture();
+        let cfg = parse_in(
+            &dir,
+            "edge:\n  listen_http: 127.0.0.1:8080\n  wake_timeout: 5s\nsupervisor:\n  data_dir: data\n  port_range: 31000-31099\napps:\n  hello:\n    domains: [Hello.Localhost, www.hello.localhost]\n    source: ./apps/hello\n    env: { NODE_ENV: production, WORKERS: 2 }\n    idle_timeout: 0\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.edge.listen_http, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(cfg.edge.wake_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.edge.grace, Duration::from_secs(10));
+        assert_eq!(cfg.supervisor.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.supervisor.port_range.len(), 100);
+        let hello = &cfg.apps["hello"];
+        assert_eq!(hello.domains, vec!["hello.localhost", "www.hello.localhost"]);
+        assert_eq!(hello.idle_timeout, None);
+        assert_eq!(hello.env["WORKERS"].expose(), "2");
+        assert_eq!(hello.health_check, HealthCheck::default());
+        assert!(matches!(&hello.source, AppSource::Directory(p) if p.ends_with("apps/hello")));
+        assert!(cfg.state.redis.is_none());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_place() {
+        let dir = fixture();
+        let text = "edge:\n  listen_htp: 1.2.3.4:80\n  wake_timeout: soon\nsupervisor:\n  port_range: 30000-30002\napps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    memory: lots\n  api:\n    domains: [A.test]\n    source: ./apps/api\n";
+        let errs = parse_in(&dir, text).expect_err("invalid").0;
+        let found: Vec<(u32, u32, &str)> =
+            errs.iter().map(|e| (e.line, e.column, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (2, 3, "edge.listen_htp"),
+                (3, 17, "edge.wake_timeout"),
+                (5, 15, "supervisor.port_range"),
+                (10, 13, "apps.hello.memory"),
+                (12, 15, "apps.api.domains"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[0].message.contains("did you mean `listen_http`"), "{}", errs[0].message);
+        assert!(errs[4].message.contains("app `hello`"), "{}", errs[4].message);
+        let shown = ConfigErrors(errs).to_string();
+        assert!(shown.contains("spinforge.yaml:3:17: edge.wake_timeout: `soon` is not a duration"), "{shown}");
+    }
+
+    #[test]
+    fn planned_keys_say_so() {
+        let dir = fixture();
+        let errs = parse_in(&dir, "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: 0.5\n")
+            .expect_err("cpu is planned")
+            .0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].key, "apps.hello.cpu");
+        assert!(errs[0].message.contains("not supported"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_located() {
+        let dir = fixture();
+        let errs = parse_in(&dir, "edge:\n  grace: [1\n").expect_err("bad yaml").0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 2);
+        assert!(errs[0].message.starts_with("invalid YAML"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn missing_source_and_bad_names() {
+        let dir = fixture();
+        let errs = parse_in(&dir, "apps:\n  Bad_Name:\n    domains: [x.test, 'http://y.test']\n    source: ./nope\n    env: { PORT: 1, 9X: a }\n")
+            .expect_err("invalid")
+            .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["apps.Bad_Name", "apps.Bad_Name.domains", "apps.Bad_Name.source", "apps.Bad_Name.env.PORT", "apps.Bad_Name.env.9X"],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain("Example.COM."), Ok("example.com".into()));
+        assert_eq!(domain("*.example.com"), Ok("*.example.com".into()));
+        assert_eq!(domain("10.0.0.1"), Ok("10.0.0.1".into()));
+        for bad in ["", "a..b", "-a.com", "a_b.com", "example.com:80", "*.*.x"] {
+            assert!(domain(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn redis_url_hides_its_password() {
+        let url = RedisUrl::new("redis://user:s3cret@10.0.0.2:6379/0");
+        assert_eq!(url.to_string(), "redis://user:***@10.0.0.2:6379/0");
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,26 @@
+//! Events on the `spinforge:events` channel. Pub/sub may drop them: a reader that (re)subscribes
+//! reloads what it caches first (see [`crate::Signal::Resync`]).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// `routes:{domain}` was written or deleted.
+    RouteChanged { domain: String },
+    /// `upstreams:{app}` changed: a spinlet became healthy or went away.
+    UpstreamsChanged { app: String },
+    /// A spinlet moved to another state.
+    SpinletState { id: String, app: String, state: String },
+    /// An edge wants `app` running: it holds requests for it.
+    Wake { app: String },
+}
+
+impl Event {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events always serialize")
+    }
+    pub fn from_json(text: &str) -> Option<Event> {
+        serde_json::from_str(text).ok()
+    }
+}

@@ -1,0 +1,36 @@
+//! The key schema: every key SpinForge keeps in the store, all under `spinforge:`.
+//! One place builds them, so that the embedded store and Redis never disagree.
+
+pub const PREFIX: &str = "spinforge:";
+
+/// The pub/sub channel all [`crate::Event`]s travel on.
+pub const EVENTS: &str = "spinforge:events";
+
+/// ZSET app → last access (ms), written by edges in batches.
+pub const ACTIVE: &str = "spinforge:active";
+
+/// JSON [`crate::records::Route`] for one domain.
+pub fn route(domain: &str) -> String {
+    format!("spinforge:routes:{domain}")
+}
+pub const ROUTES_PATTERN: &str = "spinforge:routes:*";
+pub const ROUTES_PREFIX: &str = "spinforge:routes:";
+
+/// JSON [`crate::records::AppRecord`].
+pub fn app(name: &str) -> String {
+    format!("spinforge:apps:{name}")
+}
+pub const APPS_PATTERN: &str = "spinforge:apps:*";
+pub const APPS_PREFIX: &str = "spinforge:apps:";
+
+/// HASH of one [`crate::records::Spinlet`].
+pub fn spinlet(id: &str) -> String {
+    format!("spinforge:spinlets:{id}")
+}
+pub const SPINLETS_PATTERN: &str = "spinforge:spinlets:*";
+pub const SPINLETS_PREFIX: &str = "spinforge:spinlets:";
+
+/// SET of `host:port` of an app's spinlets that passed their health check.
+pub fn upstreams(app: &str) -> String {
+    format!("spinforge:upstreams:{app}")
+}

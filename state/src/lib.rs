@@ -1,0 +1,25 @@
+//! SpinForge's shared state: what every other part agrees on.
+//!
+//! - [`config`]: the YAML file users write, parsed into a validated [`config::Config`] with errors
+//!   that name file, line, column and key.
+//! - [`store`]: the state store — embedded in memory (one process) or Redis (several processes or
+//!   machines) — behind one typed interface, with the key schema of [`keys`] and the
+//!   [`events::Event`]s published on `spinforge:events`.
+//! - [`records`]: the values kept in the store.
+
+pub mod config;
+pub mod events;
+pub mod keys;
+pub mod records;
+pub mod store;
+
+pub use events::Event;
+pub use store::{Signal, Store, StoreError, Subscription};
+
+/// Milliseconds since the Unix epoch: the clock the store's timestamps use.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

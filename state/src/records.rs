@@ -1,0 +1,114 @@
+//! The values kept in the store. Readers ignore fields they do not know, so that a newer writer
+//! and an older reader can share one Redis during an upgrade.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `routes:{domain}`: which app answers a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub domain: String,
+    pub app: String,
+    /// The release the app's spinlets run, once one is built.
+    #[serde(default)]
+    pub release: Option<u64>,
+}
+
+/// `apps:{app}`: an app as the supervisor knows it. Env values are not stored (they may be secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub source: String,
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub current_release: Option<u64>,
+    #[serde(default)]
+    pub releases: Vec<u64>,
+}
+
+/// The states of design.md, as stored and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpinletState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Crashed,
+    Failed,
+}
+
+impl SpinletState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpinletState::Starting => "starting",
+            SpinletState::Running => "running",
+            SpinletState::Stopping => "stopping",
+            SpinletState::Stopped => "stopped",
+            SpinletState::Crashed => "crashed",
+            SpinletState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "starting" => SpinletState::Starting,
+            "running" => SpinletState::Running,
+            "stopping" => SpinletState::Stopping,
+            "stopped" => SpinletState::Stopped,
+            "crashed" => SpinletState::Crashed,
+            "failed" => SpinletState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// `spinlets:{id}` (a HASH): one running instance of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spinlet {
+    pub id: String,
+    pub app: String,
+    pub release: u64,
+    pub state: SpinletState,
+    pub pid: u32,
+    pub host: String,
+    pub port: u16,
+    /// ms since the epoch.
+    pub started: u64,
+    pub restarts: u32,
+}
+
+impl Spinlet {
+    pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("app", self.app.clone()),
+            ("release", self.release.to_string()),
+            ("state", self.state.as_str().to_string()),
+            ("pid", self.pid.to_string()),
+            ("host", self.host.clone()),
+            ("port", self.port.to_string()),
+            ("started", self.started.to_string()),
+            ("restarts", self.restarts.to_string()),
+        ])
+    }
+
+    /// Rebuilds a spinlet from its hash; `None` when a field is missing or malformed.
+    pub fn from_fields(id: &str, f: &BTreeMap<String, String>) -> Option<Spinlet> {
+        Some(Spinlet {
+            id: id.to_string(),
+            app: f.get("app")?.clone(),
+            release: f.get("release")?.parse().ok()?,
+            state: SpinletState::parse(f.get("state")?)?,
+            pid: f.get("pid")?.parse().ok()?,
+            host: f.get("host")?.clone(),
+            port: f.get("port")?.parse().ok()?,
+            started: f.get("started")?.parse().ok()?,
+            restarts: f.get("restarts")?.parse().ok()?,
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}

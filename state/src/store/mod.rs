@@ -1,0 +1,297 @@
+//! The state store: one typed interface over two backends.
+//!
+//! - [`Store::embedded`]: in memory, for `spinforge up` on one machine (the default).
+//! - [`Store::connect_redis`]: Redis through fred, when several processes or machines share state.
+//!
+//! Both speak the same small set of primitives — a batch of writes applied atomically together with
+//! the event that announces it, plus reads — so the key schema ([`crate::keys`]) and the encoding
+//! of records live here once. Writers cannot forget the event: every typed write publishes its own.
+//!
+//! Nothing here is for the request path: the edge reads a snapshot it builds from the store.
+
+mod embedded;
+mod redis;
+
+use crate::config::RedisUrl;
+use crate::events::Event;
+use crate::keys;
+use crate::records::{AppRecord, Route, Spinlet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: fred::error::Error,
+    },
+    #[error("redis: {0}")]
+    Command(#[from] fred::error::Error),
+    #[error("stored value at {key} is not valid: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One write of a batch. A batch is applied atomically (MULTI/EXEC on Redis, one lock in memory).
+#[derive(Debug, Clone)]
+pub(crate) enum Write {
+    Set { key: String, value: String },
+    Del { key: String },
+    /// Replace a whole HASH.
+    HashReplace { key: String, fields: BTreeMap<&'static str, String> },
+    SetAdd { key: String, member: String },
+    SetRemove { key: String, member: String },
+    /// Raise members' scores, never lower them (`ZADD GT`).
+    ZAddGreater { key: String, entries: Vec<(String, u64)> },
+}
+
+/// What a subscription hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Reload everything you cache from the store: this is the first signal of every
+    /// subscription, and comes again whenever events may have been missed (reconnect, lag).
+    Resync,
+    Event(Event),
+}
+
+/// What backends put on their internal broadcast channel.
+#[derive(Debug, Clone)]
+pub(crate) enum Delivery {
+    Event(Event),
+    /// The connection to the store was re-established: events may have been lost.
+    Reconnected,
+}
+
+/// A stream of [`Signal`]s. Starts with [`Signal::Resync`].
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Delivery>,
+    resync_due: bool,
+}
+
+impl Subscription {
+    fn new(rx: broadcast::Receiver<Delivery>) -> Self {
+        Self { rx, resync_due: true }
+    }
+
+    /// The next signal; `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<Signal> {
+        if std::mem::take(&mut self.resync_due) {
+            return Some(Signal::Resync);
+        }
+        match self.rx.recv().await {
+            Ok(Delivery::Event(e)) => Some(Signal::Event(e)),
+            Ok(Delivery::Reconnected) => Some(Signal::Resync),
+            // Fell behind and lost events: what we cache may be stale, reload it.
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Signal::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// Events buffered per subscriber before it counts as lagging (and gets a resync instead).
+const EVENT_BUFFER: usize = 4096;
+
+#[derive(Debug)]
+enum Backend {
+    Embedded(embedded::Embedded),
+    Redis(redis::Redis),
+}
+
+/// The state store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+}
+
+impl Store {
+    /// An in-memory store for one process.
+    pub fn embedded() -> Store {
+        Store { backend: Arc::new(Backend::Embedded(embedded::Embedded::new())) }
+    }
+
+    /// Connects to Redis, retrying until `wait` has passed. Once connected, the clients reconnect
+    /// on their own, and subscriptions get a [`Signal::Resync`] after each reconnect.
+    pub async fn connect_redis(url: &RedisUrl, wait: Duration) -> Result<Store> {
+        let redis = redis::Redis::connect(url, wait).await?;
+        Ok(Store { backend: Arc::new(Backend::Redis(redis)) })
+    }
+
+    /// `"embedded"` or `"redis"`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Embedded(_) => "embedded",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(match &*self.backend {
+            Backend::Embedded(b) => b.subscribe(),
+            Backend::Redis(b) => b.subscribe(),
+        })
+    }
+
+    pub async fn publish(&self, event: &Event) -> Result<()> {
+        self.write(Vec::new(), Some(event)).await
+    }
+
+    // --- routes ---
+
+    pub async fn put_route(&self, route: &Route) -> Result<()> {
+        let value = serde_json::to_string(route).expect("routes serialize");
+        let event = Event::RouteChanged { domain: route.domain.clone() };
+        self.write(vec![Write::Set { key: keys::route(&route.domain), value }], Some(&event)).await
+    }
+
+    pub async fn delete_route(&self, domain: &str) -> Result<()> {
+        let event = Event::RouteChanged { domain: domain.to_string() };
+        self.write(vec![Write::Del { key: keys::route(domain) }], Some(&event)).await
+    }
+
+    pub async fn route(&self, domain: &str) -> Result<Option<Route>> {
+        let key = keys::route(domain);
+        self.get(&key).await?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        self.scan_values(keys::ROUTES_PREFIX).await?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    // --- apps ---
+
+    pub async fn put_app(&self, app: &AppRecord) -> Result<()> {
+        let value = serde_json::to_string(app).expect("apps serialize");
+        self.write(vec![Write::Set { key: keys::app(&app.name), value }], None).await
+    }
+
+    pub async fn delete_app(&self, name: &str) -> Result<()> {
+        let writes = vec![Write::Del { key: keys::app(name) }, Write::Del { key: keys::upstreams(name) }];
+        self.write(writes, Some(&Event::UpstreamsChanged { app: name.to_string() })).await
+    }
+
+    pub async fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+        let key = keys::app(name);
+        self.get(&key).await?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    pub async fn apps(&self) -> Result<Vec<AppRecord>> {
+        self.scan_values(keys::APPS_PREFIX).await?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    // --- spinlets ---
+
+    pub async fn put_spinlet(&self, s: &Spinlet) -> Result<()> {
+        let event = Event::SpinletState { id: s.id.clone(), app: s.app.clone(), state: s.state.as_str().into() };
+        let writes = vec![Write::HashReplace { key: keys::spinlet(&s.id), fields: s.to_fields() }];
+        self.write(writes, Some(&event)).await
+    }
+
+    pub async fn delete_spinlet(&self, id: &str) -> Result<()> {
+        self.write(vec![Write::Del { key: keys::spinlet(id) }], None).await
+    }
+
+    pub async fn spinlets(&self) -> Result<Vec<Spinlet>> {
+        let hashes = match &*self.backend {
+            Backend::Embedded(b) => b.scan_hashes(keys::SPINLETS_PREFIX),
+            Backend::Redis(b) => b.scan_hashes(keys::SPINLETS_PATTERN).await?,
+        };
+        hashes
+            .into_iter()
+            .map(|(key, fields)| {
+                let id = key.strip_prefix(keys::SPINLETS_PREFIX).unwrap_or(&key);
+                Spinlet::from_fields(id, &fields).ok_or_else(|| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: "missing or malformed spinlet fields".into(),
+                })
+            })
+            .collect()
+    }
+
+    // --- upstreams ---
+
+    pub async fn add_upstream(&self, app: &str, addr: &str) -> Result<()> {
+        let writes = vec![Write::SetAdd { key: keys::upstreams(app), member: addr.to_string() }];
+        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+    }
+
+    pub async fn remove_upstream(&self, app: &str, addr: &str) -> Result<()> {
+        let writes = vec![Write::SetRemove { key: keys::upstreams(app), member: addr.to_string() }];
+        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+    }
+
+    /// Replaces an app's upstreams with exactly `addrs` (used when re-asserting after a resync).
+    pub async fn set_upstreams(&self, app: &str, addrs: &[String]) -> Result<()> {
+        let key = keys::upstreams(app);
+        let mut writes = vec![Write::Del { key: key.clone() }];
+        writes.extend(addrs.iter().map(|a| Write::SetAdd { key: key.clone(), member: a.clone() }));
+        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+    }
+
+    pub async fn upstreams(&self, app: &str) -> Result<Vec<String>> {
+        Ok(self.upstreams_of(&[app.to_string()]).await?.pop().unwrap_or_default())
+    }
+
+    /// The upstreams of many apps in one round trip, in the order asked.
+    pub async fn upstreams_of(&self, apps: &[String]) -> Result<Vec<Vec<String>>> {
+        let keys: Vec<String> = apps.iter().map(|a| keys::upstreams(a)).collect();
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.members_of(&keys)),
+            Backend::Redis(b) => b.members_of(&keys).await,
+        }
+    }
+
+    // --- activity ---
+
+    /// Records last-access times (ms); a time older than the stored one is ignored.
+    pub async fn record_activity(&self, entries: &[(String, u64)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let writes = vec![Write::ZAddGreater { key: keys::ACTIVE.into(), entries: entries.to_vec() }];
+        self.write(writes, None).await
+    }
+
+    /// Last access (ms) of every app that has one.
+    pub async fn activity(&self) -> Result<BTreeMap<String, u64>> {
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.zset(keys::ACTIVE)),
+            Backend::Redis(b) => b.zset(keys::ACTIVE).await,
+        }
+    }
+
+    // --- primitives ---
+
+    async fn write(&self, writes: Vec<Write>, event: Option<&Event>) -> Result<()> {
+        match &*self.backend {
+            Backend::Embedded(b) => {
+                b.write(writes, event);
+                Ok(())
+            }
+            Backend::Redis(b) => b.write(writes, event).await,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.get(key)),
+            Backend::Redis(b) => b.get(key).await,
+        }
+    }
+
+    async fn scan_values(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.scan_values(prefix)),
+            Backend::Redis(b) => b.scan_values(&format!("{prefix}*")).await,
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T> {
+    serde_json::from_str(value).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
+}

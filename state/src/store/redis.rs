@@ -1,0 +1,231 @@
+//! The Redis backend through fred: one client for commands, one subscriber for events. Both
+//! reconnect on their own; after the subscriber reconnects it subscribes again and tells every
+//! [`super::Subscription`] to resync, since events published meanwhile are gone.
+
+use super::{Delivery, EVENT_BUFFER, Result, StoreError, Write};
+use crate::config::RedisUrl;
+use crate::events::Event;
+use crate::keys;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::sorted_sets::Ordering;
+use futures::TryStreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// No Redis command may wait longer than this: callers retry on their own schedule.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) struct Redis {
+    url: String,
+    client: Client,
+    subscriber: SubscriberClient,
+    events: broadcast::Sender<Delivery>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    pub(crate) async fn connect(url: &RedisUrl, wait: Duration) -> Result<Redis> {
+        let shown = url.to_string();
+        let err = |source| StoreError::Redis { url: shown.clone(), source };
+        let config = Config::from_url(url.expose()).map_err(err)?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_command_attempts = 2;
+            })
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            // Forever, backing off to one attempt every 2 s.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let client = builder.build().map_err(err)?;
+        let subscriber = builder.build_subscriber_client().map_err(err)?;
+
+        let deadline = tokio::time::Instant::now() + wait;
+        for c in [&client as &dyn InitClient, &subscriber] {
+            loop {
+                match c.init_once().await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(redis = %shown, error = %e, "cannot reach Redis yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        }
+
+        let events = broadcast::channel(EVENT_BUFFER).0;
+        // Listen before subscribing, so nothing published after SUBSCRIBE returns is missed.
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
+        subscriber.subscribe(keys::EVENTS).await.map_err(err)?;
+        tokio::spawn(relay(subscriber.clone(), messages, reconnects, events.clone()));
+        tracing::info!(redis = %shown, "connected to Redis");
+        Ok(Redis { url: shown, client, subscriber, events })
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Delivery> {
+        self.events.subscribe()
+    }
+
+    pub(crate) async fn write(&self, writes: Vec<Write>, event: Option<&Event>) -> Result<()> {
+        let trx = self.client.multi();
+        for w in writes {
+            match w {
+                Write::Set { key, value } => trx.set::<(), _, _>(key, value, None, None, false).await?,
+                Write::Del { key } => trx.del::<(), _>(key).await?,
+                Write::HashReplace { key, fields } => {
+                    trx.del::<(), _>(key.clone()).await?;
+                    let fields: HashMap<String, String> =
+                        fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                    trx.hset::<(), _, _>(key, fields).await?
+                }
+                Write::SetAdd { key, member } => trx.sadd::<(), _, _>(key, member).await?,
+                Write::SetRemove { key, member } => trx.srem::<(), _, _>(key, member).await?,
+                Write::ZAddGreater { key, entries } => {
+                    let values: Vec<(f64, String)> =
+                        entries.into_iter().map(|(m, score)| (score as f64, m)).collect();
+                    trx.zadd::<(), _, _>(key, None, Some(Ordering::GreaterThan), false, false, values)
+                        .await?
+                }
+            }
+        }
+        if let Some(e) = event {
+            trx.publish::<(), _, _>(keys::EVENTS, e.to_json()).await?;
+        }
+        let _: Value = trx.exec(true).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.client.get(key).await?)
+    }
+
+    async fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        let keys: Vec<Key> = self.client.scan_buffered(pattern, Some(1000), None).try_collect().await?;
+        let mut keys: Vec<String> = keys.into_iter().filter_map(|k| k.into_string()).collect();
+        keys.sort();
+        keys.dedup(); // SCAN may return a key twice
+        Ok(keys)
+    }
+
+    pub(crate) async fn scan_values(&self, pattern: &str) -> Result<Vec<(String, String)>> {
+        let keys = self.keys(pattern).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = self.client.mget(chunk.to_vec()).await?;
+            out.extend(chunk.iter().cloned().zip(values).filter_map(|(k, v)| Some((k, v?))));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn scan_hashes(&self, pattern: &str) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+        let keys = self.keys(pattern).await?;
+        let pipeline = self.client.pipeline();
+        for k in &keys {
+            pipeline.hgetall::<(), _>(k.as_str()).await?;
+        }
+        let hashes: Vec<HashMap<String, String>> = if keys.is_empty() { Vec::new() } else { pipeline.all().await? };
+        Ok(keys
+            .into_iter()
+            .zip(hashes)
+            .filter(|(_, h)| !h.is_empty()) // deleted between SCAN and HGETALL
+            .map(|(k, h)| (k, h.into_iter().collect()))
+            .collect())
+    }
+
+    pub(crate) async fn members_of(&self, keys: &[String]) -> Result<Vec<Vec<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        for k in keys {
+            pipeline.smembers::<(), _>(k.as_str()).await?;
+        }
+        let mut sets: Vec<Vec<String>> = if keys.len() == 1 {
+            // A one-command pipeline answers with the bare reply, not a list of replies.
+            vec![pipeline.all().await?]
+        } else {
+            pipeline.all().await?
+        };
+        for s in &mut sets {
+            s.sort();
+        }
+        Ok(sets)
+    }
+
+    pub(crate) async fn zset(&self, key: &str) -> Result<BTreeMap<String, u64>> {
+        let pairs: Vec<(String, f64)> = self.client.zrange(key, 0, -1, None, false, None, true).await?;
+        Ok(pairs.into_iter().map(|(m, s)| (m, s as u64)).collect())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // Stop reconnecting forever once nobody holds the store.
+        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}
+
+/// Both fred client kinds, for the connect loop above.
+trait InitClient {
+    fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>>;
+}
+
+impl<C: ClientLike> InitClient for C {
+    fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>> {
+        Box::pin(async move { self.init().await.map(|_| ()) })
+    }
+}
+
+/// Moves events from the subscriber connection to the local broadcast channel, and after each
+/// reconnect subscribes again and announces a resync.
+async fn relay(
+    subscriber: SubscriberClient,
+    mut messages: broadcast::Receiver<fred::types::Message>,
+    mut reconnects: broadcast::Receiver<Server>,
+    events: broadcast::Sender<Delivery>,
+) {
+    loop {
+        tokio::select! {
+            msg = messages.recv() => match msg {
+                Ok(msg) => {
+                    let text: Option<String> = msg.value.convert().ok();
+                    match text.as_deref().and_then(Event::from_json) {
+                        Some(e) => { let _ = events.send(Delivery::Event(e)); }
+                        None => tracing::debug!(channel = %msg.channel, "ignoring a message that is not a SpinForge event"),
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => { let _ = events.send(Delivery::Reconnected); }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            server = reconnects.recv() => match server {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = subscriber.resubscribe_all().await {
+                        tracing::warn!(error = %e, "could not subscribe again after a Redis reconnect");
+                    }
+                    tracing::info!("reconnected to Redis; readers reload their state");
+                    let _ = events.send(Delivery::Reconnected);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
