@@ -11,7 +11,11 @@ pub enum Event {
     /// `upstreams:{app}` changed: a spinlet became healthy or went away.
     UpstreamsChanged { app: String },
     /// A spinlet moved to another state.
-    SpinletState { id: String, app: String, state: String },
+    SpinletState {
+        id: String,
+        app: String,
+        state: String,
+    },
     /// An edge wants `app` running: it holds requests for it.
     Wake { app: String },
 }

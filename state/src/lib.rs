@@ -16,6 +16,10 @@ pub mod store;
 pub use events::Event;
 pub use store::{Signal, Store, StoreError, Subscription};
 
+/// Edges write their apps' last access to `active` at least this often. The supervisor allows for
+/// this lag before it calls an app idle.
+pub const ACTIVITY_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Milliseconds since the Unix epoch: the clock the store's timestamps use.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -57,7 +57,13 @@ impl fmt::Display for RedisUrl {
             (Some(scheme_end), Some(at)) if at > scheme_end => {
                 let userinfo = &self.0[scheme_end + 3..at];
                 let user = userinfo.split(':').next().unwrap_or("");
-                write!(f, "{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
+                write!(
+                    f,
+                    "{}{}:***{}",
+                    &self.0[..scheme_end + 3],
+                    user,
+                    &self.0[at..]
+                )
             }
             _ => f.write_str(&self.0),
         }
@@ -126,7 +132,9 @@ impl PortRange {
             return Err("port 0 is not a usable port".into());
         }
         if last < first {
-            return Err(format!("range {first}-{last} is empty: the end is below the start"));
+            return Err(format!(
+                "range {first}-{last} is empty: the end is below the start"
+            ));
         }
         let len = u32::from(last) - u32::from(first) + 1;
         if len < Self::MIN_PORTS {
@@ -222,7 +230,10 @@ pub struct HealthCheck {
 
 impl Default for HealthCheck {
     fn default() -> Self {
-        Self { path: "/".into(), timeout: Duration::from_secs(30) }
+        Self {
+            path: "/".into(),
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -302,6 +313,8 @@ impl Config {
 
     /// The app that serves `domain` (lowercase, no port), if any.
     pub fn app_for_domain(&self, domain: &str) -> Option<&AppConfig> {
-        self.apps.values().find(|a| a.domains.iter().any(|d| d == domain))
+        self.apps
+            .values()
+            .find(|a| a.domains.iter().any(|d| d == domain))
     }
 }

@@ -30,7 +30,11 @@ const PLANNED: &[&str] = &[
 const RESERVED_ENV: &[&str] = &["PORT", "HOST"];
 
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    let mut w = Walker { file, lines: text.lines().collect(), errors: Vec::new() };
+    let mut w = Walker {
+        file,
+        lines: text.lines().collect(),
+        errors: Vec::new(),
+    };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let root = match yaml::read(text) {
         Ok(root) => root,
@@ -93,7 +97,11 @@ impl<'n> Fields<'n> {
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 impl Walker<'_> {
@@ -118,9 +126,16 @@ impl Walker<'_> {
                 path: path.to_string(),
                 entries: entries.iter().map(|(k, v)| (k, v)).collect(),
             }),
-            Value::Null => Some(Fields { path: path.to_string(), entries: Vec::new() }),
+            Value::Null => Some(Fields {
+                path: path.to_string(),
+                entries: Vec::new(),
+            }),
             other => {
-                self.error(node.pos, path, format!("expected a mapping, found {}", other.kind()));
+                self.error(
+                    node.pos,
+                    path,
+                    format!("expected a mapping, found {}", other.kind()),
+                );
                 None
             }
         }
@@ -130,7 +145,11 @@ impl Walker<'_> {
         match &node.value {
             Value::Scalar(s) => Some(s),
             other => {
-                self.error(node.pos, path, format!("expected {what}, found {}", other.kind()));
+                self.error(
+                    node.pos,
+                    path,
+                    format!("expected {what}, found {}", other.kind()),
+                );
                 None
             }
         }
@@ -166,7 +185,9 @@ impl Walker<'_> {
             supervisor: SupervisorConfig::default(),
             apps: BTreeMap::new(),
         };
-        let Some(mut top) = self.fields(root, "") else { return config };
+        let Some(mut top) = self.fields(root, "") else {
+            return config;
+        };
         if let Some((path, node)) = top.take("state") {
             self.state(node, &path, &mut config.state);
         }
@@ -184,7 +205,9 @@ impl Walker<'_> {
     }
 
     fn state(&mut self, node: &Node, path: &str, out: &mut StateConfig) {
-        let Some(mut f) = self.fields(node, path) else { return };
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
         out.redis = self.value(f.take("redis"), "a redis:// URL", |s| {
             if ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
@@ -202,7 +225,9 @@ impl Walker<'_> {
     }
 
     fn edge(&mut self, node: &Node, path: &str, out: &mut EdgeConfig) {
-        let Some(mut f) = self.fields(node, path) else { return };
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
         if let Some(a) = self.value(f.take("listen_http"), "an address", socket_addr) {
             out.listen_http = a;
         }
@@ -220,7 +245,11 @@ impl Walker<'_> {
         }) {
             out.max_held_requests = n;
         }
-        f.finish(self, &["listen_http", "wake_timeout", "grace", "max_held_requests"], "edge");
+        f.finish(
+            self,
+            &["listen_http", "wake_timeout", "grace", "max_held_requests"],
+            "edge",
+        );
     }
 
     fn positive_duration(&mut self, field: Option<(String, &Node)>) -> Option<Duration> {
@@ -235,13 +264,23 @@ impl Walker<'_> {
     }
 
     fn supervisor(&mut self, node: &Node, path: &str, base: &Path, out: &mut SupervisorConfig) {
-        let Some(mut f) = self.fields(node, path) else { return };
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
         if let Some(dir) = self.value(f.take("data_dir"), "a folder path", |s| {
-            if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(base.join(s)) }
+            if s.trim().is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(base.join(s))
+            }
         }) {
             out.data_dir = dir;
         }
-        if let Some(r) = self.value(f.take("port_range"), "a port range such as 30000-39999", port_range) {
+        if let Some(r) = self.value(
+            f.take("port_range"),
+            "a port range such as 30000-39999",
+            port_range,
+        ) {
             out.port_range = r;
         }
         f.finish(self, &["data_dir", "port_range"], "supervisor");
@@ -251,7 +290,14 @@ impl Walker<'_> {
         let mut apps = BTreeMap::new();
         let Value::Map(entries) = &node.value else {
             if !matches!(node.value, Value::Null) {
-                self.error(node.pos, path, format!("expected a mapping of app names, found {}", node.value.kind()));
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "expected a mapping of app names, found {}",
+                        node.value.kind()
+                    ),
+                );
             }
             return apps;
         };
@@ -283,7 +329,11 @@ impl Walker<'_> {
         let source = match f.take("source") {
             Some((p, n)) => self.source(&p, n, base),
             None => {
-                self.error(node.pos, path, "an app needs `source:`, the folder of its code");
+                self.error(
+                    node.pos,
+                    path,
+                    "an app needs `source:`, the folder of its code",
+                );
                 None
             }
         };
@@ -292,27 +342,38 @@ impl Walker<'_> {
                 "auto" => Ok(Framework::Auto),
                 "express" => Ok(Framework::Express),
                 "node" => Ok(Framework::Node),
-                "next" | "remix" | "static" => {
-                    Err(format!("framework `{s}` is not supported by this version of SpinForge yet"))
-                }
-                _ => Err(format!("`{s}` is not a framework: use auto, express or node")),
+                "next" | "remix" | "static" => Err(format!(
+                    "framework `{s}` is not supported by this version of SpinForge yet"
+                )),
+                _ => Err(format!(
+                    "`{s}` is not a framework: use auto, express or node"
+                )),
             })
             .unwrap_or(Framework::Auto);
-        let env = f.take("env").map(|(p, n)| self.env(&p, n)).unwrap_or_default();
+        let env = f
+            .take("env")
+            .map(|(p, n)| self.env(&p, n))
+            .unwrap_or_default();
         let instances = f.take("instances");
         self.value(instances, "a number", |s| match s.parse::<u32>() {
             Ok(1) => Ok(()),
-            _ => Err(format!("`{s}`: only 1 instance per app is supported by this version yet")),
+            _ => Err(format!(
+                "`{s}`: only 1 instance per app is supported by this version yet"
+            )),
         });
         let memory = self.value(f.take("memory"), "a size such as 256M", |s| {
             let bytes = units::parse_size(s)?;
             if bytes < 32 << 20 {
-                return Err(format!("`{s}` is too little for a Node process: give at least 32M"));
+                return Err(format!(
+                    "`{s}` is too little for a Node process: give at least 32M"
+                ));
             }
             Ok(bytes)
         });
         let idle_timeout = match f.take("idle_timeout") {
-            Some(field) => self.duration(Some(field)).map(|d| (!d.is_zero()).then_some(d)),
+            Some(field) => self
+                .duration(Some(field))
+                .map(|d| (!d.is_zero()).then_some(d)),
             None => Some(Some(Duration::from_secs(300))),
         };
         let health_check = f
@@ -321,7 +382,16 @@ impl Walker<'_> {
             .unwrap_or_default();
         f.finish(
             self,
-            &["domains", "source", "framework", "env", "instances", "memory", "idle_timeout", "health_check"],
+            &[
+                "domains",
+                "source",
+                "framework",
+                "env",
+                "instances",
+                "memory",
+                "idle_timeout",
+                "health_check",
+            ],
             "apps.*",
         );
         if self.errors.len() > errors_before {
@@ -348,14 +418,22 @@ impl Walker<'_> {
         claimed: &mut HashMap<String, (String, u32)>,
     ) -> Vec<String> {
         let Some((path, node)) = field else {
-            self.error(app_pos, app_path, "an app needs `domains:`, the host names it answers on");
+            self.error(
+                app_pos,
+                app_path,
+                "an app needs `domains:`, the host names it answers on",
+            );
             return Vec::new();
         };
         let items: Vec<&Node> = match &node.value {
             Value::Seq(items) => items.iter().collect(),
             Value::Scalar(_) => vec![node],
             other => {
-                self.error(node.pos, &path, format!("expected a list of domains, found {}", other.kind()));
+                self.error(
+                    node.pos,
+                    &path,
+                    format!("expected a list of domains, found {}", other.kind()),
+                );
                 return Vec::new();
             }
         };
@@ -364,11 +442,17 @@ impl Walker<'_> {
         }
         let mut domains = Vec::new();
         for item in items {
-            let Some(text) = self.scalar(item, &path, "a domain") else { continue };
+            let Some(text) = self.scalar(item, &path, "a domain") else {
+                continue;
+            };
             match domain(text) {
                 Ok(d) => match claimed.get(&d) {
                     Some((other, line)) if other == app => {
-                        self.error(item.pos, &path, format!("`{d}` is listed twice (also on line {line})"));
+                        self.error(
+                            item.pos,
+                            &path,
+                            format!("`{d}` is listed twice (also on line {line})"),
+                        );
                     }
                     Some((other, line)) => {
                         self.error(
@@ -403,7 +487,11 @@ impl Walker<'_> {
         }
         let dir = base.join(text);
         if !dir.is_dir() {
-            self.error(node.pos, path, format!("`{text}` is not a folder (looked for {})", dir.display()));
+            self.error(
+                node.pos,
+                path,
+                format!("`{text}` is not a folder (looked for {})", dir.display()),
+            );
             return None;
         }
         Some(AppSource::Directory(absolute(&dir)))
@@ -413,7 +501,14 @@ impl Walker<'_> {
         let mut env = BTreeMap::new();
         let Value::Map(entries) = &node.value else {
             if !matches!(node.value, Value::Null) {
-                self.error(node.pos, path, format!("expected a mapping of NAME: value, found {}", node.value.kind()));
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "expected a mapping of NAME: value, found {}",
+                        node.value.kind()
+                    ),
+                );
             }
             return env;
         };
@@ -424,7 +519,11 @@ impl Walker<'_> {
                 continue;
             }
             if RESERVED_ENV.contains(&key.name.as_str()) {
-                self.error(key.pos, &var_path, format!("{} is set by SpinForge for every spinlet", key.name));
+                self.error(
+                    key.pos,
+                    &var_path,
+                    format!("{} is set by SpinForge for every spinlet", key.name),
+                );
                 continue;
             }
             match &value.value {
@@ -434,7 +533,11 @@ impl Walker<'_> {
                 Value::Null => {
                     env.insert(key.name.clone(), EnvValue::new(""));
                 }
-                other => self.error(value.pos, &var_path, format!("expected a scalar value, found {}", other.kind())),
+                other => self.error(
+                    value.pos,
+                    &var_path,
+                    format!("expected a scalar value, found {}", other.kind()),
+                ),
             }
         }
         env
@@ -442,12 +545,16 @@ impl Walker<'_> {
 
     fn health_check(&mut self, path: &str, node: &Node) -> HealthCheck {
         let mut hc = HealthCheck::default();
-        let Some(mut f) = self.fields(node, path) else { return hc };
+        let Some(mut f) = self.fields(node, path) else {
+            return hc;
+        };
         if let Some(p) = self.value(f.take("path"), "a path", |s| {
             if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 Ok(s.to_string())
             } else {
-                Err(format!("`{s}` is not a request path: it starts with / and has no spaces"))
+                Err(format!(
+                    "`{s}` is not a request path: it starts with / and has no spaces"
+                ))
             }
         }) {
             hc.path = p;
@@ -472,7 +579,9 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
         }
     }
     s.parse().map_err(|_| {
-        format!("`{s}` is not an address: write IP:port, e.g. 0.0.0.0:80, 127.0.0.1:8080 or [::]:80")
+        format!(
+            "`{s}` is not an address: write IP:port, e.g. 0.0.0.0:80, 127.0.0.1:8080 or [::]:80"
+        )
     })
 }
 
@@ -488,7 +597,9 @@ fn port_range(s: &str) -> Result<PortRange, String> {
 fn app_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -507,7 +618,9 @@ pub(crate) fn domain(text: &str) -> Result<String, String> {
         return Ok(d);
     }
     if d.contains(':') || d.contains('/') {
-        return Err(format!("`{text}` is not a domain: give the host name only, without scheme, port or path"));
+        return Err(format!(
+            "`{text}` is not a domain: give the host name only, without scheme, port or path"
+        ));
     }
     let name = d.strip_prefix("*.").unwrap_or(&d);
     let label_ok = |l: &str| {
@@ -578,13 +691,19 @@ mod tests {
             "edge:\n  listen_http: 127.0.0.1:8080\n  wake_timeout: 5s\nsupervisor:\n  data_dir: data\n  port_range: 31000-31099\napps:\n  hello:\n    domains: [Hello.Localhost, www.hello.localhost]\n    source: ./apps/hello\n    env: { NODE_ENV: production, WORKERS: 2 }\n    idle_timeout: 0\n",
         )
         .expect("valid");
-        assert_eq!(cfg.edge.listen_http, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(
+            cfg.edge.listen_http,
+            "127.0.0.1:8080".parse().expect("addr")
+        );
         assert_eq!(cfg.edge.wake_timeout, Duration::from_secs(5));
         assert_eq!(cfg.edge.grace, Duration::from_secs(10));
         assert_eq!(cfg.supervisor.data_dir, dir.path().join("data"));
         assert_eq!(cfg.supervisor.port_range.len(), 100);
         let hello = &cfg.apps["hello"];
-        assert_eq!(hello.domains, vec!["hello.localhost", "www.hello.localhost"]);
+        assert_eq!(
+            hello.domains,
+            vec!["hello.localhost", "www.hello.localhost"]
+        );
         assert_eq!(hello.idle_timeout, None);
         assert_eq!(hello.env["WORKERS"].expose(), "2");
         assert_eq!(hello.health_check, HealthCheck::default());
@@ -597,8 +716,10 @@ mod tests {
         let dir = fixture();
         let text = "edge:\n  listen_htp: 1.2.3.4:80\n  wake_timeout: soon\nsupervisor:\n  port_range: 30000-30002\napps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    memory: lots\n  api:\n    domains: [A.test]\n    source: ./apps/api\n";
         let errs = parse_in(&dir, text).expect_err("invalid").0;
-        let found: Vec<(u32, u32, &str)> =
-            errs.iter().map(|e| (e.line, e.column, e.key.as_str())).collect();
+        let found: Vec<(u32, u32, &str)> = errs
+            .iter()
+            .map(|e| (e.line, e.column, e.key.as_str()))
+            .collect();
         assert_eq!(
             found,
             vec![
@@ -610,30 +731,54 @@ mod tests {
             ],
             "{errs:#?}"
         );
-        assert!(errs[0].message.contains("did you mean `listen_http`"), "{}", errs[0].message);
-        assert!(errs[4].message.contains("app `hello`"), "{}", errs[4].message);
+        assert!(
+            errs[0].message.contains("did you mean `listen_http`"),
+            "{}",
+            errs[0].message
+        );
+        assert!(
+            errs[4].message.contains("app `hello`"),
+            "{}",
+            errs[4].message
+        );
         let shown = ConfigErrors(errs).to_string();
-        assert!(shown.contains("spinforge.yaml:3:17: edge.wake_timeout: `soon` is not a duration"), "{shown}");
+        assert!(
+            shown.contains("spinforge.yaml:3:17: edge.wake_timeout: `soon` is not a duration"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn planned_keys_say_so() {
         let dir = fixture();
-        let errs = parse_in(&dir, "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: 0.5\n")
-            .expect_err("cpu is planned")
-            .0;
+        let errs = parse_in(
+            &dir,
+            "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: 0.5\n",
+        )
+        .expect_err("cpu is planned")
+        .0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].key, "apps.hello.cpu");
-        assert!(errs[0].message.contains("not supported"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("not supported"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
     fn yaml_syntax_errors_are_located() {
         let dir = fixture();
-        let errs = parse_in(&dir, "edge:\n  grace: [1\n").expect_err("bad yaml").0;
+        let errs = parse_in(&dir, "edge:\n  grace: [1\n")
+            .expect_err("bad yaml")
+            .0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 2);
-        assert!(errs[0].message.starts_with("invalid YAML"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.starts_with("invalid YAML"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
@@ -645,7 +790,13 @@ mod tests {
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            vec!["apps.Bad_Name", "apps.Bad_Name.domains", "apps.Bad_Name.source", "apps.Bad_Name.env.PORT", "apps.Bad_Name.env.9X"],
+            vec![
+                "apps.Bad_Name",
+                "apps.Bad_Name.domains",
+                "apps.Bad_Name.source",
+                "apps.Bad_Name.env.PORT",
+                "apps.Bad_Name.env.9X"
+            ],
             "{errs:#?}"
         );
     }

@@ -12,17 +12,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("expected a duration such as 30s, 5m or 1h30m, found nothing".into());
     }
-    let bad = || format!("`{text}` is not a duration: write a number and a unit (ms, s, m, h, d), e.g. 30s, 5m or 1h30m");
+    let bad = || {
+        format!(
+            "`{text}` is not a duration: write a number and a unit (ms, s, m, h, d), e.g. 30s, 5m or 1h30m"
+        )
+    };
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -42,7 +50,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `Ki`, `KiB`, any case).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let bad = || format!("`{text}` is not a size: write a number with an optional unit K, M, G or T, e.g. 256M");
+    let bad = || {
+        format!(
+            "`{text}` is not a size: write a number with an optional unit K, M, G or T, e.g. 256M"
+        )
+    };
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
         return Err(bad());

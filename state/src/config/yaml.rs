@@ -55,14 +55,20 @@ pub struct SyntaxError {
 
 pub fn read(text: &str) -> Result<Node, SyntaxError> {
     if text.trim().is_empty() {
-        return Ok(Node { pos: Pos { line: 1, column: 1 }, value: Value::Map(Vec::new()) });
+        return Ok(Node {
+            pos: Pos { line: 1, column: 1 },
+            value: Value::Map(Vec::new()),
+        });
     }
     match serde_saphyr::from_str::<Spanned<Raw>>(text) {
         Ok(root) => Ok(root.into()),
         Err(e) => {
             let pos = e
                 .location()
-                .map(|l| Pos { line: l.line() as u32, column: l.column() as u32 })
+                .map(|l| Pos {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                })
                 .unwrap_or(Pos { line: 1, column: 1 });
             // serde-saphyr's Display repeats the position and a snippet; keep the first line's
             // message only, we print our own snippet.
@@ -88,7 +94,10 @@ enum Raw {
 
 impl From<Spanned<Raw>> for Node {
     fn from(s: Spanned<Raw>) -> Self {
-        let pos = Pos { line: s.referenced.line() as u32, column: s.referenced.column() as u32 };
+        let pos = Pos {
+            line: s.referenced.line() as u32,
+            column: s.referenced.column() as u32,
+        };
         let value = match s.value {
             Raw::Null => Value::Null,
             Raw::Scalar(v) => Value::Scalar(v),
@@ -174,12 +183,24 @@ mod tests {
     #[test]
     fn keeps_positions_of_keys_and_values() {
         let root = read("a: 1\nb:\n  c: [x, 30s]\n").expect("valid yaml");
-        let Value::Map(entries) = root.value else { panic!("root is a map") };
+        let Value::Map(entries) = root.value else {
+            panic!("root is a map")
+        };
         assert_eq!(entries[1].0.name, "b");
         assert_eq!(entries[1].0.pos, Pos { line: 2, column: 1 });
-        let Value::Map(inner) = &entries[1].1.value else { panic!("b is a map") };
-        let Value::Seq(items) = &inner[0].1.value else { panic!("c is a list") };
-        assert_eq!(items[1].pos, Pos { line: 3, column: 10 });
+        let Value::Map(inner) = &entries[1].1.value else {
+            panic!("b is a map")
+        };
+        let Value::Seq(items) = &inner[0].1.value else {
+            panic!("c is a list")
+        };
+        assert_eq!(
+            items[1].pos,
+            Pos {
+                line: 3,
+                column: 10
+            }
+        );
         assert!(matches!(&items[1].value, Value::Scalar(s) if s == "30s"));
     }
 

@@ -23,13 +23,18 @@ struct Data {
 
 impl Embedded {
     pub(crate) fn new() -> Self {
-        Self { data: Mutex::new(Data::default()), events: broadcast::channel(EVENT_BUFFER).0 }
+        Self {
+            data: Mutex::new(Data::default()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        }
     }
 
     fn data(&self) -> MutexGuard<'_, Data> {
         // A panic while holding the lock cannot leave a half-applied batch worth refusing to read:
         // every write below is a single map operation.
-        self.data.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.data
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Delivery> {
@@ -51,7 +56,10 @@ impl Embedded {
                         d.zsets.remove(&key);
                     }
                     Write::HashReplace { key, fields } => {
-                        let fields = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                        let fields = fields
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect();
                         d.hashes.insert(key, fields);
                     }
                     Write::SetAdd { key, member } => {
@@ -106,11 +114,20 @@ impl Embedded {
     pub(crate) fn members_of(&self, keys: &[String]) -> Vec<Vec<String>> {
         let d = self.data();
         keys.iter()
-            .map(|k| d.sets.get(k).map(|s| s.iter().cloned().collect()).unwrap_or_default())
+            .map(|k| {
+                d.sets
+                    .get(k)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
     pub(crate) fn zset(&self, key: &str) -> BTreeMap<String, u64> {
-        self.data().zsets.get(key).map(|z| z.iter().map(|(m, s)| (m.clone(), *s)).collect()).unwrap_or_default()
+        self.data()
+            .zsets
+            .get(key)
+            .map(|z| z.iter().map(|(m, s)| (m.clone(), *s)).collect())
+            .unwrap_or_default()
     }
 }

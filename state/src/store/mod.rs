@@ -40,14 +40,31 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// One write of a batch. A batch is applied atomically (MULTI/EXEC on Redis, one lock in memory).
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
-    Set { key: String, value: String },
-    Del { key: String },
+    Set {
+        key: String,
+        value: String,
+    },
+    Del {
+        key: String,
+    },
     /// Replace a whole HASH.
-    HashReplace { key: String, fields: BTreeMap<&'static str, String> },
-    SetAdd { key: String, member: String },
-    SetRemove { key: String, member: String },
+    HashReplace {
+        key: String,
+        fields: BTreeMap<&'static str, String>,
+    },
+    SetAdd {
+        key: String,
+        member: String,
+    },
+    SetRemove {
+        key: String,
+        member: String,
+    },
     /// Raise members' scores, never lower them (`ZADD GT`).
-    ZAddGreater { key: String, entries: Vec<(String, u64)> },
+    ZAddGreater {
+        key: String,
+        entries: Vec<(String, u64)>,
+    },
 }
 
 /// What a subscription hands out.
@@ -76,7 +93,10 @@ pub struct Subscription {
 
 impl Subscription {
     fn new(rx: broadcast::Receiver<Delivery>) -> Self {
-        Self { rx, resync_due: true }
+        Self {
+            rx,
+            resync_due: true,
+        }
     }
 
     /// The next signal; `None` once the store is gone.
@@ -90,6 +110,22 @@ impl Subscription {
             // Fell behind and lost events: what we cache may be stale, reload it.
             Err(broadcast::error::RecvError::Lagged(_)) => Some(Signal::Resync),
             Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next signal if one is ready now, without waiting (for draining a burst in one go).
+    pub fn try_next(&mut self) -> Option<Signal> {
+        if std::mem::take(&mut self.resync_due) {
+            return Some(Signal::Resync);
+        }
+        match self.rx.try_recv() {
+            Ok(Delivery::Event(e)) => Some(Signal::Event(e)),
+            Ok(Delivery::Reconnected) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                Some(Signal::Resync)
+            }
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
+                None
+            }
         }
     }
 }
@@ -112,14 +148,18 @@ pub struct Store {
 impl Store {
     /// An in-memory store for one process.
     pub fn embedded() -> Store {
-        Store { backend: Arc::new(Backend::Embedded(embedded::Embedded::new())) }
+        Store {
+            backend: Arc::new(Backend::Embedded(embedded::Embedded::new())),
+        }
     }
 
     /// Connects to Redis, retrying until `wait` has passed. Once connected, the clients reconnect
     /// on their own, and subscriptions get a [`Signal::Resync`] after each reconnect.
     pub async fn connect_redis(url: &RedisUrl, wait: Duration) -> Result<Store> {
         let redis = redis::Redis::connect(url, wait).await?;
-        Ok(Store { backend: Arc::new(Backend::Redis(redis)) })
+        Ok(Store {
+            backend: Arc::new(Backend::Redis(redis)),
+        })
     }
 
     /// `"embedded"` or `"redis"`, for logs.
@@ -145,13 +185,30 @@ impl Store {
 
     pub async fn put_route(&self, route: &Route) -> Result<()> {
         let value = serde_json::to_string(route).expect("routes serialize");
-        let event = Event::RouteChanged { domain: route.domain.clone() };
-        self.write(vec![Write::Set { key: keys::route(&route.domain), value }], Some(&event)).await
+        let event = Event::RouteChanged {
+            domain: route.domain.clone(),
+        };
+        self.write(
+            vec![Write::Set {
+                key: keys::route(&route.domain),
+                value,
+            }],
+            Some(&event),
+        )
+        .await
     }
 
     pub async fn delete_route(&self, domain: &str) -> Result<()> {
-        let event = Event::RouteChanged { domain: domain.to_string() };
-        self.write(vec![Write::Del { key: keys::route(domain) }], Some(&event)).await
+        let event = Event::RouteChanged {
+            domain: domain.to_string(),
+        };
+        self.write(
+            vec![Write::Del {
+                key: keys::route(domain),
+            }],
+            Some(&event),
+        )
+        .await
     }
 
     pub async fn route(&self, domain: &str) -> Result<Option<Route>> {
@@ -160,19 +217,43 @@ impl Store {
     }
 
     pub async fn routes(&self) -> Result<Vec<Route>> {
-        self.scan_values(keys::ROUTES_PREFIX).await?.iter().map(|(k, v)| decode(k, v)).collect()
+        self.scan_values(keys::ROUTES_PREFIX)
+            .await?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     // --- apps ---
 
     pub async fn put_app(&self, app: &AppRecord) -> Result<()> {
         let value = serde_json::to_string(app).expect("apps serialize");
-        self.write(vec![Write::Set { key: keys::app(&app.name), value }], None).await
+        self.write(
+            vec![Write::Set {
+                key: keys::app(&app.name),
+                value,
+            }],
+            None,
+        )
+        .await
     }
 
     pub async fn delete_app(&self, name: &str) -> Result<()> {
-        let writes = vec![Write::Del { key: keys::app(name) }, Write::Del { key: keys::upstreams(name) }];
-        self.write(writes, Some(&Event::UpstreamsChanged { app: name.to_string() })).await
+        let writes = vec![
+            Write::Del {
+                key: keys::app(name),
+            },
+            Write::Del {
+                key: keys::upstreams(name),
+            },
+        ];
+        self.write(
+            writes,
+            Some(&Event::UpstreamsChanged {
+                app: name.to_string(),
+            }),
+        )
+        .await
     }
 
     pub async fn app(&self, name: &str) -> Result<Option<AppRecord>> {
@@ -181,19 +262,36 @@ impl Store {
     }
 
     pub async fn apps(&self) -> Result<Vec<AppRecord>> {
-        self.scan_values(keys::APPS_PREFIX).await?.iter().map(|(k, v)| decode(k, v)).collect()
+        self.scan_values(keys::APPS_PREFIX)
+            .await?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     // --- spinlets ---
 
     pub async fn put_spinlet(&self, s: &Spinlet) -> Result<()> {
-        let event = Event::SpinletState { id: s.id.clone(), app: s.app.clone(), state: s.state.as_str().into() };
-        let writes = vec![Write::HashReplace { key: keys::spinlet(&s.id), fields: s.to_fields() }];
+        let event = Event::SpinletState {
+            id: s.id.clone(),
+            app: s.app.clone(),
+            state: s.state.as_str().into(),
+        };
+        let writes = vec![Write::HashReplace {
+            key: keys::spinlet(&s.id),
+            fields: s.to_fields(),
+        }];
         self.write(writes, Some(&event)).await
     }
 
     pub async fn delete_spinlet(&self, id: &str) -> Result<()> {
-        self.write(vec![Write::Del { key: keys::spinlet(id) }], None).await
+        self.write(
+            vec![Write::Del {
+                key: keys::spinlet(id),
+            }],
+            None,
+        )
+        .await
     }
 
     pub async fn spinlets(&self) -> Result<Vec<Spinlet>> {
@@ -216,25 +314,56 @@ impl Store {
     // --- upstreams ---
 
     pub async fn add_upstream(&self, app: &str, addr: &str) -> Result<()> {
-        let writes = vec![Write::SetAdd { key: keys::upstreams(app), member: addr.to_string() }];
-        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+        let writes = vec![Write::SetAdd {
+            key: keys::upstreams(app),
+            member: addr.to_string(),
+        }];
+        self.write(
+            writes,
+            Some(&Event::UpstreamsChanged {
+                app: app.to_string(),
+            }),
+        )
+        .await
     }
 
     pub async fn remove_upstream(&self, app: &str, addr: &str) -> Result<()> {
-        let writes = vec![Write::SetRemove { key: keys::upstreams(app), member: addr.to_string() }];
-        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+        let writes = vec![Write::SetRemove {
+            key: keys::upstreams(app),
+            member: addr.to_string(),
+        }];
+        self.write(
+            writes,
+            Some(&Event::UpstreamsChanged {
+                app: app.to_string(),
+            }),
+        )
+        .await
     }
 
     /// Replaces an app's upstreams with exactly `addrs` (used when re-asserting after a resync).
     pub async fn set_upstreams(&self, app: &str, addrs: &[String]) -> Result<()> {
         let key = keys::upstreams(app);
         let mut writes = vec![Write::Del { key: key.clone() }];
-        writes.extend(addrs.iter().map(|a| Write::SetAdd { key: key.clone(), member: a.clone() }));
-        self.write(writes, Some(&Event::UpstreamsChanged { app: app.to_string() })).await
+        writes.extend(addrs.iter().map(|a| Write::SetAdd {
+            key: key.clone(),
+            member: a.clone(),
+        }));
+        self.write(
+            writes,
+            Some(&Event::UpstreamsChanged {
+                app: app.to_string(),
+            }),
+        )
+        .await
     }
 
     pub async fn upstreams(&self, app: &str) -> Result<Vec<String>> {
-        Ok(self.upstreams_of(&[app.to_string()]).await?.pop().unwrap_or_default())
+        Ok(self
+            .upstreams_of(&[app.to_string()])
+            .await?
+            .pop()
+            .unwrap_or_default())
     }
 
     /// The upstreams of many apps in one round trip, in the order asked.
@@ -253,7 +382,10 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let writes = vec![Write::ZAddGreater { key: keys::ACTIVE.into(), entries: entries.to_vec() }];
+        let writes = vec![Write::ZAddGreater {
+            key: keys::ACTIVE.into(),
+            entries: entries.to_vec(),
+        }];
         self.write(writes, None).await
     }
 
@@ -293,5 +425,8 @@ impl Store {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T> {
-    serde_json::from_str(value).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    serde_json::from_str(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }

@@ -26,14 +26,19 @@ pub(crate) struct Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
 impl Redis {
     pub(crate) async fn connect(url: &RedisUrl, wait: Duration) -> Result<Redis> {
         let shown = url.to_string();
-        let err = |source| StoreError::Redis { url: shown.clone(), source };
+        let err = |source| StoreError::Redis {
+            url: shown.clone(),
+            source,
+        };
         let config = Config::from_url(url.expose()).map_err(err)?;
         let mut builder = Builder::from_config(config);
         builder
@@ -66,10 +71,20 @@ impl Redis {
         // Listen before subscribing, so nothing published after SUBSCRIBE returns is missed.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
-        subscriber.subscribe(keys::EVENTS).await.map_err(err)?;
-        tokio::spawn(relay(subscriber.clone(), messages, reconnects, events.clone()));
+        subscribe_confirmed(&subscriber).await.map_err(err)?;
+        tokio::spawn(relay(
+            subscriber.clone(),
+            messages,
+            reconnects,
+            events.clone(),
+        ));
         tracing::info!(redis = %shown, "connected to Redis");
-        Ok(Redis { url: shown, client, subscriber, events })
+        Ok(Redis {
+            url: shown,
+            client,
+            subscriber,
+            events,
+        })
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Delivery> {
@@ -80,21 +95,34 @@ impl Redis {
         let trx = self.client.multi();
         for w in writes {
             match w {
-                Write::Set { key, value } => trx.set::<(), _, _>(key, value, None, None, false).await?,
+                Write::Set { key, value } => {
+                    trx.set::<(), _, _>(key, value, None, None, false).await?
+                }
                 Write::Del { key } => trx.del::<(), _>(key).await?,
                 Write::HashReplace { key, fields } => {
                     trx.del::<(), _>(key.clone()).await?;
-                    let fields: HashMap<String, String> =
-                        fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                    let fields: HashMap<String, String> = fields
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
                     trx.hset::<(), _, _>(key, fields).await?
                 }
                 Write::SetAdd { key, member } => trx.sadd::<(), _, _>(key, member).await?,
                 Write::SetRemove { key, member } => trx.srem::<(), _, _>(key, member).await?,
                 Write::ZAddGreater { key, entries } => {
-                    let values: Vec<(f64, String)> =
-                        entries.into_iter().map(|(m, score)| (score as f64, m)).collect();
-                    trx.zadd::<(), _, _>(key, None, Some(Ordering::GreaterThan), false, false, values)
-                        .await?
+                    let values: Vec<(f64, String)> = entries
+                        .into_iter()
+                        .map(|(m, score)| (score as f64, m))
+                        .collect();
+                    trx.zadd::<(), _, _>(
+                        key,
+                        None,
+                        Some(Ordering::GreaterThan),
+                        false,
+                        false,
+                        values,
+                    )
+                    .await?
                 }
             }
         }
@@ -110,8 +138,22 @@ impl Redis {
     }
 
     async fn keys(&self, pattern: &str) -> Result<Vec<String>> {
-        let keys: Vec<Key> = self.client.scan_buffered(pattern, Some(1000), None).try_collect().await?;
-        let mut keys: Vec<String> = keys.into_iter().filter_map(|k| k.into_string()).collect();
+        // fred applies no command timeout to SCAN: while Redis is away it would wait for the
+        // reconnect forever. Bound every page instead.
+        let mut scan = std::pin::pin!(self.client.scan_buffered(pattern, Some(1000), None));
+        let mut keys = Vec::new();
+        loop {
+            match tokio::time::timeout(COMMAND_TIMEOUT, scan.try_next()).await {
+                Ok(Ok(Some(key))) => keys.extend(key.into_string()),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    let e =
+                        fred::error::Error::new(fred::error::ErrorKind::Timeout, "SCAN timed out");
+                    return Err(e.into());
+                }
+            }
+        }
         keys.sort();
         keys.dedup(); // SCAN may return a key twice
         Ok(keys)
@@ -125,18 +167,31 @@ impl Redis {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let values: Vec<Option<String>> = self.client.mget(chunk.to_vec()).await?;
-            out.extend(chunk.iter().cloned().zip(values).filter_map(|(k, v)| Some((k, v?))));
+            out.extend(
+                chunk
+                    .iter()
+                    .cloned()
+                    .zip(values)
+                    .filter_map(|(k, v)| Some((k, v?))),
+            );
         }
         Ok(out)
     }
 
-    pub(crate) async fn scan_hashes(&self, pattern: &str) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+    pub(crate) async fn scan_hashes(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>> {
         let keys = self.keys(pattern).await?;
         let pipeline = self.client.pipeline();
         for k in &keys {
             pipeline.hgetall::<(), _>(k.as_str()).await?;
         }
-        let hashes: Vec<HashMap<String, String>> = if keys.is_empty() { Vec::new() } else { pipeline.all().await? };
+        let hashes: Vec<HashMap<String, String>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            pipeline.all().await?
+        };
         Ok(keys
             .into_iter()
             .zip(hashes)
@@ -153,12 +208,13 @@ impl Redis {
         for k in keys {
             pipeline.smembers::<(), _>(k.as_str()).await?;
         }
-        let mut sets: Vec<Vec<String>> = if keys.len() == 1 {
-            // A one-command pipeline answers with the bare reply, not a list of replies.
-            vec![pipeline.all().await?]
-        } else {
-            pipeline.all().await?
-        };
+        // One result per command. (`all()` answers a list of replies even for one command, which
+        // fred's conversion then mangles unless that one set has exactly one member.)
+        let mut sets = pipeline
+            .try_all::<Vec<String>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         for s in &mut sets {
             s.sort();
         }
@@ -166,7 +222,10 @@ impl Redis {
     }
 
     pub(crate) async fn zset(&self, key: &str) -> Result<BTreeMap<String, u64>> {
-        let pairs: Vec<(String, f64)> = self.client.zrange(key, 0, -1, None, false, None, true).await?;
+        let pairs: Vec<(String, f64)> = self
+            .client
+            .zrange(key, 0, -1, None, false, None, true)
+            .await?;
         Ok(pairs.into_iter().map(|(m, s)| (m, s as u64)).collect())
     }
 }
@@ -184,8 +243,9 @@ impl Drop for Redis {
     }
 }
 
-/// Both fred client kinds, for the connect loop above.
-trait InitClient {
+/// Both fred client kinds, for the connect loop above. `Send + Sync` so that `connect` (which holds
+/// `&dyn InitClient` across `.await`) stays `Send` and can run inside `tokio::spawn`.
+trait InitClient: Send + Sync {
     fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>>;
 }
 
@@ -193,6 +253,20 @@ impl<C: ClientLike> InitClient for C {
     fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>> {
         Box::pin(async move { self.init().await.map(|_| ()) })
     }
+}
+
+/// Subscribes to the events channel, and returns once Redis has processed the SUBSCRIBE.
+async fn subscribe_confirmed(subscriber: &SubscriberClient) -> Result<(), fred::error::Error> {
+    subscriber.subscribe(keys::EVENTS).await?;
+    confirmed(subscriber).await
+}
+
+/// fred answers (P)SUBSCRIBE as soon as it is written to the socket, not when Redis has processed
+/// it: an event published right after could still reach Redis first and be lost, with no resync to
+/// cover it. Redis answers a connection's commands in order, so once a PING sent after the
+/// SUBSCRIBE is answered, the subscription is live.
+async fn confirmed(subscriber: &SubscriberClient) -> Result<(), fred::error::Error> {
+    subscriber.ping::<Value>(None).await.map(|_| ())
 }
 
 /// Moves events from the subscriber connection to the local broadcast channel, and after each
@@ -218,7 +292,11 @@ async fn relay(
             },
             server = reconnects.recv() => match server {
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Err(e) = subscriber.resubscribe_all().await {
+                    let resubscribed = match subscriber.resubscribe_all().await {
+                        Ok(()) => confirmed(&subscriber).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = resubscribed {
                         tracing::warn!(error = %e, "could not subscribe again after a Redis reconnect");
                     }
                     tracing::info!("reconnected to Redis; readers reload their state");

@@ -1,0 +1,257 @@
+//! The routing snapshot the request path reads: host → app → upstreams, immutable once built and
+//! swapped whole (an `ArcSwap`), so a request never takes a lock or asks the store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// One immutable routing table.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    hosts: HashMap<Box<str>, Arc<AppEntry>>,
+    apps: HashMap<Arc<str>, Arc<AppEntry>>,
+}
+
+/// An app as the request path sees it.
+#[derive(Debug)]
+pub struct AppEntry {
+    pub name: Arc<str>,
+    /// Healthy spinlets, in a stable order.
+    pub upstreams: Box<[SocketAddr]>,
+    /// Counters that outlive table swaps.
+    pub runtime: Arc<AppRuntime>,
+}
+
+/// Per-app counters kept across snapshots: the next table reuses the previous one's.
+#[derive(Debug, Default)]
+pub struct AppRuntime {
+    /// Last request start or end (ms since the epoch).
+    last_access_ms: AtomicU64,
+    /// What the activity flusher last wrote to the store.
+    flushed_ms: AtomicU64,
+    /// Round-robin cursor over the upstreams.
+    next_upstream: AtomicUsize,
+    /// Requests currently held waiting for the app to wake.
+    held: AtomicUsize,
+    /// When a wake was last asked for (ms), so that many held requests cause one wake a second.
+    last_wake_ms: AtomicU64,
+}
+
+/// A wake is asked again this often while requests are held (in case one got lost).
+const WAKE_REPEAT_MS: u64 = 1000;
+
+impl AppRuntime {
+    pub fn touch(&self, now_ms: u64) {
+        self.last_access_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// The last access not yet flushed, if any.
+    pub fn unflushed_access(&self) -> Option<u64> {
+        let last = self.last_access_ms.load(Ordering::Relaxed);
+        (last > self.flushed_ms.load(Ordering::Relaxed)).then_some(last)
+    }
+
+    pub fn mark_flushed(&self, ms: u64) {
+        self.flushed_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn next_upstream(&self) -> usize {
+        self.next_upstream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a place among the requests held for this app, unless `max` are held already.
+    pub fn try_hold(self: &Arc<Self>, max: usize) -> Option<HeldRequest> {
+        let before = self.held.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(HeldRequest {
+            runtime: self.clone(),
+        })
+    }
+
+    /// True when this caller should publish a wake now (at most once per [`WAKE_REPEAT_MS`]).
+    pub fn wake_due(&self, now_ms: u64) -> bool {
+        let last = self.last_wake_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= WAKE_REPEAT_MS
+            && self
+                .last_wake_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// A place among an app's held requests, given back on drop.
+#[derive(Debug)]
+pub struct HeldRequest {
+    runtime: Arc<AppRuntime>,
+}
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        self.runtime.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RoutingTable {
+    /// Builds a table from `routes` (domain → app) and `upstreams` (app → addresses), reusing the
+    /// runtimes of `previous` for apps it already had.
+    pub fn build<'a>(
+        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+        upstreams: &HashMap<String, Vec<SocketAddr>>,
+        previous: &RoutingTable,
+    ) -> RoutingTable {
+        let mut table = RoutingTable::default();
+        for (domain, app) in routes {
+            let entry = match table.apps.get(app) {
+                Some(e) => e.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(app);
+                    let runtime = previous
+                        .apps
+                        .get(app)
+                        .map(|e| e.runtime.clone())
+                        .unwrap_or_default();
+                    let mut addrs = upstreams.get(app).cloned().unwrap_or_default();
+                    addrs.sort();
+                    addrs.dedup();
+                    let e = Arc::new(AppEntry {
+                        name: name.clone(),
+                        upstreams: addrs.into(),
+                        runtime,
+                    });
+                    table.apps.insert(name, e.clone());
+                    e
+                }
+            };
+            table.hosts.insert(domain.into(), entry);
+        }
+        table
+    }
+
+    /// The app for a normalized host: the exact name, else the wildcard one label up.
+    pub fn lookup(&self, host: &str) -> Option<&Arc<AppEntry>> {
+        if let Some(e) = self.hosts.get(host) {
+            return Some(e);
+        }
+        let (_, parent) = host.split_once('.')?;
+        // Wildcards are rare: only a miss pays for this allocation.
+        let mut wildcard = String::with_capacity(parent.len() + 2);
+        wildcard.push_str("*.");
+        wildcard.push_str(parent);
+        self.hosts.get(wildcard.as_str())
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppEntry>> {
+        self.apps.values()
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<AppEntry>> {
+        self.apps.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// The host a request is for: port removed, lowercased (borrowed when already lowercase, which is
+/// nearly always). `None` when empty or malformed.
+pub fn normalize_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = std::str::from_utf8(raw).ok()?.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        &raw[..rest.find(']')? + 2]
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(
+            normalize_host(b"Hello.Localhost:8080").as_deref(),
+            Some("hello.localhost")
+        );
+        assert_eq!(
+            normalize_host(b"example.com").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host(b"example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host(b"[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host(b":80"), None);
+        assert_eq!(normalize_host(b""), None);
+    }
+
+    #[test]
+    fn exact_then_wildcard() {
+        let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
+        let t = RoutingTable::build(
+            [("a.test", "a"), ("*.b.test", "b")],
+            &ups,
+            &RoutingTable::default(),
+        );
+        assert_eq!(&*t.lookup("a.test").expect("exact").name, "a");
+        assert_eq!(t.lookup("a.test").expect("exact").upstreams.len(), 1);
+        assert_eq!(&*t.lookup("x.b.test").expect("wildcard").name, "b");
+        assert!(t.lookup("b.test").is_none());
+        assert!(t.lookup("y.x.b.test").is_none());
+    }
+
+    #[test]
+    fn runtimes_survive_rebuilds() {
+        let t1 = RoutingTable::build([("a.test", "a")], &HashMap::new(), &RoutingTable::default());
+        t1.lookup("a.test").expect("a").runtime.touch(42);
+        let t2 = RoutingTable::build([("a.test", "a"), ("www.a.test", "a")], &HashMap::new(), &t1);
+        let e = t2.lookup("www.a.test").expect("a");
+        assert_eq!(e.runtime.unflushed_access(), Some(42));
+        assert!(Arc::ptr_eq(e, t2.lookup("a.test").expect("a")));
+    }
+
+    #[test]
+    fn held_requests_are_bounded() {
+        let rt = Arc::new(AppRuntime::default());
+        let a = rt.try_hold(2).expect("first");
+        let _b = rt.try_hold(2).expect("second");
+        assert!(rt.try_hold(2).is_none());
+        drop(a);
+        assert!(rt.try_hold(2).is_some());
+    }
+
+    #[test]
+    fn one_wake_per_second() {
+        let rt = AppRuntime::default();
+        assert!(rt.wake_due(10_000));
+        assert!(!rt.wake_due(10_500));
+        assert!(rt.wake_due(11_000));
+    }
+}

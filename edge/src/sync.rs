@@ -1,0 +1,210 @@
+//! Keeps the routing snapshot in step with the store: events change single routes or upstream
+//! sets; a resync (first subscription, reconnect, lag, or every [`FULL_RELOAD`]) reloads it all.
+//! While the store is unreachable the last table keeps serving and the reload is retried.
+
+use crate::routing::RoutingTable;
+use arc_swap::ArcSwap;
+use spinforge_state::{Event, Signal, Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A safety net against lost events: reload everything this often.
+const FULL_RELOAD: Duration = Duration::from_secs(30);
+/// After a failed reload, try again after this long.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// The current routing table and a counter that ticks on every swap, for held requests to wait on.
+#[derive(Debug)]
+pub struct Snapshot {
+    table: ArcSwap<RoutingTable>,
+    version: watch::Sender<u64>,
+}
+
+impl Snapshot {
+    pub fn new() -> Self {
+        Self {
+            table: ArcSwap::from_pointee(RoutingTable::default()),
+            version: watch::channel(0).0,
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.table.load()
+    }
+
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
+    fn publish(&self, table: RoutingTable) {
+        self.table.store(Arc::new(table));
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that sees every swap from now on.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the store holds, as far as routing cares.
+#[derive(Debug, Default)]
+struct Model {
+    /// domain → app
+    routes: BTreeMap<String, String>,
+    /// app → healthy upstreams
+    upstreams: HashMap<String, Vec<SocketAddr>>,
+}
+
+impl Model {
+    async fn load(store: &Store) -> Result<Model, StoreError> {
+        let routes: BTreeMap<String, String> = store
+            .routes()
+            .await?
+            .into_iter()
+            .map(|r| (r.domain, r.app))
+            .collect();
+        let mut apps: Vec<String> = routes.values().cloned().collect();
+        apps.sort();
+        apps.dedup();
+        let sets = store.upstreams_of(&apps).await?;
+        let upstreams = apps
+            .into_iter()
+            .zip(sets)
+            .map(|(app, set)| (app, parse_addrs(&set)))
+            .collect();
+        Ok(Model { routes, upstreams })
+    }
+
+    async fn apply(&mut self, store: &Store, event: &Event) -> Result<bool, StoreError> {
+        match event {
+            Event::RouteChanged { domain } => {
+                match store.route(domain).await? {
+                    Some(route) => {
+                        if !self.upstreams.contains_key(&route.app) {
+                            let set = store.upstreams(&route.app).await?;
+                            self.upstreams.insert(route.app.clone(), parse_addrs(&set));
+                        }
+                        self.routes.insert(route.domain, route.app);
+                    }
+                    None => {
+                        self.routes.remove(domain);
+                    }
+                }
+                Ok(true)
+            }
+            Event::UpstreamsChanged { app } => {
+                let set = store.upstreams(app).await?;
+                self.upstreams.insert(app.clone(), parse_addrs(&set));
+                Ok(true)
+            }
+            Event::SpinletState { .. } | Event::Wake { .. } => Ok(false),
+        }
+    }
+
+    fn table(&self, previous: &RoutingTable) -> RoutingTable {
+        RoutingTable::build(
+            self.routes.iter().map(|(d, a)| (d.as_str(), a.as_str())),
+            &self.upstreams,
+            previous,
+        )
+    }
+}
+
+fn parse_addrs(set: &[String]) -> Vec<SocketAddr> {
+    set.iter()
+        .filter_map(|s| match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                // The edge never resolves names: a request must not wait on DNS.
+                tracing::warn!(upstream = %s, "ignoring an upstream that is not IP:port");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Runs until `stop` turns true. The first table is published as soon as it is loaded.
+pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+    let mut model = Model::default();
+    let mut sub = store.subscribe();
+    let mut resync = false;
+    let mut events = Vec::new();
+    let mut full_reload = tokio::time::interval(FULL_RELOAD);
+    full_reload.tick().await; // the subscription's first signal is a resync already
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            signal = sub.next() => match signal {
+                Some(Signal::Resync) => resync = true,
+                Some(Signal::Event(e)) => events.push(e),
+                None => return,
+            },
+            _ = full_reload.tick() => resync = true,
+            _ = retry => retry_at = None,
+            _ = stop.changed() => return,
+        }
+        // Take the rest of a burst so that it makes one table, not many.
+        while let Some(signal) = sub.try_next() {
+            match signal {
+                Signal::Resync => resync = true,
+                Signal::Event(e) => events.push(e),
+            }
+        }
+        if retry_at.is_some() {
+            continue; // a failed reload is pending: it will cover these
+        }
+        let outcome = if resync {
+            Model::load(&store).await.map(|m| {
+                model = m;
+                true
+            })
+        } else {
+            let mut changed = false;
+            let mut result = Ok(false);
+            for e in &events {
+                match model.apply(&store, e).await {
+                    Ok(c) => changed |= c,
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+            result.map(|_| changed)
+        };
+        match outcome {
+            Ok(changed) => {
+                resync = false;
+                events.clear();
+                if changed {
+                    let table = model.table(&snapshot.load());
+                    tracing::debug!(routes = table.len(), "routing table updated");
+                    snapshot.publish(table);
+                }
+            }
+            Err(e) => {
+                // Keep serving the last table; reload everything once the store answers again.
+                tracing::warn!(error = %e, "cannot refresh routes from the store; serving the last known routes");
+                resync = true;
+                events.clear();
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+}

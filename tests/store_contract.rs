@@ -1,0 +1,814 @@
+//! The contract of `spinforge_state::Store`, checked once against each backend: the embedded store
+//! and a real `redis-server`. Every test gets a fresh store (and its own Redis), so they run in
+//! parallel. Then a few Redis-only cases: Redis going away and coming back.
+
+mod support;
+
+use spinforge_state::config::RedisUrl;
+use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
+use spinforge_state::{Event, Signal, Store, Subscription};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::{EVENTUALLY, RedisServer, eventually};
+
+/// How long a published event may take to arrive.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+// --- harness ---
+
+async fn connect(server: &RedisServer) -> Store {
+    let store = Store::connect_redis(&RedisUrl::new(server.url()), Duration::from_secs(5))
+        .await
+        .expect("connect to the test redis-server");
+    assert_eq!(store.kind(), "redis");
+    store
+}
+
+/// Writes each contract case once, and runs it against both backends:
+/// `on_embedded::case` and `on_redis::case`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod on_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let store = spinforge_state::Store::embedded();
+                    assert_eq!(store.kind(), "embedded");
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let server = crate::support::RedisServer::start();
+                    super::$case(super::connect(&server).await).await;
+                    drop(server);
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    routes_roundtrip,
+    apps_roundtrip,
+    spinlets_roundtrip,
+    upstreams_roundtrip,
+    upstreams_of_many_apps,
+    activity_keeps_the_latest_time,
+    subscription_starts_with_resync,
+    writes_publish_their_events,
+    writes_without_events_publish_nothing,
+    every_subscriber_gets_every_event,
+    subscription_ends_when_the_store_is_gone,
+);
+
+// --- fixtures ---
+
+fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
+    Route {
+        domain: domain.into(),
+        app: app.into(),
+        release,
+    }
+}
+
+fn app(name: &str, domains: &[&str]) -> AppRecord {
+    AppRecord {
+        name: name.into(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        source: format!("/srv/{name}"),
+        idle_timeout_ms: Some(300_000),
+        current_release: Some(2),
+        releases: vec![1, 2],
+    }
+}
+
+fn spinlet(id: &str, app: &str, state: SpinletState, port: u16) -> Spinlet {
+    Spinlet {
+        id: id.into(),
+        app: app.into(),
+        release: 3,
+        state,
+        pid: 4242,
+        host: "127.0.0.1".into(),
+        port,
+        started: 1_732_000_000_123,
+        restarts: 1,
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The next signal, failing the test instead of hanging when none comes.
+async fn next_signal(sub: &mut Subscription) -> Signal {
+    match tokio::time::timeout(EVENT_TIMEOUT, sub.next()).await {
+        Ok(Some(signal)) => signal,
+        Ok(None) => panic!("the subscription ended"),
+        Err(_) => panic!("no signal within {EVENT_TIMEOUT:?}"),
+    }
+}
+
+async fn expect_event(sub: &mut Subscription, expected: Event) {
+    assert_eq!(next_signal(sub).await, Signal::Event(expected));
+}
+
+async fn subscribe_synced(store: &Store) -> Subscription {
+    let mut sub = store.subscribe();
+    assert_eq!(
+        next_signal(&mut sub).await,
+        Signal::Resync,
+        "a subscription starts with a resync"
+    );
+    sub
+}
+
+// --- contract cases ---
+
+async fn routes_roundtrip(store: Store) {
+    assert_eq!(store.routes().await.expect("routes"), vec![]);
+    assert_eq!(store.route("a.example.com").await.expect("route"), None);
+
+    let routes = [
+        route("b.example.com", "blog", Some(1)),
+        route("a.example.com", "api", None),
+        // A prefix of another domain, to catch sloppy prefix scans.
+        route("a.example.com.au", "api-au", Some(7)),
+    ];
+    for r in &routes {
+        store.put_route(r).await.expect("put_route");
+    }
+    // Other kinds of record must not show up among routes.
+    store
+        .put_app(&app("api", &["a.example.com"]))
+        .await
+        .expect("put_app");
+    store
+        .add_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("add_upstream");
+
+    for r in &routes {
+        assert_eq!(
+            store.route(&r.domain).await.expect("route").as_ref(),
+            Some(r)
+        );
+    }
+    let mut listed = store.routes().await.expect("routes");
+    listed.sort_by(|x, y| x.domain.cmp(&y.domain));
+    assert_eq!(
+        listed,
+        vec![routes[1].clone(), routes[2].clone(), routes[0].clone()]
+    );
+
+    // Putting again replaces.
+    let moved = route("a.example.com", "api-v2", Some(9));
+    store.put_route(&moved).await.expect("put_route again");
+    assert_eq!(
+        store.route("a.example.com").await.expect("route"),
+        Some(moved.clone())
+    );
+    assert_eq!(store.routes().await.expect("routes").len(), 3);
+
+    store
+        .delete_route("b.example.com")
+        .await
+        .expect("delete_route");
+    assert_eq!(store.route("b.example.com").await.expect("route"), None);
+    let mut listed = store.routes().await.expect("routes");
+    listed.sort_by(|x, y| x.domain.cmp(&y.domain));
+    assert_eq!(listed, vec![moved, routes[2].clone()]);
+
+    // Deleting what is not there is fine.
+    store
+        .delete_route("never.example.com")
+        .await
+        .expect("delete_route of a missing route");
+    assert_eq!(store.routes().await.expect("routes").len(), 2);
+}
+
+async fn apps_roundtrip(store: Store) {
+    assert_eq!(store.apps().await.expect("apps"), vec![]);
+    assert_eq!(store.app("api").await.expect("app"), None);
+
+    let api = app("api", &["a.example.com", "api.example.com"]);
+    let blog = AppRecord {
+        idle_timeout_ms: None,
+        current_release: None,
+        releases: vec![],
+        ..app("blog", &[])
+    };
+    store.put_app(&api).await.expect("put_app api");
+    store.put_app(&blog).await.expect("put_app blog");
+    store
+        .put_route(&route("a.example.com", "api", None))
+        .await
+        .expect("put_route");
+
+    assert_eq!(store.app("api").await.expect("app"), Some(api.clone()));
+    assert_eq!(store.app("blog").await.expect("app"), Some(blog.clone()));
+    let mut listed = store.apps().await.expect("apps");
+    listed.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(listed, vec![api.clone(), blog.clone()]);
+
+    let api2 = AppRecord {
+        current_release: Some(3),
+        releases: vec![1, 2, 3],
+        ..api
+    };
+    store.put_app(&api2).await.expect("put_app again");
+    assert_eq!(store.app("api").await.expect("app"), Some(api2));
+
+    // Deleting an app takes its upstreams along.
+    store
+        .add_upstream("blog", "127.0.0.1:4001")
+        .await
+        .expect("add_upstream");
+    store.delete_app("blog").await.expect("delete_app");
+    assert_eq!(store.app("blog").await.expect("app"), None);
+    assert_eq!(
+        store.upstreams("blog").await.expect("upstreams"),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.apps().await.expect("apps").len(), 1);
+    store
+        .delete_app("never")
+        .await
+        .expect("delete_app of a missing app");
+}
+
+async fn spinlets_roundtrip(store: Store) {
+    assert_eq!(store.spinlets().await.expect("spinlets"), vec![]);
+
+    // Exactly one: the single-reply case of a Redis pipeline.
+    let lone = spinlet("solo-1", "solo", SpinletState::Stopping, 3999);
+    store.put_spinlet(&lone).await.expect("put_spinlet");
+    assert_eq!(store.spinlets().await.expect("spinlets"), vec![lone]);
+    store
+        .delete_spinlet("solo-1")
+        .await
+        .expect("delete_spinlet");
+    assert_eq!(store.spinlets().await.expect("spinlets"), vec![]);
+
+    let a1 = spinlet("api-1", "api", SpinletState::Starting, 4000);
+    let a2 = spinlet("api-2", "api", SpinletState::Running, 4001);
+    let b1 = Spinlet {
+        restarts: 0,
+        ..spinlet("blog-1", "blog", SpinletState::Crashed, 4002)
+    };
+    for s in [&a1, &a2, &b1] {
+        store.put_spinlet(s).await.expect("put_spinlet");
+    }
+    store
+        .put_route(&route("a.example.com", "api", None))
+        .await
+        .expect("put_route");
+
+    let mut listed = store.spinlets().await.expect("spinlets");
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, vec![a1.clone(), a2.clone(), b1.clone()]);
+
+    // Putting again replaces the whole record.
+    let a1_running = Spinlet {
+        state: SpinletState::Running,
+        pid: 5151,
+        ..a1
+    };
+    store
+        .put_spinlet(&a1_running)
+        .await
+        .expect("put_spinlet again");
+    store.delete_spinlet("api-2").await.expect("delete_spinlet");
+    store
+        .delete_spinlet("never")
+        .await
+        .expect("delete_spinlet of a missing spinlet");
+
+    let mut listed = store.spinlets().await.expect("spinlets");
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, vec![a1_running, b1]);
+}
+
+async fn upstreams_roundtrip(store: Store) {
+    let none = Vec::<String>::new();
+    assert_eq!(
+        store
+            .upstreams("api")
+            .await
+            .expect("upstreams of a missing app"),
+        none
+    );
+
+    // A set: adding twice keeps one. Both backends list members sorted.
+    for addr in [
+        "127.0.0.1:4002",
+        "127.0.0.1:4000",
+        "127.0.0.1:4001",
+        "127.0.0.1:4000",
+    ] {
+        store.add_upstream("api", addr).await.expect("add_upstream");
+    }
+    assert_eq!(
+        store.upstreams("api").await.expect("upstreams"),
+        strings(&["127.0.0.1:4000", "127.0.0.1:4001", "127.0.0.1:4002"])
+    );
+
+    store
+        .remove_upstream("api", "127.0.0.1:4001")
+        .await
+        .expect("remove_upstream");
+    store
+        .remove_upstream("api", "127.0.0.1:9999")
+        .await
+        .expect("remove_upstream of a missing member");
+    store
+        .remove_upstream("never", "127.0.0.1:9999")
+        .await
+        .expect("remove_upstream of a missing app");
+    assert_eq!(
+        store.upstreams("api").await.expect("upstreams"),
+        strings(&["127.0.0.1:4000", "127.0.0.1:4002"])
+    );
+
+    // One member: the single-value case of a Redis reply.
+    store
+        .set_upstreams("api", &strings(&["10.0.0.1:80"]))
+        .await
+        .expect("set_upstreams one");
+    assert_eq!(
+        store.upstreams("api").await.expect("upstreams"),
+        strings(&["10.0.0.1:80"])
+    );
+
+    store
+        .set_upstreams("api", &strings(&["10.0.0.3:80", "10.0.0.2:80"]))
+        .await
+        .expect("set_upstreams two");
+    assert_eq!(
+        store.upstreams("api").await.expect("upstreams"),
+        strings(&["10.0.0.2:80", "10.0.0.3:80"])
+    );
+
+    store
+        .set_upstreams("api", &[])
+        .await
+        .expect("set_upstreams none");
+    assert_eq!(store.upstreams("api").await.expect("upstreams"), none);
+
+    // Removing the last member leaves nothing behind.
+    store
+        .add_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("add_upstream");
+    store
+        .remove_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("remove_upstream");
+    assert_eq!(store.upstreams("api").await.expect("upstreams"), none);
+}
+
+async fn upstreams_of_many_apps(store: Store) {
+    let none = Vec::<String>::new();
+    assert_eq!(
+        store.upstreams_of(&[]).await.expect("upstreams_of nothing"),
+        Vec::<Vec<String>>::new()
+    );
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["ghost"]))
+            .await
+            .expect("upstreams_of one missing"),
+        vec![none.clone()]
+    );
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["ghost", "phantom"]))
+            .await
+            .expect("upstreams_of two missing"),
+        vec![none.clone(), none.clone()]
+    );
+
+    store
+        .set_upstreams("api", &strings(&["127.0.0.1:4001", "127.0.0.1:4000"]))
+        .await
+        .expect("set_upstreams");
+    store
+        .add_upstream("blog", "127.0.0.1:5000")
+        .await
+        .expect("add_upstream");
+    store
+        .set_upstreams(
+            "shop",
+            &strings(&["127.0.0.1:6000", "127.0.0.1:6001", "127.0.0.1:6002"]),
+        )
+        .await
+        .expect("set");
+
+    // One key.
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["api"]))
+            .await
+            .expect("upstreams_of api"),
+        vec![strings(&["127.0.0.1:4000", "127.0.0.1:4001"])]
+    );
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["blog"]))
+            .await
+            .expect("upstreams_of blog"),
+        vec![strings(&["127.0.0.1:5000"])]
+    );
+
+    // Many keys: answers in the order asked, missing apps as empty lists.
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["shop", "ghost", "blog", "api"]))
+            .await
+            .expect("upstreams_of many"),
+        vec![
+            strings(&["127.0.0.1:6000", "127.0.0.1:6001", "127.0.0.1:6002"]),
+            none.clone(),
+            strings(&["127.0.0.1:5000"]),
+            strings(&["127.0.0.1:4000", "127.0.0.1:4001"]),
+        ]
+    );
+    // Only single-member sets, which a reply decoder could mistake for a flat list.
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["blog", "blog"]))
+            .await
+            .expect("upstreams_of the same app twice"),
+        vec![strings(&["127.0.0.1:5000"]), strings(&["127.0.0.1:5000"])]
+    );
+    assert_eq!(
+        store
+            .upstreams_of(&strings(&["ghost", "blog"]))
+            .await
+            .expect("upstreams_of missing then one"),
+        vec![none, strings(&["127.0.0.1:5000"])]
+    );
+}
+
+async fn activity_keeps_the_latest_time(store: Store) {
+    assert_eq!(store.activity().await.expect("activity"), BTreeMap::new());
+    store
+        .record_activity(&[])
+        .await
+        .expect("record_activity of nothing");
+    assert_eq!(store.activity().await.expect("activity"), BTreeMap::new());
+
+    // Real clock values: they must survive Redis' float scores exactly.
+    let t = spinforge_state::now_ms();
+    store
+        .record_activity(&[("api".into(), t - 10)])
+        .await
+        .expect("record_activity of one app");
+    assert_eq!(
+        store.activity().await.expect("activity"),
+        BTreeMap::from([("api".into(), t - 10)])
+    );
+    store
+        .record_activity(&[("api".into(), t), ("blog".into(), t + 5)])
+        .await
+        .expect("record_activity");
+    assert_eq!(
+        store.activity().await.expect("activity"),
+        BTreeMap::from([("api".into(), t), ("blog".into(), t + 5)])
+    );
+
+    // An older time does not lower the score; a newer one raises it; new apps are added.
+    store
+        .record_activity(&[("api".into(), t - 1_000)])
+        .await
+        .expect("record_activity older");
+    store
+        .record_activity(&[
+            ("blog".into(), t + 7),
+            ("shop".into(), 42),
+            ("api".into(), t - 1),
+        ])
+        .await
+        .expect("record_activity mixed");
+    assert_eq!(
+        store.activity().await.expect("activity"),
+        BTreeMap::from([
+            ("api".into(), t),
+            ("blog".into(), t + 7),
+            ("shop".into(), 42)
+        ])
+    );
+
+    // The same time again changes nothing.
+    store
+        .record_activity(&[("shop".into(), 42)])
+        .await
+        .expect("record_activity same");
+    assert_eq!(
+        store.activity().await.expect("activity").get("shop"),
+        Some(&42)
+    );
+}
+
+async fn subscription_starts_with_resync(store: Store) {
+    // (No write before subscribing: on Redis its event reaches the store asynchronously, so a
+    // subscription opened just after the write may or may not see it. The resync covers both.)
+    let mut sub = store.subscribe();
+    assert_eq!(
+        sub.try_next(),
+        Some(Signal::Resync),
+        "try_next hands out the first resync too"
+    );
+    assert_eq!(sub.try_next(), None, "nothing else is pending");
+
+    let mut sub = store.subscribe();
+    assert_eq!(next_signal(&mut sub).await, Signal::Resync);
+    store
+        .publish(&Event::Wake { app: "api".into() })
+        .await
+        .expect("publish");
+    expect_event(&mut sub, Event::Wake { app: "api".into() }).await;
+}
+
+async fn writes_publish_their_events(store: Store) {
+    let mut sub = subscribe_synced(&store).await;
+    let changed_route = |d: &str| Event::RouteChanged { domain: d.into() };
+    let changed_upstreams = |a: &str| Event::UpstreamsChanged { app: a.into() };
+
+    store
+        .put_route(&route("a.example.com", "api", Some(1)))
+        .await
+        .expect("put_route");
+    expect_event(&mut sub, changed_route("a.example.com")).await;
+    store
+        .delete_route("a.example.com")
+        .await
+        .expect("delete_route");
+    expect_event(&mut sub, changed_route("a.example.com")).await;
+
+    store
+        .add_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("add_upstream");
+    expect_event(&mut sub, changed_upstreams("api")).await;
+    store
+        .remove_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("remove_upstream");
+    expect_event(&mut sub, changed_upstreams("api")).await;
+    store
+        .set_upstreams("blog", &strings(&["127.0.0.1:5000"]))
+        .await
+        .expect("set_upstreams");
+    expect_event(&mut sub, changed_upstreams("blog")).await;
+    store.delete_app("blog").await.expect("delete_app");
+    expect_event(&mut sub, changed_upstreams("blog")).await;
+
+    store
+        .put_spinlet(&spinlet("api-1", "api", SpinletState::Running, 4000))
+        .await
+        .expect("put_spinlet");
+    expect_event(
+        &mut sub,
+        Event::SpinletState {
+            id: "api-1".into(),
+            app: "api".into(),
+            state: "running".into(),
+        },
+    )
+    .await;
+    store
+        .put_spinlet(&spinlet("api-1", "api", SpinletState::Crashed, 4000))
+        .await
+        .expect("put_spinlet");
+    expect_event(
+        &mut sub,
+        Event::SpinletState {
+            id: "api-1".into(),
+            app: "api".into(),
+            state: "crashed".into(),
+        },
+    )
+    .await;
+
+    store
+        .publish(&Event::Wake { app: "api".into() })
+        .await
+        .expect("publish");
+    expect_event(&mut sub, Event::Wake { app: "api".into() }).await;
+
+    // A burst arrives complete and in order.
+    for i in 0..50 {
+        store
+            .put_route(&route(&format!("d{i}.example.com"), "api", None))
+            .await
+            .expect("put_route");
+    }
+    for i in 0..50 {
+        expect_event(&mut sub, changed_route(&format!("d{i}.example.com"))).await;
+    }
+}
+
+async fn writes_without_events_publish_nothing(store: Store) {
+    let mut sub = subscribe_synced(&store).await;
+    store
+        .put_app(&app("api", &["a.example.com"]))
+        .await
+        .expect("put_app");
+    store.delete_spinlet("api-1").await.expect("delete_spinlet");
+    store
+        .record_activity(&[("api".into(), 1)])
+        .await
+        .expect("record_activity");
+    // Published after the writes above, so it would come after anything they published.
+    store
+        .publish(&Event::Wake {
+            app: "marker".into(),
+        })
+        .await
+        .expect("publish");
+    expect_event(
+        &mut sub,
+        Event::Wake {
+            app: "marker".into(),
+        },
+    )
+    .await;
+}
+
+async fn every_subscriber_gets_every_event(store: Store) {
+    let mut first = subscribe_synced(&store).await;
+    let mut second = subscribe_synced(&store).await;
+    // A subscription through another handle of the same store.
+    let mut third = subscribe_synced(&store.clone()).await;
+    store
+        .add_upstream("api", "127.0.0.1:4000")
+        .await
+        .expect("add_upstream");
+    store
+        .publish(&Event::Wake { app: "api".into() })
+        .await
+        .expect("publish");
+    for sub in [&mut first, &mut second, &mut third] {
+        expect_event(sub, Event::UpstreamsChanged { app: "api".into() }).await;
+        expect_event(sub, Event::Wake { app: "api".into() }).await;
+    }
+}
+
+async fn subscription_ends_when_the_store_is_gone(store: Store) {
+    let mut sub = subscribe_synced(&store).await;
+    let other = store.clone();
+    drop(store);
+    // A clone keeps the store alive.
+    other
+        .publish(&Event::Wake { app: "api".into() })
+        .await
+        .expect("publish");
+    expect_event(&mut sub, Event::Wake { app: "api".into() }).await;
+    drop(other);
+    match tokio::time::timeout(EVENT_TIMEOUT, sub.next()).await {
+        Ok(None) => {}
+        Ok(Some(signal)) => panic!("expected the end of the subscription, got {signal:?}"),
+        Err(_) => {
+            panic!("the subscription did not end within {EVENT_TIMEOUT:?} of dropping the store")
+        }
+    }
+}
+
+// --- Redis only ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_resyncs_and_resubscribes() {
+    let mut server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut sub = subscribe_synced(&store).await;
+    store
+        .put_route(&route("before.example.com", "api", None))
+        .await
+        .expect("put_route before the restart");
+    expect_event(
+        &mut sub,
+        Event::RouteChanged {
+            domain: "before.example.com".into(),
+        },
+    )
+    .await;
+
+    server.stop();
+    server.restart();
+
+    // Events may have been missed while Redis was away: the subscription says so.
+    match tokio::time::timeout(EVENTUALLY, sub.next()).await {
+        Ok(Some(Signal::Resync)) => {}
+        Ok(other) => panic!("expected a resync after Redis restarted, got {other:?}"),
+        Err(_) => panic!("no resync within {EVENTUALLY:?} of Redis restarting"),
+    }
+
+    // The command connection may come back a little after the subscriber's: retry the write.
+    let after = route("after.example.com", "api", Some(2));
+    eventually(
+        EVENTUALLY,
+        "put_route succeeds after Redis restarted",
+        || async { store.put_route(&after).await.ok() },
+    )
+    .await;
+    // The write's event arrives: the store subscribed again. (A retried write may publish twice, and
+    // a late reconnect may add resyncs; the first event must be ours.)
+    loop {
+        match next_signal(&mut sub).await {
+            Signal::Resync => continue,
+            Signal::Event(e) => {
+                assert_eq!(
+                    e,
+                    Event::RouteChanged {
+                        domain: "after.example.com".into()
+                    }
+                );
+                break;
+            }
+        }
+    }
+
+    // Reads work, and show that the restart lost everything from before.
+    assert_eq!(
+        store.route("after.example.com").await.expect("route"),
+        Some(after.clone())
+    );
+    assert_eq!(store.routes().await.expect("routes"), vec![after]);
+    assert_eq!(
+        store.route("before.example.com").await.expect("route"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_commands_fail_instead_of_hanging() {
+    let mut server = RedisServer::start();
+    let store = connect(&server).await;
+    store
+        .put_route(&route("a.example.com", "api", None))
+        .await
+        .expect("put_route while Redis is up");
+    server.stop();
+
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), store.route("a.example.com")).await;
+    match read {
+        Ok(Err(_)) => {}
+        Ok(Ok(route)) => panic!("a read with Redis down succeeded: {route:?}"),
+        Err(_) => panic!("a read with Redis down hung for 10 s instead of failing"),
+    }
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.put_route(&route("b.example.com", "api", None)),
+    )
+    .await;
+    assert!(
+        matches!(write, Ok(Err(_))),
+        "a write with Redis down must fail, not succeed or hang: {write:?}"
+    );
+    let batch = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.upstreams_of(&strings(&["api", "blog"])),
+    )
+    .await;
+    assert!(
+        matches!(batch, Ok(Err(_))),
+        "a pipeline with Redis down must fail, not succeed or hang: {batch:?}"
+    );
+    let scan = tokio::time::timeout(Duration::from_secs(10), store.routes()).await;
+    assert!(
+        matches!(scan, Ok(Err(_))),
+        "a scan with Redis down must fail, not succeed or hang: {scan:?}"
+    );
+    eprintln!(
+        "four commands with Redis down failed after {:?}",
+        started.elapsed()
+    );
+
+    // And the store recovers once Redis is back.
+    server.restart();
+    eventually(
+        EVENTUALLY,
+        "the store answers again after Redis came back",
+        || async { store.routes().await.ok() },
+    )
+    .await;
+    let c = route("c.example.com", "api", None);
+    store
+        .put_route(&c)
+        .await
+        .expect("put_route after Redis came back");
+    assert_eq!(store.route("c.example.com").await.expect("route"), Some(c));
+    assert_eq!(
+        store.route("a.example.com").await.expect("route"),
+        None,
+        "the restart lost everything"
+    );
+    // Not asserted: whether the write that failed above was applied after all. fred keeps a
+    // timed-out MULTI/EXEC queued and sends it once Redis is back, so it usually is.
+}
