@@ -15,6 +15,9 @@ use tokio::sync::watch;
 const FULL_RELOAD: Duration = Duration::from_secs(30);
 /// After a failed reload, try again after this long.
 const RETRY: Duration = Duration::from_millis(500);
+/// After a reconnect, wait this long before reloading: a Redis that restarted empty is refilled
+/// by the supervisor's republish within it, and until then the last table keeps serving.
+const RECONNECT_SETTLE: Duration = Duration::from_secs(1);
 
 /// The current routing table and a counter that ticks on every swap, for held requests to wait on.
 #[derive(Debug)]
@@ -137,61 +140,59 @@ fn parse_addrs(set: &[String]) -> Vec<SocketAddr> {
 pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
     let mut model = Model::default();
     let mut sub = store.subscribe();
-    let mut resync = false;
-    let mut events = Vec::new();
     let mut full_reload = tokio::time::interval(FULL_RELOAD);
     full_reload.tick().await; // the subscription's first signal is a resync already
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut first = true;
+    // When the next full reload is due, if one is scheduled.
+    let mut reload_at: Option<tokio::time::Instant> = None;
+    let mut events = Vec::new();
     loop {
-        let retry = async {
-            match retry_at {
+        let reload_timer = async {
+            match reload_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
+        let mut reload_now = false;
+        let mut signals = Vec::new();
         tokio::select! {
             signal = sub.next() => match signal {
-                Some(Signal::Resync) => resync = true,
-                Some(Signal::Event(e)) => events.push(e),
+                Some(s) => signals.push(s),
                 None => return,
             },
-            _ = full_reload.tick() => resync = true,
-            _ = retry => retry_at = None,
+            _ = full_reload.tick() => reload_now = true,
+            _ = reload_timer => reload_now = true,
             _ = stop.changed() => return,
         }
         // Take the rest of a burst so that it makes one table, not many.
-        while let Some(signal) = sub.try_next() {
-            match signal {
-                Signal::Resync => resync = true,
+        while let Some(s) = sub.try_next() {
+            signals.push(s);
+        }
+        for s in signals {
+            match s {
                 Signal::Event(e) => events.push(e),
+                Signal::Resync if std::mem::take(&mut first) => reload_now = true,
+                // After a reconnect, let the store be refilled (a Redis that restarted empty is
+                // republished by the supervisor) before reloading; the last table serves meanwhile.
+                Signal::Resync => {
+                    reload_at.get_or_insert(tokio::time::Instant::now() + RECONNECT_SETTLE);
+                }
             }
         }
-        if retry_at.is_some() {
-            continue; // a failed reload is pending: it will cover these
-        }
-        let outcome = if resync {
+        let outcome = if reload_now {
             Model::load(&store).await.map(|m| {
                 model = m;
                 true
             })
         } else {
-            let mut changed = false;
-            let mut result = Ok(false);
-            for e in &events {
-                match model.apply(&store, e).await {
-                    Ok(c) => changed |= c,
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
-                }
-            }
-            result.map(|_| changed)
+            apply_all(&mut model, &store, &events).await
         };
+        events.clear();
         match outcome {
             Ok(changed) => {
-                resync = false;
-                events.clear();
+                if reload_now {
+                    reload_at = None;
+                }
                 if changed {
                     let table = model.table(&snapshot.load());
                     tracing::debug!(routes = table.len(), "routing table updated");
@@ -201,10 +202,16 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, mut stop: watch
             Err(e) => {
                 // Keep serving the last table; reload everything once the store answers again.
                 tracing::warn!(error = %e, "cannot refresh routes from the store; serving the last known routes");
-                resync = true;
-                events.clear();
-                retry_at = Some(tokio::time::Instant::now() + RETRY);
+                reload_at = Some(tokio::time::Instant::now() + RETRY);
             }
         }
     }
+}
+
+async fn apply_all(model: &mut Model, store: &Store, events: &[Event]) -> Result<bool, StoreError> {
+    let mut changed = false;
+    for e in events {
+        changed |= model.apply(store, e).await?;
+    }
+    Ok(changed)
 }

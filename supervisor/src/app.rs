@@ -63,7 +63,7 @@ struct Running {
 #[derive(Debug)]
 enum State {
     Stopped,
-    Running(Running),
+    Running(Box<Running>),
     /// Crashed or failed to start; starts again at `retry_at`.
     Crashed {
         retry_at: Instant,
@@ -302,11 +302,11 @@ impl AppTask {
                 })
                 .await;
                 self.start_failures = 0;
-                self.state = State::Running(Running {
+                self.state = State::Running(Box::new(Running {
                     child,
                     spinlet,
                     since: started,
-                });
+                }));
             }
             Err(reason) => {
                 process::stop(&mut child, Instant::now() + STOP_GRACE).await;
@@ -381,7 +381,7 @@ impl AppTask {
     /// Takes the spinlet out of routing, then stops its process (SIGKILL at `kill_at`).
     async fn stop(&mut self, why: &str, kill_at: Instant) {
         let mut r = match std::mem::replace(&mut self.state, State::Stopped) {
-            State::Running(r) => r,
+            State::Running(r) => *r,
             other => {
                 self.state = other;
                 return;

@@ -58,9 +58,7 @@ pub fn spawn(
             .unwrap_or_default();
         cmd.env(
             "NODE_OPTIONS",
-            format!("{user} --max-old-space-size={heap_mb}")
-                .trim()
-                .to_string(),
+            format!("{user} --max-old-space-size={heap_mb}").trim(),
         );
     }
     cmd.env("PORT", port.to_string())

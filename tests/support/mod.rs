@@ -6,7 +6,7 @@
 pub mod spinforge;
 
 use std::future::Future;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,7 +162,17 @@ fn wait_ready(port: u16, child: &mut Child, dir: &Path) -> Result<(), String> {
             ));
         }
         if pings(port) {
-            return Ok(());
+            // Another test may have picked the same free port and started its redis-server first
+            // (ours then fails to bind and exits): make sure the one answering is ours.
+            match server_pid(port) {
+                Some(pid) if pid == child.id() => return Ok(()),
+                Some(pid) => {
+                    return Err(format!(
+                        "port {port} is served by another redis-server (pid {pid})"
+                    ));
+                }
+                None => {} // not ready to say yet
+            }
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -187,6 +197,29 @@ fn pings(port: u16) -> bool {
     }
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok() && reply == *b"+PONG\r\n"
+}
+
+/// The `process_id` that the redis-server on `port` reports in `INFO server`.
+fn server_pid(port: u16) -> Option<u32> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let len: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn log_tail(dir: &Path) -> String {

@@ -29,6 +29,8 @@ pub enum StoreError {
         #[source]
         source: fred::error::Error,
     },
+    #[error("redis at {url} is not reachable right now")]
+    Unavailable { url: String },
     #[error("redis: {0}")]
     Command(#[from] fred::error::Error),
     #[error("stored value at {key} is not valid: {reason}")]

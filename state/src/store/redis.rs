@@ -91,7 +91,20 @@ impl Redis {
         self.events.subscribe()
     }
 
+    /// While Redis is away, commands fail at once instead of queueing inside fred to be replayed,
+    /// stale, after the reconnect; callers re-assert their state after the resync instead.
+    fn ensure_connected(&self) -> Result<()> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable {
+                url: self.url.clone(),
+            })
+        }
+    }
+
     pub(crate) async fn write(&self, writes: Vec<Write>, event: Option<&Event>) -> Result<()> {
+        self.ensure_connected()?;
         let trx = self.client.multi();
         for w in writes {
             match w {
@@ -134,10 +147,12 @@ impl Redis {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
+        self.ensure_connected()?;
         Ok(self.client.get(key).await?)
     }
 
     async fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        self.ensure_connected()?;
         // fred applies no command timeout to SCAN: while Redis is away it would wait for the
         // reconnect forever. Bound every page instead.
         let mut scan = std::pin::pin!(self.client.scan_buffered(pattern, Some(1000), None));
@@ -160,6 +175,7 @@ impl Redis {
     }
 
     pub(crate) async fn scan_values(&self, pattern: &str) -> Result<Vec<(String, String)>> {
+        self.ensure_connected()?;
         let keys = self.keys(pattern).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -201,6 +217,7 @@ impl Redis {
     }
 
     pub(crate) async fn members_of(&self, keys: &[String]) -> Result<Vec<Vec<String>>> {
+        self.ensure_connected()?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -222,6 +239,7 @@ impl Redis {
     }
 
     pub(crate) async fn zset(&self, key: &str) -> Result<BTreeMap<String, u64>> {
+        self.ensure_connected()?;
         let pairs: Vec<(String, f64)> = self
             .client
             .zrange(key, 0, -1, None, false, None, true)

@@ -1,0 +1,139 @@
+//! `spinforge edge` and `spinforge supervisor` as separate processes sharing a real Redis.
+
+mod support;
+
+use spinforge_state::Store;
+use spinforge_state::config::RedisUrl;
+use spinforge_state::records::Route;
+use std::time::Duration;
+use support::spinforge::{Spinforge, Workspace, echo_app, port_block};
+use support::{RedisServer, eventually, free_port};
+
+struct Split {
+    edge: Spinforge,
+    _supervisor: Spinforge,
+}
+
+fn start_split(ws: &Workspace, redis: &RedisServer, apps: &str) -> Split {
+    let port = free_port();
+    let yaml = format!(
+        "state:\n  redis: {}\nedge:\n  listen_http: 127.0.0.1:{port}\n  grace: 3s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n{apps}",
+        redis.url(),
+        port_block()
+    );
+    let path = ws.write("spinforge.yaml", &yaml);
+    let supervisor = Spinforge::start(ws, "supervisor", &path, None);
+    let edge = Spinforge::start(ws, "edge", &path, Some(([127, 0, 0, 1], port).into()));
+    Split {
+        edge,
+        _supervisor: supervisor,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_and_supervisor_apart_wake_an_app_through_redis() {
+    let redis = RedisServer::start();
+    let ws = Workspace::new();
+    let split = start_split(
+        &ws,
+        &redis,
+        &(echo_app(&ws, "alpha", "alpha.test", "") + &echo_app(&ws, "beta", "beta.test", "")),
+    );
+    let http = split.edge.client();
+
+    let a = eventually(Duration::from_secs(20), "alpha answers", || async {
+        let r = http.fetch("alpha.test", "/").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(a.json()["app"], "alpha");
+    assert!(
+        a.header("server-timing")
+            .is_some_and(|t| t.starts_with("cold-start")),
+        "woken by the edge's wake event"
+    );
+    assert_eq!(http.fetch("beta.test", "/").await.json()["app"], "beta");
+    assert_eq!(http.fetch("gamma.test", "/").await.status, 404);
+
+    // The edge batches last access into `active` for the supervisor's idle checks.
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let activity = eventually(Duration::from_secs(5), "activity recorded", || async {
+        let a = store.activity().await.ok()?;
+        (a.contains_key("alpha") && a.contains_key("beta")).then_some(a)
+    })
+    .await;
+    assert!(activity["alpha"] > 0);
+    assert_eq!(ws.starts("alpha.starts").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
+    let mut redis = RedisServer::start();
+    let ws = Workspace::new();
+    // Never idle: the app must keep running while Redis is away.
+    let split = start_split(
+        &ws,
+        &redis,
+        &echo_app(&ws, "alpha", "alpha.test", "    idle_timeout: 0\n"),
+    );
+    let http = split.edge.client();
+    eventually(Duration::from_secs(20), "alpha answers", || async {
+        (http.fetch("alpha.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+
+    redis.stop();
+    // Known routes keep working from the edge's snapshot, for well past a reload period.
+    for _ in 0..10 {
+        let r = http.fetch("alpha.test", "/").await;
+        assert_eq!(r.status, 200, "served while Redis is down: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Redis comes back empty (no persistence): the supervisor republishes, the edge reloads.
+    redis.restart();
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    eventually(
+        Duration::from_secs(15),
+        "the supervisor republished alpha's route",
+        || async { store.route("alpha.test").await.ok().flatten() },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            http.fetch("alpha.test", "/").await.status,
+            200,
+            "served across the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A change made after the outage reaches the edge.
+    store
+        .put_route(&Route {
+            domain: "new.alpha.test".into(),
+            app: "alpha".into(),
+            release: None,
+        })
+        .await
+        .expect("write a route");
+    let r = eventually(
+        Duration::from_secs(10),
+        "the new route is served",
+        || async {
+            let r = http.fetch("new.alpha.test", "/").await;
+            (r.status == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(r.json()["app"], "alpha");
+    assert_eq!(
+        ws.starts("alpha.starts").len(),
+        1,
+        "the spinlet ran through the outage"
+    );
+}
