@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --locked -q
 work=$(mktemp -d /tmp/spinforge-bench.XXXX)
-trap 'pkill -f "$work/spinforge.yaml" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'pkill -f "$work/spinforge.yaml" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 edge_port=18080
 cat >"$work/spinforge.yaml" <<YAML
 edge:
