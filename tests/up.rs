@@ -40,7 +40,11 @@ async fn routes_by_host_and_answers_404_for_unknown_hosts() {
 
     let unknown = http.fetch("nobody.test", "/").await;
     assert_eq!(unknown.status, 404);
-    assert!(unknown.body.contains("no app"), "{}", unknown.body);
+    assert!(
+        unknown.body.to_lowercase().contains("no app"),
+        "{}",
+        unknown.body
+    );
     assert_eq!(
         http.fetch("x.www.beta.test", "/").await.status,
         404,

@@ -50,6 +50,13 @@ pub async fn flush_activity(
 
 async fn flush_once(store: &Store, snapshot: &Snapshot) {
     let table = snapshot.load_full();
+    let now = spinforge_state::now_ms();
+    for e in table.apps() {
+        // An open WebSocket is activity even when no new request comes.
+        if e.runtime.open_streams() > 0 {
+            e.runtime.touch(now);
+        }
+    }
     let batch: Vec<(String, u64)> = table
         .apps()
         .filter_map(|e| {

@@ -11,13 +11,20 @@
 //! shutdown ends as soon as requests have drained rather than after a fixed grace sleep.
 
 pub mod background;
+pub mod breaker;
+pub mod compress;
+pub mod connections;
+pub mod errors;
+pub mod limits;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
 
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::Service as _;
+use pingora_core::services::listening::Service;
 use spinforge_state::Store;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
@@ -104,15 +111,26 @@ impl Edge {
             settings: proxy::ProxySettings {
                 wake_timeout: self.config.wake_timeout,
                 max_held_requests: self.config.max_held_requests,
+                keepalive: self.config.keepalive_timeout,
             },
             in_flight: in_flight.clone(),
+            client_rates: Default::default(),
         };
         let server_conf = Arc::new(ServerConf {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..ServerConf::default()
         });
-        let mut service =
-            pingora_proxy::http_proxy_service_with_name(&server_conf, proxy, "spinforge-edge");
+        let mut http = pingora_proxy::http_proxy(&server_conf, proxy);
+        let mut options = HttpServerOptions::default();
+        options.h2c = self.config.h2c;
+        options.h2_idle_timeout = Some(self.config.keepalive_timeout);
+        http.server_options = Some(options);
+        let app = connections::PerIpCap {
+            inner: Arc::new(http),
+            counts: Default::default(),
+            max_per_ip: self.config.max_connections_per_ip,
+        };
+        let mut service = Service::new("spinforge-edge".to_string(), app);
         // Hand Pingora the socket we bound, under the address string it will look it up by.
         let key = self.http_addr.to_string();
         service.add_tcp(&key);

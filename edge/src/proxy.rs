@@ -1,7 +1,10 @@
 //! The request path: Host → app → upstream, holding requests for cold apps until they wake.
 //! It reads the routing snapshot and atomics only; anything for the store goes through a queue.
 
-use crate::routing::{AppEntry, normalize_host};
+use crate::compress::{self, Encoder};
+use crate::errors::EdgeError;
+use crate::limits::{self, ClientRates, Gcra, Verdict};
+use crate::routing::{AppEntry, OpenStream, normalize_host};
 use crate::sync::Snapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,10 +12,12 @@ use http::header::{self, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use spinforge_state::now_ms;
-use std::sync::Arc;
+use spinforge_state::policy::RateLimit;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -20,13 +25,18 @@ use tokio::sync::mpsc;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled upstream connections are dropped before Node's default 5 s keep-alive closes them.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
-/// Retry-After for 503s, in seconds.
-const RETRY_AFTER: &str = "5";
+/// Retry-After for 503s.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). Pingora itself
+/// handles `Connection`, `Transfer-Encoding` and `Upgrade`, which frame the message.
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub wake_timeout: Duration,
     pub max_held_requests: usize,
+    /// Idle time after which a client's keep-alive connection is closed.
+    pub keepalive: Duration,
 }
 
 /// The edge's `ProxyHttp`.
@@ -36,6 +46,8 @@ pub struct EdgeProxy {
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
     pub(crate) settings: ProxySettings,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Per-client rate state, made on the first request to an app with a rate limit.
+    pub(crate) client_rates: OnceLock<ClientRates>,
 }
 
 /// Per-request state.
@@ -45,8 +57,17 @@ pub struct RequestCtx {
     /// Upstream index of the first attempt; retries move on from it.
     first_upstream: usize,
     attempts: usize,
+    /// The upstream of the current attempt.
+    upstream: Option<SocketAddr>,
     request_id: Option<HeaderValue>,
     cold_start: Option<Duration>,
+    /// Request body bytes seen so far (for the body limit on chunked uploads).
+    body_bytes: u64,
+    /// What the client accepts, read before the request head goes upstream.
+    accept_encoding: Option<compress::Encoding>,
+    encoder: Option<Encoder>,
+    /// Set while a WebSocket or event stream is open.
+    open_stream: Option<OpenStream>,
     _in_flight: InFlight,
 }
 
@@ -61,6 +82,35 @@ impl Drop for InFlight {
 }
 
 impl EdgeProxy {
+    /// `Some(wait)` when this request is over the app's rate limit (the app-wide cap first, then
+    /// the client's own budget).
+    fn rate_limited(
+        &self,
+        session: &Session,
+        app: &AppEntry,
+        limit: &RateLimit,
+    ) -> Option<Duration> {
+        let now = limits::now_us();
+        if let Some(app_rps) = limit.app_rps {
+            let burst = limit.app_burst.unwrap_or(app_rps.ceil() as u32);
+            if let Verdict::Deny(wait) = app.runtime.app_rate.check(Gcra::new(app_rps, burst), now)
+            {
+                return Some(wait);
+            }
+        }
+        let ip = session.client_addr()?.as_inet()?.ip();
+        let rates = self.client_rates.get_or_init(ClientRates::default);
+        match rates.check(
+            &app.name,
+            limits::client_key(ip),
+            Gcra::new(limit.rps, limit.burst),
+            now,
+        ) {
+            Verdict::Allow => None,
+            Verdict::Deny(wait) => Some(wait),
+        }
+    }
+
     /// Holds the request until `host`'s app has an upstream or the wake timeout passes.
     async fn wait_for_wake(&self, host: &str, entry: &AppEntry) -> Option<Arc<AppEntry>> {
         let _held = entry.runtime.try_hold(self.settings.max_held_requests)?;
@@ -89,22 +139,91 @@ impl EdgeProxy {
     }
 }
 
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    body: &'static str,
-    retry_after: bool,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if retry_after {
-        resp.insert_header(header::RETRY_AFTER, RETRY_AFTER)?;
+/// Answers with one of the edge's own pages.
+async fn answer(session: &mut Session, ctx: &RequestCtx, error: EdgeError) -> Result<()> {
+    let accept = session
+        .req_header()
+        .headers
+        .get(header::ACCEPT)
+        .map(|v| v.as_bytes().to_vec());
+    let id = ctx
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (mut head, body) = error.render(accept.as_deref(), id)?;
+    if let Some(v) = &ctx.request_id {
+        head.insert_header("x-request-id", v.clone())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Request smuggling shapes that Pingora tolerates but an edge must not: both Content-Length
+/// and Transfer-Encoding (Pingora drops the length and goes on), or several Content-Lengths.
+fn smuggling_shape(session: &Session) -> Option<&'static str> {
+    let headers = &session.req_header().headers;
+    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some("more than one Content-Length");
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if let Some(h1) = session.as_downstream().as_http1() {
+            let raw = h1.get_headers_raw_bytes();
+            if raw
+                .split(|&b| b == b'\n')
+                .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+            {
+                return Some("both Content-Length and Transfer-Encoding");
+            }
+        }
+    }
+    None
+}
+
+/// The size of the request head as the client sent it.
+fn head_size(session: &Session) -> usize {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        return h1.get_headers_raw_bytes().len();
+    }
+    let req = session.req_header();
+    req.uri.to_string().len()
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+fn is_event_stream(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Strips hop-by-hop headers, including any the `Connection` header names (but not the ones
+/// Pingora needs to frame the message or pass a WebSocket upgrade on).
+fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
+    for v in headers.get_all(header::CONNECTION) {
+        for token in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let t = token.trim().to_ascii_lowercase();
+            if !t.is_empty()
+                && !matches!(
+                    t.as_str(),
+                    "close"
+                        | "keep-alive"
+                        | "upgrade"
+                        | "transfer-encoding"
+                        | "content-length"
+                        | "host"
+                )
+            {
+                names.push(t);
+            }
+        }
+    }
+    names.retain(|n| headers.contains_key(n.as_str()));
+    names
 }
 
 /// A client's X-Request-Id is kept when it is short and plain; otherwise we make one.
@@ -137,10 +256,26 @@ impl ProxyHttp for EdgeProxy {
             app: None,
             first_upstream: 0,
             attempts: 0,
+            upstream: None,
             request_id: None,
             cold_start: None,
+            body_bytes: 0,
+            accept_encoding: None,
+            encoder: None,
+            open_stream: None,
             _in_flight: InFlight(self.in_flight.clone()),
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if session.as_downstream().as_http1().is_some() {
+            session.set_keepalive(Some(self.settings.keepalive.as_secs().max(1)));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -149,37 +284,67 @@ impl ProxyHttp for EdgeProxy {
             Some(v) if sane_request_id(v) => v.clone(),
             _ => new_request_id(),
         });
+        if let Some(shape) = smuggling_shape(session) {
+            tracing::debug!(shape, "refusing an ambiguous request");
+            answer(session, ctx, EdgeError::BadRequest).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         let raw_host = match req.headers.get(header::HOST) {
             Some(h) => h.as_bytes(),
             None => req.uri.host().map(str::as_bytes).unwrap_or_default(),
         };
         let Some(host) = normalize_host(raw_host) else {
-            respond(
-                session,
-                400,
-                "400 Bad Request: the request has no Host\n",
-                false,
-            )
-            .await?;
+            answer(session, ctx, EdgeError::NoHost).await?;
             return Ok(true);
         };
         let entry = match self.snapshot.load().lookup(&host) {
             Some(e) => e.clone(),
             None => {
-                respond(
-                    session,
-                    404,
-                    "404 Not Found: no app is served on this host\n",
-                    false,
-                )
-                .await?;
+                answer(session, ctx, EdgeError::UnknownHost).await?;
                 return Ok(true);
             }
+        };
+        let host = host.into_owned();
+        let policy = entry.policy.clone();
+        if head_size(session) as u64 > policy.max_header_bytes {
+            answer(session, ctx, EdgeError::HeadersTooLarge).await?;
+            return Ok(true);
+        }
+        let declared_body = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| {
+                std::str::from_utf8(v.as_bytes())
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+        if declared_body.is_some_and(|n| n > policy.max_body_bytes) {
+            answer(session, ctx, EdgeError::BodyTooLarge).await?;
+            return Ok(true);
+        }
+        if let Some(limit) = &policy.rate_limit
+            && let Some(wait) = self.rate_limited(session, &entry, limit)
+        {
+            tracing::debug!(%host, app = %entry.name, "rate limited");
+            answer(session, ctx, EdgeError::RateLimited { retry_after: wait }).await?;
+            return Ok(true);
+        }
+        ctx.accept_encoding = if policy.compression {
+            session
+                .req_header()
+                .headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| compress::negotiate(v.as_bytes()))
+        } else {
+            None
         };
         entry.runtime.touch(now_ms());
         if entry.upstreams.is_empty() {
             let started = Instant::now();
-            let host = host.into_owned();
             match self.wait_for_wake(&host, &entry).await {
                 Some(woken) => {
                     ctx.cold_start = Some(started.elapsed());
@@ -187,11 +352,12 @@ impl ProxyHttp for EdgeProxy {
                 }
                 None => {
                     tracing::debug!(%host, app = %entry.name, "cold app did not come up in time");
-                    respond(
+                    answer(
                         session,
-                        503,
-                        "503 Service Unavailable: the app is starting; try again shortly\n",
-                        true,
+                        ctx,
+                        EdgeError::Unavailable {
+                            retry_after: RETRY_AFTER,
+                        },
                     )
                     .await?;
                     return Ok(true);
@@ -201,6 +367,25 @@ impl ProxyHttp for EdgeProxy {
             ctx.app = Some(entry);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(app)) = (body.as_ref(), ctx.app.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > app.policy.max_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the app's limit",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -222,12 +407,21 @@ impl ProxyHttp for EdgeProxy {
         if ctx.attempts == 0 {
             ctx.first_upstream = app.runtime.next_upstream();
         }
-        let addr = app.upstreams[(ctx.first_upstream + ctx.attempts) % n];
+        // The next upstream whose breaker is closed; if all are open, the next one anyway (a
+        // probe beats a certain error).
+        let now = now_ms();
+        let pick = |i: usize| app.upstreams[(ctx.first_upstream + ctx.attempts + i) % n];
+        let addr = (0..n)
+            .map(pick)
+            .find(|a| !app.runtime.breakers.is_open(*a, now))
+            .unwrap_or_else(|| pick(0));
         ctx.attempts += 1;
+        ctx.upstream = Some(addr);
         // A SocketAddr converts without a DNS lookup.
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        // No read or write timeouts: WebSockets and event streams may sit quiet for hours.
         Ok(Box::new(peer))
     }
 
@@ -244,6 +438,11 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .is_none_or(|a| ctx.attempts >= a.upstreams.len());
         tracing::debug!(upstream = %peer, error = %e, tried_all, "connect to a spinlet failed");
+        if let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream)
+            && app.runtime.breakers.failure(addr, now_ms())
+        {
+            tracing::warn!(app = %app.name, upstream = %addr, "upstream failing; skipping it for a while");
+        }
         if !tried_all {
             e.set_retry(true);
         }
@@ -256,6 +455,9 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        for name in strip_hop_by_hop(&upstream.headers) {
+            upstream.remove_header(name.as_str());
+        }
         // We are the edge: what the client claims in X-Forwarded-* is not to be trusted, replace it.
         if let Some(ip) = session
             .client_addr()
@@ -276,17 +478,119 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream) {
+            app.runtime.breakers.success(addr);
+        }
+        for name in strip_hop_by_hop(&resp.headers) {
+            resp.remove_header(name.as_str());
+        }
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
         }
         if let Some(d) = ctx.cold_start {
             resp.append_header("server-timing", format!("cold-start;dur={}", d.as_millis()))?;
         }
+        let Some(app) = ctx.app.clone() else {
+            return Ok(());
+        };
+        let sec = &app.policy.security_headers;
+        let tls = false; // plain HTTP listener: HSTS only goes out over HTTPS
+        for (name, value) in [
+            (
+                "strict-transport-security",
+                sec.hsts.as_deref().filter(|_| tls),
+            ),
+            (
+                "x-content-type-options",
+                sec.content_type_options.as_deref(),
+            ),
+            ("referrer-policy", sec.referrer_policy.as_deref()),
+            ("x-frame-options", sec.frame_options.as_deref()),
+        ] {
+            if let Some(v) = value
+                && !resp.headers.contains_key(name)
+            {
+                resp.insert_header(name, v)?;
+            }
+        }
+        if resp.status.as_u16() == 101 || is_event_stream(resp) {
+            ctx.open_stream = Some(app.runtime.open_stream());
+        }
+        if app.policy.compression {
+            let head = session.req_header().method == http::Method::HEAD;
+            if let Some(enc) = compress::decide(resp, ctx.accept_encoding, head) {
+                ctx.encoder = Some(
+                    Encoder::new(enc)
+                        .map_err(|e| Error::because(ErrorType::InternalError, "compressor", e))?,
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(encoder) = ctx.encoder.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            let out = encoder
+                .encode(&chunk, end_of_stream)
+                .map_err(|e| Error::because(ErrorType::InternalError, "compressing", e))?;
+            *body = Some(out);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use pingora_error::ErrorSource;
+        let edge_error = match e.etype() {
+            ErrorType::HTTPStatus(413) => Some(EdgeError::BodyTooLarge),
+            ErrorType::ConnectNoRoute => Some(EdgeError::Unavailable {
+                retry_after: RETRY_AFTER,
+            }),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                Some(EdgeError::GatewayTimeout)
+            }
+            _ if e.esource() == &ErrorSource::Upstream => Some(EdgeError::BadGateway),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+            _ if e.esource() == &ErrorSource::Downstream => Some(EdgeError::BadRequest),
+            _ => Some(EdgeError::BadGateway),
+        };
+        if e.esource() == &ErrorSource::Upstream
+            && let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream)
+        {
+            app.runtime.breakers.failure(addr, now_ms());
+        }
+        let code = match edge_error {
+            // Nothing can be sent once the response has started.
+            Some(err) if session.response_written().is_none() => {
+                if let Err(write) = answer(session, ctx, err).await {
+                    tracing::debug!(error = %write, "could not send the error page");
+                }
+                err.status()
+            }
+            Some(err) => err.status(),
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -1,6 +1,7 @@
 //! The routing snapshot the request path reads: host → app → upstreams, immutable once built and
 //! swapped whole (an `ArcSwap`), so a request never takes a lock or asks the store.
 
+use spinforge_state::policy::EdgePolicy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct AppEntry {
     pub name: Arc<str>,
     /// Healthy spinlets, in a stable order.
     pub upstreams: Box<[SocketAddr]>,
+    /// Rate limits, size limits, compression, security headers.
+    pub policy: Arc<EdgePolicy>,
     /// Counters that outlive table swaps.
     pub runtime: Arc<AppRuntime>,
 }
@@ -36,6 +39,12 @@ pub struct AppRuntime {
     held: AtomicUsize,
     /// When a wake was last asked for (ms), so that many held requests cause one wake a second.
     last_wake_ms: AtomicU64,
+    /// WebSockets and event streams open now: they keep the app awake.
+    open_streams: AtomicUsize,
+    /// Passive health of each upstream.
+    pub breakers: crate::breaker::Breakers,
+    /// The app-wide rate budget (`rate_limit.app_rps`).
+    pub app_rate: crate::limits::RateCell,
 }
 
 /// A wake is asked again this often while requests are held (in case one got lost).
@@ -54,6 +63,18 @@ impl AppRuntime {
 
     pub fn mark_flushed(&self, ms: u64) {
         self.flushed_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Counts a long-lived stream (WebSocket, event stream) until the guard is dropped.
+    pub fn open_stream(self: &Arc<Self>) -> OpenStream {
+        self.open_streams.fetch_add(1, Ordering::AcqRel);
+        OpenStream {
+            runtime: self.clone(),
+        }
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Acquire)
     }
 
     pub fn next_upstream(&self) -> usize {
@@ -83,6 +104,19 @@ impl AppRuntime {
     }
 }
 
+/// An open WebSocket or event stream, counted while it lives.
+#[derive(Debug)]
+pub struct OpenStream {
+    runtime: Arc<AppRuntime>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.runtime.open_streams.fetch_sub(1, Ordering::AcqRel);
+        self.runtime.touch(spinforge_state::now_ms());
+    }
+}
+
 /// A place among an app's held requests, given back on drop.
 #[derive(Debug)]
 pub struct HeldRequest {
@@ -96,15 +130,15 @@ impl Drop for HeldRequest {
 }
 
 impl RoutingTable {
-    /// Builds a table from `routes` (domain → app) and `upstreams` (app → addresses), reusing the
-    /// runtimes of `previous` for apps it already had.
+    /// Builds a table from `routes` (domain, app, the app's policy) and `upstreams` (app →
+    /// addresses), reusing the runtimes of `previous` for apps it already had.
     pub fn build<'a>(
-        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy)>,
         upstreams: &HashMap<String, Vec<SocketAddr>>,
         previous: &RoutingTable,
     ) -> RoutingTable {
         let mut table = RoutingTable::default();
-        for (domain, app) in routes {
+        for (domain, app, policy) in routes {
             let entry = match table.apps.get(app) {
                 Some(e) => e.clone(),
                 None => {
@@ -120,6 +154,7 @@ impl RoutingTable {
                     let e = Arc::new(AppEntry {
                         name: name.clone(),
                         upstreams: addrs.into(),
+                        policy: Arc::new(policy.clone()),
                         runtime,
                     });
                     table.apps.insert(name, e.clone());
@@ -214,9 +249,10 @@ mod tests {
 
     #[test]
     fn exact_then_wildcard() {
+        let p = EdgePolicy::default();
         let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
         let t = RoutingTable::build(
-            [("a.test", "a"), ("*.b.test", "b")],
+            [("a.test", "a", &p), ("*.b.test", "b", &p)],
             &ups,
             &RoutingTable::default(),
         );
@@ -229,9 +265,18 @@ mod tests {
 
     #[test]
     fn runtimes_survive_rebuilds() {
-        let t1 = RoutingTable::build([("a.test", "a")], &HashMap::new(), &RoutingTable::default());
+        let p = EdgePolicy::default();
+        let t1 = RoutingTable::build(
+            [("a.test", "a", &p)],
+            &HashMap::new(),
+            &RoutingTable::default(),
+        );
         t1.lookup("a.test").expect("a").runtime.touch(42);
-        let t2 = RoutingTable::build([("a.test", "a"), ("www.a.test", "a")], &HashMap::new(), &t1);
+        let t2 = RoutingTable::build(
+            [("a.test", "a", &p), ("www.a.test", "a", &p)],
+            &HashMap::new(),
+            &t1,
+        );
         let e = t2.lookup("www.a.test").expect("a");
         assert_eq!(e.runtime.unflushed_access(), Some(42));
         assert!(Arc::ptr_eq(e, t2.lookup("a.test").expect("a")));

@@ -4,6 +4,7 @@
 
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
+use spinforge_state::records::Route;
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -62,21 +63,21 @@ impl Default for Snapshot {
 /// What the store holds, as far as routing cares.
 #[derive(Debug, Default)]
 struct Model {
-    /// domain → app
-    routes: BTreeMap<String, String>,
+    /// domain → route (app and its edge policy)
+    routes: BTreeMap<String, Route>,
     /// app → healthy upstreams
     upstreams: HashMap<String, Vec<SocketAddr>>,
 }
 
 impl Model {
     async fn load(store: &Store) -> Result<Model, StoreError> {
-        let routes: BTreeMap<String, String> = store
+        let routes: BTreeMap<String, Route> = store
             .routes()
             .await?
             .into_iter()
-            .map(|r| (r.domain, r.app))
+            .map(|r| (r.domain.clone(), r))
             .collect();
-        let mut apps: Vec<String> = routes.values().cloned().collect();
+        let mut apps: Vec<String> = routes.values().map(|r| r.app.clone()).collect();
         apps.sort();
         apps.dedup();
         let sets = store.upstreams_of(&apps).await?;
@@ -97,7 +98,7 @@ impl Model {
                             let set = store.upstreams(&route.app).await?;
                             self.upstreams.insert(route.app.clone(), parse_addrs(&set));
                         }
-                        self.routes.insert(route.domain, route.app);
+                        self.routes.insert(route.domain.clone(), route);
                     }
                     None => {
                         self.routes.remove(domain);
@@ -116,7 +117,9 @@ impl Model {
 
     fn table(&self, previous: &RoutingTable) -> RoutingTable {
         RoutingTable::build(
-            self.routes.iter().map(|(d, a)| (d.as_str(), a.as_str())),
+            self.routes
+                .iter()
+                .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy)),
             &self.upstreams,
             previous,
         )

@@ -5,11 +5,12 @@
 //! - [`store`]: the state store — embedded in memory (one process) or Redis (several processes or
 //!   machines) — behind one typed interface, with the key schema of [`keys`] and the
 //!   [`events::Event`]s published on `spinforge:events`.
-//! - [`records`]: the values kept in the store.
+//! - [`records`]: the values kept in the store; [`policy`]: the per-app edge settings they carry.
 
 pub mod config;
 pub mod events;
 pub mod keys;
+pub mod policy;
 pub mod records;
 pub mod store;
 

@@ -5,13 +5,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `routes:{domain}`: which app answers a domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     pub domain: String,
     pub app: String,
     /// The release the app's spinlets run, once one is built.
     #[serde(default)]
     pub release: Option<u64>,
+    /// How the edge treats the app's requests (the same for all of an app's domains).
+    #[serde(default)]
+    pub policy: crate::policy::EdgePolicy,
 }
 
 /// `apps:{app}`: an app as the supervisor knows it. Env values are not stored (they may be secrets).

@@ -421,6 +421,7 @@ impl AppTask {
                 domain: d.clone(),
                 app: self.app.name.clone(),
                 release,
+                policy: self.app.policy.clone(),
             })
             .collect();
         let running = match &self.state {

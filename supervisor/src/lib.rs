@@ -12,7 +12,7 @@ pub mod process;
 pub mod release;
 
 use app::{AppContext, AppTask, Command};
-use spinforge_state::config::Config;
+use spinforge_state::config::{AppConfig, Config};
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -194,10 +194,10 @@ fn reap_interval(config: &Config) -> Duration {
 /// Routes for every configured domain; routes for anything else are removed.
 async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreError> {
     let existing = store.routes().await?;
-    let wanted: HashMap<&str, &str> = config
+    let wanted: HashMap<&str, &AppConfig> = config
         .apps
         .values()
-        .flat_map(|a| a.domains.iter().map(move |d| (d.as_str(), a.name.as_str())))
+        .flat_map(|a| a.domains.iter().map(move |d| (d.as_str(), a)))
         .collect();
     for route in &existing {
         if !wanted.contains_key(route.domain.as_str()) {
@@ -207,12 +207,13 @@ async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreErr
     }
     for (domain, app) in &wanted {
         let current = existing.iter().find(|r| r.domain == *domain);
-        if current.is_none_or(|r| r.app != *app) {
+        if current.is_none_or(|r| r.app != app.name || r.policy != app.policy) {
             store
                 .put_route(&spinforge_state::records::Route {
                     domain: domain.to_string(),
-                    app: app.to_string(),
-                    release: None,
+                    app: app.name.clone(),
+                    release: current.and_then(|r| r.release),
+                    policy: app.policy.clone(),
                 })
                 .await?;
         }

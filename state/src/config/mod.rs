@@ -86,6 +86,12 @@ pub struct EdgeConfig {
     pub grace: Duration,
     /// `edge.max_held_requests`: requests held per cold app; more are answered 503 at once.
     pub max_held_requests: usize,
+    /// `edge.h2c`: accept HTTP/2 without TLS (prior knowledge) on the plain listener.
+    pub h2c: bool,
+    /// `edge.max_connections_per_ip`: open connections one client IP may hold; more are closed.
+    pub max_connections_per_ip: u32,
+    /// `edge.keepalive_timeout`: an idle client connection is closed after this.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -95,6 +101,9 @@ impl Default for EdgeConfig {
             wake_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             max_held_requests: 1000,
+            h2c: false,
+            max_connections_per_ip: 256,
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -183,6 +192,8 @@ pub struct AppConfig {
     /// `idle_timeout`: `None` (written `0`) never stops the app for being idle.
     pub idle_timeout: Option<Duration>,
     pub health_check: HealthCheck,
+    /// `rate_limit`, `limits`, `compression`, `security_headers`: how the edge treats requests.
+    pub policy: crate::policy::EdgePolicy,
 }
 
 /// Where an app's code comes from.

@@ -5,6 +5,7 @@ use super::{
     AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue, Framework,
     HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, units,
 };
+use crate::policy::{EdgePolicy, RateLimit, RateLimitScope, SecurityHeaders};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,6 @@ const PLANNED: &[&str] = &[
     "supervisor.deploy_dir",
     "supervisor.run_as",
     "apps.*.cpu",
-    "apps.*.rate_limit",
     "apps.*.tls",
     "apps.*.upstream",
 ];
@@ -245,9 +245,31 @@ impl Walker<'_> {
         }) {
             out.max_held_requests = n;
         }
+        if let Some(on) = self.value(f.take("h2c"), "true or false", boolean) {
+            out.h2c = on;
+        }
+        if let Some(n) = self.value(f.take("max_connections_per_ip"), "a number", |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("`{s}` is not a positive whole number"))
+        }) {
+            out.max_connections_per_ip = n;
+        }
+        if let Some(d) = self.positive_duration(f.take("keepalive_timeout")) {
+            out.keepalive_timeout = d;
+        }
         f.finish(
             self,
-            &["listen_http", "wake_timeout", "grace", "max_held_requests"],
+            &[
+                "listen_http",
+                "wake_timeout",
+                "grace",
+                "max_held_requests",
+                "h2c",
+                "max_connections_per_ip",
+                "keepalive_timeout",
+            ],
             "edge",
         );
     }
@@ -380,6 +402,19 @@ impl Walker<'_> {
             .take("health_check")
             .map(|(p, n)| self.health_check(&p, n))
             .unwrap_or_default();
+        let mut policy = EdgePolicy::default();
+        if let Some((p, n)) = f.take("rate_limit") {
+            policy.rate_limit = self.rate_limit(&p, n);
+        }
+        if let Some((p, n)) = f.take("limits") {
+            self.limits(&p, n, &mut policy);
+        }
+        if let Some(on) = self.value(f.take("compression"), "true or false", boolean) {
+            policy.compression = on;
+        }
+        if let Some((p, n)) = f.take("security_headers") {
+            policy.security_headers = self.security_headers(&p, n);
+        }
         f.finish(
             self,
             &[
@@ -391,6 +426,10 @@ impl Walker<'_> {
                 "memory",
                 "idle_timeout",
                 "health_check",
+                "rate_limit",
+                "limits",
+                "compression",
+                "security_headers",
             ],
             "apps.*",
         );
@@ -406,6 +445,7 @@ impl Walker<'_> {
             memory,
             idle_timeout: idle_timeout?,
             health_check,
+            policy,
         })
     }
 
@@ -565,6 +605,145 @@ impl Walker<'_> {
         f.finish(self, &["path", "timeout"], "apps.*.health_check");
         hc
     }
+
+    fn rate_limit(&mut self, path: &str, node: &Node) -> Option<RateLimit> {
+        let errors_before = self.errors.len();
+        let mut f = self.fields(node, path)?;
+        let rps = match f.take("rps") {
+            Some(field) => self.value(Some(field), "requests per second", rate),
+            None => {
+                self.error(
+                    node.pos,
+                    path,
+                    "a rate limit needs `rps:`, the requests per second each client IP may send",
+                );
+                None
+            }
+        };
+        let burst = self
+            .value(f.take("burst"), "a number of requests", count)
+            .unwrap_or(0);
+        let app_rps = self.value(f.take("app_rps"), "requests per second", rate);
+        let app_burst = self.value(f.take("app_burst"), "a number of requests", count);
+        let scope = self
+            .value(f.take("scope"), "local or cluster", |s| match s {
+                "local" => Ok(RateLimitScope::Local),
+                "cluster" => Err("scope `cluster` (one budget shared by several edges) is not supported by this version of SpinForge yet; use local".to_string()),
+                _ => Err(format!(
+                    "`{s}` is not a scope: use local (each edge counts alone) or cluster (edges share one budget through Redis)"
+                )),
+            })
+            .unwrap_or_default();
+        f.finish(
+            self,
+            &["rps", "burst", "app_rps", "app_burst", "scope"],
+            "apps.*.rate_limit",
+        );
+        if app_burst.is_some() && app_rps.is_none() {
+            self.error(
+                node.pos,
+                path,
+                "`app_burst` needs `app_rps`, the app-wide rate it adds to",
+            );
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(RateLimit {
+            rps: rps?,
+            burst,
+            app_rps,
+            app_burst,
+            scope,
+        })
+    }
+
+    fn limits(&mut self, path: &str, node: &Node, policy: &mut EdgePolicy) {
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
+        if let Some(b) = self.value(f.take("body"), "a size such as 10M", units::parse_size) {
+            policy.max_body_bytes = b;
+        }
+        if let Some(b) = self.value(f.take("headers"), "a size such as 32K", |s| {
+            let b = units::parse_size(s)?;
+            if !(1024..=(1 << 20)).contains(&b) {
+                return Err(format!("`{s}`: give between 1K and 1M"));
+            }
+            Ok(b)
+        }) {
+            policy.max_header_bytes = b;
+        }
+        f.finish(self, &["body", "headers"], "apps.*.limits");
+    }
+
+    fn security_headers(&mut self, path: &str, node: &Node) -> SecurityHeaders {
+        if let Value::Scalar(s) = &node.value {
+            match s.as_str() {
+                "off" | "false" => return SecurityHeaders::none(),
+                "on" | "true" => return SecurityHeaders::default(),
+                _ => {}
+            }
+        }
+        let mut out = SecurityHeaders::default();
+        let Some(mut f) = self.fields(node, path) else {
+            return out;
+        };
+        // Each: a header value, or `off` to leave the header out.
+        let header = |w: &mut Self, field: Option<(String, &Node)>, slot: &mut Option<String>| {
+            if let Some(v) = w.value(field, "a header value, or off", |s| {
+                if s.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(format!(
+                        "`{s}` has control characters; a header value cannot"
+                    ));
+                }
+                Ok(s.to_string())
+            }) {
+                *slot = (v != "off" && v != "false").then_some(v);
+            }
+        };
+        header(self, f.take("hsts"), &mut out.hsts);
+        header(
+            self,
+            f.take("content_type_options"),
+            &mut out.content_type_options,
+        );
+        header(self, f.take("referrer_policy"), &mut out.referrer_policy);
+        header(self, f.take("frame_options"), &mut out.frame_options);
+        f.finish(
+            self,
+            &[
+                "hsts",
+                "content_type_options",
+                "referrer_policy",
+                "frame_options",
+            ],
+            "apps.*.security_headers",
+        );
+        out
+    }
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "on" | "yes" => Ok(true),
+        "false" | "off" | "no" => Ok(false),
+        _ => Err(format!("`{s}` is not true or false")),
+    }
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a rate: give requests per second, a number above 0 (e.g. 50 or 0.5)"
+        )),
+    }
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .map_err(|_| format!("`{s}` is not a whole number of requests"))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -709,6 +888,44 @@ mod tests {
         assert_eq!(hello.health_check, HealthCheck::default());
         assert!(matches!(&hello.source, AppSource::Directory(p) if p.ends_with("apps/hello")));
         assert!(cfg.state.redis.is_none());
+    }
+
+    #[test]
+    fn edge_policy_keys() {
+        let dir = fixture();
+        let good = "apps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    rate_limit: { rps: 0.5, burst: 10, app_rps: 100 }\n    limits: { body: 1M, headers: 8K }\n    compression: false\n    security_headers: { hsts: max-age=60, referrer_policy: off }\n";
+        let c = parse_in(&dir, good).expect("valid");
+        let p = &c.apps["hello"].policy;
+        let rl = p.rate_limit.as_ref().expect("rate limit");
+        assert_eq!(
+            (rl.rps, rl.burst, rl.app_rps, rl.app_burst),
+            (0.5, 10, Some(100.0), None)
+        );
+        assert_eq!(
+            (p.max_body_bytes, p.max_header_bytes, p.compression),
+            (1 << 20, 8 << 10, false)
+        );
+        assert_eq!(p.security_headers.hsts.as_deref(), Some("max-age=60"));
+        assert_eq!(p.security_headers.referrer_policy, None);
+        assert_eq!(
+            p.security_headers.content_type_options.as_deref(),
+            Some("nosniff")
+        );
+
+        let bad = "apps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    rate_limit: { rps: 0, burts: 3, scope: cluster }\n    limits: { headers: 10 }\n    compression: maybe\n";
+        let errs = parse_in(&dir, bad).expect_err("invalid").0;
+        let found: Vec<(u32, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (5, "apps.hello.rate_limit.rps"),
+                (5, "apps.hello.rate_limit.burts"),
+                (5, "apps.hello.rate_limit.scope"),
+                (6, "apps.hello.limits.headers"),
+                (7, "apps.hello.compression"),
+            ],
+            "{errs:#?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,322 @@
+//! Response compression: gzip, brotli or zstd, chosen from the client's Accept-Encoding with its
+//! q-values, for text bodies only; streamed chunk by chunk so that chunked responses still flow.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use pingora_http::ResponseHeader;
+use std::io::Write;
+
+/// Bodies shorter than this are sent as they are: compression would not pay for its headers.
+pub const MIN_LENGTH: u64 = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Brotli,
+    Zstd,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+/// The encoding to use for a client's `Accept-Encoding`: the highest q-value wins; on a tie,
+/// our order of preference (brotli, zstd, gzip). `None`: send the body as it is.
+pub fn negotiate(accept_encoding: &[u8]) -> Option<Encoding> {
+    let text = std::str::from_utf8(accept_encoding).ok()?;
+    let ours = [Encoding::Brotli, Encoding::Zstd, Encoding::Gzip];
+    // q in thousandths, per encoding (None: not mentioned).
+    let mut q: [Option<u16>; 3] = [None; 3];
+    let mut star: Option<u16> = None;
+    for item in text.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut weight = 1000u16;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=')
+                && k.trim().eq_ignore_ascii_case("q")
+            {
+                weight = parse_q(v.trim())?;
+            }
+        }
+        match name.as_str() {
+            "br" => q[0] = Some(weight),
+            "zstd" => q[1] = Some(weight),
+            "gzip" | "x-gzip" => q[2] = Some(weight),
+            "*" => star = Some(weight),
+            _ => {}
+        }
+    }
+    let mut best: Option<(u16, Encoding)> = None;
+    for (i, enc) in ours.into_iter().enumerate() {
+        let w = q[i].or(star).unwrap_or(0);
+        if w > 0 && best.is_none_or(|(bw, _)| w > bw) {
+            best = Some((w, enc));
+        }
+    }
+    best.map(|(_, e)| e)
+}
+
+/// A q-value ("0", "0.5", "1.000") in thousandths; `None` when malformed (the header is then
+/// ignored, as if absent).
+fn parse_q(v: &str) -> Option<u16> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u16 = match int {
+        "0" => 0,
+        "1" => 1,
+        _ => return None,
+    };
+    let mut thousandths = 0u16;
+    for (i, b) in frac.bytes().enumerate() {
+        thousandths += u16::from(b - b'0') * [100, 10, 1][i];
+    }
+    let q = whole * 1000 + thousandths;
+    (q <= 1000).then_some(q)
+}
+
+/// Content types worth compressing: text, and the text formats that are not `text/*`.
+pub fn compressible(content_type: &[u8]) -> bool {
+    let ct = String::from_utf8_lossy(content_type).to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "text/event-stream" {
+        // Events must reach the client the moment they are sent.
+        return false;
+    }
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence,
+            "application/json"
+                | "application/javascript"
+                | "application/x-javascript"
+                | "application/xml"
+                | "application/wasm"
+                | "application/manifest+json"
+                | "image/svg+xml"
+                | "application/x-font-ttf"
+                | "font/ttf"
+                | "font/otf"
+        )
+}
+
+/// Whether to compress this response, given the encoding the client accepts. Adjusts the headers
+/// when it says yes (Content-Encoding, no Content-Length, a weak ETag) and adds `Vary` whenever
+/// the answer depended on Accept-Encoding.
+pub fn decide(
+    resp: &mut ResponseHeader,
+    accepted: Option<Encoding>,
+    head_request: bool,
+) -> Option<Encoding> {
+    let h = &resp.headers;
+    let ct_ok = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| compressible(v.as_bytes()));
+    if !ct_ok {
+        return None;
+    }
+    let status = resp.status.as_u16();
+    let already = h
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let no_transform = h.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .to_ascii_lowercase()
+            .contains("no-transform")
+    });
+    let tiny = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .is_some_and(|n| n < MIN_LENGTH);
+    let ranged = status == 206 || h.contains_key(header::CONTENT_RANGE);
+    if already || no_transform || ranged || !(200..300).contains(&status) || status == 204 {
+        return None;
+    }
+    add_vary(resp);
+    if tiny || head_request {
+        return None;
+    }
+    let enc = accepted?;
+    let _ = resp.insert_header(header::CONTENT_ENCODING, enc.token());
+    resp.remove_header(&header::CONTENT_LENGTH);
+    resp.remove_header(&header::ACCEPT_RANGES);
+    if let Some(etag) = resp.headers.get(header::ETAG).cloned()
+        && !etag.as_bytes().starts_with(b"W/")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(etag.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&weak) {
+            let _ = resp.insert_header(header::ETAG, v);
+        }
+    }
+    Some(enc)
+}
+
+fn add_vary(resp: &mut ResponseHeader) {
+    let present = resp.headers.get_all(header::VARY).iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
+    });
+    if !present {
+        let _ = resp.append_header(header::VARY, "Accept-Encoding");
+    }
+}
+
+/// A streaming encoder: each chunk in, whatever compressed bytes are ready out (flushed, so a
+/// slow stream still reaches the client piece by piece).
+pub enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encoder::Gzip(_) => "Encoder::Gzip",
+            Encoder::Brotli(_) => "Encoder::Brotli",
+            Encoder::Zstd(_) => "Encoder::Zstd",
+        })
+    }
+}
+
+impl Encoder {
+    pub fn new(enc: Encoding) -> std::io::Result<Encoder> {
+        Ok(match enc {
+            // Levels chosen for proxy latency, as NGINX and Caddy do: fast, most of the gain.
+            Encoding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(5),
+            )),
+            Encoding::Brotli => Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                16 << 10,
+                4,
+                22,
+            ))),
+            Encoding::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
+        })
+    }
+
+    /// Compresses `chunk`; at the end of the body, finishes the stream.
+    pub fn encode(&mut self, chunk: &[u8], end: bool) -> std::io::Result<Bytes> {
+        match self {
+            Encoder::Gzip(e) => {
+                e.write_all(chunk)?;
+                if end {
+                    e.try_finish()?;
+                } else {
+                    e.flush()?;
+                }
+                Ok(Bytes::from(std::mem::take(e.get_mut())))
+            }
+            Encoder::Brotli(e) => {
+                e.write_all(chunk)?;
+                if end {
+                    // CompressorWriter finishes on drop only: swap in a fresh one to end this.
+                    let done = std::mem::replace(
+                        e,
+                        Box::new(brotli::CompressorWriter::new(Vec::new(), 0, 4, 22)),
+                    );
+                    Ok(Bytes::from(done.into_inner()))
+                } else {
+                    e.flush()?;
+                    Ok(Bytes::from(std::mem::take(e.get_mut())))
+                }
+            }
+            Encoder::Zstd(e) => {
+                e.write_all(chunk)?;
+                if end {
+                    e.do_finish()?;
+                } else {
+                    e.flush()?;
+                }
+                Ok(Bytes::from(std::mem::take(e.get_mut())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn q_values_are_honoured() {
+        assert_eq!(
+            negotiate(b"gzip, deflate, br, zstd"),
+            Some(Encoding::Brotli)
+        );
+        assert_eq!(negotiate(b"gzip"), Some(Encoding::Gzip));
+        assert_eq!(negotiate(b"br;q=0.5, gzip;q=0.8"), Some(Encoding::Gzip));
+        assert_eq!(negotiate(b"br;q=0, gzip;q=0"), None);
+        assert_eq!(negotiate(b"identity"), None);
+        assert_eq!(negotiate(b""), None);
+        assert_eq!(negotiate(b"*;q=0.1, br;q=0"), Some(Encoding::Zstd));
+        assert_eq!(negotiate(b"zstd;q=1.0, br;q=0.999"), Some(Encoding::Zstd));
+        assert_eq!(negotiate(b"gzip;q=2"), None); // malformed: as if absent
+    }
+
+    #[test]
+    fn text_only() {
+        assert!(compressible(b"text/html; charset=utf-8"));
+        assert!(compressible(b"application/json"));
+        assert!(compressible(b"application/problem+json"));
+        assert!(!compressible(b"image/png"));
+        assert!(!compressible(b"text/event-stream"));
+        assert!(!compressible(b"application/octet-stream"));
+    }
+
+    #[test]
+    fn streams_round_trip() {
+        let text = "hello, compressed world. ".repeat(200);
+        for enc in [Encoding::Gzip, Encoding::Brotli, Encoding::Zstd] {
+            let mut e = Encoder::new(enc).expect("encoder");
+            let mut out = Vec::new();
+            for piece in text.as_bytes().chunks(700) {
+                out.extend_from_slice(&e.encode(piece, false).expect("chunk"));
+            }
+            out.extend_from_slice(&e.encode(b"", true).expect("end"));
+            let mut back = String::new();
+            match enc {
+                Encoding::Gzip => {
+                    flate2::read::GzDecoder::new(&out[..])
+                        .read_to_string(&mut back)
+                        .expect("gunzip");
+                }
+                Encoding::Brotli => {
+                    brotli::Decompressor::new(&out[..], 4096)
+                        .read_to_string(&mut back)
+                        .expect("unbrotli");
+                }
+                Encoding::Zstd => {
+                    back = String::from_utf8(zstd::decode_all(&out[..]).expect("unzstd"))
+                        .expect("utf8");
+                }
+            }
+            assert_eq!(back, text, "{enc:?}");
+            assert!(
+                out.len() < text.len() / 4,
+                "{enc:?} compressed to {}",
+                out.len()
+            );
+        }
+    }
+}

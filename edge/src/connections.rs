@@ -1,0 +1,47 @@
+//! The listener's application: Pingora's HTTP proxy behind a per-client-IP connection cap.
+
+use crate::limits::{Admission, ConnectionCounts, client_key};
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+
+/// Wraps a [`ServerApp`] (the proxy) so that one client IP holds at most `max_per_ip`
+/// connections at a time; connections over that are closed at once, before any byte is read.
+#[derive(Debug)]
+pub struct PerIpCap<A> {
+    pub inner: Arc<A>,
+    pub counts: ConnectionCounts,
+    pub max_per_ip: u32,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpCap<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Counted while the connection is inside the app — for HTTP/1 keep-alive that is also
+        // the wait for its next request — as NGINX's limit_conn does.
+        let _slot = match ip {
+            Some(ip) => match self.counts.admit(client_key(ip), self.max_per_ip) {
+                Admission::Refused => {
+                    tracing::debug!(%ip, "too many connections from one address; closing");
+                    return None;
+                }
+                admitted => Some(admitted),
+            },
+            None => None,
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
