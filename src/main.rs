@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use spinforge_edge::Edge;
+use spinforge_edge::{Edge, Stop};
 use spinforge_state::Store;
 use spinforge_state::config::Config;
 use spinforge_supervisor::Supervisor;
@@ -15,6 +15,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// After handing its sockets to a new edge, how long the old one keeps idle keep-alive
+/// connections open (within `edge.grace`) so that their clients move over without an error.
+const HANDOVER_LINGER: Duration = Duration::from_secs(2);
 
 /// How long `edge` and `supervisor` wait for Redis at start.
 const REDIS_WAIT: Duration = Duration::from_secs(30);
@@ -34,12 +38,23 @@ struct Cli {
 enum Cmd {
     /// Run the edge and the supervisor in one process (embedded state unless `state.redis` is set).
     Up(ConfigArg),
-    /// Run only the edge (needs `state.redis`).
-    Edge(ConfigArg),
+    /// Run only the edge (needs `state.redis`). SIGQUIT hands its sockets to a new edge started
+    /// with `--upgrade`, then drains and exits.
+    Edge(EdgeArgs),
     /// Run only the supervisor (needs `state.redis`).
     Supervisor(ConfigArg),
     /// Validate a config: print every error and exit 1, or exit 0.
     Check(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct EdgeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Take the listening sockets over from the running edge (zero-downtime upgrade): start
+    /// this, then send SIGQUIT to the old edge.
+    #[arg(long, short)]
+    upgrade: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,7 +79,7 @@ fn main() -> ExitCode {
         let result = runtime.block_on(async {
             match cli.command {
                 Cmd::Up(arg) => up(load(&arg.config)?).await,
-                Cmd::Edge(arg) => edge(load(&arg.config)?).await,
+                Cmd::Edge(args) => edge(load(&args.config.config)?, args.upgrade).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
                 Cmd::Check(_) => unreachable!("handled above"),
             }
@@ -151,7 +166,7 @@ async fn up(config: Config) -> Result<()> {
     let started = Instant::now();
     let grace = config.edge.grace;
     tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
-    let _ = edge_stop.send(Some(started + grace / 2));
+    let _ = edge_stop.send(Some(Stop::at(started + grace / 2)));
     let _ = edge_task.await;
     let _ = supervisor_stop.send(Some(
         started + grace.saturating_sub(Duration::from_millis(250)),
@@ -160,13 +175,55 @@ async fn up(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn edge(config: Config) -> Result<()> {
+async fn edge(config: Config, upgrade: bool) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Listen for SIGQUIT before anything else: its default action would kill us.
+    let mut quit = signal(SignalKind::quit()).context("cannot listen for SIGQUIT")?;
+    let sock = config.edge.upgrade_sock.clone();
+    let mut inherited = if upgrade {
+        tracing::info!(socket = %sock.display(), "waiting for the running edge's sockets (send it SIGQUIT)");
+        let path = sock.clone();
+        Some(tokio::task::spawn_blocking(move || spinforge_edge::upgrade::receive(&path)).await??)
+    } else {
+        None
+    };
     let store = store_for(&config, "edge").await?;
-    let edge = Edge::bind(&config.edge, store)?;
+    let edge = Edge::bind_or_inherit(&config.edge, store, inherited.as_mut())?;
+    if upgrade {
+        tracing::info!(http = %edge.http_addr(), "took the listening sockets over");
+    }
+    let handoff = std::sync::Arc::new(
+        edge.handoff()
+            .context("cannot keep a copy of the listening socket")?,
+    );
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(edge.serve(rx));
-    shutdown_signal().await?;
-    let _ = stop.send(Some(Instant::now() + config.edge.grace));
+    let mut linger = Duration::ZERO;
+    loop {
+        tokio::select! {
+            r = shutdown_signal() => { r?; break; }
+            _ = quit.recv() => {
+                tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new edge");
+                let path = sock.clone();
+                let handoff = handoff.clone();
+                match tokio::task::spawn_blocking(move || handoff.send(&path)).await? {
+                    Ok(()) => {
+                        tracing::info!("sockets handed over; draining and exiting");
+                        // Clients on keep-alive connections get their next answer from us with
+                        // `Connection: close`, then reconnect to the new edge.
+                        linger = HANDOVER_LINGER;
+                        break;
+                    }
+                    // Nobody took them: keep serving rather than leave the port dark.
+                    Err(e) => tracing::error!("{e}; still serving"),
+                }
+            }
+        }
+    }
+    let _ = stop.send(Some(Stop {
+        deadline: Instant::now() + config.edge.grace,
+        linger,
+    }));
     let _ = task.await;
     Ok(())
 }

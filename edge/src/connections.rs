@@ -6,6 +6,21 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long to keep idle connections after the listener closed (set when the stop begins).
+#[derive(Debug, Default)]
+pub struct Linger(AtomicU64);
+
+impl Linger {
+    pub fn set(&self, d: Duration) {
+        self.0.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+    fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
 
 /// Wraps a [`ServerApp`] (the proxy) so that one client IP holds at most `max_per_ip`
 /// connections at a time; connections over that are closed at once, before any byte is read.
@@ -14,6 +29,7 @@ pub struct PerIpCap<A> {
     pub inner: Arc<A>,
     pub counts: ConnectionCounts,
     pub max_per_ip: u32,
+    pub linger: Arc<Linger>,
 }
 
 #[async_trait]
@@ -41,7 +57,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpCap<A> {
         self.inner.process_new(stream, shutdown).await
     }
 
+    /// Runs once the listener has stopped. Pingora's cleanup closes idle keep-alive
+    /// connections at once; lingering first lets their next request through (answered with
+    /// `Connection: close`, as Pingora does for every request once shutdown began).
     async fn cleanup(&self) {
+        let linger = self.linger.get();
+        if !linger.is_zero() {
+            tokio::time::sleep(linger).await;
+        }
         self.inner.cleanup().await;
     }
 }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
+pub mod upgrade;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
@@ -46,6 +47,28 @@ pub enum EdgeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Upgrade(#[from] upgrade::UpgradeError),
+}
+
+/// How the edge should stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// In-flight requests may finish until then.
+    pub deadline: Instant,
+    /// How long idle keep-alive connections stay open after the listener closed, so that their
+    /// next request is still answered (with `Connection: close`) instead of meeting a closed
+    /// socket. Worth it when a successor took the listener over; zero on a plain stop.
+    pub linger: Duration,
+}
+
+impl Stop {
+    pub fn at(deadline: Instant) -> Stop {
+        Stop {
+            deadline,
+            linger: Duration::ZERO,
+        }
+    }
 }
 
 /// A bound, not yet serving edge.
@@ -60,9 +83,22 @@ pub struct Edge {
 impl Edge {
     /// Binds `edge.listen_http` (port 0 picks a free port; see [`Edge::http_addr`]).
     pub fn bind(config: &EdgeConfig, store: Store) -> Result<Edge, EdgeError> {
+        Self::bind_or_inherit(config, store, None)
+    }
+
+    /// Like [`Edge::bind`], but takes the listener over from the edge being replaced when
+    /// `inherited` is given (zero-downtime upgrade; see [`upgrade`]).
+    pub fn bind_or_inherit(
+        config: &EdgeConfig,
+        store: Store,
+        inherited: Option<&mut upgrade::InheritedListeners>,
+    ) -> Result<Edge, EdgeError> {
         let addr = config.listen_http;
         let bind_err = |source| EdgeError::Bind { addr, source };
-        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        let listener = match inherited {
+            Some(from) => from.take(addr)?,
+            None => std::net::TcpListener::bind(addr).map_err(bind_err)?,
+        };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let http_addr = listener.local_addr().map_err(bind_err)?;
         Ok(Edge {
@@ -73,6 +109,14 @@ impl Edge {
         })
     }
 
+    /// Copies of the listening sockets, to hand to a successor on upgrade.
+    pub fn handoff(&self) -> std::io::Result<upgrade::Handoff> {
+        Ok(upgrade::Handoff::new(vec![(
+            self.config.listen_http,
+            self.listener.try_clone()?,
+        )]))
+    }
+
     /// The address the plain-HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -80,7 +124,7 @@ impl Edge {
 
     /// Serves until `shutdown` carries a deadline, then stops accepting, lets in-flight requests
     /// finish until that deadline, and returns.
-    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Instant>>) {
+    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Stop>>) {
         let snapshot = Arc::new(sync::Snapshot::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
@@ -125,10 +169,12 @@ impl Edge {
         options.h2c = self.config.h2c;
         options.h2_idle_timeout = Some(self.config.keepalive_timeout);
         http.server_options = Some(options);
+        let linger = Arc::new(connections::Linger::default());
         let app = connections::PerIpCap {
             inner: Arc::new(http),
             counts: Default::default(),
             max_per_ip: self.config.max_connections_per_ip,
+            linger: linger.clone(),
         };
         let mut service = Service::new("spinforge-edge".to_string(), app);
         // Hand Pingora the socket we bound, under the address string it will look it up by.
@@ -142,13 +188,20 @@ impl Edge {
         });
         tracing::info!(http = %self.http_addr, store = self.store.kind(), "edge serving");
 
-        let deadline = match shutdown.wait_for(Option::is_some).await {
-            Ok(d) => d.unwrap_or_else(Instant::now),
-            Err(_) => Instant::now(), // the sender is gone: shut down at once
+        let stop = match shutdown.wait_for(Option::is_some).await {
+            Ok(s) => s.unwrap_or_else(|| Stop::at(Instant::now())),
+            Err(_) => Stop::at(Instant::now()), // the sender is gone: shut down at once
         };
+        let deadline = stop.deadline;
+        linger.set(
+            stop.linger
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
         let _ = service_stop_tx.send(true);
         let mut logged = false;
-        while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while (in_flight.load(Ordering::Acquire) > 0 || !service_task.is_finished())
+            && Instant::now() < deadline
+        {
             if !logged {
                 tracing::info!(
                     in_flight = in_flight.load(Ordering::Acquire),

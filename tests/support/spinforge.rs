@@ -84,10 +84,25 @@ pub struct Spinforge {
 impl Spinforge {
     /// `spinforge <role> --config <config>`; when `http` is given, waits until it accepts.
     pub fn start(ws: &Workspace, role: &str, config: &Path, http: Option<SocketAddr>) -> Spinforge {
-        let log = ws.path().join(format!("{role}-{}.log", std::process::id()));
+        Self::start_with(ws, &[role], config, http)
+    }
+
+    /// `spinforge <args…> --config <config>`.
+    pub fn start_with(
+        ws: &Workspace,
+        args: &[&str],
+        config: &Path,
+        http: Option<SocketAddr>,
+    ) -> Spinforge {
+        static STARTED: AtomicU16 = AtomicU16::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = ws
+            .path()
+            .join(format!("{}-{}-{n}.log", args[0], std::process::id()));
         let out = std::fs::File::create(&log).expect("create log");
         let child = Command::new(binary())
-            .args([role, "--config"])
+            .args(args)
+            .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,spinforge=debug")
             .stdin(Stdio::null())
@@ -139,8 +154,13 @@ impl Spinforge {
 
     /// SIGTERM and wait (at most `limit`) for the exit; returns the status and how long it took.
     pub fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(limit)
+    }
+
+    /// Waits (at most `limit`) for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -150,7 +170,7 @@ impl Spinforge {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "spinforge did not exit within {limit:?} of SIGTERM:\n{}",
+                    "spinforge did not exit within {limit:?}:\n{}",
                     self.log_text()
                 );
             }

@@ -92,6 +92,8 @@ pub struct EdgeConfig {
     pub max_connections_per_ip: u32,
     /// `edge.keepalive_timeout`: an idle client connection is closed after this.
     pub keepalive_timeout: Duration,
+    /// `edge.upgrade_sock`: where a new edge (`--upgrade`) receives the old one's sockets.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for EdgeConfig {
@@ -104,6 +106,7 @@ impl Default for EdgeConfig {
             h2c: false,
             max_connections_per_ip: 256,
             keepalive_timeout: Duration::from_secs(60),
+            upgrade_sock: PathBuf::from("/tmp/spinforge-upgrade.sock"),
         }
     }
 }

@@ -192,7 +192,7 @@ impl Walker<'_> {
             self.state(node, &path, &mut config.state);
         }
         if let Some((path, node)) = top.take("edge") {
-            self.edge(node, &path, &mut config.edge);
+            self.edge(node, &path, base, &mut config.edge);
         }
         if let Some((path, node)) = top.take("supervisor") {
             self.supervisor(node, &path, base, &mut config.supervisor);
@@ -224,7 +224,7 @@ impl Walker<'_> {
         f.finish(self, &["redis"], "state");
     }
 
-    fn edge(&mut self, node: &Node, path: &str, out: &mut EdgeConfig) {
+    fn edge(&mut self, node: &Node, path: &str, base: &Path, out: &mut EdgeConfig) {
         let Some(mut f) = self.fields(node, path) else {
             return;
         };
@@ -259,6 +259,18 @@ impl Walker<'_> {
         if let Some(d) = self.positive_duration(f.take("keepalive_timeout")) {
             out.keepalive_timeout = d;
         }
+        if let Some(p) = self.value(f.take("upgrade_sock"), "a file path", |s| {
+            let p = base.join(s);
+            // sockaddr_un holds 108 bytes, the terminating NUL included.
+            if p.as_os_str().len() > 107 {
+                return Err(format!(
+                    "`{s}` is too long for a Unix socket path (at most 107 bytes once resolved)"
+                ));
+            }
+            Ok(p)
+        }) {
+            out.upgrade_sock = p;
+        }
         f.finish(
             self,
             &[
@@ -269,6 +281,7 @@ impl Walker<'_> {
                 "h2c",
                 "max_connections_per_ip",
                 "keepalive_timeout",
+                "upgrade_sock",
             ],
             "edge",
         );
