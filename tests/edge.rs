@@ -528,3 +528,31 @@ async fn a_post_is_never_replayed_after_its_spinlet_dies() {
         "the POST reached the app exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_header_timeout() {
+    let ws = Workspace::new();
+    let sf = up(
+        &ws,
+        "  header_timeout: 1s\n",
+        &echo_app(&ws, "alpha", "alpha.test", ""),
+    );
+    warm(&sf, "alpha.test").await;
+    let addr = sf.http.expect("addr");
+    let mut silent: Vec<TcpStream> = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Others are served meanwhile.
+    assert_eq!(sf.client().fetch("alpha.test", "/").await.status, 200);
+    let started = Instant::now();
+    for s in &mut silent {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the edge, not left open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

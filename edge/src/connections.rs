@@ -30,13 +30,15 @@ pub struct PerIpCap<A> {
     pub counts: ConnectionCounts,
     pub max_per_ip: u32,
     pub linger: Arc<Linger>,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_byte_timeout: Duration,
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpCap<A> {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let ip = stream
@@ -54,6 +56,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpCap<A> {
             },
             None => None,
         };
+        // Connections that open and then say nothing would otherwise sit for Pingora's 60 s
+        // read timeout. (Peeking one byte consumes nothing: Pingora re-reads it.)
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.first_byte_timeout, stream.try_peek(&mut first)).await {
+            Err(_) => {
+                tracing::debug!(?ip, "no request within the header timeout; closing");
+                return None;
+            }
+            Ok(Err(_)) => return None, // closed before sending anything
+            Ok(Ok(_)) => {}
+        }
         self.inner.process_new(stream, shutdown).await
     }
 

@@ -175,6 +175,7 @@ impl Edge {
             counts: Default::default(),
             max_per_ip: self.config.max_connections_per_ip,
             linger: linger.clone(),
+            first_byte_timeout: self.config.header_timeout,
         };
         let mut service = Service::new("spinforge-edge".to_string(), app);
         // Hand Pingora the socket we bound, under the address string it will look it up by.

@@ -90,6 +90,8 @@ pub struct EdgeConfig {
     pub h2c: bool,
     /// `edge.max_connections_per_ip`: open connections one client IP may hold; more are closed.
     pub max_connections_per_ip: u32,
+    /// `edge.header_timeout`: a new connection must start its request within this.
+    pub header_timeout: Duration,
     /// `edge.keepalive_timeout`: an idle client connection is closed after this.
     pub keepalive_timeout: Duration,
     /// `edge.upgrade_sock`: where a new edge (`--upgrade`) receives the old one's sockets.
@@ -106,6 +108,7 @@ impl Default for EdgeConfig {
             h2c: false,
             max_connections_per_ip: 256,
             keepalive_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
             upgrade_sock: PathBuf::from("/tmp/spinforge-upgrade.sock"),
         }
     }

@@ -259,6 +259,9 @@ impl Walker<'_> {
         if let Some(d) = self.positive_duration(f.take("keepalive_timeout")) {
             out.keepalive_timeout = d;
         }
+        if let Some(d) = self.positive_duration(f.take("header_timeout")) {
+            out.header_timeout = d;
+        }
         if let Some(p) = self.value(f.take("upgrade_sock"), "a file path", |s| {
             let p = base.join(s);
             // sockaddr_un holds 108 bytes, the terminating NUL included.
@@ -281,6 +284,7 @@ impl Walker<'_> {
                 "h2c",
                 "max_connections_per_ip",
                 "keepalive_timeout",
+                "header_timeout",
                 "upgrade_sock",
             ],
             "edge",
