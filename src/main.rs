@@ -16,6 +16,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `edge` and `supervisor` wait for Redis at start.
 const REDIS_WAIT: Duration = Duration::from_secs(30);
 

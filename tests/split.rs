@@ -118,6 +118,7 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
             domain: "new.alpha.test".into(),
             app: "alpha".into(),
             release: None,
+            external: false,
         })
         .await
         .expect("write a route");

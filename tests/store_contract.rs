@@ -72,6 +72,7 @@ fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
         domain: domain.into(),
         app: app.into(),
         release,
+        external: false,
     }
 }
 

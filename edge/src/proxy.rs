@@ -177,6 +177,17 @@ impl ProxyHttp for EdgeProxy {
             }
         };
         entry.runtime.touch(now_ms());
+        if entry.upstreams.is_empty() && entry.external {
+            // Not ours to start: nothing to wait for.
+            respond(
+                session,
+                502,
+                "502 Bad Gateway: the app's upstream is failing its health check\n",
+                false,
+            )
+            .await?;
+            return Ok(true);
+        }
         if entry.upstreams.is_empty() {
             let started = Instant::now();
             let host = host.into_owned();

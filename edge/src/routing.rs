@@ -17,8 +17,10 @@ pub struct RoutingTable {
 #[derive(Debug)]
 pub struct AppEntry {
     pub name: Arc<str>,
-    /// Healthy spinlets, in a stable order.
+    /// Healthy spinlets (or healthy addresses of an external service), in a stable order.
     pub upstreams: Box<[SocketAddr]>,
+    /// A service SpinForge does not run (`upstream:`): never held for, never woken.
+    pub external: bool,
     /// Counters that outlive table swaps.
     pub runtime: Arc<AppRuntime>,
 }
@@ -96,15 +98,15 @@ impl Drop for HeldRequest {
 }
 
 impl RoutingTable {
-    /// Builds a table from `routes` (domain → app) and `upstreams` (app → addresses), reusing the
-    /// runtimes of `previous` for apps it already had.
+    /// Builds a table from `routes` (domain, app, whether the app is external) and `upstreams`
+    /// (app → addresses), reusing the runtimes of `previous` for apps it already had.
     pub fn build<'a>(
-        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
         upstreams: &HashMap<String, Vec<SocketAddr>>,
         previous: &RoutingTable,
     ) -> RoutingTable {
         let mut table = RoutingTable::default();
-        for (domain, app) in routes {
+        for (domain, app, external) in routes {
             let entry = match table.apps.get(app) {
                 Some(e) => e.clone(),
                 None => {
@@ -120,6 +122,7 @@ impl RoutingTable {
                     let e = Arc::new(AppEntry {
                         name: name.clone(),
                         upstreams: addrs.into(),
+                        external,
                         runtime,
                     });
                     table.apps.insert(name, e.clone());
@@ -216,7 +219,7 @@ mod tests {
     fn exact_then_wildcard() {
         let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
         let t = RoutingTable::build(
-            [("a.test", "a"), ("*.b.test", "b")],
+            [("a.test", "a", false), ("*.b.test", "b", false)],
             &ups,
             &RoutingTable::default(),
         );
@@ -229,9 +232,17 @@ mod tests {
 
     #[test]
     fn runtimes_survive_rebuilds() {
-        let t1 = RoutingTable::build([("a.test", "a")], &HashMap::new(), &RoutingTable::default());
+        let t1 = RoutingTable::build(
+            [("a.test", "a", false)],
+            &HashMap::new(),
+            &RoutingTable::default(),
+        );
         t1.lookup("a.test").expect("a").runtime.touch(42);
-        let t2 = RoutingTable::build([("a.test", "a"), ("www.a.test", "a")], &HashMap::new(), &t1);
+        let t2 = RoutingTable::build(
+            [("a.test", "a", false), ("www.a.test", "a", false)],
+            &HashMap::new(),
+            &t1,
+        );
         let e = t2.lookup("www.a.test").expect("a");
         assert_eq!(e.runtime.unflushed_access(), Some(42));
         assert!(Arc::ptr_eq(e, t2.lookup("a.test").expect("a")));

@@ -62,21 +62,21 @@ impl Default for Snapshot {
 /// What the store holds, as far as routing cares.
 #[derive(Debug, Default)]
 struct Model {
-    /// domain → app
-    routes: BTreeMap<String, String>,
+    /// domain → (app, whether the app is external: `upstream:`, never woken)
+    routes: BTreeMap<String, (String, bool)>,
     /// app → healthy upstreams
     upstreams: HashMap<String, Vec<SocketAddr>>,
 }
 
 impl Model {
     async fn load(store: &Store) -> Result<Model, StoreError> {
-        let routes: BTreeMap<String, String> = store
+        let routes: BTreeMap<String, (String, bool)> = store
             .routes()
             .await?
             .into_iter()
-            .map(|r| (r.domain, r.app))
+            .map(|r| (r.domain, (r.app, r.external)))
             .collect();
-        let mut apps: Vec<String> = routes.values().cloned().collect();
+        let mut apps: Vec<String> = routes.values().map(|(a, _)| a.clone()).collect();
         apps.sort();
         apps.dedup();
         let sets = store.upstreams_of(&apps).await?;
@@ -97,7 +97,8 @@ impl Model {
                             let set = store.upstreams(&route.app).await?;
                             self.upstreams.insert(route.app.clone(), parse_addrs(&set));
                         }
-                        self.routes.insert(route.domain, route.app);
+                        self.routes
+                            .insert(route.domain, (route.app, route.external));
                     }
                     None => {
                         self.routes.remove(domain);
@@ -116,7 +117,9 @@ impl Model {
 
     fn table(&self, previous: &RoutingTable) -> RoutingTable {
         RoutingTable::build(
-            self.routes.iter().map(|(d, a)| (d.as_str(), a.as_str())),
+            self.routes
+                .iter()
+                .map(|(d, (a, external))| (d.as_str(), a.as_str(), *external)),
             &self.upstreams,
             previous,
         )

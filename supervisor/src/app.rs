@@ -421,6 +421,7 @@ impl AppTask {
                 domain: d.clone(),
                 app: self.app.name.clone(),
                 release,
+                external: false,
             })
             .collect();
         let running = match &self.state {

@@ -7,6 +7,7 @@
 //! republish of everything whenever the store may have lost it (a Redis restart).
 
 pub mod app;
+pub mod external;
 pub mod ports;
 pub mod process;
 pub mod release;
@@ -70,7 +71,10 @@ impl Supervisor {
         let mut tasks = JoinSet::new();
         for app in config.apps.values() {
             let (tx, rx) = mpsc::channel(APP_QUEUE);
-            tasks.spawn(AppTask::new(app.clone(), ctx.clone(), rx).run());
+            match external::ExternalTask::new(app.clone(), ctx.clone(), rx) {
+                Ok(task) => tasks.spawn(task.run()),
+                Err(rx) => tasks.spawn(AppTask::new(app.clone(), ctx.clone(), rx).run()),
+            };
             apps.insert(app.name.clone(), tx);
         }
         tracing::info!(
@@ -194,10 +198,16 @@ fn reap_interval(config: &Config) -> Duration {
 /// Routes for every configured domain; routes for anything else are removed.
 async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreError> {
     let existing = store.routes().await?;
-    let wanted: HashMap<&str, &str> = config
+    // domain → (app, whether it is external)
+    let wanted: HashMap<&str, (&str, bool)> = config
         .apps
         .values()
-        .flat_map(|a| a.domains.iter().map(move |d| (d.as_str(), a.name.as_str())))
+        .flat_map(|a| {
+            let external = a.external().is_some();
+            a.domains
+                .iter()
+                .map(move |d| (d.as_str(), (a.name.as_str(), external)))
+        })
         .collect();
     for route in &existing {
         if !wanted.contains_key(route.domain.as_str()) {
@@ -205,14 +215,15 @@ async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreErr
             store.delete_route(&route.domain).await?;
         }
     }
-    for (domain, app) in &wanted {
+    for (domain, (app, external)) in &wanted {
         let current = existing.iter().find(|r| r.domain == *domain);
-        if current.is_none_or(|r| r.app != *app) {
+        if current.is_none_or(|r| r.app != *app || r.external != *external) {
             store
                 .put_route(&spinforge_state::records::Route {
                     domain: domain.to_string(),
                     app: app.to_string(),
                     release: None,
+                    external: *external,
                 })
                 .await?;
         }

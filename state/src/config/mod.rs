@@ -190,6 +190,36 @@ pub struct AppConfig {
 pub enum AppSource {
     /// A local folder with a package.json (absolute once validated).
     Directory(PathBuf),
+    /// `upstream: host:port`: a service SpinForge routes to and health-checks but does not run.
+    External(ExternalUpstream),
+}
+
+/// `upstream: host:port` of an app SpinForge does not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalUpstream {
+    /// An IP address (as text) or a lowercase DNS name, resolved by the supervisor, never the edge.
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ExternalUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl AppConfig {
+    /// The external service this app routes to, when it has `upstream:` instead of `source:`.
+    pub fn external(&self) -> Option<&ExternalUpstream> {
+        match &self.source {
+            AppSource::External(u) => Some(u),
+            AppSource::Directory(_) => None,
+        }
+    }
 }
 
 /// How an app is run. Only Node servers with a `start` script or entry file exist so far.
