@@ -87,15 +87,32 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours for a terminal only: log files and journald get plain text.
+    const ACCESS: &str = "spinforge::access";
+    // Diagnostics to stderr, as text; colours for a terminal only (log files and journald get
+    // plain text).
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|m| m.target() != ACCESS));
+    // The access log (`edge.access_log: json`, or RUST_LOG=spinforge::access=debug): one JSON
+    // object per request on stdout.
+    let access = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter_fn(|m| m.target() == ACCESS));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(access)
         .init();
 }
 

@@ -11,14 +11,21 @@
 //! shutdown ends as soon as requests have drained rather than after a fixed grace sleep.
 
 pub mod background;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
 
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::Service as _;
+use pingora_core::services::listening::Service;
 use spinforge_state::Store;
+use spinforge_state::config::AccessLog;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
@@ -46,6 +53,8 @@ pub enum EdgeError {
 pub struct Edge {
     listener: std::net::TcpListener,
     http_addr: SocketAddr,
+    /// The `/metrics` listener, when `edge.metrics` is set and could be bound.
+    metrics_listener: Option<std::net::TcpListener>,
     config: EdgeConfig,
     store: Store,
 }
@@ -58,12 +67,28 @@ impl Edge {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let http_addr = listener.local_addr().map_err(bind_err)?;
+        // Metrics are not worth refusing to serve traffic for: a taken port is logged, not fatal.
+        let metrics_listener = config.metrics.and_then(|addr| match metrics::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for /metrics (edge.metrics); serving without metrics");
+                None
+            }
+        });
         Ok(Edge {
             listener,
             http_addr,
+            metrics_listener,
             config: config.clone(),
             store,
         })
+    }
+
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address the plain-HTTP listener is bound to.
@@ -78,6 +103,7 @@ impl Edge {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(metrics::Metrics::default());
 
         let mut first_table = snapshot.changes();
         let sync_task = tokio::spawn(sync::keep_in_sync(
@@ -104,15 +130,34 @@ impl Edge {
             settings: proxy::ProxySettings {
                 wake_timeout: self.config.wake_timeout,
                 max_held_requests: self.config.max_held_requests,
+                access_log: self.config.access_log == AccessLog::Json,
             },
             in_flight: in_flight.clone(),
+            metrics: metrics.clone(),
         };
+        let metrics_addr = self.metrics_addr();
+        let metrics_task = self.metrics_listener.and_then(|l| {
+            let l = tokio::net::TcpListener::from_std(l)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot serve /metrics"))
+                .ok()?;
+            Some(tokio::spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                snapshot.clone(),
+                stop_rx.clone(),
+            )))
+        });
         let server_conf = Arc::new(ServerConf {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..ServerConf::default()
         });
-        let mut service =
-            pingora_proxy::http_proxy_service_with_name(&server_conf, proxy, "spinforge-edge");
+        let mut service = Service::new(
+            "spinforge-edge".to_string(),
+            Counted {
+                inner: Arc::new(pingora_proxy::http_proxy(&server_conf, proxy)),
+                metrics: metrics.clone(),
+            },
+        );
         // Hand Pingora the socket we bound, under the address string it will look it up by.
         let key = self.http_addr.to_string();
         service.add_tcp(&key);
@@ -122,7 +167,7 @@ impl Edge {
         let service_task = tokio::spawn(async move {
             service.start_service(Some(fds), service_stop_rx, 1).await;
         });
-        tracing::info!(http = %self.http_addr, store = self.store.kind(), "edge serving");
+        tracing::info!(http = %self.http_addr, metrics = ?metrics_addr, store = self.store.kind(), "edge serving");
 
         let deadline = match shutdown.wait_for(Option::is_some).await {
             Ok(d) => d.unwrap_or_else(Instant::now),
@@ -152,6 +197,36 @@ impl Edge {
         sync_task.abort();
         wake_task.abort();
         service_task.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         tracing::info!("edge stopped");
+    }
+}
+
+/// Wraps the proxy to count open downstream connections: it runs the keep-alive loop that
+/// Pingora would run around the proxy itself, holding a gauge for the connection's life.
+struct Counted<A> {
+    inner: Arc<A>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = self.metrics.connection();
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
     }
 }

@@ -1,10 +1,11 @@
 //! The routing snapshot the request path reads: host → app → upstreams, immutable once built and
 //! swapped whole (an `ArcSwap`), so a request never takes a lock or asks the store.
 
+use crate::metrics::AppMetrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// One immutable routing table.
 #[derive(Debug, Default)]
@@ -38,6 +39,10 @@ pub struct AppRuntime {
     held: AtomicUsize,
     /// When a wake was last asked for (ms), so that many held requests cause one wake a second.
     last_wake_ms: AtomicU64,
+    /// The wake whose cold start was counted (its `last_wake_ms`), so it is counted once.
+    counted_wake_ms: AtomicU64,
+    /// The app's metrics, from its first request on.
+    metrics: OnceLock<Box<AppMetrics>>,
 }
 
 /// A wake is asked again this often while requests are held (in case one got lost).
@@ -56,6 +61,27 @@ impl AppRuntime {
 
     pub fn mark_flushed(&self, ms: u64) {
         self.flushed_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The app's metrics (allocated on first use).
+    pub fn metrics(&self) -> &AppMetrics {
+        self.metrics.get_or_init(Box::default)
+    }
+
+    /// The app's metrics if it has had any.
+    pub fn metrics_if_used(&self) -> Option<&AppMetrics> {
+        self.metrics.get().map(|m| &**m)
+    }
+
+    /// True for the first held request to get through after a wake: that one counts the start.
+    pub fn claim_cold_start(&self) -> bool {
+        let wake = self.last_wake_ms.load(Ordering::Acquire);
+        let counted = self.counted_wake_ms.load(Ordering::Acquire);
+        counted != wake
+            && self
+                .counted_wake_ms
+                .compare_exchange(counted, wake, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn next_upstream(&self) -> usize {

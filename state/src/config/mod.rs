@@ -86,6 +86,20 @@ pub struct EdgeConfig {
     pub grace: Duration,
     /// `edge.max_held_requests`: requests held per cold app; more are answered 503 at once.
     pub max_held_requests: usize,
+    /// `edge.metrics`: where Prometheus `/metrics` is served; `None` (written `off`) for nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// `edge.access_log`: one line per request, or none.
+    pub access_log: AccessLog,
+}
+
+/// `edge.access_log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log (one is still available at debug level: `RUST_LOG=spinforge::access=debug`).
+    #[default]
+    Off,
+    /// One JSON object per request on stdout (the tracing target `spinforge::access`, at info).
+    Json,
 }
 
 impl Default for EdgeConfig {
@@ -95,6 +109,8 @@ impl Default for EdgeConfig {
             wake_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             max_held_requests: 1000,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            access_log: AccessLog::Off,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
-    AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue,
+    AccessLog, AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue,
     ExternalUpstream, Framework, HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig,
     units,
 };
@@ -16,7 +16,6 @@ use std::time::Duration;
 const PLANNED: &[&str] = &[
     "tls",
     "edge.listen_https",
-    "edge.metrics",
     "supervisor.admin_listen",
     "supervisor.admin_token_env",
     "supervisor.deploy_dir",
@@ -248,9 +247,31 @@ impl Walker<'_> {
         }) {
             out.max_held_requests = n;
         }
+        if let Some(m) = self.value(f.take("metrics"), "an address or off", |s| match s {
+            "off" | "false" => Ok(None),
+            _ => socket_addr(s).map(Some),
+        }) {
+            out.metrics = m;
+        }
+        if let Some(a) = self.value(f.take("access_log"), "off or json", |s| match s {
+            "off" | "false" => Ok(AccessLog::Off),
+            "json" => Ok(AccessLog::Json),
+            _ => Err(format!(
+                "`{s}` is not an access log format: use off or json"
+            )),
+        }) {
+            out.access_log = a;
+        }
         f.finish(
             self,
-            &["listen_http", "wake_timeout", "grace", "max_held_requests"],
+            &[
+                "listen_http",
+                "wake_timeout",
+                "grace",
+                "max_held_requests",
+                "metrics",
+                "access_log",
+            ],
             "edge",
         );
     }
@@ -768,6 +789,11 @@ mod tests {
         );
         assert_eq!(cfg.edge.wake_timeout, Duration::from_secs(5));
         assert_eq!(cfg.edge.grace, Duration::from_secs(10));
+        assert_eq!(
+            cfg.edge.metrics,
+            Some("127.0.0.1:9101".parse().expect("addr"))
+        );
+        assert_eq!(cfg.edge.access_log, AccessLog::Off);
         assert_eq!(cfg.supervisor.data_dir, dir.path().join("data"));
         assert_eq!(cfg.supervisor.port_range.len(), 100);
         let hello = &cfg.apps["hello"];
@@ -921,6 +947,24 @@ mod tests {
             "{}",
             errs[5].message
         );
+    }
+
+    #[test]
+    fn metrics_and_access_log() {
+        let dir = fixture();
+        let cfg = parse_in(&dir, "edge:\n  metrics: off\n  access_log: json\n").expect("valid");
+        assert_eq!(cfg.edge.metrics, None);
+        assert_eq!(cfg.edge.access_log, AccessLog::Json);
+        let cfg = parse_in(&dir, "edge:\n  metrics: localhost:9200\n").expect("valid");
+        assert_eq!(
+            cfg.edge.metrics,
+            Some("127.0.0.1:9200".parse().expect("addr"))
+        );
+        let errs = parse_in(&dir, "edge:\n  metrics: yes please\n  access_log: text\n")
+            .expect_err("invalid")
+            .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["edge.metrics", "edge.access_log"], "{errs:#?}");
     }
 
     #[test]
