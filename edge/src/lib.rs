@@ -28,7 +28,7 @@ use spinforge_state::Store;
 use spinforge_state::config::AccessLog;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -147,26 +147,78 @@ impl Edge {
                 stop_rx.clone(),
             )))
         });
+        let layout = RuntimeLayout::from_env();
         let server_conf = Arc::new(ServerConf {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: layout.threads(),
             ..ServerConf::default()
         });
-        let mut service = Service::new(
-            "spinforge-edge".to_string(),
-            Counted {
-                inner: Arc::new(pingora_proxy::http_proxy(&server_conf, proxy)),
-                metrics: metrics.clone(),
-            },
-        );
-        // Hand Pingora the socket we bound, under the address string it will look it up by.
-        let key = self.http_addr.to_string();
-        service.add_tcp(&key);
-        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
-        fds.lock().add(key, self.listener.into_raw_fd());
         let (service_stop_tx, service_stop_rx) = watch::channel(false);
-        let service_task = tokio::spawn(async move {
-            service.start_service(Some(fds), service_stop_rx, 1).await;
-        });
+        // Per-thread runtimes live until this says so (after the drain), then drop their tasks.
+        let (release_tx, release_rx) = watch::channel(false);
+        let key = self.http_addr.to_string();
+        // One proxy service for one copy of the listening socket, under the address string
+        // Pingora will look it up by.
+        let service_for = |fd: RawFd| {
+            let mut service = Service::new(
+                "spinforge-edge".to_string(),
+                Counted {
+                    inner: Arc::new(pingora_proxy::http_proxy(&server_conf, proxy.clone())),
+                    metrics: metrics.clone(),
+                },
+            );
+            service.add_tcp(&key);
+            let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+            fds.lock().add(key.clone(), fd);
+            (service, fds)
+        };
+        let service_task = match layout {
+            RuntimeLayout::Shared => {
+                let (mut service, fds) = service_for(self.listener.into_raw_fd());
+                Some(tokio::spawn(async move {
+                    service.start_service(Some(fds), service_stop_rx, 1).await;
+                }))
+            }
+            RuntimeLayout::PerThread(n) => {
+                // Each thread accepts from its own copy of the socket (one accept queue) and
+                // serves its connections start to end, with its own upstream pool: no task
+                // migrates between threads, no cross-thread wake-ups on the request path.
+                let mut fds = Vec::with_capacity(n);
+                for _ in 1..n {
+                    match self.listener.try_clone() {
+                        Ok(l) => fds.push(l.into_raw_fd()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot share the listener with another proxy thread")
+                        }
+                    }
+                }
+                fds.push(self.listener.into_raw_fd());
+                for (i, fd) in fds.into_iter().enumerate() {
+                    let (mut service, fds) = service_for(fd);
+                    let (stop, mut release) = (service_stop_rx.clone(), release_rx.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("spinforge-edge-{i}"))
+                        .spawn(move || {
+                            let runtime = match tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                            {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    return tracing::error!(error = %e, "cannot start a proxy thread's runtime");
+                                }
+                            };
+                            runtime.block_on(async move {
+                                service.start_service(Some(fds), stop, 1).await;
+                                let _ = release.wait_for(|r| *r).await;
+                            });
+                        });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "cannot start a proxy thread");
+                    }
+                }
+                None
+            }
+        };
         tracing::info!(http = %self.http_addr, metrics = ?metrics_addr, store = self.store.kind(), "edge serving");
 
         let deadline = match shutdown.wait_for(Option::is_some).await {
@@ -196,11 +248,46 @@ impl Edge {
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
         wake_task.abort();
-        service_task.abort();
+        let _ = release_tx.send(true);
+        if let Some(t) = service_task {
+            t.abort();
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }
         tracing::info!("edge stopped");
+    }
+}
+
+/// How the proxy's connections are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuntimeLayout {
+    /// On the process's multi-threaded (work-stealing) tokio runtime, with everything else.
+    Shared,
+    /// N threads, each with a single-threaded runtime and its own accept loop (NGINX's model).
+    PerThread(usize),
+}
+
+impl RuntimeLayout {
+    /// Per-thread with one thread per core, unless `SPINFORGE_EDGE_RUNTIME=shared` (kept for
+    /// comparing the two in loadtest/bench.sh); `SPINFORGE_EDGE_THREADS` overrides the count.
+    fn from_env() -> Self {
+        let threads = std::env::var("SPINFORGE_EDGE_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        match std::env::var("SPINFORGE_EDGE_RUNTIME").as_deref() {
+            Ok("shared") => RuntimeLayout::Shared,
+            _ => RuntimeLayout::PerThread(threads),
+        }
+    }
+
+    fn threads(self) -> usize {
+        match self {
+            RuntimeLayout::Shared => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            RuntimeLayout::PerThread(n) => n,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub struct ProxySettings {
 }
 
 /// The edge's `ProxyHttp`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EdgeProxy {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
