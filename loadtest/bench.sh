@@ -16,6 +16,8 @@
 #   PROFILE=release                           cargo profile to build and run (bench-fast to iterate)
 #   SKIP_BUILD=1                              use target/$PROFILE/spinforge as it is
 #   EDGE_EXTRA='  access_log: json\n'          extra lines under `edge:` in the edge's config
+#   COMPARE_SHARED=1                          also run an edge with SPINFORGE_EDGE_RUNTIME=shared
+#   EDGE2_BIN=path EDGE2_ENV='A=1'            also run another spinforge binary ("edge2")
 #   KEEP=1                                    keep the work folder (configs, logs)
 # Needs nginx and wrk (apt-get install nginx wrk) or oha (cargo install oha). Loopback only.
 set -euo pipefail
@@ -72,24 +74,41 @@ pids+=($!)
 "$NGINX" -c "$work/nginx.conf" -p "$work" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
-cat >"$work/spinforge.yaml" <<YAML
+# Edges to measure: "name|binary|environment". The second and third are optional comparisons.
+edges=("edge|$BIN|")
+[ -n "${COMPARE_SHARED:-}" ] && edges+=("shared|$BIN|SPINFORGE_EDGE_RUNTIME=shared")
+[ -n "${EDGE2_BIN:-}" ] && edges+=("edge2|$EDGE2_BIN|${EDGE2_ENV:-}")
+declare -A port_of pid_of
+port_of[nginx]=$NGINX_PORT
+pid_of[nginx]=$nginx_pid
+targets=(nginx)
+i=0
+for spec in "${edges[@]}"; do
+  IFS='|' read -r name bin envs <<<"$spec"
+  port=$((EDGE_PORT + 10 * i))
+  cat >"$work/$name.yaml" <<YAML
 edge:
-  listen_http: 127.0.0.1:$EDGE_PORT
+  listen_http: 127.0.0.1:$port
+  metrics: off
 $(printf '%b' "${EDGE_EXTRA:-}")
 supervisor:
-  data_dir: $work/data
-  port_range: 18910-18999
+  data_dir: $work/data-$name
+  port_range: $((18910 + 20 * i))-$((18929 + 20 * i))
 apps:
   bench:
     domains: [$HOST_HEADER]
     upstream: 127.0.0.1:$BACKEND_PORT
 YAML
-RUST_LOG=${RUST_LOG:-warn} "$BIN" up --config "$work/spinforge.yaml" >"$work/spinforge.log" 2>&1 &
-edge_pid=$!
-pids+=($edge_pid)
+  # shellcheck disable=SC2086
+  env RUST_LOG="${RUST_LOG:-warn}" $envs "$bin" up --config "$work/$name.yaml" >"$work/$name.log" 2>&1 &
+  pid_of[$name]=$!
+  port_of[$name]=$port
+  pids+=($!)
+  targets+=("$name")
+  i=$((i + 1))
+done
 wait_http "http://127.0.0.1:$BACKEND_PORT/" x
-wait_http "http://127.0.0.1:$NGINX_PORT/" $HOST_HEADER
-wait_http "http://127.0.0.1:$EDGE_PORT/" $HOST_HEADER
+for t in "${targets[@]}"; do wait_http "http://127.0.0.1:${port_of[$t]}/" $HOST_HEADER; done
 
 # utime+stime (clock ticks) of a process and its children (NGINX workers).
 ticks() {
@@ -131,39 +150,44 @@ print(f"{s[\"requestsPerSec\"]:.0f} {p[\"p50\"]*1000:.2f} {p[\"p99\"]*1000:.2f} 
 results=$work/results
 : >"$results"
 echo "== $TOOL, $CONNS connections, ${DURATION}s per run, $ROUNDS interleaved rounds ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
-# Warm both (connection pools, page cache) before measuring.
-DURATION=2 load "http://127.0.0.1:$NGINX_PORT/" >/dev/null
-DURATION=2 load "http://127.0.0.1:$EDGE_PORT/" >/dev/null
-printf '%-6s %-6s %10s %9s %9s %8s %14s\n' round proxy req/s p50_ms p99_ms errors cpu_s/100k
+# Warm every proxy (connection pools, page cache) before measuring.
+for t in "${targets[@]}"; do DURATION=2 load "http://127.0.0.1:${port_of[$t]}/" >/dev/null; done
+printf '%-6s %-7s %10s %9s %9s %8s %14s\n' round proxy req/s p50_ms p99_ms errors cpu_s/100k
+n=${#targets[@]}
 for round in $(seq 1 "$ROUNDS"); do
-  # Alternate which goes first, so neither always runs on a machine the other just heated.
-  if [ $((round % 2)) = 1 ]; then order="nginx edge"; else order="edge nginx"; fi
-  for target in $order; do
-    if [ $target = nginx ]; then port=$NGINX_PORT; pid=$nginx_pid; else port=$EDGE_PORT; pid=$edge_pid; fi
-    before=$(ticks $pid)
-    read -r rps p50 p99 reqs errs < <(load "http://127.0.0.1:$port/")
-    after=$(ticks $pid)
+  # Rotate which goes first, so none always runs on a machine another just heated.
+  for k in $(seq 0 $((n - 1))); do
+    target=${targets[$(((k + round - 1) % n))]}
+    pid=${pid_of[$target]}
+    before=$(ticks "$pid")
+    read -r rps p50 p99 reqs errs < <(load "http://127.0.0.1:${port_of[$target]}/")
+    after=$(ticks "$pid")
     cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.2f", (n > 0 ? d / hz / n * 100000 : 0) }')
-    printf '%-6s %-6s %10.0f %9s %9s %8s %14s\n' "$round" "$target" "$rps" "$p50" "$p99" "$errs" "$cpu"
+    printf '%-6s %-7s %10.0f %9s %9s %8s %14s\n' "$round" "$target" "$rps" "$p50" "$p99" "$errs" "$cpu"
     echo "$target $rps $p50 $p99 $errs $cpu" >>"$results"
   done
 done
-rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$edge_pid/status)
 nginx_rss_kb=0
 for p in $nginx_pid $(pgrep -P $nginx_pid); do nginx_rss_kb=$((nginx_rss_kb + $(awk '/VmRSS/ {print $2}' /proc/$p/status))); done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "${targets[@]}" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+targets = sys.argv[2:]
 def med(proxy, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == proxy)
 names = ["req/s", "p50 ms", "p99 ms", "errors", "cpu_s/100k"]
+edges = targets[1:]
 print("\n== medians")
-print(f"{'':12}{'nginx':>10}{'edge':>10}{'edge/nginx':>12}")
+print(f"{'':12}" + "".join(f"{t:>10}" for t in targets) + "".join(f"{e + '/nginx':>14}" for e in edges))
 for i, n in enumerate(names, start=1):
-    a, b = med("nginx", i), med("edge", i)
-    ratio = f"{b / a:.2f}" if a else "-"
-    print(f"{n:12}{a:10.2f}{b:10.2f}{ratio:>12}")
+    vals = [med(t, i) for t in targets]
+    ratios = "".join(f"{(v / vals[0]):14.2f}" if vals[0] else f"{'-':>14}" for v in vals[1:])
+    print(f"{n:12}" + "".join(f"{v:10.2f}" for v in vals) + ratios)
 PY
-echo "resident memory after the runs: edge $((rss_kb / 1024)) MB (one process: edge + supervisor), nginx $((nginx_rss_kb / 1024)) MB (master + workers)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -r), binary $BIN"
+for t in "${targets[@]}"; do
+  [ "$t" = nginx ] && continue
+  echo "resident memory after the runs: $t $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' /proc/${pid_of[$t]}/status) MB (one process: edge + supervisor)"
+done
+echo "resident memory after the runs: nginx $((nginx_rss_kb / 1024)) MB (master + 2 workers)"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -r), binary $BIN, load now $(cut -d' ' -f1-3 /proc/loadavg)"
