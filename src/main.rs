@@ -94,12 +94,18 @@ fn init_tracing() {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
     const ACCESS: &str = "spinforge::access";
+    // Per-layer filters hint no level of their own, which would lift the overall hint (and the
+    // `log` crate's max level, which Pingora's debug! calls check per request) to TRACE: give
+    // them the env filter's.
+    let max = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     // Diagnostics to stderr, as text; colours for a terminal only (log files and journald get
     // plain text).
     let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_filter(filter_fn(|m| m.target() != ACCESS));
+        .with_filter(filter_fn(|m| m.target() != ACCESS).with_max_level_hint(max));
     // The access log (`edge.access_log: json`, or RUST_LOG=spinforge::access=debug): one JSON
     // object per request on stdout.
     let access = tracing_subscriber::fmt::layer()
@@ -108,7 +114,7 @@ fn init_tracing() {
         .with_current_span(false)
         .with_span_list(false)
         .with_writer(std::io::stdout)
-        .with_filter(filter_fn(|m| m.target() == ACCESS));
+        .with_filter(filter_fn(|m| m.target() == ACCESS).with_max_level_hint(max));
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
