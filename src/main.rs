@@ -19,6 +19,9 @@ use tokio::time::Instant;
 /// After handing its sockets to a new edge, how long the old one keeps idle keep-alive
 /// connections open (within `edge.grace`) so that their clients move over without an error.
 const HANDOVER_LINGER: Duration = Duration::from_secs(2);
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long `edge` and `supervisor` wait for Redis at start.
 const REDIS_WAIT: Duration = Duration::from_secs(30);
@@ -98,15 +101,38 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours for a terminal only: log files and journald get plain text.
+    const ACCESS: &str = "spinforge::access";
+    // Per-layer filters hint no level of their own, which would lift the overall hint (and the
+    // `log` crate's max level, which Pingora's debug! calls check per request) to TRACE: give
+    // them the env filter's.
+    let max = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    // Diagnostics to stderr, as text; colours for a terminal only (log files and journald get
+    // plain text).
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|m| m.target() != ACCESS).with_max_level_hint(max));
+    // The access log (`edge.access_log: json`, or RUST_LOG=spinforge::access=debug): one JSON
+    // object per request on stdout.
+    let access = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter_fn(|m| m.target() == ACCESS).with_max_level_hint(max));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(access)
         .init();
 }
 

@@ -119,6 +119,7 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
             app: "alpha".into(),
             release: None,
             policy: Default::default(),
+            external: false,
         })
         .await
         .expect("write a route");

@@ -73,6 +73,7 @@ fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
         app: app.into(),
         release,
         policy: Default::default(),
+        external: false,
     }
 }
 

@@ -27,7 +27,7 @@ impl Linger {
 #[derive(Debug)]
 pub struct PerIpCap<A> {
     pub inner: Arc<A>,
-    pub counts: ConnectionCounts,
+    pub counts: Arc<ConnectionCounts>,
     pub max_per_ip: u32,
     pub linger: Arc<Linger>,
     /// A new connection that sends nothing for this long is closed.

@@ -19,6 +19,8 @@ pub enum EdgeError {
         retry_after: Duration,
     },
     BadGateway,
+    /// An external upstream (`upstream:`) with no healthy address.
+    UpstreamUnhealthy,
     Unavailable {
         retry_after: Duration,
     },
@@ -33,7 +35,7 @@ impl EdgeError {
             EdgeError::BodyTooLarge => 413,
             EdgeError::HeadersTooLarge => 431,
             EdgeError::RateLimited { .. } => 429,
-            EdgeError::BadGateway => 502,
+            EdgeError::BadGateway | EdgeError::UpstreamUnhealthy => 502,
             EdgeError::Unavailable { .. } => 503,
             EdgeError::GatewayTimeout => 504,
         }
@@ -46,7 +48,7 @@ impl EdgeError {
             EdgeError::BodyTooLarge => "Content Too Large",
             EdgeError::HeadersTooLarge => "Request Header Fields Too Large",
             EdgeError::RateLimited { .. } => "Too Many Requests",
-            EdgeError::BadGateway => "Bad Gateway",
+            EdgeError::BadGateway | EdgeError::UpstreamUnhealthy => "Bad Gateway",
             EdgeError::Unavailable { .. } => "Service Unavailable",
             EdgeError::GatewayTimeout => "Gateway Timeout",
         }
@@ -61,6 +63,7 @@ impl EdgeError {
             EdgeError::HeadersTooLarge => "The request headers are larger than this app accepts.",
             EdgeError::RateLimited { .. } => "Too many requests from your address; slow down.",
             EdgeError::BadGateway => "The app failed to answer this request.",
+            EdgeError::UpstreamUnhealthy => "The app's upstream is failing its health check.",
             EdgeError::Unavailable { .. } => {
                 "The app is starting or unavailable; try again shortly."
             }

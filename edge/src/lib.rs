@@ -16,20 +16,25 @@ pub mod compress;
 pub mod connections;
 pub mod errors;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
 pub mod upgrade;
 
-use pingora_core::apps::HttpServerOptions;
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::Service as _;
 use pingora_core::services::listening::Service;
 use spinforge_state::Store;
+use spinforge_state::config::AccessLog;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -76,6 +81,8 @@ impl Stop {
 pub struct Edge {
     listener: std::net::TcpListener,
     http_addr: SocketAddr,
+    /// The `/metrics` listener, when `edge.metrics` is set and could be bound.
+    metrics_listener: Option<std::net::TcpListener>,
     config: EdgeConfig,
     store: Store,
 }
@@ -101,12 +108,28 @@ impl Edge {
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let http_addr = listener.local_addr().map_err(bind_err)?;
+        // Metrics are not worth refusing to serve traffic for: a taken port is logged, not fatal.
+        let metrics_listener = config.metrics.and_then(|addr| match metrics::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for /metrics (edge.metrics); serving without metrics");
+                None
+            }
+        });
         Ok(Edge {
             listener,
             http_addr,
+            metrics_listener,
             config: config.clone(),
             store,
         })
+    }
+
+    /// The address `/metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Copies of the listening sockets, to hand to a successor on upgrade.
@@ -122,13 +145,14 @@ impl Edge {
         self.http_addr
     }
 
-    /// Serves until `shutdown` carries a deadline, then stops accepting, lets in-flight requests
-    /// finish until that deadline, and returns.
+    /// Serves until `shutdown` carries a [`Stop`], then stops accepting, lets in-flight requests
+    /// finish until its deadline, and returns.
     pub async fn serve(self, mut shutdown: watch::Receiver<Option<Stop>>) {
         let snapshot = Arc::new(sync::Snapshot::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(metrics::Metrics::default());
 
         let mut first_table = snapshot.changes();
         let sync_task = tokio::spawn(sync::keep_in_sync(
@@ -155,39 +179,122 @@ impl Edge {
             settings: proxy::ProxySettings {
                 wake_timeout: self.config.wake_timeout,
                 max_held_requests: self.config.max_held_requests,
+                access_log: self.config.access_log == AccessLog::Json,
                 keepalive: self.config.keepalive_timeout,
             },
             in_flight: in_flight.clone(),
+            metrics: metrics.clone(),
             client_rates: Default::default(),
         };
+        let metrics_addr = self.metrics_addr();
+        let metrics_task = self.metrics_listener.and_then(|l| {
+            let l = tokio::net::TcpListener::from_std(l)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot serve /metrics"))
+                .ok()?;
+            Some(tokio::spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                snapshot.clone(),
+                stop_rx.clone(),
+            )))
+        });
+        let layout = RuntimeLayout::from_env();
         let server_conf = Arc::new(ServerConf {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: layout.threads(),
             ..ServerConf::default()
         });
-        let mut http = pingora_proxy::http_proxy(&server_conf, proxy);
-        let mut options = HttpServerOptions::default();
-        options.h2c = self.config.h2c;
-        options.h2_idle_timeout = Some(self.config.keepalive_timeout);
-        http.server_options = Some(options);
-        let linger = Arc::new(connections::Linger::default());
-        let app = connections::PerIpCap {
-            inner: Arc::new(http),
-            counts: Default::default(),
-            max_per_ip: self.config.max_connections_per_ip,
-            linger: linger.clone(),
-            first_byte_timeout: self.config.header_timeout,
-        };
-        let mut service = Service::new("spinforge-edge".to_string(), app);
-        // Hand Pingora the socket we bound, under the address string it will look it up by.
-        let key = self.http_addr.to_string();
-        service.add_tcp(&key);
-        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
-        fds.lock().add(key, self.listener.into_raw_fd());
         let (service_stop_tx, service_stop_rx) = watch::channel(false);
-        let service_task = tokio::spawn(async move {
-            service.start_service(Some(fds), service_stop_rx, 1).await;
-        });
-        tracing::info!(http = %self.http_addr, store = self.store.kind(), "edge serving");
+        // Per-thread runtimes live until this says so (after the drain), then drop their tasks.
+        let (release_tx, release_rx) = watch::channel(false);
+        let key = self.http_addr.to_string();
+        // Shared by every proxy thread: one count of connections per client IP, one linger.
+        let connection_counts = Arc::new(limits::ConnectionCounts::default());
+        let linger = Arc::new(connections::Linger::default());
+        // Services still running (their cleanup, with the linger, included).
+        let services_running = Arc::new(AtomicUsize::new(0));
+        // One proxy service for one copy of the listening socket, under the address string
+        // Pingora will look it up by.
+        let service_for = |fd: RawFd| {
+            let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
+            let mut options = HttpServerOptions::default();
+            options.h2c = self.config.h2c;
+            options.h2_idle_timeout = Some(self.config.keepalive_timeout);
+            http.server_options = Some(options);
+            let mut service = Service::new(
+                "spinforge-edge".to_string(),
+                connections::PerIpCap {
+                    inner: Arc::new(Counted {
+                        inner: Arc::new(http),
+                        metrics: metrics.clone(),
+                    }),
+                    counts: connection_counts.clone(),
+                    max_per_ip: self.config.max_connections_per_ip,
+                    linger: linger.clone(),
+                    first_byte_timeout: self.config.header_timeout,
+                },
+            );
+            service.add_tcp(&key);
+            let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+            fds.lock().add(key.clone(), fd);
+            (service, fds)
+        };
+        let service_task = match layout {
+            RuntimeLayout::Shared => {
+                let (mut service, fds) = service_for(self.listener.into_raw_fd());
+                let running = services_running.clone();
+                running.fetch_add(1, Ordering::AcqRel);
+                Some(tokio::spawn(async move {
+                    service.start_service(Some(fds), service_stop_rx, 1).await;
+                    running.fetch_sub(1, Ordering::AcqRel);
+                }))
+            }
+            RuntimeLayout::PerThread(n) => {
+                // Each thread accepts from its own copy of the socket (one accept queue) and
+                // serves its connections start to end, with its own upstream pool: no task
+                // migrates between threads, no cross-thread wake-ups on the request path.
+                let mut fds = Vec::with_capacity(n);
+                for _ in 1..n {
+                    match self.listener.try_clone() {
+                        Ok(l) => fds.push(l.into_raw_fd()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot share the listener with another proxy thread")
+                        }
+                    }
+                }
+                fds.push(self.listener.into_raw_fd());
+                for (i, fd) in fds.into_iter().enumerate() {
+                    let (mut service, fds) = service_for(fd);
+                    let (stop, mut release) = (service_stop_rx.clone(), release_rx.clone());
+                    let running = services_running.clone();
+                    running.fetch_add(1, Ordering::AcqRel);
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("spinforge-edge-{i}"))
+                        .spawn(move || {
+                            let runtime = match tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                            {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    running.fetch_sub(1, Ordering::AcqRel);
+                                    return tracing::error!(error = %e, "cannot start a proxy thread's runtime");
+                                }
+                            };
+                            runtime.block_on(async move {
+                                service.start_service(Some(fds), stop, 1).await;
+                                running.fetch_sub(1, Ordering::AcqRel);
+                                let _ = release.wait_for(|r| *r).await;
+                            });
+                        });
+                    if let Err(e) = spawned {
+                        services_running.fetch_sub(1, Ordering::AcqRel);
+                        tracing::error!(error = %e, "cannot start a proxy thread");
+                    }
+                }
+                None
+            }
+        };
+        tracing::info!(http = %self.http_addr, metrics = ?metrics_addr, store = self.store.kind(), "edge serving");
 
         let stop = match shutdown.wait_for(Option::is_some).await {
             Ok(s) => s.unwrap_or_else(|| Stop::at(Instant::now())),
@@ -200,7 +307,8 @@ impl Edge {
         );
         let _ = service_stop_tx.send(true);
         let mut logged = false;
-        while (in_flight.load(Ordering::Acquire) > 0 || !service_task.is_finished())
+        while (in_flight.load(Ordering::Acquire) > 0
+            || services_running.load(Ordering::Acquire) > 0)
             && Instant::now() < deadline
         {
             if !logged {
@@ -223,7 +331,72 @@ impl Edge {
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
         wake_task.abort();
-        service_task.abort();
+        let _ = release_tx.send(true);
+        if let Some(t) = service_task {
+            t.abort();
+        }
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         tracing::info!("edge stopped");
+    }
+}
+
+/// How the proxy's connections are spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuntimeLayout {
+    /// On the process's multi-threaded (work-stealing) tokio runtime, with everything else.
+    Shared,
+    /// N threads, each with a single-threaded runtime and its own accept loop (NGINX's model).
+    PerThread(usize),
+}
+
+impl RuntimeLayout {
+    /// Per-thread with one thread per core, unless `SPINFORGE_EDGE_RUNTIME=shared` (kept for
+    /// comparing the two in loadtest/bench.sh); `SPINFORGE_EDGE_THREADS` overrides the count.
+    fn from_env() -> Self {
+        let threads = std::env::var("SPINFORGE_EDGE_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        match std::env::var("SPINFORGE_EDGE_RUNTIME").as_deref() {
+            Ok("shared") => RuntimeLayout::Shared,
+            _ => RuntimeLayout::PerThread(threads),
+        }
+    }
+
+    fn threads(self) -> usize {
+        match self {
+            RuntimeLayout::Shared => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            RuntimeLayout::PerThread(n) => n,
+        }
+    }
+}
+
+/// Wraps the proxy to count open downstream connections: it runs the keep-alive loop that
+/// Pingora would run around the proxy itself, holding a gauge for the connection's life.
+struct Counted<A> {
+    inner: Arc<A>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = self.metrics.connection();
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
     }
 }

@@ -4,6 +4,7 @@
 use crate::compress::{self, Encoder};
 use crate::errors::EdgeError;
 use crate::limits::{self, ClientRates, Gcra, Verdict};
+use crate::metrics::{Gauge, Metrics, method_index};
 use crate::routing::{AppEntry, OpenStream, normalize_host};
 use crate::sync::Snapshot;
 use async_trait::async_trait;
@@ -37,17 +38,20 @@ pub struct ProxySettings {
     pub max_held_requests: usize,
     /// Idle time after which a client's keep-alive connection is closed.
     pub keepalive: Duration,
+    /// `edge.access_log: json`: a line per request at info (else at debug only).
+    pub access_log: bool,
 }
 
 /// The edge's `ProxyHttp`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EdgeProxy {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
     pub(crate) settings: ProxySettings,
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Per-client rate state, made on the first request to an app with a rate limit.
-    pub(crate) client_rates: OnceLock<ClientRates>,
+    pub(crate) client_rates: Arc<OnceLock<ClientRates>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Per-request state.
@@ -68,6 +72,9 @@ pub struct RequestCtx {
     encoder: Option<Encoder>,
     /// Set while a WebSocket or event stream is open.
     open_stream: Option<OpenStream>,
+    started: Instant,
+    /// Counts an upgraded (WebSocket) stream as open while the request lives.
+    websocket: Option<Gauge>,
     _in_flight: InFlight,
 }
 
@@ -246,6 +253,31 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
+/// One access-log event (target `spinforge::access`) at a level; fields are built only if enabled.
+macro_rules! access_line {
+    ($level:expr, $session:expr, $e:expr, $ctx:expr, $status:expr, $took:expr) => {
+        if tracing::enabled!(target: "spinforge::access", $level) {
+            let req = $session.req_header();
+            tracing::event!(
+                target: "spinforge::access",
+                $level,
+                request_id = $ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                app = $ctx.app.as_ref().map(|a| &*a.name).unwrap_or(""),
+                client = %$session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+                host = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+                method = %req.method,
+                path = %req.uri.path(),
+                status = $status,
+                duration_ms = $took.as_secs_f64() * 1000.0,
+                body_bytes = $session.body_bytes_sent(),
+                cold_start_ms = $ctx.cold_start.map(|d| d.as_millis() as u64),
+                error = $e.map(|e| e.to_string()),
+                "request"
+            );
+        }
+    };
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -263,6 +295,8 @@ impl ProxyHttp for EdgeProxy {
             accept_encoding: None,
             encoder: None,
             open_stream: None,
+            started: Instant::now(),
+            websocket: None,
             _in_flight: InFlight(self.in_flight.clone()),
         }
     }
@@ -330,6 +364,8 @@ impl ProxyHttp for EdgeProxy {
             && let Some(wait) = self.rate_limited(session, &entry, limit)
         {
             tracing::debug!(%host, app = %entry.name, "rate limited");
+            entry.runtime.metrics().rate_limited();
+            ctx.app = Some(entry);
             answer(session, ctx, EdgeError::RateLimited { retry_after: wait }).await?;
             return Ok(true);
         }
@@ -343,15 +379,26 @@ impl ProxyHttp for EdgeProxy {
             None
         };
         entry.runtime.touch(now_ms());
+        if entry.upstreams.is_empty() && entry.external {
+            ctx.app = Some(entry);
+            // Not ours to start: nothing to wait for.
+            answer(session, ctx, EdgeError::UpstreamUnhealthy).await?;
+            return Ok(true);
+        }
         if entry.upstreams.is_empty() {
             let started = Instant::now();
             match self.wait_for_wake(&host, &entry).await {
                 Some(woken) => {
-                    ctx.cold_start = Some(started.elapsed());
+                    let waited = started.elapsed();
+                    if woken.runtime.claim_cold_start() {
+                        woken.runtime.metrics().cold_start(waited);
+                    }
+                    ctx.cold_start = Some(waited);
                     ctx.app = Some(woken);
                 }
                 None => {
                     tracing::debug!(%host, app = %entry.name, "cold app did not come up in time");
+                    ctx.app = Some(entry);
                     answer(
                         session,
                         ctx,
@@ -443,6 +490,9 @@ impl ProxyHttp for EdgeProxy {
         {
             tracing::warn!(app = %app.name, upstream = %addr, "upstream failing; skipping it for a while");
         }
+        if let Some(app) = &ctx.app {
+            app.runtime.metrics().connect_failure();
+        }
         if !tried_all {
             e.set_retry(true);
         }
@@ -490,6 +540,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
+        }
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.websocket = Some(self.metrics.websocket());
         }
         if let Some(d) = ctx.cold_start {
             resp.append_header("server-timing", format!("cold-start;dur={}", d.as_millis()))?;
@@ -594,22 +647,26 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(app) = &ctx.app {
-            // The end of a long request counts as activity too.
-            app.runtime.touch(now_ms());
-        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        tracing::debug!(
-            target: "spinforge::access",
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-            app = ctx.app.as_ref().map(|a| &*a.name).unwrap_or(""),
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
-            status,
-            cold_start_ms = ctx.cold_start.map(|d| d.as_millis() as u64),
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+        let took = ctx.started.elapsed();
+        match &ctx.app {
+            Some(app) => {
+                // The end of a long request counts as activity too.
+                app.runtime.touch(now_ms());
+                let m = app.runtime.metrics();
+                m.request(method_index(&session.req_header().method), status, took);
+                if e.is_some_and(|e| matches!(e.esource(), pingora_error::ErrorSource::Upstream)) {
+                    m.upstream_error();
+                }
+            }
+            None => self.metrics.unrouted(status),
+        }
+        ctx.websocket = None;
+        if self.settings.access_log {
+            access_line!(tracing::Level::INFO, session, e, ctx, status, took);
+        } else {
+            access_line!(tracing::Level::DEBUG, session, e, ctx, status, took);
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The routing snapshot the request path reads: host → app → upstreams, immutable once built and
 //! swapped whole (an `ArcSwap`), so a request never takes a lock or asks the store.
 
+use crate::metrics::AppMetrics;
 use spinforge_state::policy::EdgePolicy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// One immutable routing table.
 #[derive(Debug, Default)]
@@ -18,10 +19,12 @@ pub struct RoutingTable {
 #[derive(Debug)]
 pub struct AppEntry {
     pub name: Arc<str>,
-    /// Healthy spinlets, in a stable order.
+    /// Healthy spinlets (or healthy addresses of an external service), in a stable order.
     pub upstreams: Box<[SocketAddr]>,
     /// Rate limits, size limits, compression, security headers.
     pub policy: Arc<EdgePolicy>,
+    /// A service SpinForge does not run (`upstream:`): never held for, never woken.
+    pub external: bool,
     /// Counters that outlive table swaps.
     pub runtime: Arc<AppRuntime>,
 }
@@ -45,6 +48,10 @@ pub struct AppRuntime {
     pub breakers: crate::breaker::Breakers,
     /// The app-wide rate budget (`rate_limit.app_rps`).
     pub app_rate: crate::limits::RateCell,
+    /// The wake whose cold start was counted (its `last_wake_ms`), so it is counted once.
+    counted_wake_ms: AtomicU64,
+    /// The app's metrics, from its first request on.
+    metrics: OnceLock<Box<AppMetrics>>,
 }
 
 /// A wake is asked again this often while requests are held (in case one got lost).
@@ -75,6 +82,27 @@ impl AppRuntime {
 
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::Acquire)
+    }
+
+    /// The app's metrics (allocated on first use).
+    pub fn metrics(&self) -> &AppMetrics {
+        self.metrics.get_or_init(Box::default)
+    }
+
+    /// The app's metrics if it has had any.
+    pub fn metrics_if_used(&self) -> Option<&AppMetrics> {
+        self.metrics.get().map(|m| &**m)
+    }
+
+    /// True for the first held request to get through after a wake: that one counts the start.
+    pub fn claim_cold_start(&self) -> bool {
+        let wake = self.last_wake_ms.load(Ordering::Acquire);
+        let counted = self.counted_wake_ms.load(Ordering::Acquire);
+        counted != wake
+            && self
+                .counted_wake_ms
+                .compare_exchange(counted, wake, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn next_upstream(&self) -> usize {
@@ -130,15 +158,16 @@ impl Drop for HeldRequest {
 }
 
 impl RoutingTable {
-    /// Builds a table from `routes` (domain, app, the app's policy) and `upstreams` (app →
-    /// addresses), reusing the runtimes of `previous` for apps it already had.
+    /// Builds a table from `routes` (domain, app, the app's policy, whether the app is external)
+    /// and `upstreams` (app → addresses), reusing the runtimes of `previous` for apps it already
+    /// had.
     pub fn build<'a>(
-        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy, bool)>,
         upstreams: &HashMap<String, Vec<SocketAddr>>,
         previous: &RoutingTable,
     ) -> RoutingTable {
         let mut table = RoutingTable::default();
-        for (domain, app, policy) in routes {
+        for (domain, app, policy, external) in routes {
             let entry = match table.apps.get(app) {
                 Some(e) => e.clone(),
                 None => {
@@ -155,6 +184,7 @@ impl RoutingTable {
                         name: name.clone(),
                         upstreams: addrs.into(),
                         policy: Arc::new(policy.clone()),
+                        external,
                         runtime,
                     });
                     table.apps.insert(name, e.clone());
@@ -252,7 +282,7 @@ mod tests {
         let p = EdgePolicy::default();
         let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
         let t = RoutingTable::build(
-            [("a.test", "a", &p), ("*.b.test", "b", &p)],
+            [("a.test", "a", &p, false), ("*.b.test", "b", &p, false)],
             &ups,
             &RoutingTable::default(),
         );
@@ -267,13 +297,13 @@ mod tests {
     fn runtimes_survive_rebuilds() {
         let p = EdgePolicy::default();
         let t1 = RoutingTable::build(
-            [("a.test", "a", &p)],
+            [("a.test", "a", &p, false)],
             &HashMap::new(),
             &RoutingTable::default(),
         );
         t1.lookup("a.test").expect("a").runtime.touch(42);
         let t2 = RoutingTable::build(
-            [("a.test", "a", &p), ("www.a.test", "a", &p)],
+            [("a.test", "a", &p, false), ("www.a.test", "a", &p, false)],
             &HashMap::new(),
             &t1,
         );

@@ -119,7 +119,7 @@ impl Model {
         RoutingTable::build(
             self.routes
                 .iter()
-                .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy)),
+                .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy, r.external)),
             &self.upstreams,
             previous,
         )

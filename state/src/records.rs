@@ -15,6 +15,14 @@ pub struct Route {
     /// How the edge treats the app's requests (the same for all of an app's domains).
     #[serde(default)]
     pub policy: crate::policy::EdgePolicy,
+    /// The app is a service SpinForge does not run (`upstream:`): the edge never holds a request
+    /// for it or asks to wake it; with no healthy upstream it answers 502 at once.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub external: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `apps:{app}`: an app as the supervisor knows it. Env values are not stored (they may be secrets).

@@ -422,6 +422,7 @@ impl AppTask {
                 app: self.app.name.clone(),
                 release,
                 policy: self.app.policy.clone(),
+                external: false,
             })
             .collect();
         let running = match &self.state {

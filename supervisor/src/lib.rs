@@ -7,6 +7,7 @@
 //! republish of everything whenever the store may have lost it (a Redis restart).
 
 pub mod app;
+pub mod external;
 pub mod ports;
 pub mod process;
 pub mod release;
@@ -70,7 +71,10 @@ impl Supervisor {
         let mut tasks = JoinSet::new();
         for app in config.apps.values() {
             let (tx, rx) = mpsc::channel(APP_QUEUE);
-            tasks.spawn(AppTask::new(app.clone(), ctx.clone(), rx).run());
+            match external::ExternalTask::new(app.clone(), ctx.clone(), rx) {
+                Ok(task) => tasks.spawn(task.run()),
+                Err(rx) => tasks.spawn(AppTask::new(app.clone(), ctx.clone(), rx).run()),
+            };
             apps.insert(app.name.clone(), tx);
         }
         tracing::info!(
@@ -206,14 +210,18 @@ async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreErr
         }
     }
     for (domain, app) in &wanted {
+        let external = app.external().is_some();
         let current = existing.iter().find(|r| r.domain == *domain);
-        if current.is_none_or(|r| r.app != app.name || r.policy != app.policy) {
+        if current
+            .is_none_or(|r| r.app != app.name || r.policy != app.policy || r.external != external)
+        {
             store
                 .put_route(&spinforge_state::records::Route {
                     domain: domain.to_string(),
                     app: app.name.clone(),
                     release: current.and_then(|r| r.release),
                     policy: app.policy.clone(),
+                    external,
                 })
                 .await?;
         }

@@ -5,6 +5,7 @@ use crate::release::{Release, Toolchain};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use spinforge_state::config::AppConfig;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -111,12 +112,18 @@ pub async fn wait_healthy(port: u16, path: &str, deadline: Instant) -> Result<()
     }
 }
 
-/// One `GET` over HTTP/1.1; returns the status code.
+/// One `GET` over HTTP/1.1 to a spinlet; returns the status code.
 async fn probe(port: u16, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    probe_addr(SocketAddr::from(([127, 0, 0, 1], port)), "localhost", path).await
+}
+
+/// One `GET path` over HTTP/1.1 to `addr` with `Host: host`; returns the status code. No deadline
+/// of its own: the caller puts one around it.
+pub async fn probe_addr(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: spinforge-health\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: spinforge-health\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = [0u8; 64];

@@ -106,7 +106,12 @@ pub async fn prepare(
     data_dir: &Path,
     tools: &Toolchain,
 ) -> Result<Release, BuildError> {
-    let AppSource::Directory(source) = &app.source;
+    let AppSource::Directory(source) = &app.source else {
+        return Err(BuildError::Source(format!(
+            "app `{}` has `upstream:`: there is nothing to build",
+            app.name
+        )));
+    };
     let source = source.clone();
     if !source.join("package.json").is_file() {
         return Err(BuildError::Source(format!(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod spinforge;
+pub mod upstream;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -96,6 +96,20 @@ pub struct EdgeConfig {
     pub keepalive_timeout: Duration,
     /// `edge.upgrade_sock`: where a new edge (`--upgrade`) receives the old one's sockets.
     pub upgrade_sock: PathBuf,
+    /// `edge.metrics`: where Prometheus `/metrics` is served; `None` (written `off`) for nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// `edge.access_log`: one line per request, or none.
+    pub access_log: AccessLog,
+}
+
+/// `edge.access_log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log (one is still available at debug level: `RUST_LOG=spinforge::access=debug`).
+    #[default]
+    Off,
+    /// One JSON object per request on stdout (the tracing target `spinforge::access`, at info).
+    Json,
 }
 
 impl Default for EdgeConfig {
@@ -110,6 +124,8 @@ impl Default for EdgeConfig {
             keepalive_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             upgrade_sock: PathBuf::from("/tmp/spinforge-upgrade.sock"),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+            access_log: AccessLog::Off,
         }
     }
 }
@@ -207,6 +223,36 @@ pub struct AppConfig {
 pub enum AppSource {
     /// A local folder with a package.json (absolute once validated).
     Directory(PathBuf),
+    /// `upstream: host:port`: a service SpinForge routes to and health-checks but does not run.
+    External(ExternalUpstream),
+}
+
+/// `upstream: host:port` of an app SpinForge does not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalUpstream {
+    /// An IP address (as text) or a lowercase DNS name, resolved by the supervisor, never the edge.
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ExternalUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl AppConfig {
+    /// The external service this app routes to, when it has `upstream:` instead of `source:`.
+    pub fn external(&self) -> Option<&ExternalUpstream> {
+        match &self.source {
+            AppSource::External(u) => Some(u),
+            AppSource::Directory(_) => None,
+        }
+    }
 }
 
 /// How an app is run. Only Node servers with a `start` script or entry file exist so far.

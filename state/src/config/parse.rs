@@ -2,8 +2,9 @@
 
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
-    AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue, Framework,
-    HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, units,
+    AccessLog, AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue,
+    ExternalUpstream, Framework, HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig,
+    units,
 };
 use crate::policy::{EdgePolicy, RateLimit, RateLimitScope, SecurityHeaders};
 use std::collections::{BTreeMap, HashMap};
@@ -16,15 +17,16 @@ use std::time::Duration;
 const PLANNED: &[&str] = &[
     "tls",
     "edge.listen_https",
-    "edge.metrics",
     "supervisor.admin_listen",
     "supervisor.admin_token_env",
     "supervisor.deploy_dir",
     "supervisor.run_as",
     "apps.*.cpu",
     "apps.*.tls",
-    "apps.*.upstream",
 ];
+
+/// Keys about running an app's processes, refused for an app with `upstream:`.
+const RUN_KEYS: &[&str] = &["framework", "env", "instances", "memory", "idle_timeout"];
 
 /// Names SpinForge sets in every spinlet's environment.
 const RESERVED_ENV: &[&str] = &["PORT", "HOST"];
@@ -274,6 +276,21 @@ impl Walker<'_> {
         }) {
             out.upgrade_sock = p;
         }
+        if let Some(m) = self.value(f.take("metrics"), "an address or off", |s| match s {
+            "off" | "false" => Ok(None),
+            _ => socket_addr(s).map(Some),
+        }) {
+            out.metrics = m;
+        }
+        if let Some(a) = self.value(f.take("access_log"), "off or json", |s| match s {
+            "off" | "false" => Ok(AccessLog::Off),
+            "json" => Ok(AccessLog::Json),
+            _ => Err(format!(
+                "`{s}` is not an access log format: use off or json"
+            )),
+        }) {
+            out.access_log = a;
+        }
         f.finish(
             self,
             &[
@@ -286,6 +303,8 @@ impl Walker<'_> {
                 "keepalive_timeout",
                 "header_timeout",
                 "upgrade_sock",
+                "metrics",
+                "access_log",
             ],
             "edge",
         );
@@ -365,13 +384,35 @@ impl Walker<'_> {
         let errors_before = self.errors.len();
         let mut f = self.fields(node, path)?;
         let domains = self.domains(f.take("domains"), path, node.pos, name, claimed);
-        let source = match f.take("source") {
-            Some((p, n)) => self.source(&p, n, base),
-            None => {
+        let source = match (f.take("source"), f.take("upstream")) {
+            (Some((p, n)), None) => self.source(&p, n, base),
+            (None, Some((p, n))) => {
+                let upstream = self.value(Some((p, n)), "host:port", external_upstream);
+                // SpinForge routes to that service but does not run it: run-time keys do not apply.
+                for key in RUN_KEYS {
+                    if let Some((p, n)) = f.take(key) {
+                        self.error(
+                            n.pos,
+                            &p,
+                            format!("`{key}` does not apply to an app with `upstream:`: SpinForge routes to that service but does not run it; remove the key"),
+                        );
+                    }
+                }
+                upstream.map(AppSource::External)
+            }
+            (Some(_), Some((p, n))) => {
+                self.error(
+                    n.pos,
+                    &p,
+                    "an app has either `source:` (code SpinForge runs) or `upstream:` (a service it only routes to), not both",
+                );
+                None
+            }
+            (None, None) => {
                 self.error(
                     node.pos,
                     path,
-                    "an app needs `source:`, the folder of its code",
+                    "an app needs `source:`, the folder of its code (or `upstream:`, host:port of a service SpinForge routes to but does not run)",
                 );
                 None
             }
@@ -437,6 +478,7 @@ impl Walker<'_> {
             &[
                 "domains",
                 "source",
+                "upstream",
                 "framework",
                 "env",
                 "instances",
@@ -453,14 +495,20 @@ impl Walker<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
+        let source = source?;
+        // An external app is never stopped for being idle: SpinForge does not run it.
+        let idle_timeout = match source {
+            AppSource::External(_) => None,
+            AppSource::Directory(_) => idle_timeout?,
+        };
         Some(AppConfig {
             name: name.to_string(),
             domains,
-            source: source?,
+            source,
             framework,
             env,
             memory,
-            idle_timeout: idle_timeout?,
+            idle_timeout,
             health_check,
             policy,
         })
@@ -781,6 +829,45 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `host:port` of a service SpinForge routes to (an IP, or a name the supervisor resolves).
+fn external_upstream(s: &str) -> Result<ExternalUpstream, String> {
+    let s = s.trim();
+    let bad = |why: &str| {
+        format!(
+            "`{s}` is not an upstream: {why}; write host:port, e.g. 127.0.0.1:8081 or api.internal:80"
+        )
+    };
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(bad("port 0 is not a port"));
+        }
+        return Ok(ExternalUpstream {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    if s.contains("://") || s.contains('/') {
+        return Err(bad("give the address only, without scheme or path"));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| bad("the port is missing"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        domain(host).map_err(|_| bad("the host is not a valid name or IP address"))?
+    };
+    if host.starts_with("*.") {
+        return Err(bad("a wildcard is not a host"));
+    }
+    Ok(ExternalUpstream { host, port })
+}
+
 fn port_range(s: &str) -> Result<PortRange, String> {
     let bad = || format!("`{s}` is not a port range: write FIRST-LAST, e.g. 30000-39999");
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
@@ -893,6 +980,11 @@ mod tests {
         );
         assert_eq!(cfg.edge.wake_timeout, Duration::from_secs(5));
         assert_eq!(cfg.edge.grace, Duration::from_secs(10));
+        assert_eq!(
+            cfg.edge.metrics,
+            Some("127.0.0.1:9101".parse().expect("addr"))
+        );
+        assert_eq!(cfg.edge.access_log, AccessLog::Off);
         assert_eq!(cfg.supervisor.data_dir, dir.path().join("data"));
         assert_eq!(cfg.supervisor.port_range.len(), 100);
         let hello = &cfg.apps["hello"];
@@ -1033,6 +1125,75 @@ mod tests {
             ],
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn external_upstreams() {
+        let dir = fixture();
+        let cfg = parse_in(
+            &dir,
+            "apps:\n  legacy:\n    domains: [api.test]\n    upstream: 127.0.0.1:8081\n    health_check: { path: /healthz }\n  named:\n    domains: [n.test]\n    upstream: Backend.Internal:80\n",
+        )
+        .expect("valid");
+        let legacy = &cfg.apps["legacy"];
+        let up = legacy.external().expect("external");
+        assert_eq!((up.host.as_str(), up.port), ("127.0.0.1", 8081));
+        assert_eq!(legacy.idle_timeout, None, "never idled");
+        assert_eq!(legacy.health_check.path, "/healthz");
+        assert_eq!(
+            cfg.apps["named"].external().expect("external").to_string(),
+            "backend.internal:80"
+        );
+
+        let text = "apps:\n  both:\n    domains: [a.test]\n    source: apps/hello\n    upstream: 127.0.0.1:1\n  neither:\n    domains: [b.test]\n  runs:\n    domains: [c.test]\n    upstream: 127.0.0.1:2\n    idle_timeout: 5m\n    env: { A: b }\n  bad:\n    domains: [d.test]\n    upstream: http://x.test/\n  noport:\n    domains: [e.test]\n    upstream: x.test\n";
+        let errs = parse_in(&dir, text).expect_err("invalid").0;
+        let found: Vec<(u32, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (5, "apps.both.upstream"),
+                (7, "apps.neither"),
+                (11, "apps.runs.idle_timeout"),
+                (12, "apps.runs.env"),
+                (15, "apps.bad.upstream"),
+                (18, "apps.noport.upstream"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[0].message.contains("not both"), "{}", errs[0].message);
+        assert!(
+            errs[2].message.contains("does not apply"),
+            "{}",
+            errs[2].message
+        );
+        assert!(
+            errs[4].message.contains("without scheme"),
+            "{}",
+            errs[4].message
+        );
+        assert!(
+            errs[5].message.contains("port is missing"),
+            "{}",
+            errs[5].message
+        );
+    }
+
+    #[test]
+    fn metrics_and_access_log() {
+        let dir = fixture();
+        let cfg = parse_in(&dir, "edge:\n  metrics: off\n  access_log: json\n").expect("valid");
+        assert_eq!(cfg.edge.metrics, None);
+        assert_eq!(cfg.edge.access_log, AccessLog::Json);
+        let cfg = parse_in(&dir, "edge:\n  metrics: localhost:9200\n").expect("valid");
+        assert_eq!(
+            cfg.edge.metrics,
+            Some("127.0.0.1:9200".parse().expect("addr"))
+        );
+        let errs = parse_in(&dir, "edge:\n  metrics: yes please\n  access_log: text\n")
+            .expect_err("invalid")
+            .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["edge.metrics", "edge.access_log"], "{errs:#?}");
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! Apps with `upstream: host:port`: services SpinForge routes to but does not run. Their task
+//! health-checks the service every [`CHECK_INTERVAL`] and keeps `upstreams:{app}` to the addresses
+//! that answer; it never starts, wakes or idles anything. A name is resolved here, on each check,
+//! so that the edge only ever sees IP addresses (it never waits on DNS).
+
+use crate::app::{AppContext, Command};
+use crate::process;
+use spinforge_state::config::{AppConfig, ExternalUpstream};
+use spinforge_state::records::{AppRecord, Route};
+use spinforge_state::{Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How often the service is probed.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// One probe's (and one DNS lookup's) limit, unless `health_check.timeout` is shorter.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed probes in a row that take an address out of routing; one success puts it back.
+pub const FAILS_TO_REMOVE: u32 = 2;
+/// No store call waits longer than this.
+const STORE_DEADLINE: Duration = Duration::from_secs(5);
+
+type Probe = Pin<Box<dyn Future<Output = Result<Vec<(SocketAddr, bool)>, String>> + Send>>;
+
+/// The task of one external app.
+pub struct ExternalTask {
+    app: AppConfig,
+    upstream: ExternalUpstream,
+    ctx: Arc<AppContext>,
+    rx: mpsc::Receiver<Command>,
+    /// Addresses published to `upstreams:{app}`.
+    healthy: BTreeSet<SocketAddr>,
+    /// Failed probes in a row, per address seen.
+    fails: BTreeMap<SocketAddr, u32>,
+}
+
+impl std::fmt::Debug for ExternalTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalTask")
+            .field("app", &self.app.name)
+            .field("upstream", &self.upstream)
+            .field("healthy", &self.healthy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExternalTask {
+    /// The task for `app` if it has `upstream:`; else the receiver back, for an [`AppTask`].
+    ///
+    /// [`AppTask`]: crate::app::AppTask
+    pub fn new(
+        app: AppConfig,
+        ctx: Arc<AppContext>,
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<Self, mpsc::Receiver<Command>> {
+        let Some(upstream) = app.external().cloned() else {
+            return Err(rx);
+        };
+        Ok(Self {
+            app,
+            upstream,
+            ctx,
+            rx,
+            healthy: BTreeSet::new(),
+            fails: BTreeMap::new(),
+        })
+    }
+
+    pub async fn run(mut self) {
+        // Nothing is known healthy until it answers.
+        self.republish().await;
+        let mut next_check = Instant::now();
+        let mut probe: Option<Probe> = None;
+        loop {
+            tokio::select! {
+                result = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                    probe = None;
+                    self.apply(result).await;
+                    next_check = Instant::now() + CHECK_INTERVAL;
+                }
+                _ = tokio::time::sleep_until(next_check), if probe.is_none() => {
+                    probe = Some(Box::pin(check(
+                        self.upstream.clone(),
+                        self.app.health_check.path.clone(),
+                        self.app.health_check.timeout.min(PROBE_TIMEOUT),
+                    )));
+                }
+                cmd = self.rx.recv() => match cmd {
+                    // Never started, never idled: SpinForge does not run it.
+                    Some(Command::Wake | Command::IdleCheck { .. }) => {}
+                    Some(Command::Republish) => self.republish().await,
+                    Some(Command::Shutdown { done, .. }) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Takes one round of probe results into the healthy set; publishes it when it changed.
+    async fn apply(&mut self, result: Result<Vec<(SocketAddr, bool)>, String>) {
+        let before = self.healthy.clone();
+        match result {
+            Ok(results) => {
+                let seen: BTreeSet<SocketAddr> = results.iter().map(|(a, _)| *a).collect();
+                // Addresses the name no longer resolves to leave at once.
+                self.healthy.retain(|a| seen.contains(a));
+                self.fails.retain(|a, _| seen.contains(a));
+                for (addr, ok) in results {
+                    let fails = self.fails.entry(addr).or_insert(0);
+                    if ok {
+                        *fails = 0;
+                        self.healthy.insert(addr);
+                    } else {
+                        *fails += 1;
+                        if *fails >= FAILS_TO_REMOVE {
+                            self.healthy.remove(&addr);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // A name that does not resolve counts as a failed probe of every known address.
+                tracing::debug!(app = %self.app.name, upstream = %self.upstream, error = %e, "cannot resolve the upstream");
+                for (addr, fails) in self.fails.iter_mut() {
+                    *fails += 1;
+                    if *fails >= FAILS_TO_REMOVE {
+                        self.healthy.remove(addr);
+                    }
+                }
+            }
+        }
+        if self.healthy == before {
+            return;
+        }
+        if self.healthy.len() > before.len() || before.is_subset(&self.healthy) {
+            tracing::info!(app = %self.app.name, upstream = %self.upstream, healthy = ?self.healthy, "external upstream healthy");
+        } else {
+            tracing::warn!(app = %self.app.name, upstream = %self.upstream, healthy = ?self.healthy, "external upstream failing its health check; taken out of routing");
+        }
+        self.publish_upstreams().await;
+    }
+
+    async fn publish_upstreams(&self) {
+        let addrs: Vec<String> = self.healthy.iter().map(SocketAddr::to_string).collect();
+        let name = self.app.name.clone();
+        self.store_call("publishing upstreams", |s| async move {
+            s.set_upstreams(&name, &addrs).await
+        })
+        .await;
+    }
+
+    /// Writes the app's record, its routes (marked external) and its healthy upstreams.
+    async fn republish(&self) {
+        let record = AppRecord {
+            name: self.app.name.clone(),
+            domains: self.app.domains.clone(),
+            source: format!("upstream:{}", self.upstream),
+            idle_timeout_ms: None,
+            current_release: None,
+            releases: Vec::new(),
+        };
+        let routes: Vec<Route> = self
+            .app
+            .domains
+            .iter()
+            .map(|d| Route {
+                domain: d.clone(),
+                app: self.app.name.clone(),
+                release: None,
+                policy: self.app.policy.clone(),
+                external: true,
+            })
+            .collect();
+        self.store_call("republishing", |s| async move {
+            s.put_app(&record).await?;
+            for route in &routes {
+                s.put_route(route).await?;
+            }
+            Ok(())
+        })
+        .await;
+        self.publish_upstreams().await;
+    }
+
+    async fn store_call<F, Fut>(&self, what: &str, call: F)
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        match tokio::time::timeout(STORE_DEADLINE, call(self.ctx.store.clone())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(app = %self.app.name, error = %e, "store write failed while {what}")
+            }
+            Err(_) => tracing::warn!(app = %self.app.name, "store write timed out while {what}"),
+        }
+    }
+}
+
+/// Resolves the upstream and probes every address it has, at once; each probe within `timeout`.
+async fn check(
+    upstream: ExternalUpstream,
+    path: String,
+    timeout: Duration,
+) -> Result<Vec<(SocketAddr, bool)>, String> {
+    let target = (upstream.host.as_str(), upstream.port);
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host(target)).await {
+            Ok(Ok(addrs)) => addrs.collect::<BTreeSet<_>>().into_iter().collect(),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("DNS lookup timed out".into()),
+        };
+    let host = upstream.to_string();
+    let mut probes = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let (host, path) = (host.clone(), path.clone());
+        probes.spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(timeout, process::probe_addr(addr, &host, &path)).await,
+                Ok(Ok(status)) if status < 500
+            );
+            (addr, ok)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = probes.join_next().await {
+        if let Ok(r) = r {
+            results.push(r);
+        }
+    }
+    results.sort();
+    Ok(results)
+}
