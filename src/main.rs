@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use spinforge_acme::AcmeJob;
 use spinforge_edge::Edge;
+use spinforge_edge::tls::TlsPolicy;
 use spinforge_state::Store;
 use spinforge_state::config::Config;
 use spinforge_supervisor::Supervisor;
@@ -140,13 +142,18 @@ async fn store_for(config: &Config, role: &str) -> Result<Store> {
 async fn up(config: Config) -> Result<()> {
     let store = store_for(&config, "up").await?;
     // Bind first: a taken port should fail before any build starts.
-    let edge = Edge::bind(&config.edge, store.clone())?;
+    let edge = bind_edge(&config, store.clone())?;
+    let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let (edge_stop, edge_rx) = watch::channel(None);
     let (supervisor_stop, supervisor_rx) = watch::channel(None);
-    let edge_task = tokio::spawn(edge.serve(edge_rx));
+    let mut edge_task = tokio::spawn(edge.serve(edge_rx));
     let supervisor_task = tokio::spawn(supervisor.run(supervisor_rx));
-    shutdown_signal().await?;
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        r = &mut edge_task => return edge_failed(r),
+    }
+    acme.stop();
     // Half the grace for requests to drain, the rest for spinlets to stop.
     let started = Instant::now();
     let grace = config.edge.grace;
@@ -162,10 +169,13 @@ async fn up(config: Config) -> Result<()> {
 
 async fn edge(config: Config) -> Result<()> {
     let store = store_for(&config, "edge").await?;
-    let edge = Edge::bind(&config.edge, store)?;
+    let edge = bind_edge(&config, store)?;
     let (stop, rx) = watch::channel(None);
-    let task = tokio::spawn(edge.serve(rx));
-    shutdown_signal().await?;
+    let mut task = tokio::spawn(edge.serve(rx));
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        r = &mut task => return edge_failed(r),
+    }
     let _ = stop.send(Some(Instant::now() + config.edge.grace));
     let _ = task.await;
     Ok(())
@@ -173,13 +183,56 @@ async fn edge(config: Config) -> Result<()> {
 
 async fn supervisor(config: Config) -> Result<()> {
     let store = store_for(&config, "supervisor").await?;
+    let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(supervisor.run(rx));
     shutdown_signal().await?;
+    acme.stop();
     let _ = stop.send(Some(Instant::now() + config.edge.grace));
     let _ = task.await;
     Ok(())
+}
+
+/// The edge, bound, serving the config's apps over HTTPS too when `edge.listen_https` is set.
+fn bind_edge(config: &Config, store: Store) -> Result<Edge> {
+    Ok(
+        Edge::bind(&config.edge, store)?
+            .with_tls_policy(TlsPolicy::from_apps(config.apps.values())),
+    )
+}
+
+/// The edge stopped on its own: only a setup failure does that.
+fn edge_failed(
+    r: std::result::Result<Result<(), spinforge_edge::EdgeError>, tokio::task::JoinError>,
+) -> Result<()> {
+    match r {
+        Ok(Ok(())) => bail!("the edge stopped unexpectedly"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => bail!("the edge failed: {e}"),
+    }
+}
+
+/// The certificate job (automatic HTTPS), when the config has something for it to do.
+struct AcmeHandle(Option<watch::Sender<bool>>);
+
+impl AcmeHandle {
+    fn stop(self) {
+        if let Some(tx) = self.0 {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+fn start_acme(config: &Config, store: Store) -> AcmeHandle {
+    match AcmeJob::new(config, store) {
+        Some(job) => {
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(job.run(rx));
+            AcmeHandle(Some(tx))
+        }
+        None => AcmeHandle(None),
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -11,9 +11,11 @@
 //! shutdown ends as soon as requests have drained rather than after a fixed grace sleep.
 
 pub mod background;
+pub mod challenge;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
+pub mod tls;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
@@ -39,6 +41,8 @@ pub enum EdgeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A bound, not yet serving edge.
@@ -48,6 +52,9 @@ pub struct Edge {
     http_addr: SocketAddr,
     config: EdgeConfig,
     store: Store,
+    /// The HTTPS listener, when `edge.listen_https` is set.
+    https: Option<(std::net::TcpListener, SocketAddr)>,
+    tls: Arc<tls::TlsState>,
 }
 
 impl Edge {
@@ -58,12 +65,45 @@ impl Edge {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let http_addr = listener.local_addr().map_err(bind_err)?;
+        let https = match config.listen_https {
+            Some(addr) => {
+                let bind_err = |source| EdgeError::Bind { addr, source };
+                let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+                l.set_nonblocking(true).map_err(bind_err)?;
+                let bound = l.local_addr().map_err(bind_err)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let https_port = https.as_ref().map(|(_, a)| a.port());
         Ok(Edge {
             listener,
             http_addr,
             config: config.clone(),
             store,
+            https,
+            tls: Arc::new(tls::TlsState::new(tls::TlsPolicy::default(), https_port)),
         })
+    }
+
+    /// Which names are served over HTTPS and how (from the apps' `tls`). Without it, every TLS
+    /// handshake fails.
+    pub fn with_tls_policy(mut self, policy: tls::TlsPolicy) -> Edge {
+        self.tls = Arc::new(tls::TlsState::new(
+            policy,
+            self.https_addr().map(|a| a.port()),
+        ));
+        self
+    }
+
+    /// The address the HTTPS listener is bound to, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|(_, a)| *a)
+    }
+
+    /// The certificates state: expiries for metrics, self-signed handshake count.
+    pub fn tls_state(&self) -> Arc<tls::TlsState> {
+        self.tls.clone()
     }
 
     /// The address the plain-HTTP listener is bound to.
@@ -73,7 +113,10 @@ impl Edge {
 
     /// Serves until `shutdown` carries a deadline, then stops accepting, lets in-flight requests
     /// finish until that deadline, and returns.
-    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Instant>>) {
+    pub async fn serve(
+        self,
+        mut shutdown: watch::Receiver<Option<Instant>>,
+    ) -> Result<(), EdgeError> {
         let snapshot = Arc::new(sync::Snapshot::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
@@ -91,6 +134,16 @@ impl Edge {
             snapshot.clone(),
             stop_rx.clone(),
         ));
+        let tls_config = match &self.https {
+            Some(_) => Some(tls::listener::server_config(self.tls.clone())?),
+            None => None,
+        };
+        tls::sync::initial(&self.tls);
+        let tls_task = tokio::spawn(tls::sync::keep_in_sync(
+            self.store.clone(),
+            self.tls.clone(),
+            stop_rx.clone(),
+        ));
         if tokio::time::timeout(FIRST_TABLE_WAIT, first_table.changed())
             .await
             .is_err()
@@ -106,19 +159,37 @@ impl Edge {
                 max_held_requests: self.config.max_held_requests,
             },
             in_flight: in_flight.clone(),
+            tls: self.tls.clone(),
         };
         let server_conf = Arc::new(ServerConf {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ..ServerConf::default()
         });
-        let mut service =
-            pingora_proxy::http_proxy_service_with_name(&server_conf, proxy, "spinforge-edge");
+        // One HTTP app for both listeners: Pingora's service runs the plain one, our TLS accept
+        // loop (tls::listener) the other.
+        let app = Arc::new(pingora_proxy::http_proxy(&server_conf, proxy));
+        let mut service = pingora_core::services::listening::Service::new(
+            "spinforge-edge".to_string(),
+            tls::listener::SharedApp(app.clone()),
+        );
         // Hand Pingora the socket we bound, under the address string it will look it up by.
         let key = self.http_addr.to_string();
         service.add_tcp(&key);
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
         fds.lock().add(key, self.listener.into_raw_fd());
         let (service_stop_tx, service_stop_rx) = watch::channel(false);
+        let https_task = match (self.https, tls_config) {
+            (Some((listener, addr)), Some(config)) => {
+                tracing::info!(https = %addr, "HTTPS listening");
+                Some(tokio::spawn(tls::listener::serve(
+                    listener,
+                    config,
+                    app,
+                    service_stop_rx.clone(),
+                )))
+            }
+            _ => None,
+        };
         let service_task = tokio::spawn(async move {
             service.start_service(Some(fds), service_stop_rx, 1).await;
         });
@@ -150,8 +221,13 @@ impl Edge {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
+        tls_task.abort();
+        if let Some(t) = https_task {
+            t.abort();
+        }
         wake_task.abort();
         service_task.abort();
         tracing::info!("edge stopped");
+        Ok(())
     }
 }

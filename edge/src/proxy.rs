@@ -36,6 +36,8 @@ pub struct EdgeProxy {
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
     pub(crate) settings: ProxySettings,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Certificates and ACME challenge answers (automatic HTTPS).
+    pub(crate) tls: Arc<crate::tls::TlsState>,
 }
 
 /// Per-request state.
@@ -163,6 +165,11 @@ impl ProxyHttp for EdgeProxy {
             .await?;
             return Ok(true);
         };
+        if crate::challenge::wants(&self.tls, session, &host) {
+            let host = host.into_owned();
+            crate::challenge::answer(&self.tls, session, &host).await?;
+            return Ok(true);
+        }
         let entry = match self.snapshot.load().lookup(&host) {
             Some(e) => e.clone(),
             None => {
@@ -264,7 +271,12 @@ impl ProxyHttp for EdgeProxy {
         {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        let proto = if crate::challenge::is_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
@@ -276,7 +288,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -286,6 +298,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(d) = ctx.cold_start {
             resp.append_header("server-timing", format!("cold-start;dur={}", d.as_millis()))?;
         }
+        crate::challenge::add_hsts(&self.tls, session, resp)?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pebble;
 pub mod spinforge;
 
 use std::future::Future;
