@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use support::pebble::{Pebble, PebbleOptions};
 use support::spinforge::{Spinforge, Workspace, echo_app, port_block};
-use support::{eventually, free_port};
+use support::{RedisServer, eventually, free_port};
 
 /// How long issuance may take end to end (Pebble issues in well under a second here).
 const ISSUE: Duration = Duration::from_secs(45);
@@ -170,5 +170,223 @@ async fn http01_certificates_by_sni_with_redirect_hsts_and_h2() {
         assert!(e.is_connect() || e.is_request(), "{name}: {e}");
     }
     let log = sf.log_text();
+    assert_eq!(count(&log, "certificate issued"), 2, "{log}");
+}
+
+/// The serial number of the certificate served for `domain` (via `openssl s_client`).
+fn served_serial(domain: &str, addr: SocketAddr) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername {domain} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn one_app_up(
+    ws: &Workspace,
+    ports: &Ports,
+    pebble: &Pebble,
+    extra_top: &str,
+    acme_extra: &str,
+    domains: &str,
+) -> Spinforge {
+    let apps = echo_app(ws, "alpha", domains, "");
+    let path = config(
+        ws,
+        "spinforge.yaml",
+        ports,
+        pebble,
+        extra_top,
+        acme_extra,
+        &apps,
+    );
+    Spinforge::start(ws, "up", &path, Some(([127, 0, 0, 1], ports.http).into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_issues_without_port_80() {
+    let ports = Ports::new();
+    // Pebble's HTTP-01 port points nowhere: only TLS-ALPN-01 on the HTTPS port can succeed.
+    let pebble = Pebble::start(free_port(), ports.https, &PebbleOptions::default());
+    let ws = Workspace::new();
+    let sf = one_app_up(
+        &ws,
+        &ports,
+        &pebble,
+        "",
+        "    challenge: tls-alpn-01\n",
+        "alpn.test",
+    );
+    let root = pebble.issuing_root();
+    let r = until_trusted(&root, "alpn.test", ports.https_addr(), "/").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let log = sf.log_text();
+    assert!(log.contains("TlsAlpn01"), "{log}");
+    assert_eq!(count(&log, "certificate issued"), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_with_short_validity_swaps_the_served_certificate() {
+    let ports = Ports::new();
+    // 12 s certificates: renewed when 4 s are left.
+    let opts = PebbleOptions {
+        validity_s: Some(12),
+        always_valid: true,
+        ..PebbleOptions::default()
+    };
+    let pebble = Pebble::start(ports.http, ports.https, &opts);
+    let ws = Workspace::new();
+    let sf = one_app_up(&ws, &ports, &pebble, "", "", "renew.test");
+    let root = pebble.issuing_root();
+    until_trusted(&root, "renew.test", ports.https_addr(), "/").await;
+    let first = served_serial("renew.test", ports.https_addr());
+    assert!(first.starts_with("serial="), "{first}");
+    eventually(
+        Duration::from_secs(30),
+        "the certificate is renewed",
+        || async { (count(&sf.log_text(), "certificate issued") >= 2).then_some(()) },
+    )
+    .await;
+    assert!(sf.log_text().contains("due for renewal"));
+    // The new one serves on the next handshake, without a restart.
+    let second = eventually(
+        Duration::from_secs(5),
+        "the new certificate serves",
+        || async {
+            let s = served_serial("renew.test", ports.https_addr());
+            (s.starts_with("serial=") && s != first).then_some(s)
+        },
+    )
+    .await;
+    assert_ne!(first, second);
+    let r = until_trusted(&root, "renew.test", ports.https_addr(), "/").await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_rejecting_half_the_nonces_still_issues() {
+    let ports = Ports::new();
+    let opts = PebbleOptions {
+        nonce_reject: 50,
+        always_valid: true,
+        ..PebbleOptions::default()
+    };
+    let pebble = Pebble::start(ports.http, ports.https, &opts);
+    let ws = Workspace::new();
+    let _sf = one_app_up(&ws, &ports, &pebble, "", "", "nonce.test");
+    let root = pebble.issuing_root();
+    let r = until_trusted(&root, "nonce.test", ports.https_addr(), "/").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        pebble.log().contains("reject 50% of good nonces"),
+        "Pebble ran with nonce rejection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_that_cannot_be_validated_does_not_hold_up_others() {
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http, ports.https, &PebbleOptions::default());
+    // Pebble looks for bad.test's token where nothing listens.
+    pebble.set_a("bad.test", "127.0.0.2");
+    let ws = Workspace::new();
+    let sf = one_app_up(&ws, &ports, &pebble, "", "", "bad.test, good.test");
+    let root = pebble.issuing_root();
+    let r = until_trusted(&root, "good.test", ports.https_addr(), "/").await;
+    assert_eq!(r.status(), 200);
+    eventually(ISSUE, "bad.test's failure is logged", || async {
+        let log = sf.log_text();
+        log.lines()
+            .any(|l| l.contains("could not get a certificate") && l.contains("bad.test"))
+            .then_some(())
+    })
+    .await;
+    // bad.test still answers HTTPS, with a certificate nobody trusts (self-signed).
+    let e = https_client(&root, "bad.test", ports.https_addr())
+        .get(format!("https://bad.test:{}/", ports.https))
+        .send()
+        .await
+        .expect_err("self-signed is not trusted");
+    assert!(e.is_connect(), "{e}");
+    assert!(served_serial("bad.test", ports.https_addr()).starts_with("serial="));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_redis_order_once_and_both_serve() {
+    let redis = RedisServer::start();
+    let (a, b) = (Ports::new(), Ports::new());
+    // Pebble validates on edge a's ports; edge b learns the same challenges through Redis.
+    let pebble = Pebble::start(a.http, a.https, &PebbleOptions::default());
+    let ws = Workspace::new();
+    let top = format!("state:\n  redis: {}\n", redis.url());
+    let apps = echo_app(&ws, "alpha", "one.test, two.test", "");
+    let path_a = config(&ws, "a.yaml", &a, &pebble, &top, "", &apps);
+    let path_b = config(&ws, "b.yaml", &b, &pebble, &top, "", &apps);
+    let sf_a = Spinforge::start(&ws, "up", &path_a, Some(([127, 0, 0, 1], a.http).into()));
+    let sf_b = Spinforge::start(&ws, "up", &path_b, Some(([127, 0, 0, 1], b.http).into()));
+    let root = pebble.issuing_root();
+    for domain in ["one.test", "two.test"] {
+        for ports in [&a, &b] {
+            let r = until_trusted(&root, domain, ports.https_addr(), "/").await;
+            assert!(r.status().as_u16() < 600);
+        }
+        assert_eq!(
+            served_serial(domain, a.https_addr()),
+            served_serial(domain, b.https_addr()),
+            "both edges serve the one certificate of {domain}"
+        );
+    }
+    let logs = sf_a.log_text() + &sf_b.log_text();
+    for domain in ["one.test", "two.test"] {
+        let orders = logs
+            .lines()
+            .filter(|l| l.contains("ordering a certificate") && l.contains(domain))
+            .count();
+        assert_eq!(orders, 1, "one order for {domain}:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_certificate_is_replaced() {
+    use spinforge_state::Store;
+    use spinforge_state::config::RedisUrl;
+    let redis = RedisServer::start();
+    let ports = Ports::new();
+    let opts = PebbleOptions {
+        always_valid: true,
+        ..PebbleOptions::default()
+    };
+    let pebble = Pebble::start(ports.http, ports.https, &opts);
+    let ws = Workspace::new();
+    let top = format!("state:\n  redis: {}\n", redis.url());
+    let sf = one_app_up(&ws, &ports, &pebble, &top, "", "fix.test");
+    let root = pebble.issuing_root();
+    until_trusted(&root, "fix.test", ports.https_addr(), "/").await;
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let mut bad = store.cert("fix.test").await.expect("read").expect("stored");
+    let good_chain = bad.chain_pem.clone();
+    bad.chain_pem =
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".into();
+    store.put_cert(&bad).await.expect("corrupt it");
+    let fixed = eventually(
+        ISSUE,
+        "a new certificate replaces the corrupt one",
+        || async {
+            let c = store.cert("fix.test").await.ok()??;
+            (c.chain_pem != bad.chain_pem && c.chain_pem != good_chain).then_some(c)
+        },
+    )
+    .await;
+    assert!(fixed.chain_pem.contains("BEGIN CERTIFICATE"));
+    let r = until_trusted(&root, "fix.test", ports.https_addr(), "/").await;
+    assert_eq!(r.status(), 200);
+    let log = sf.log_text();
+    assert!(log.contains("not usable; replacing it"), "{log}");
     assert_eq!(count(&log, "certificate issued"), 2, "{log}");
 }

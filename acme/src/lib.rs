@@ -76,6 +76,12 @@ pub enum AcmeError {
 }
 
 impl AcmeError {
+    /// Whether the CA refused a nonce (Pebble does this on purpose; a retry soon is the answer).
+    fn bad_nonce(&self) -> bool {
+        matches!(self, AcmeError::Acme(instant_acme::Error::Api(p))
+            if p.r#type.as_deref().is_some_and(|t| t.ends_with(":badNonce")))
+    }
+
     /// Whether the CA said we are over a rate limit.
     fn rate_limited(&self) -> bool {
         matches!(self, AcmeError::Acme(instant_acme::Error::Api(p))
@@ -163,6 +169,9 @@ impl AcmeJob {
             .collect();
         let mut running: JoinSet<(String, Result<Next, AcmeError>)> = JoinSet::new();
         let mut busy: std::collections::HashSet<String> = Default::default();
+        // A certificate written or deleted by anyone (another process, an operator) is looked at
+        // again at once: a corrupt or removed one is replaced without waiting for the next check.
+        let mut events = self.shared.store.subscribe();
         loop {
             let now = Instant::now();
             for (domain, (at, _)) in &due {
@@ -192,6 +201,12 @@ impl AcmeJob {
                     match result {
                         Ok(Next::At(at)) => *slot = (at, 0),
                         Ok(Next::Locked) => slot.0 = Instant::now() + LOCKED_RETRY,
+                        Err(e) if e.bad_nonce() && slot.1 < 10 => {
+                            // Transient: try again soon, without growing the backoff much.
+                            slot.1 += 1;
+                            tracing::info!(%domain, error = %e, "the CA refused a nonce; retrying");
+                            slot.0 = Instant::now() + Duration::from_millis(100 * u64::from(slot.1));
+                        }
                         Err(e) => {
                             slot.1 += 1;
                             let mut wait = FIRST_BACKOFF
@@ -208,6 +223,15 @@ impl AcmeJob {
                     }
                 }
                 _ = tokio::time::sleep_until(next_due) => {}
+                signal = events.next() => match signal {
+                    Some(spinforge_state::Signal::Event(spinforge_state::Event::CertUpdated { domain })) => {
+                        if let Some(slot) = due.get_mut(&domain) {
+                            slot.0 = slot.0.min(Instant::now());
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -22,6 +22,8 @@ pub struct Pebble {
     pub dir: tempfile::TempDir,
     pub api_port: u16,
     pub mgmt_port: u16,
+    /// pebble-challtestsrv's management API (to change DNS answers).
+    pub dns_mgmt_port: u16,
     children: Vec<Child>,
 }
 
@@ -104,6 +106,7 @@ impl Pebble {
                     dir,
                     api_port,
                     mgmt_port,
+                    dns_mgmt_port: dns_mgmt,
                     children,
                 };
             }
@@ -136,6 +139,18 @@ impl Pebble {
             .expect("curl the issuing root");
         assert!(out.status.success(), "cannot fetch Pebble's root");
         String::from_utf8(out.stdout).expect("PEM")
+    }
+
+    /// Makes the fake DNS answer `ip` for `host` (e.g. an address where nothing listens, so
+    /// that validation fails).
+    pub fn set_a(&self, host: &str, ip: &str) {
+        let body = format!("{{\"host\":\"{host}.\",\"addresses\":[\"{ip}\"]}}");
+        let ok = Command::new("curl")
+            .args(["-sf", "-X", "POST", "-d", &body])
+            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_mgmt_port))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot set the A record of {host}");
     }
 
     pub fn log(&self) -> String {

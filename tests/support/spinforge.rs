@@ -84,7 +84,12 @@ pub struct Spinforge {
 impl Spinforge {
     /// `spinforge <role> --config <config>`; when `http` is given, waits until it accepts.
     pub fn start(ws: &Workspace, role: &str, config: &Path, http: Option<SocketAddr>) -> Spinforge {
-        let log = ws.path().join(format!("{role}-{}.log", std::process::id()));
+        // Numbered, so that two processes of one role in one workspace keep separate logs.
+        static STARTED: AtomicU16 = AtomicU16::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = ws
+            .path()
+            .join(format!("{role}-{}-{n}.log", std::process::id()));
         let out = std::fs::File::create(&log).expect("create log");
         let child = Command::new(binary())
             .args([role, "--config"])
