@@ -390,3 +390,100 @@ async fn a_corrupt_stored_certificate_is_replaced() {
     assert!(log.contains("not usable; replacing it"), "{log}");
     assert_eq!(count(&log, "certificate issued"), 2, "{log}");
 }
+
+/// Makes a self-signed certificate for `name` at `dir/{cert,key}.pem` (`openssl`); returns the
+/// serial as `openssl x509 -serial` prints it.
+fn make_cert_files(dir: &std::path::Path, name: &str) -> String {
+    let tmp = dir.join("new");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+        ])
+        .arg("-keyout")
+        .arg(tmp.join("key.pem"))
+        .arg("-out")
+        .arg(tmp.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Key first, then the certificate, each by rename: the edge never sees half a file.
+    std::fs::rename(tmp.join("key.pem"), dir.join("key.pem")).expect("rename");
+    std::fs::rename(tmp.join("cert.pem"), dir.join("cert.pem")).expect("rename");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_are_served_and_reloaded_when_they_change() {
+    let ports = Ports::new();
+    let ws = Workspace::new();
+    let first = make_cert_files(ws.path(), "files.test");
+    let apps = echo_app(
+        &ws,
+        "alpha",
+        "files.test",
+        "    tls: { cert: cert.pem, key: key.pem }\n",
+    ) + &echo_app(&ws, "beta", "self.localhost", "");
+    let yaml = format!(
+        "edge:\n  listen_http: 127.0.0.1:{}\n  listen_https: 127.0.0.1:{}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n{apps}",
+        ports.http,
+        ports.https,
+        port_block()
+    );
+    let path = ws.write("spinforge.yaml", &yaml);
+    let sf = Spinforge::start(&ws, "up", &path, Some(([127, 0, 0, 1], ports.http).into()));
+    assert_eq!(served_serial("files.test", ports.https_addr()), first);
+    // A name no CA issues for gets a self-signed certificate (and no order is placed: the job
+    // has nothing to do, so it never contacts the default CA).
+    let stand_in = served_serial("self.localhost", ports.https_addr());
+    assert!(stand_in.starts_with("serial="), "{stand_in}");
+    // A trusted (user-provided) certificate means plain HTTP redirects.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://127.0.0.1:{}/p?q", ports.http))
+        .header("host", "files.test")
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(r.status(), 308);
+
+    // New files: served on the next handshakes, without a restart.
+    std::thread::sleep(Duration::from_millis(1100)); // a visibly newer mtime
+    let second = make_cert_files(ws.path(), "files.test");
+    assert_ne!(first, second);
+    eventually(
+        Duration::from_secs(10),
+        "the new certificate file serves",
+        || async { (served_serial("files.test", ports.https_addr()) == second).then_some(()) },
+    )
+    .await;
+    let log = sf.log_text();
+    assert!(log.contains("loaded certificate files"), "{log}");
+    assert!(!log.contains("certificate job started"), "{log}");
+}

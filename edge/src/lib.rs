@@ -138,12 +138,16 @@ impl Edge {
             Some(_) => Some(tls::listener::server_config(self.tls.clone())?),
             None => None,
         };
-        tls::sync::initial(&self.tls);
-        let tls_task = tokio::spawn(tls::sync::keep_in_sync(
-            self.store.clone(),
-            self.tls.clone(),
-            stop_rx.clone(),
-        ));
+        // Certificates and challenges matter only with an HTTPS listener.
+        let tls_task = tls_config.is_some().then(|| {
+            let model = tls::sync::initial(&self.tls);
+            tokio::spawn(tls::sync::keep_in_sync(
+                self.store.clone(),
+                self.tls.clone(),
+                model,
+                stop_rx.clone(),
+            ))
+        });
         if tokio::time::timeout(FIRST_TABLE_WAIT, first_table.changed())
             .await
             .is_err()
@@ -221,8 +225,7 @@ impl Edge {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
-        tls_task.abort();
-        if let Some(t) = https_task {
+        for t in [tls_task, https_task].into_iter().flatten() {
             t.abort();
         }
         wake_task.abort();

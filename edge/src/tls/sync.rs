@@ -24,7 +24,7 @@ type Stamp = (Option<SystemTime>, Option<SystemTime>);
 
 /// What the table is built from.
 #[derive(Debug, Default)]
-struct Model {
+pub struct Model {
     /// Usable certificates from the store, by configured name.
     stored: HashMap<String, Served>,
     /// From files, by configured name, with the files' modification times.
@@ -34,18 +34,22 @@ struct Model {
     challenges: BTreeMap<String, Challenge>,
 }
 
-/// Builds the first table (self-signed stand-ins and files) so that HTTPS answers from the start.
-pub(crate) fn initial(state: &TlsState) {
+/// Builds the first table (self-signed stand-ins and files) so that HTTPS answers from the start;
+/// [`keep_in_sync`] carries on from it.
+pub fn initial(state: &TlsState) -> Model {
     let mut model = Model::default();
     model.load_files(state);
     publish(state, &mut model);
+    model
 }
 
 /// Runs until `stop` turns true.
-pub async fn keep_in_sync(store: Store, state: Arc<TlsState>, mut stop: watch::Receiver<bool>) {
-    let mut model = Model::default();
-    model.load_files(&state);
-    publish(&state, &mut model);
+pub async fn keep_in_sync(
+    store: Store,
+    state: Arc<TlsState>,
+    mut model: Model,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut sub = store.subscribe();
     let mut full = tokio::time::interval(FULL_RELOAD);
     let mut files = tokio::time::interval(FILE_CHECK);
