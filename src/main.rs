@@ -42,6 +42,9 @@ enum Cmd {
     Supervisor(ConfigArg),
     /// Validate a config: print every error and exit 1, or exit 0.
     Check(ConfigArg),
+    /// List the certificates of the config's HTTPS domains and when they expire (from Redis
+    /// when `state.redis` is set, else from the copies in `data_dir/certs/`).
+    Certs(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
                 Cmd::Up(arg) => up(load(&arg.config)?).await,
                 Cmd::Edge(arg) => edge(load(&arg.config)?).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
+                Cmd::Certs(arg) => certs(load(&arg.config)?).await,
                 Cmd::Check(_) => unreachable!("handled above"),
             }
         });
@@ -191,6 +195,61 @@ async fn supervisor(config: Config) -> Result<()> {
     acme.stop();
     let _ = stop.send(Some(Instant::now() + config.edge.grace));
     let _ = task.await;
+    Ok(())
+}
+
+async fn certs(config: Config) -> Result<()> {
+    use spinforge_state::config::{AppTls, acme_eligible};
+    let stored: std::collections::BTreeMap<String, i64> = match &config.state.redis {
+        Some(url) => Store::connect_redis(url, Duration::from_secs(5))
+            .await
+            .context("cannot connect to the state store")?
+            .certs()
+            .await?
+            .into_iter()
+            .map(|c| (c.domain, c.not_after))
+            .collect(),
+        None => config
+            .apps
+            .values()
+            .flat_map(|a| a.domains.iter())
+            .filter_map(|d| {
+                let pem = std::fs::read_to_string(
+                    config
+                        .supervisor
+                        .data_dir
+                        .join("certs")
+                        .join(d)
+                        .join("fullchain.pem"),
+                )
+                .ok()?;
+                let info = spinforge_acme::cert_info(&pem, d).ok()?;
+                Some((d.clone(), info.not_after))
+            })
+            .collect(),
+    };
+    let now = spinforge_state::now_ms() as i64 / 1000;
+    println!("{:<40} {:<12} EXPIRES", "DOMAIN", "SOURCE");
+    for app in config.apps.values() {
+        for d in &app.domains {
+            let (source, expires) = match &app.tls {
+                AppTls::Off => ("off", String::new()),
+                AppTls::Files { cert, .. } => ("files", cert.display().to_string()),
+                AppTls::Auto if !acme_eligible(d) => {
+                    ("self-signed", "no ACME for this name".into())
+                }
+                AppTls::Auto => match stored.get(d) {
+                    Some(t) if *t > now => (
+                        "acme",
+                        format!("in {} days (notAfter {t})", (t - now) / 86400),
+                    ),
+                    Some(t) => ("acme", format!("EXPIRED (notAfter {t})")),
+                    None => ("self-signed", "no certificate issued yet".into()),
+                },
+            };
+            println!("{d:<40} {source:<12} {expires}");
+        }
+    }
     Ok(())
 }
 

@@ -171,6 +171,27 @@ async fn http01_certificates_by_sni_with_redirect_hsts_and_h2() {
     }
     let log = sf.log_text();
     assert_eq!(count(&log, "certificate issued"), 2, "{log}");
+
+    // `spinforge certs` lists them (from the disk copies: this config has no Redis).
+    let out = std::process::Command::new(support::spinforge::binary())
+        .args(["certs", "--config"])
+        .arg(&path)
+        .output()
+        .expect("spinforge certs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |d: &str| {
+        text.lines()
+            .find(|l| l.starts_with(d))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        line("alpha.test").contains("acme") && line("alpha.test").contains("days"),
+        "{text}"
+    );
+    assert!(line("beta.test").contains("acme"), "{text}");
+    assert!(line("plain.test").contains("off"), "{text}");
 }
 
 /// The serial number of the certificate served for `domain` (via `openssl s_client`).
