@@ -6,6 +6,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use spinforge_acme::AcmeJob;
+use spinforge_edge::tls::TlsPolicy;
 use spinforge_edge::{Edge, Stop};
 use spinforge_state::Store;
 use spinforge_state::config::Config;
@@ -48,6 +50,9 @@ enum Cmd {
     Supervisor(ConfigArg),
     /// Validate a config: print every error and exit 1, or exit 0.
     Check(ConfigArg),
+    /// List the certificates of the config's HTTPS domains and when they expire (from Redis
+    /// when `state.redis` is set, else from the copies in `data_dir/certs/`).
+    Certs(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
                 Cmd::Up(arg) => up(load(&arg.config)?).await,
                 Cmd::Edge(args) => edge(load(&args.config.config)?, args.upgrade).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
+                Cmd::Certs(arg) => certs(load(&arg.config)?).await,
                 Cmd::Check(_) => unreachable!("handled above"),
             }
         });
@@ -181,13 +187,18 @@ async fn store_for(config: &Config, role: &str) -> Result<Store> {
 async fn up(config: Config) -> Result<()> {
     let store = store_for(&config, "up").await?;
     // Bind first: a taken port should fail before any build starts.
-    let edge = Edge::bind(&config.edge, store.clone())?;
+    let edge = bind_edge(&config, store.clone(), None)?;
+    let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let (edge_stop, edge_rx) = watch::channel(None);
     let (supervisor_stop, supervisor_rx) = watch::channel(None);
-    let edge_task = tokio::spawn(edge.serve(edge_rx));
+    let mut edge_task = tokio::spawn(edge.serve(edge_rx));
     let supervisor_task = tokio::spawn(supervisor.run(supervisor_rx));
-    shutdown_signal().await?;
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        r = &mut edge_task => return edge_failed(r),
+    }
+    acme.stop();
     // Half the grace for requests to drain, the rest for spinlets to stop.
     let started = Instant::now();
     let grace = config.edge.grace;
@@ -214,7 +225,7 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
         None
     };
     let store = store_for(&config, "edge").await?;
-    let edge = Edge::bind_or_inherit(&config.edge, store, inherited.as_mut())?;
+    let edge = bind_edge(&config, store, inherited.as_mut())?;
     if upgrade {
         tracing::info!(http = %edge.http_addr(), "took the listening sockets over");
     }
@@ -223,11 +234,12 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
             .context("cannot keep a copy of the listening socket")?,
     );
     let (stop, rx) = watch::channel(None);
-    let task = tokio::spawn(edge.serve(rx));
+    let mut task = tokio::spawn(edge.serve(rx));
     let mut linger = Duration::ZERO;
     loop {
         tokio::select! {
             r = shutdown_signal() => { r?; break; }
+            r = &mut task => return edge_failed(r),
             _ = quit.recv() => {
                 tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new edge");
                 let path = sock.clone();
@@ -256,13 +268,113 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
 
 async fn supervisor(config: Config) -> Result<()> {
     let store = store_for(&config, "supervisor").await?;
+    let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(supervisor.run(rx));
     shutdown_signal().await?;
+    acme.stop();
     let _ = stop.send(Some(Instant::now() + config.edge.grace));
     let _ = task.await;
     Ok(())
+}
+
+async fn certs(config: Config) -> Result<()> {
+    use spinforge_state::config::{AppTls, acme_eligible};
+    let stored: std::collections::BTreeMap<String, i64> = match &config.state.redis {
+        Some(url) => Store::connect_redis(url, Duration::from_secs(5))
+            .await
+            .context("cannot connect to the state store")?
+            .certs()
+            .await?
+            .into_iter()
+            .map(|c| (c.domain, c.not_after))
+            .collect(),
+        None => config
+            .apps
+            .values()
+            .flat_map(|a| a.domains.iter())
+            .filter_map(|d| {
+                let pem = std::fs::read_to_string(
+                    config
+                        .supervisor
+                        .data_dir
+                        .join("certs")
+                        .join(d)
+                        .join("fullchain.pem"),
+                )
+                .ok()?;
+                let info = spinforge_acme::cert_info(&pem, d).ok()?;
+                Some((d.clone(), info.not_after))
+            })
+            .collect(),
+    };
+    let now = spinforge_state::now_ms() as i64 / 1000;
+    println!("{:<40} {:<12} EXPIRES", "DOMAIN", "SOURCE");
+    for app in config.apps.values() {
+        for d in &app.domains {
+            let (source, expires) = match &app.tls {
+                AppTls::Off => ("off", String::new()),
+                AppTls::Files { cert, .. } => ("files", cert.display().to_string()),
+                AppTls::Auto if !acme_eligible(d) => {
+                    ("self-signed", "no ACME for this name".into())
+                }
+                AppTls::Auto => match stored.get(d) {
+                    Some(t) if *t > now => (
+                        "acme",
+                        format!("in {} days (notAfter {t})", (t - now) / 86400),
+                    ),
+                    Some(t) => ("acme", format!("EXPIRED (notAfter {t})")),
+                    None => ("self-signed", "no certificate issued yet".into()),
+                },
+            };
+            println!("{d:<40} {source:<12} {expires}");
+        }
+    }
+    Ok(())
+}
+
+/// The edge, bound, serving the config's apps over HTTPS too when `edge.listen_https` is set.
+fn bind_edge(
+    config: &Config,
+    store: Store,
+    inherited: Option<&mut spinforge_edge::upgrade::InheritedListeners>,
+) -> Result<Edge> {
+    Ok(Edge::bind_or_inherit(&config.edge, store, inherited)?
+        .with_tls_policy(TlsPolicy::from_apps(config.apps.values())))
+}
+
+/// The edge stopped on its own: only a setup failure does that.
+fn edge_failed(
+    r: std::result::Result<Result<(), spinforge_edge::EdgeError>, tokio::task::JoinError>,
+) -> Result<()> {
+    match r {
+        Ok(Ok(())) => bail!("the edge stopped unexpectedly"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => bail!("the edge failed: {e}"),
+    }
+}
+
+/// The certificate job (automatic HTTPS), when the config has something for it to do.
+struct AcmeHandle(Option<watch::Sender<bool>>);
+
+impl AcmeHandle {
+    fn stop(self) {
+        if let Some(tx) = self.0 {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+fn start_acme(config: &Config, store: Store) -> AcmeHandle {
+    match AcmeJob::new(config, store) {
+        Some(job) => {
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(job.run(rx));
+            AcmeHandle(Some(tx))
+        }
+        None => AcmeHandle(None),
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -5,7 +5,9 @@
 mod support;
 
 use spinforge_state::config::RedisUrl;
-use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
+use spinforge_state::records::{
+    AppRecord, CertRecord, Challenge, ChallengeType, Route, Spinlet, SpinletState,
+};
 use spinforge_state::{Event, Signal, Store, Subscription};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,6 +65,9 @@ contract!(
     writes_without_events_publish_nothing,
     every_subscriber_gets_every_event,
     subscription_ends_when_the_store_is_gone,
+    certs_roundtrip_and_announce,
+    challenges_expire,
+    locks_exclude_expire_and_fence,
 );
 
 // --- fixtures ---
@@ -813,4 +818,191 @@ async fn redis_down_commands_fail_instead_of_hanging() {
     );
     // Not asserted: whether the write that failed above was applied after all. fred keeps a
     // timed-out MULTI/EXEC queued and sends it once Redis is back, so it usually is.
+}
+
+// --- automatic HTTPS: certificates, challenges, locks ---
+
+fn cert(domain: &str, not_after: i64) -> CertRecord {
+    CertRecord {
+        domain: domain.into(),
+        chain_pem: format!("-----BEGIN CERTIFICATE-----\n{domain}\n-----END CERTIFICATE-----\n"),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n".into(),
+        not_after,
+        issued_ms: 1_700_000_000_000,
+    }
+}
+
+async fn certs_roundtrip_and_announce(store: Store) {
+    let mut sub = subscribe_synced(&store).await;
+    assert_eq!(store.cert("a.test").await.expect("read"), None);
+    let a = cert("a.test", 1_900_000_000);
+    store.put_cert(&a).await.expect("put");
+    expect_event(
+        &mut sub,
+        Event::CertUpdated {
+            domain: "a.test".into(),
+        },
+    )
+    .await;
+    assert_eq!(store.cert("a.test").await.expect("read"), Some(a.clone()));
+    assert!(!format!("{a:?}").contains("secret"), "Debug hides the key");
+
+    // Fenced: only the current holder of the lock may write.
+    let lock = store
+        .try_lock("acme:b.test", "node-1", Duration::from_secs(30))
+        .await
+        .expect("lock")
+        .expect("free");
+    let b = cert("b.test", 1_900_000_001);
+    assert!(store.put_cert_fenced(&b, &lock).await.expect("fenced put"));
+    expect_event(
+        &mut sub,
+        Event::CertUpdated {
+            domain: "b.test".into(),
+        },
+    )
+    .await;
+    store.unlock(&lock).await.expect("unlock");
+    let stale = cert("b.test", 1);
+    assert!(
+        !store
+            .put_cert_fenced(&stale, &lock)
+            .await
+            .expect("fenced put"),
+        "a released lock cannot write"
+    );
+    assert_eq!(store.cert("b.test").await.expect("read"), Some(b.clone()));
+
+    let mut all = store.certs().await.expect("all");
+    all.sort_by(|x, y| x.domain.cmp(&y.domain));
+    assert_eq!(all, vec![a, b]);
+
+    store.delete_cert("a.test").await.expect("delete");
+    expect_event(
+        &mut sub,
+        Event::CertUpdated {
+            domain: "a.test".into(),
+        },
+    )
+    .await;
+    assert_eq!(store.cert("a.test").await.expect("read"), None);
+    assert_eq!(store.certs().await.expect("all").len(), 1);
+
+    // The account is a plain secret string.
+    assert_eq!(store.acme_account().await.expect("read"), None);
+    store.put_acme_account("{\"id\":\"x\"}").await.expect("put");
+    assert_eq!(
+        store.acme_account().await.expect("read").as_deref(),
+        Some("{\"id\":\"x\"}")
+    );
+}
+
+async fn challenges_expire(store: Store) {
+    let mut sub = subscribe_synced(&store).await;
+    let c = Challenge {
+        token: "tok1".into(),
+        domain: "a.test".into(),
+        kind: ChallengeType::Http01,
+        key_authorization: "tok1.thumb".into(),
+    };
+    store
+        .put_challenge(&c, Duration::from_millis(300))
+        .await
+        .expect("put");
+    expect_event(
+        &mut sub,
+        Event::ChallengeChanged {
+            token: "tok1".into(),
+        },
+    )
+    .await;
+    let long = Challenge {
+        token: "tok2".into(),
+        kind: ChallengeType::TlsAlpn01,
+        ..c.clone()
+    };
+    store
+        .put_challenge(&long, Duration::from_secs(60))
+        .await
+        .expect("put");
+    assert_eq!(store.challenge("tok1").await.expect("read"), Some(c));
+    assert_eq!(store.challenges().await.expect("all").len(), 2);
+    eventually(EVENTUALLY, "the short challenge expires", || async {
+        store
+            .challenge("tok1")
+            .await
+            .expect("read")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(store.challenges().await.expect("all"), vec![long]);
+    store.delete_challenge("tok2").await.expect("delete");
+    assert!(store.challenges().await.expect("all").is_empty());
+}
+
+async fn locks_exclude_expire_and_fence(store: Store) {
+    let ttl = Duration::from_millis(400);
+    let a = store
+        .try_lock("acme:x", "a", ttl)
+        .await
+        .expect("lock")
+        .expect("free");
+    assert_eq!(a.owner, "a");
+    assert!(
+        store
+            .try_lock("acme:x", "b", ttl)
+            .await
+            .expect("lock")
+            .is_none(),
+        "held by a"
+    );
+    // Another name is independent.
+    let other = store
+        .try_lock("acme:y", "b", ttl)
+        .await
+        .expect("lock")
+        .expect("free");
+    assert!(other.fence > a.fence, "fencing tokens grow");
+    // Extending keeps it past the first expiry.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.extend_lock(&a, ttl).await.expect("extend"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        store
+            .try_lock("acme:x", "b", ttl)
+            .await
+            .expect("lock")
+            .is_none()
+    );
+    // Then it expires and b gets it, with a larger token; a can no longer extend or release it.
+    let b = eventually(EVENTUALLY, "the lock expires", || async {
+        store
+            .try_lock("acme:x", "b", Duration::from_secs(30))
+            .await
+            .expect("lock")
+    })
+    .await;
+    assert!(b.fence > other.fence);
+    assert!(!store.extend_lock(&a, ttl).await.expect("extend"));
+    store
+        .unlock(&a)
+        .await
+        .expect("unlock is a no-op for a stale guard");
+    assert!(
+        store
+            .try_lock("acme:x", "c", ttl)
+            .await
+            .expect("lock")
+            .is_none(),
+        "still b's"
+    );
+    store.unlock(&b).await.expect("unlock");
+    assert!(
+        store
+            .try_lock("acme:x", "c", ttl)
+            .await
+            .expect("lock")
+            .is_some()
+    );
 }

@@ -12,6 +12,7 @@
 
 pub mod background;
 pub mod breaker;
+pub mod challenge;
 pub mod compress;
 pub mod connections;
 pub mod errors;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
+pub mod tls;
 pub mod upgrade;
 
 use async_trait::async_trait;
@@ -54,6 +56,8 @@ pub enum EdgeError {
     },
     #[error(transparent)]
     Upgrade(#[from] upgrade::UpgradeError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// How the edge should stop.
@@ -85,6 +89,10 @@ pub struct Edge {
     metrics_listener: Option<std::net::TcpListener>,
     config: EdgeConfig,
     store: Store,
+    /// The HTTPS listener and its address, when `edge.listen_https` is set.
+    https: Option<(std::net::TcpListener, SocketAddr)>,
+    /// Certificates by name, challenge answers, and which names are TLS apps.
+    tls: Arc<tls::TlsState>,
 }
 
 impl Edge {
@@ -98,16 +106,30 @@ impl Edge {
     pub fn bind_or_inherit(
         config: &EdgeConfig,
         store: Store,
-        inherited: Option<&mut upgrade::InheritedListeners>,
+        mut inherited: Option<&mut upgrade::InheritedListeners>,
     ) -> Result<Edge, EdgeError> {
         let addr = config.listen_http;
         let bind_err = |source| EdgeError::Bind { addr, source };
-        let listener = match inherited {
+        let listener = match inherited.as_deref_mut() {
             Some(from) => from.take(addr)?,
             None => std::net::TcpListener::bind(addr).map_err(bind_err)?,
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let http_addr = listener.local_addr().map_err(bind_err)?;
+        let https = match config.listen_https {
+            Some(addr) => {
+                let bind_err = |source| EdgeError::Bind { addr, source };
+                let l = match inherited {
+                    Some(from) => from.take(addr)?,
+                    None => std::net::TcpListener::bind(addr).map_err(bind_err)?,
+                };
+                l.set_nonblocking(true).map_err(bind_err)?;
+                let bound = l.local_addr().map_err(bind_err)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let https_port = https.as_ref().map(|(_, a)| a.port());
         // Metrics are not worth refusing to serve traffic for: a taken port is logged, not fatal.
         let metrics_listener = config.metrics.and_then(|addr| match metrics::bind(addr) {
             Ok(l) => Some(l),
@@ -122,7 +144,28 @@ impl Edge {
             metrics_listener,
             config: config.clone(),
             store,
+            https,
+            tls: Arc::new(tls::TlsState::new(tls::TlsPolicy::default(), https_port)),
         })
+    }
+
+    /// Which names are TLS apps (`tls: auto` or files); the default knows none.
+    pub fn with_tls_policy(mut self, policy: tls::TlsPolicy) -> Edge {
+        self.tls = Arc::new(tls::TlsState::new(
+            policy,
+            self.https_addr().map(|a| a.port()),
+        ));
+        self
+    }
+
+    /// The address the HTTPS listener is bound to, if any.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|(_, a)| *a)
+    }
+
+    /// The certificate state the edge serves from (for the ACME job in the same process).
+    pub fn tls_state(&self) -> Arc<tls::TlsState> {
+        self.tls.clone()
     }
 
     /// The address `/metrics` is served on, if any.
@@ -134,10 +177,11 @@ impl Edge {
 
     /// Copies of the listening sockets, to hand to a successor on upgrade.
     pub fn handoff(&self) -> std::io::Result<upgrade::Handoff> {
-        Ok(upgrade::Handoff::new(vec![(
-            self.config.listen_http,
-            self.listener.try_clone()?,
-        )]))
+        let mut listeners = vec![(self.config.listen_http, self.listener.try_clone()?)];
+        if let (Some(addr), Some((l, _))) = (self.config.listen_https, &self.https) {
+            listeners.push((addr, l.try_clone()?));
+        }
+        Ok(upgrade::Handoff::new(listeners))
     }
 
     /// The address the plain-HTTP listener is bound to.
@@ -147,7 +191,7 @@ impl Edge {
 
     /// Serves until `shutdown` carries a [`Stop`], then stops accepting, lets in-flight requests
     /// finish until its deadline, and returns.
-    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Stop>>) {
+    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Stop>>) -> Result<(), EdgeError> {
         let snapshot = Arc::new(sync::Snapshot::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
@@ -166,6 +210,19 @@ impl Edge {
             snapshot.clone(),
             stop_rx.clone(),
         ));
+        let tls_config = match &self.https {
+            Some(_) => Some(tls::listener::server_config(self.tls.clone())?),
+            None => None,
+        };
+        let tls_task = tls_config.is_some().then(|| {
+            let model = tls::sync::initial(&self.tls);
+            tokio::spawn(tls::sync::keep_in_sync(
+                self.store.clone(),
+                self.tls.clone(),
+                model,
+                stop_rx.clone(),
+            ))
+        });
         if tokio::time::timeout(FIRST_TABLE_WAIT, first_table.changed())
             .await
             .is_err()
@@ -185,6 +242,7 @@ impl Edge {
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
             client_rates: Default::default(),
+            tls: self.tls.clone(),
         };
         let metrics_addr = self.metrics_addr();
         let metrics_task = self.metrics_listener.and_then(|l| {
@@ -237,6 +295,28 @@ impl Edge {
             let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
             fds.lock().add(key.clone(), fd);
             (service, fds)
+        };
+        // HTTPS: our own accept loop (rustls, SNI, ACME TLS-ALPN-01) on the shared runtime, with
+        // the same proxy behind it.
+        let https_task = match (self.https, tls_config) {
+            (Some((listener, addr)), Some(config)) => {
+                tracing::info!(https = %addr, "HTTPS listening");
+                let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
+                let mut options = HttpServerOptions::default();
+                options.h2_idle_timeout = Some(self.config.keepalive_timeout);
+                http.server_options = Some(options);
+                let app = Arc::new(Counted {
+                    inner: Arc::new(http),
+                    metrics: metrics.clone(),
+                });
+                Some(tokio::spawn(tls::listener::serve(
+                    listener,
+                    config,
+                    app,
+                    service_stop_rx.clone(),
+                )))
+            }
+            _ => None,
         };
         let service_task = match layout {
             RuntimeLayout::Shared => {
@@ -330,6 +410,9 @@ impl Edge {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
+        for t in [tls_task, https_task].into_iter().flatten() {
+            t.abort();
+        }
         wake_task.abort();
         let _ = release_tx.send(true);
         if let Some(t) = service_task {
@@ -339,6 +422,7 @@ impl Edge {
             t.abort();
         }
         tracing::info!("edge stopped");
+        Ok(())
     }
 }
 

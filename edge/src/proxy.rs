@@ -52,6 +52,8 @@ pub struct EdgeProxy {
     /// Per-client rate state, made on the first request to an app with a rate limit.
     pub(crate) client_rates: Arc<OnceLock<ClientRates>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Certificates and ACME challenge answers (automatic HTTPS).
+    pub(crate) tls: Arc<crate::tls::TlsState>,
 }
 
 /// Per-request state.
@@ -332,6 +334,11 @@ impl ProxyHttp for EdgeProxy {
             answer(session, ctx, EdgeError::NoHost).await?;
             return Ok(true);
         };
+        if crate::challenge::wants(&self.tls, session, &host) {
+            let host = host.into_owned();
+            crate::challenge::answer(&self.tls, session, &host).await?;
+            return Ok(true);
+        }
         let entry = match self.snapshot.load().lookup(&host) {
             Some(e) => e.clone(),
             None => {
@@ -516,7 +523,12 @@ impl ProxyHttp for EdgeProxy {
         {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        let proto = if crate::challenge::is_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
@@ -551,7 +563,8 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let sec = &app.policy.security_headers;
-        let tls = false; // plain HTTP listener: HSTS only goes out over HTTPS
+        // HSTS only over HTTPS, for names with a trusted certificate.
+        let tls = crate::challenge::hsts_applies(&self.tls, session);
         for (name, value) in [
             (
                 "strict-transport-security",

@@ -111,7 +111,7 @@ impl Model {
                 self.upstreams.insert(app.clone(), parse_addrs(&set));
                 Ok(true)
             }
-            Event::SpinletState { .. } | Event::Wake { .. } => Ok(false),
+            _ => Ok(false),
         }
     }
 

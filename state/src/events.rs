@@ -18,6 +18,10 @@ pub enum Event {
     },
     /// An edge wants `app` running: it holds requests for it.
     Wake { app: String },
+    /// `certs:{domain}` was written or deleted: edges reload that certificate.
+    CertUpdated { domain: String },
+    /// `acme:challenge:{token}` was written or deleted: edges reload their challenge answers.
+    ChallengeChanged { token: String },
 }
 
 impl Event {

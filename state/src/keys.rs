@@ -34,3 +34,30 @@ pub const SPINLETS_PREFIX: &str = "spinforge:spinlets:";
 pub fn upstreams(app: &str) -> String {
     format!("spinforge:upstreams:{app}")
 }
+
+// --- automatic HTTPS ---
+
+/// HASH of one [`crate::records::CertRecord`]: chain PEM, key PEM, not_after.
+pub fn cert(domain: &str) -> String {
+    format!("spinforge:certs:{domain}")
+}
+pub const CERTS_PATTERN: &str = "spinforge:certs:*";
+pub const CERTS_PREFIX: &str = "spinforge:certs:";
+
+/// JSON of the ACME account's credentials (a secret: it holds the account key).
+pub const ACME_ACCOUNT: &str = "spinforge:acme:account";
+
+/// JSON [`crate::records::Challenge`], with a TTL: one pending ACME challenge.
+pub fn challenge(token: &str) -> String {
+    format!("spinforge:acme:challenge:{token}")
+}
+pub const CHALLENGES_PATTERN: &str = "spinforge:acme:challenge:*";
+pub const CHALLENGES_PREFIX: &str = "spinforge:acme:challenge:";
+
+/// A lock: `{owner} {fencing token}`, with an expiry.
+pub fn lock(name: &str) -> String {
+    format!("spinforge:locks:{name}")
+}
+
+/// The counter fencing tokens are drawn from (INCR): every lock taken gets a larger one.
+pub const FENCING: &str = "spinforge:fencing";

@@ -123,3 +123,81 @@ impl Spinlet {
         format!("{}:{}", self.host, self.port)
     }
 }
+
+// --- automatic HTTPS ---
+
+/// `certs:{domain}`: a certificate chain and its private key, as PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub domain: String,
+    /// Leaf first, then intermediates.
+    pub chain_pem: String,
+    /// A secret: never logged (`Debug` hides it).
+    pub key_pem: String,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// When it was issued (ms since the epoch).
+    pub issued_ms: u64,
+}
+
+impl std::fmt::Debug for CertRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRecord")
+            .field("domain", &self.domain)
+            .field("chain_pem", &format_args!("{} bytes", self.chain_pem.len()))
+            .field("key_pem", &"***")
+            .field("not_after", &self.not_after)
+            .field("issued_ms", &self.issued_ms)
+            .finish()
+    }
+}
+
+impl CertRecord {
+    pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("chain", self.chain_pem.clone()),
+            ("key", self.key_pem.clone()),
+            ("not_after", self.not_after.to_string()),
+            ("issued", self.issued_ms.to_string()),
+        ])
+    }
+
+    /// `None` when a field is missing or malformed (the PEM itself is checked by its users).
+    pub fn from_fields(domain: &str, f: &BTreeMap<String, String>) -> Option<CertRecord> {
+        Some(CertRecord {
+            domain: domain.to_string(),
+            chain_pem: f.get("chain")?.clone(),
+            key_pem: f.get("key")?.clone(),
+            not_after: f.get("not_after")?.parse().ok()?,
+            issued_ms: f.get("issued").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+/// Which ACME challenge a [`Challenge`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChallengeType {
+    Http01,
+    TlsAlpn01,
+}
+
+/// `acme:challenge:{token}`: what an edge answers while the CA validates `domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub token: String,
+    pub domain: String,
+    #[serde(rename = "type")]
+    pub kind: ChallengeType,
+    /// The key authorization: the HTTP-01 answer body, or what the TLS-ALPN-01 certificate's
+    /// acmeIdentifier extension carries the SHA-256 of.
+    pub key_authorization: String,
+}
+
+/// A lock that was taken: the fencing token orders every holder ever (larger is later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockGuard {
+    pub name: String,
+    pub owner: String,
+    pub fence: u64,
+}

@@ -26,6 +26,8 @@ pub struct Config {
     pub state: StateConfig,
     pub edge: EdgeConfig,
     pub supervisor: SupervisorConfig,
+    /// `tls`: how certificates are obtained (automatic HTTPS).
+    pub tls: TlsConfig,
     /// Apps by name, in name order.
     pub apps: BTreeMap<String, AppConfig>,
 }
@@ -100,6 +102,8 @@ pub struct EdgeConfig {
     pub metrics: Option<SocketAddr>,
     /// `edge.access_log`: one line per request, or none.
     pub access_log: AccessLog,
+    /// `edge.listen_https`: the TLS listener; `None` serves plain HTTP only.
+    pub listen_https: Option<SocketAddr>,
 }
 
 /// `edge.access_log`.
@@ -126,6 +130,7 @@ impl Default for EdgeConfig {
             upgrade_sock: PathBuf::from("/tmp/spinforge-upgrade.sock"),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
             access_log: AccessLog::Off,
+            listen_https: None,
         }
     }
 }
@@ -216,6 +221,8 @@ pub struct AppConfig {
     pub health_check: HealthCheck,
     /// `rate_limit`, `limits`, `compression`, `security_headers`: how the edge treats requests.
     pub policy: crate::policy::EdgePolicy,
+    /// `tls`: how the app's domains get certificates.
+    pub tls: AppTls,
 }
 
 /// Where an app's code comes from.
@@ -298,6 +305,79 @@ impl Default for HealthCheck {
             timeout: Duration::from_secs(30),
         }
     }
+}
+
+// --- automatic HTTPS ---
+
+/// `tls`: certificates for apps with `tls: auto`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    pub acme: AcmeConfig,
+}
+
+/// Let's Encrypt production's ACME directory, the default `tls.acme.directory`.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `tls.acme`: the ACME certificate authority and how to talk to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    /// `tls.acme.directory`: the ACME directory URL.
+    pub directory: String,
+    /// `tls.acme.email`: the account's contact, for expiry notices from the CA.
+    pub email: Option<String>,
+    /// `tls.acme.ca_bundle`: extra PEM roots trusted for the ACME server's own HTTPS.
+    pub ca_bundle: Option<PathBuf>,
+    /// `tls.acme.challenge`: how domain control is proven.
+    pub challenge: ChallengeKind,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            directory: LETS_ENCRYPT_DIRECTORY.into(),
+            email: None,
+            ca_bundle: None,
+            challenge: ChallengeKind::Http01,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// A token answered on port 80 at `/.well-known/acme-challenge/`.
+    Http01,
+    /// A special certificate offered on port 443 for the `acme-tls/1` protocol.
+    TlsAlpn01,
+}
+
+/// An app's `tls`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AppTls {
+    /// Certificates from ACME (self-signed until one is issued; no orders for `localhost`,
+    /// `*.localhost`, IP addresses and wildcards).
+    #[default]
+    Auto,
+    /// No HTTPS for this app.
+    Off,
+    /// Files the user provides (absolute once validated), reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl AppTls {
+    pub fn is_off(&self) -> bool {
+        matches!(self, AppTls::Off)
+    }
+}
+
+/// Whether ACME can be asked for a certificate for `domain` (a lowercase name from the config):
+/// not `localhost` or under it, not an IP address, not a wildcard (HTTP-01 and TLS-ALPN-01 cannot
+/// prove one).
+pub fn acme_eligible(domain: &str) -> bool {
+    !(domain == "localhost"
+        || domain.ends_with(".localhost")
+        || domain.starts_with("*.")
+        || domain.parse::<std::net::IpAddr>().is_ok()
+        || !domain.contains('.'))
 }
 
 /// One problem in a config file, located.

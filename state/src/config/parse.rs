@@ -2,9 +2,9 @@
 
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
-    AccessLog, AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue,
-    ExternalUpstream, Framework, HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig,
-    units,
+    AccessLog, AcmeConfig, AppConfig, AppSource, AppTls, ChallengeKind, Config, ConfigError,
+    ConfigErrors, EdgeConfig, EnvValue, ExternalUpstream, Framework, HealthCheck, PortRange,
+    RedisUrl, StateConfig, SupervisorConfig, TlsConfig, units,
 };
 use crate::policy::{EdgePolicy, RateLimit, RateLimitScope, SecurityHeaders};
 use std::collections::{BTreeMap, HashMap};
@@ -15,14 +15,11 @@ use std::time::Duration;
 /// Keys of design.md that later versions implement. Naming them gets a clearer error than
 /// "unknown key", and keeps the door open: each moves to the schema when it works.
 const PLANNED: &[&str] = &[
-    "tls",
-    "edge.listen_https",
     "supervisor.admin_listen",
     "supervisor.admin_token_env",
     "supervisor.deploy_dir",
     "supervisor.run_as",
     "apps.*.cpu",
-    "apps.*.tls",
 ];
 
 /// Keys about running an app's processes, refused for an app with `upstream:`.
@@ -185,6 +182,7 @@ impl Walker<'_> {
             state: StateConfig::default(),
             edge: EdgeConfig::default(),
             supervisor: SupervisorConfig::default(),
+            tls: TlsConfig::default(),
             apps: BTreeMap::new(),
         };
         let Some(mut top) = self.fields(root, "") else {
@@ -199,10 +197,13 @@ impl Walker<'_> {
         if let Some((path, node)) = top.take("supervisor") {
             self.supervisor(node, &path, base, &mut config.supervisor);
         }
+        if let Some((path, node)) = top.take("tls") {
+            self.tls(node, &path, base, &mut config.tls);
+        }
         if let Some((path, node)) = top.take("apps") {
             config.apps = self.apps(node, &path, base);
         }
-        top.finish(self, &["state", "edge", "supervisor", "apps"], "");
+        top.finish(self, &["state", "edge", "supervisor", "tls", "apps"], "");
         config
     }
 
@@ -291,6 +292,9 @@ impl Walker<'_> {
         }) {
             out.access_log = a;
         }
+        if let Some(a) = self.value(f.take("listen_https"), "an address", socket_addr) {
+            out.listen_https = Some(a);
+        }
         f.finish(
             self,
             &[
@@ -305,6 +309,7 @@ impl Walker<'_> {
                 "upgrade_sock",
                 "metrics",
                 "access_log",
+                "listen_https",
             ],
             "edge",
         );
@@ -473,6 +478,10 @@ impl Walker<'_> {
         if let Some((p, n)) = f.take("security_headers") {
             policy.security_headers = self.security_headers(&p, n);
         }
+        let tls = f
+            .take("tls")
+            .map(|(p, n)| self.app_tls(&p, n, base))
+            .unwrap_or_default();
         f.finish(
             self,
             &[
@@ -489,6 +498,7 @@ impl Walker<'_> {
                 "limits",
                 "compression",
                 "security_headers",
+                "tls",
             ],
             "apps.*",
         );
@@ -511,6 +521,7 @@ impl Walker<'_> {
             idle_timeout,
             health_check,
             policy,
+            tls,
         })
     }
 
@@ -811,6 +822,133 @@ fn count(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("`{s}` is not a whole number of requests"))
 }
 
+// --- automatic HTTPS ---
+
+impl Walker<'_> {
+    fn tls(&mut self, node: &Node, path: &str, base: &Path, out: &mut TlsConfig) {
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
+        if let Some((p, n)) = f.take("acme") {
+            self.acme(n, &p, base, &mut out.acme);
+        }
+        f.finish(self, &["acme"], "tls");
+    }
+
+    fn acme(&mut self, node: &Node, path: &str, base: &Path, out: &mut AcmeConfig) {
+        let Some(mut f) = self.fields(node, path) else {
+            return;
+        };
+        if let Some(d) = self.value(f.take("directory"), "an https:// URL", |s| {
+            let s = s.trim();
+            if s.starts_with("https://") && s.len() > "https://".len() && !s.contains(' ') {
+                Ok(s.to_string())
+            } else {
+                Err(format!(
+                    "`{s}` is not an ACME directory URL: write https://..., e.g. {}",
+                    super::LETS_ENCRYPT_DIRECTORY
+                ))
+            }
+        }) {
+            out.directory = d;
+        }
+        out.email = self.value(f.take("email"), "an email address", |s| {
+            let s = s.trim();
+            match s.split_once('@') {
+                Some((user, host))
+                    if !user.is_empty() && host.contains('.') && !s.contains(' ') =>
+                {
+                    Ok(s.to_string())
+                }
+                _ => Err(format!("`{s}` is not an email address")),
+            }
+        });
+        out.ca_bundle = self.value(f.take("ca_bundle"), "a file path", |s| {
+            let p = base.join(s);
+            if p.is_file() {
+                Ok(absolute(&p))
+            } else {
+                Err(format!("`{s}` is not a file (looked for {})", p.display()))
+            }
+        });
+        if let Some(c) = self.value(f.take("challenge"), "a challenge type", |s| match s {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            "dns-01" => Err("dns-01 is not supported by this version of SpinForge yet".into()),
+            _ => Err(format!(
+                "`{s}` is not a challenge type: use http-01 or tls-alpn-01"
+            )),
+        }) {
+            out.challenge = c;
+        }
+        f.finish(
+            self,
+            &["directory", "email", "ca_bundle", "challenge"],
+            "tls.acme",
+        );
+    }
+
+    /// `tls: auto | off | { cert: PATH, key: PATH }`.
+    fn app_tls(&mut self, path: &str, node: &Node, base: &Path) -> AppTls {
+        match &node.value {
+            Value::Scalar(s) => match s.as_str() {
+                "auto" => AppTls::Auto,
+                // YAML 1.1 reads a bare `off` as false.
+                "off" | "false" => AppTls::Off,
+                other => {
+                    self.error(
+                        node.pos,
+                        path,
+                        format!("`{other}` is not a TLS mode: use auto, off, or {{ cert: PATH, key: PATH }}"),
+                    );
+                    AppTls::Auto
+                }
+            },
+            Value::Map(_) => {
+                let Some(mut f) = self.fields(node, path) else {
+                    return AppTls::Auto;
+                };
+                let mut file = |w: &mut Self, name: &str| {
+                    let field = f.take(name);
+                    if field.is_none() {
+                        w.error(
+                            node.pos,
+                            path,
+                            format!("`tls` with files needs both `cert:` and `key:`; `{name}:` is missing"),
+                        );
+                    }
+                    w.value(field, "a file path", |s| {
+                        let p = base.join(s);
+                        if p.is_file() {
+                            Ok(absolute(&p))
+                        } else {
+                            Err(format!("`{s}` is not a file (looked for {})", p.display()))
+                        }
+                    })
+                };
+                let cert = file(self, "cert");
+                let key = file(self, "key");
+                f.finish(self, &["cert", "key"], "apps.*.tls");
+                match (cert, key) {
+                    (Some(cert), Some(key)) => AppTls::Files { cert, key },
+                    _ => AppTls::Auto,
+                }
+            }
+            other => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "expected auto, off or a mapping with cert and key, found {}",
+                        other.kind()
+                    ),
+                );
+                AppTls::Auto
+            }
+        }
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -1090,6 +1228,86 @@ mod tests {
             "{}",
             errs[0].message
         );
+    }
+
+    #[test]
+    fn tls_keys() {
+        let dir = fixture();
+        std::fs::write(dir.path().join("c.pem"), "x").expect("write");
+        std::fs::write(dir.path().join("k.pem"), "x").expect("write");
+        let cfg = parse_in(
+            &dir,
+            "edge:\n  listen_https: 127.0.0.1:8443\ntls:\n  acme:\n    directory: https://ca.test/dir\n    email: ops@example.com\n    ca_bundle: c.pem\n    challenge: tls-alpn-01\napps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    tls: { cert: c.pem, key: k.pem }\n  api:\n    domains: [b.test]\n    source: apps/api\n    tls: off\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.edge.listen_https,
+            Some("127.0.0.1:8443".parse().expect("addr"))
+        );
+        assert_eq!(cfg.tls.acme.directory, "https://ca.test/dir");
+        assert_eq!(cfg.tls.acme.email.as_deref(), Some("ops@example.com"));
+        assert_eq!(cfg.tls.acme.challenge, ChallengeKind::TlsAlpn01);
+        assert!(
+            cfg.tls
+                .acme
+                .ca_bundle
+                .as_ref()
+                .is_some_and(|p| p.ends_with("c.pem"))
+        );
+        assert!(
+            matches!(&cfg.apps["hello"].tls, AppTls::Files { cert, key } if cert.ends_with("c.pem") && key.ends_with("k.pem"))
+        );
+        assert_eq!(cfg.apps["api"].tls, AppTls::Off);
+
+        // Defaults: no HTTPS listener, Let's Encrypt, HTTP-01, tls: auto.
+        let cfg = parse_in(
+            &dir,
+            "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.edge.listen_https, None);
+        assert_eq!(cfg.tls.acme.directory, super::super::LETS_ENCRYPT_DIRECTORY);
+        assert_eq!(cfg.tls.acme.challenge, ChallengeKind::Http01);
+        assert_eq!(cfg.apps["hello"].tls, AppTls::Auto);
+
+        let errs = parse_in(
+            &dir,
+            "tls:\n  acme:\n    directory: http://ca.test\n    challenge: dns-01\n    ca_bundle: nope.pem\napps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    tls: { cert: c.pem }\n",
+        )
+        .expect_err("invalid")
+        .0;
+        let found: Vec<(u32, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![
+                (3, "tls.acme.directory"),
+                (4, "tls.acme.challenge"),
+                (5, "tls.acme.ca_bundle"),
+                (10, "apps.hello.tls"),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[3].message.contains("`key:` is missing"),
+            "{}",
+            errs[3].message
+        );
+    }
+
+    #[test]
+    fn acme_eligibility() {
+        use super::super::acme_eligible;
+        assert!(acme_eligible("shop.example.com"));
+        for no in [
+            "localhost",
+            "a.localhost",
+            "*.example.com",
+            "10.0.0.1",
+            "::1",
+            "intranet",
+        ] {
+            assert!(!acme_eligible(no), "{no}");
+        }
     }
 
     #[test]

@@ -19,6 +19,80 @@ struct Data {
     hashes: BTreeMap<String, BTreeMap<String, String>>,
     sets: HashMap<String, BTreeSet<String>>,
     zsets: HashMap<String, BTreeMap<String, u64>>,
+    /// String keys with an expiry (ms since the epoch); expired ones read as absent.
+    expires: HashMap<String, u64>,
+    /// The fencing counter for locks.
+    fencing: u64,
+}
+
+impl Data {
+    /// Drops `key` if its expiry has passed.
+    fn expire(&mut self, key: &str, now: u64) {
+        if self.expires.get(key).is_some_and(|at| *at <= now) {
+            self.expires.remove(key);
+            self.strings.remove(key);
+        }
+    }
+
+    fn expire_all(&mut self, now: u64) {
+        let due: Vec<String> = self
+            .expires
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.expires.remove(&k);
+            self.strings.remove(&k);
+        }
+    }
+
+    fn apply(&mut self, writes: Vec<Write>) {
+        for w in writes {
+            match w {
+                Write::Set { key, value } => {
+                    self.expires.remove(&key);
+                    self.strings.insert(key, value);
+                }
+                Write::SetPx { key, value, ttl_ms } => {
+                    self.expires.insert(key.clone(), crate::now_ms() + ttl_ms);
+                    self.strings.insert(key, value);
+                }
+                Write::Del { key } => {
+                    self.expires.remove(&key);
+                    self.strings.remove(&key);
+                    self.hashes.remove(&key);
+                    self.sets.remove(&key);
+                    self.zsets.remove(&key);
+                }
+                Write::HashReplace { key, fields } => {
+                    let fields = fields
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    self.hashes.insert(key, fields);
+                }
+                Write::SetAdd { key, member } => {
+                    self.sets.entry(key).or_default().insert(member);
+                }
+                Write::SetRemove { key, member } => {
+                    if let Some(set) = self.sets.get_mut(&key) {
+                        set.remove(&member);
+                        if set.is_empty() {
+                            self.sets.remove(&key);
+                        }
+                    }
+                }
+                Write::ZAddGreater { key, entries } => {
+                    let zset = self.zsets.entry(key).or_default();
+                    for (member, score) in entries {
+                        let slot = zset.entry(member).or_insert(score);
+                        *slot = (*slot).max(score);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Embedded {
@@ -44,44 +118,8 @@ impl Embedded {
     pub(crate) fn write(&self, writes: Vec<Write>, event: Option<&Event>) {
         {
             let mut d = self.data();
-            for w in writes {
-                match w {
-                    Write::Set { key, value } => {
-                        d.strings.insert(key, value);
-                    }
-                    Write::Del { key } => {
-                        d.strings.remove(&key);
-                        d.hashes.remove(&key);
-                        d.sets.remove(&key);
-                        d.zsets.remove(&key);
-                    }
-                    Write::HashReplace { key, fields } => {
-                        let fields = fields
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v))
-                            .collect();
-                        d.hashes.insert(key, fields);
-                    }
-                    Write::SetAdd { key, member } => {
-                        d.sets.entry(key).or_default().insert(member);
-                    }
-                    Write::SetRemove { key, member } => {
-                        if let Some(set) = d.sets.get_mut(&key) {
-                            set.remove(&member);
-                            if set.is_empty() {
-                                d.sets.remove(&key);
-                            }
-                        }
-                    }
-                    Write::ZAddGreater { key, entries } => {
-                        let zset = d.zsets.entry(key).or_default();
-                        for (member, score) in entries {
-                            let slot = zset.entry(member).or_insert(score);
-                            *slot = (*slot).max(score);
-                        }
-                    }
-                }
-            }
+            d.expire_all(crate::now_ms());
+            d.apply(writes);
         }
         if let Some(e) = event {
             // No receivers is fine: nobody is listening yet.
@@ -89,12 +127,76 @@ impl Embedded {
         }
     }
 
+    /// Applies `writes` (and sends `event`) only while `lock_key` holds `lock_value`.
+    pub(crate) fn write_if(
+        &self,
+        lock_key: &str,
+        lock_value: &str,
+        writes: Vec<Write>,
+        event: Option<&Event>,
+    ) -> bool {
+        {
+            let mut d = self.data();
+            d.expire(lock_key, crate::now_ms());
+            if d.strings.get(lock_key).map(String::as_str) != Some(lock_value) {
+                return false;
+            }
+            d.apply(writes);
+        }
+        if let Some(e) = event {
+            let _ = self.events.send(Delivery::Event(e.clone()));
+        }
+        true
+    }
+
+    pub(crate) fn try_lock(&self, key: &str, owner: &str, ttl_ms: u64) -> Option<u64> {
+        let mut d = self.data();
+        let now = crate::now_ms();
+        d.expire(key, now);
+        if d.strings.contains_key(key) {
+            return None;
+        }
+        d.fencing += 1;
+        let fence = d.fencing;
+        d.strings
+            .insert(key.to_string(), format!("{owner} {fence}"));
+        d.expires.insert(key.to_string(), now + ttl_ms);
+        Some(fence)
+    }
+
+    pub(crate) fn extend_lock(&self, key: &str, value: &str, ttl_ms: u64) -> bool {
+        let mut d = self.data();
+        let now = crate::now_ms();
+        d.expire(key, now);
+        if d.strings.get(key).map(String::as_str) != Some(value) {
+            return false;
+        }
+        d.expires.insert(key.to_string(), now + ttl_ms);
+        true
+    }
+
+    pub(crate) fn unlock(&self, key: &str, value: &str) {
+        let mut d = self.data();
+        d.expire(key, crate::now_ms());
+        if d.strings.get(key).map(String::as_str) == Some(value) {
+            d.strings.remove(key);
+            d.expires.remove(key);
+        }
+    }
+
+    pub(crate) fn hash(&self, key: &str) -> Option<BTreeMap<String, String>> {
+        self.data().hashes.get(key).cloned()
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<String> {
-        self.data().strings.get(key).cloned()
+        let mut d = self.data();
+        d.expire(key, crate::now_ms());
+        d.strings.get(key).cloned()
     }
 
     pub(crate) fn scan_values(&self, prefix: &str) -> Vec<(String, String)> {
-        let d = self.data();
+        let mut d = self.data();
+        d.expire_all(crate::now_ms());
         d.strings
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))

@@ -15,7 +15,7 @@ mod redis;
 use crate::config::RedisUrl;
 use crate::events::Event;
 use crate::keys;
-use crate::records::{AppRecord, Route, Spinlet};
+use crate::records::{AppRecord, CertRecord, Challenge, LockGuard, Route, Spinlet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,12 @@ pub(crate) enum Write {
     SetRemove {
         key: String,
         member: String,
+    },
+    /// Set a string that expires after `ttl_ms`.
+    SetPx {
+        key: String,
+        value: String,
+        ttl_ms: u64,
     },
     /// Raise members' scores, never lower them (`ZADD GT`).
     ZAddGreater {
@@ -399,6 +405,208 @@ impl Store {
         }
     }
 
+    // --- certificates (automatic HTTPS) ---
+
+    /// Stores a certificate and announces it (`cert_updated`), without a lock: for restoring a
+    /// copy. Orders use [`Store::put_cert_fenced`].
+    pub async fn put_cert(&self, cert: &CertRecord) -> Result<()> {
+        let writes = vec![Write::HashReplace {
+            key: keys::cert(&cert.domain),
+            fields: cert.to_fields(),
+        }];
+        let event = Event::CertUpdated {
+            domain: cert.domain.clone(),
+        };
+        self.write(writes, Some(&event)).await
+    }
+
+    /// Stores a certificate only if `lock` is still held (its owner and fencing token unchanged):
+    /// a holder whose lock expired while it waited on the CA cannot overwrite a newer holder's
+    /// certificate. Returns whether it was written.
+    pub async fn put_cert_fenced(&self, cert: &CertRecord, lock: &LockGuard) -> Result<bool> {
+        let event = Event::CertUpdated {
+            domain: cert.domain.clone(),
+        };
+        let lock_key = keys::lock(&lock.name);
+        let lock_value = lock_value(lock);
+        let cert_key = keys::cert(&cert.domain);
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.write_if(
+                &lock_key,
+                &lock_value,
+                vec![Write::HashReplace {
+                    key: cert_key,
+                    fields: cert.to_fields(),
+                }],
+                Some(&event),
+            )),
+            Backend::Redis(b) => {
+                b.put_hash_fenced(&lock_key, &lock_value, &cert_key, cert.to_fields(), &event)
+                    .await
+            }
+        }
+    }
+
+    pub async fn delete_cert(&self, domain: &str) -> Result<()> {
+        let event = Event::CertUpdated {
+            domain: domain.to_string(),
+        };
+        self.write(
+            vec![Write::Del {
+                key: keys::cert(domain),
+            }],
+            Some(&event),
+        )
+        .await
+    }
+
+    /// One domain's certificate; `Corrupt` when the stored hash lacks fields.
+    pub async fn cert(&self, domain: &str) -> Result<Option<CertRecord>> {
+        let key = keys::cert(domain);
+        let fields = match &*self.backend {
+            Backend::Embedded(b) => b.hash(&key),
+            Backend::Redis(b) => b.hash(&key).await?,
+        };
+        match fields {
+            None => Ok(None),
+            Some(f) => CertRecord::from_fields(domain, &f)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key,
+                    reason: "missing or malformed certificate fields".into(),
+                }),
+        }
+    }
+
+    /// Every stored certificate; hashes with missing fields are left out (and logged).
+    pub async fn certs(&self) -> Result<Vec<CertRecord>> {
+        let hashes = match &*self.backend {
+            Backend::Embedded(b) => b.scan_hashes(keys::CERTS_PREFIX),
+            Backend::Redis(b) => b.scan_hashes(keys::CERTS_PATTERN).await?,
+        };
+        Ok(hashes
+            .into_iter()
+            .filter_map(|(key, fields)| {
+                let domain = key.strip_prefix(keys::CERTS_PREFIX).unwrap_or(&key);
+                let rec = CertRecord::from_fields(domain, &fields);
+                if rec.is_none() {
+                    tracing::warn!(%key, "ignoring a stored certificate with missing fields");
+                }
+                rec
+            })
+            .collect())
+    }
+
+    // --- ACME account and challenges ---
+
+    /// The ACME account's credentials (JSON; a secret).
+    pub async fn acme_account(&self) -> Result<Option<String>> {
+        self.get(keys::ACME_ACCOUNT).await
+    }
+
+    pub async fn put_acme_account(&self, credentials_json: &str) -> Result<()> {
+        self.write(
+            vec![Write::Set {
+                key: keys::ACME_ACCOUNT.into(),
+                value: credentials_json.to_string(),
+            }],
+            None,
+        )
+        .await
+    }
+
+    /// Publishes a pending challenge for edges to answer; it expires after `ttl`.
+    pub async fn put_challenge(&self, c: &Challenge, ttl: Duration) -> Result<()> {
+        let value = serde_json::to_string(c).expect("challenges serialize");
+        let event = Event::ChallengeChanged {
+            token: c.token.clone(),
+        };
+        self.write(
+            vec![Write::SetPx {
+                key: keys::challenge(&c.token),
+                value,
+                ttl_ms: ttl.as_millis().max(1) as u64,
+            }],
+            Some(&event),
+        )
+        .await
+    }
+
+    pub async fn delete_challenge(&self, token: &str) -> Result<()> {
+        let event = Event::ChallengeChanged {
+            token: token.to_string(),
+        };
+        self.write(
+            vec![Write::Del {
+                key: keys::challenge(token),
+            }],
+            Some(&event),
+        )
+        .await
+    }
+
+    pub async fn challenge(&self, token: &str) -> Result<Option<Challenge>> {
+        let key = keys::challenge(token);
+        self.get(&key).await?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// Every pending (unexpired) challenge; malformed ones are left out.
+    pub async fn challenges(&self) -> Result<Vec<Challenge>> {
+        Ok(self
+            .scan_values(keys::CHALLENGES_PREFIX)
+            .await?
+            .iter()
+            .filter_map(|(k, v)| decode(k, v).ok())
+            .collect())
+    }
+
+    // --- locks ---
+
+    /// Takes the lock `name` for `ttl` unless someone holds it. The guard's fencing token is
+    /// larger than any handed out before.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGuard>> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let key = keys::lock(name);
+        let fence = match &*self.backend {
+            Backend::Embedded(b) => b.try_lock(&key, owner, ttl_ms),
+            Backend::Redis(b) => b.try_lock(&key, owner, ttl_ms).await?,
+        };
+        Ok(fence.map(|fence| LockGuard {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            fence,
+        }))
+    }
+
+    /// Pushes the expiry of a held lock to `ttl` from now; `false` when it is no longer ours.
+    pub async fn extend_lock(&self, lock: &LockGuard, ttl: Duration) -> Result<bool> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let key = keys::lock(&lock.name);
+        let value = lock_value(lock);
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.extend_lock(&key, &value, ttl_ms)),
+            Backend::Redis(b) => b.extend_lock(&key, &value, ttl_ms).await,
+        }
+    }
+
+    /// Releases a lock if it is still ours.
+    pub async fn unlock(&self, lock: &LockGuard) -> Result<()> {
+        let key = keys::lock(&lock.name);
+        let value = lock_value(lock);
+        match &*self.backend {
+            Backend::Embedded(b) => {
+                b.unlock(&key, &value);
+                Ok(())
+            }
+            Backend::Redis(b) => b.unlock(&key, &value).await,
+        }
+    }
+
     // --- primitives ---
 
     async fn write(&self, writes: Vec<Write>, event: Option<&Event>) -> Result<()> {
@@ -424,6 +632,11 @@ impl Store {
             Backend::Redis(b) => b.scan_values(&format!("{prefix}*")).await,
         }
     }
+}
+
+/// What a lock key holds while taken.
+fn lock_value(lock: &LockGuard) -> String {
+    format!("{} {}", lock.owner, lock.fence)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T> {

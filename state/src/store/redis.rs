@@ -112,6 +112,16 @@ impl Redis {
                     trx.set::<(), _, _>(key, value, None, None, false).await?
                 }
                 Write::Del { key } => trx.del::<(), _>(key).await?,
+                Write::SetPx { key, value, ttl_ms } => {
+                    trx.set::<(), _, _>(
+                        key,
+                        value,
+                        Some(Expiration::PX(ttl_ms as i64)),
+                        None,
+                        false,
+                    )
+                    .await?
+                }
                 Write::HashReplace { key, fields } => {
                     trx.del::<(), _>(key.clone()).await?;
                     let fields: HashMap<String, String> = fields
@@ -238,6 +248,86 @@ impl Redis {
         Ok(sets)
     }
 
+    pub(crate) async fn hash(&self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        self.ensure_connected()?;
+        let h: HashMap<String, String> = self.client.hgetall(key).await?;
+        Ok((!h.is_empty()).then(|| h.into_iter().collect()))
+    }
+
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>> {
+        self.ensure_connected()?;
+        let fence: Option<i64> = self
+            .client
+            .eval(
+                LOCK_SCRIPT,
+                vec![key.to_string(), keys::FENCING.to_string()],
+                vec![owner.to_string(), ttl_ms.to_string()],
+            )
+            .await?;
+        Ok(fence.map(|f| f as u64))
+    }
+
+    pub(crate) async fn extend_lock(&self, key: &str, value: &str, ttl_ms: u64) -> Result<bool> {
+        self.ensure_connected()?;
+        let n: i64 = self
+            .client
+            .eval(
+                EXTEND_SCRIPT,
+                vec![key.to_string()],
+                vec![value.to_string(), ttl_ms.to_string()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, value: &str) -> Result<()> {
+        self.ensure_connected()?;
+        let _: i64 = self
+            .client
+            .eval(
+                UNLOCK_SCRIPT,
+                vec![key.to_string()],
+                vec![value.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the hash at `key` and publishes `event`, only while `lock_key` holds `lock_value`.
+    pub(crate) async fn put_hash_fenced(
+        &self,
+        lock_key: &str,
+        lock_value: &str,
+        key: &str,
+        fields: BTreeMap<&'static str, String>,
+        event: &Event,
+    ) -> Result<bool> {
+        self.ensure_connected()?;
+        let mut args = vec![
+            lock_value.to_string(),
+            keys::EVENTS.to_string(),
+            event.to_json(),
+        ];
+        for (k, v) in fields {
+            args.push(k.to_string());
+            args.push(v);
+        }
+        let n: i64 = self
+            .client
+            .eval(
+                FENCED_HASH_SCRIPT,
+                vec![lock_key.to_string(), key.to_string()],
+                args,
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     pub(crate) async fn zset(&self, key: &str) -> Result<BTreeMap<String, u64>> {
         self.ensure_connected()?;
         let pairs: Vec<(String, f64)> = self
@@ -247,6 +337,36 @@ impl Redis {
         Ok(pairs.into_iter().map(|(m, s)| (m, s as u64)).collect())
     }
 }
+
+// Locks: `SET NX PX` done in a script so that taking the lock and drawing the fencing token are
+// one step. The value is `{owner} {fence}`; only that exact value may extend, release, or write
+// under the lock.
+const LOCK_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
+return fence
+"#;
+
+const EXTEND_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const UNLOCK_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+const FENCED_HASH_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
 
 impl Drop for Redis {
     fn drop(&mut self) {
