@@ -29,6 +29,22 @@ async fn scrape(addr: &str) -> String {
     r.text().await.expect("body")
 }
 
+/// Waits until `series` reads `expected` (counters move just after a response is sent).
+async fn settled(addr: &str, series: &str, expected: f64) {
+    let mut last = None;
+    for _ in 0..250 {
+        last = value(&scrape(addr).await, series);
+        if last == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{series} is {last:?}, expected {expected}:\n{}",
+        scrape(addr).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
     let service = Upstream::start("legacy").await;
@@ -62,13 +78,9 @@ async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
         || async { (http.fetch("legacy.test", "/").await.status == 200).then_some(()) },
     )
     .await;
-    // A request is counted once it has been logged, just after its answer went out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok_before = value(
-        &scrape(&metrics).await,
-        r#"spinforge_requests_total{app="legacy",method="GET",status="2xx"}"#,
-    )
-    .unwrap_or(0.0);
+    // A request is counted when it ends, just after its answer reached the client: wait for it.
+    let get_ok = r#"spinforge_requests_total{app="legacy",method="GET",status="2xx"}"#;
+    settled(&metrics, get_ok, 1.0).await;
     for _ in 0..3 {
         assert_eq!(http.fetch("legacy.test", "/a").await.status, 200);
     }
@@ -82,38 +94,26 @@ async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
     assert_eq!(posted.status(), 200);
     assert_eq!(http.fetch("nobody.test", "/").await.status, 404);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&metrics, get_ok, 4.0).await;
+    settled(
+        &metrics,
+        r#"spinforge_requests_total{app="legacy",method="POST",status="2xx"}"#,
+        1.0,
+    )
+    .await;
+    settled(
+        &metrics,
+        r#"spinforge_requests_total{app="",method="other",status="4xx"}"#,
+        1.0,
+    )
+    .await;
     let after = scrape(&metrics).await;
-    assert_eq!(
-        value(
-            &after,
-            r#"spinforge_requests_total{app="legacy",method="GET",status="2xx"}"#
-        ),
-        Some(ok_before + 3.0),
-        "{after}"
-    );
-    assert_eq!(
-        value(
-            &after,
-            r#"spinforge_requests_total{app="legacy",method="POST",status="2xx"}"#
-        ),
-        Some(1.0),
-        "{after}"
-    );
-    assert!(
-        value(
-            &after,
-            r#"spinforge_requests_total{app="",method="other",status="4xx"}"#
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{after}"
-    );
     let count = value(
         &after,
         r#"spinforge_request_duration_seconds_count{app="legacy"}"#,
     )
     .expect("latency histogram");
-    assert!(count >= ok_before + 4.0, "{after}");
+    assert!(count >= 5.0, "{after}");
     assert_eq!(
         value(
             &after,
@@ -148,6 +148,12 @@ async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
     for r in futures::future::join_all(held).await {
         assert_eq!(r.expect("request task"), 200);
     }
+    settled(
+        &metrics,
+        r#"spinforge_cold_start_duration_seconds_count{app="alpha"}"#,
+        1.0,
+    )
+    .await;
     let cold = scrape(&metrics).await;
     assert_eq!(
         value(&cold, r#"spinforge_cold_starts_total{app="alpha"}"#),

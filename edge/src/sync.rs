@@ -127,16 +127,16 @@ impl Model {
 }
 
 fn parse_addrs(set: &[String]) -> Vec<SocketAddr> {
-    set.iter()
-        .filter_map(|s| match s.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                // The edge never resolves names: a request must not wait on DNS.
-                tracing::warn!(upstream = %s, "ignoring an upstream that is not IP:port");
-                None
-            }
-        })
-        .collect()
+    // Sized exactly: with 10,000 apps the model holds 10,000 of these.
+    let mut addrs = Vec::with_capacity(set.len());
+    for s in set {
+        match s.parse() {
+            Ok(a) => addrs.push(a),
+            // The edge never resolves names: a request must not wait on DNS.
+            Err(_) => tracing::warn!(upstream = %s, "ignoring an upstream that is not IP:port"),
+        }
+    }
+    addrs
 }
 
 /// Runs until `stop` turns true. The first table is published as soon as it is loaded.

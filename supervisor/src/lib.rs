@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// After a resync the store refused, try again this soon.
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
+
 /// Messages queued per app task; wakes beyond it are dropped (edges repeat them every second).
 const APP_QUEUE: usize = 64;
 
@@ -97,14 +100,27 @@ impl Supervisor {
         let _ = events.next().await; // the initial resync: `start` has just written everything
         let mut reap = tokio::time::interval(reap_interval(&self.config));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A resync whose writes failed (the command connection not back yet) is tried again.
+        let mut resync_retry: Option<Instant> = None;
         let deadline = loop {
+            let retry = async {
+                match resync_retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 signal = events.next() => match signal {
                     Some(Signal::Event(Event::Wake { app })) => self.send(&app, Command::Wake),
                     Some(Signal::Event(_)) => {}
-                    Some(Signal::Resync) => self.resync().await,
+                    Some(Signal::Resync) => {
+                        resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
+                    }
                     None => break Instant::now() + Duration::from_secs(5),
                 },
+                _ = retry => {
+                    resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
+                }
                 _ = reap.tick() => self.idle_checks().await,
                 d = async { shutdown.wait_for(Option::is_some).await.ok().and_then(|d| *d) } => {
                     break d.unwrap_or_else(Instant::now);
@@ -126,14 +142,17 @@ impl Supervisor {
     }
 
     /// The store may have lost what we wrote (Redis restarted empty): write it all again.
-    async fn resync(&self) {
+    /// False when the store refused the routes; the caller tries again shortly.
+    async fn resync(&self) -> bool {
         tracing::info!("store resynced; republishing routes and spinlets");
         if let Err(e) = reconcile_routes(&self.config, &self.store).await {
-            tracing::warn!(error = %e, "cannot republish routes yet");
+            tracing::warn!(error = %e, "cannot republish routes yet; retrying");
+            return false;
         }
         for tx in self.apps.values() {
             let _ = tx.try_send(Command::Republish);
         }
+        true
     }
 
     async fn idle_checks(&self) {

@@ -231,19 +231,21 @@ impl Redis {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let pipeline = self.client.pipeline();
-        for k in keys {
-            pipeline.smembers::<(), _>(k.as_str()).await?;
-        }
-        // One result per command. (`all()` answers a list of replies even for one command, which
-        // fred's conversion then mangles unless that one set has exactly one member.)
-        let mut sets = pipeline
-            .try_all::<Vec<String>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        for s in &mut sets {
-            s.sort();
+        let mut sets = Vec::with_capacity(keys.len());
+        // In pipelines of 500: fred's command queue keeps the capacity it grew to, so one pipeline
+        // of 10,000 commands would hold megabytes for the life of the connection.
+        for chunk in keys.chunks(500) {
+            let pipeline = self.client.pipeline();
+            for k in chunk {
+                pipeline.smembers::<(), _>(k.as_str()).await?;
+            }
+            // One result per command. (`all()` answers a list of replies even for one command,
+            // which fred's conversion then mangles unless that one set has exactly one member.)
+            for set in pipeline.try_all::<Vec<String>>().await {
+                let mut set = set?;
+                set.sort();
+                sets.push(set);
+            }
         }
         Ok(sets)
     }
