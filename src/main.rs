@@ -40,6 +40,25 @@ enum Cmd {
     Supervisor(ConfigArg),
     /// Validate a config: print every error and exit 1, or exit 0.
     Check(ConfigArg),
+    /// Serve a static site (what static-site spinlets run; not for direct use).
+    #[command(hide = true)]
+    StaticServe(StaticArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StaticArgs {
+    /// The folder to serve.
+    #[arg(long)]
+    root: PathBuf,
+    /// The port; defaults to $PORT.
+    #[arg(long, env = "PORT")]
+    port: u16,
+    /// The address; defaults to $HOST, else 127.0.0.1.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Answer unknown page paths with /index.html (single-page apps).
+    #[arg(long)]
+    spa: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +85,7 @@ fn main() -> ExitCode {
                 Cmd::Up(arg) => up(load(&arg.config)?).await,
                 Cmd::Edge(arg) => edge(load(&arg.config)?).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
+                Cmd::StaticServe(arg) => static_serve(arg).await,
                 Cmd::Check(_) => unreachable!("handled above"),
             }
         });
@@ -179,6 +199,15 @@ async fn supervisor(config: Config) -> Result<()> {
     shutdown_signal().await?;
     let _ = stop.send(Some(Instant::now() + config.edge.grace));
     let _ = task.await;
+    Ok(())
+}
+
+async fn static_serve(arg: StaticArgs) -> Result<()> {
+    let addr = std::net::SocketAddr::new(arg.host, arg.port);
+    tokio::select! {
+        result = spinforge_supervisor::static_site::serve(&arg.root, addr, arg.spa) => result?,
+        result = shutdown_signal() => result?,
+    }
     Ok(())
 }
 

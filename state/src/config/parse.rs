@@ -2,8 +2,8 @@
 
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
-    AppConfig, AppSource, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue, Framework,
-    HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, units,
+    AppConfig, AppSource, BuildLimits, Config, ConfigError, ConfigErrors, EdgeConfig, EnvValue,
+    Framework, GitUrl, HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, units,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,7 +19,6 @@ const PLANNED: &[&str] = &[
     "supervisor.admin_listen",
     "supervisor.admin_token_env",
     "supervisor.deploy_dir",
-    "supervisor.run_as",
     "apps.*.cpu",
     "apps.*.rate_limit",
     "apps.*.tls",
@@ -283,7 +282,68 @@ impl Walker<'_> {
         ) {
             out.port_range = r;
         }
-        f.finish(self, &["data_dir", "port_range"], "supervisor");
+        out.run_as = self.value(f.take("run_as"), "a user name", |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                && !s.starts_with('-');
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not a user name"))
+            }
+        });
+        if let Some((p, n)) = f.take("builds") {
+            out.builds = self.builds(&p, n);
+        }
+        f.finish(
+            self,
+            &["data_dir", "port_range", "run_as", "builds"],
+            "supervisor",
+        );
+    }
+
+    fn builds(&mut self, path: &str, node: &Node) -> BuildLimits {
+        let mut b = BuildLimits::default();
+        let Some(mut f) = self.fields(node, path) else {
+            return b;
+        };
+        let count = |s: &str| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("`{s}` is not a whole number from 1 to 64"))
+        };
+        if let Some(n) = self.value(f.take("concurrency"), "a number", count) {
+            b.concurrency = n;
+        }
+        if let Some(d) = self.positive_duration(f.take("timeout")) {
+            b.timeout = d;
+        }
+        if let Some(n) = self.value(f.take("keep_releases"), "a number", count) {
+            b.keep_releases = n;
+        }
+        if let Some(n) = self.value(f.take("max_archive_size"), "a size such as 1G", |s| {
+            let bytes = units::parse_size(s)?;
+            if bytes < 1 << 20 {
+                return Err(format!("`{s}` is too small: give at least 1M"));
+            }
+            Ok(bytes)
+        }) {
+            b.max_archive_size = n;
+        }
+        f.finish(
+            self,
+            &[
+                "concurrency",
+                "timeout",
+                "keep_releases",
+                "max_archive_size",
+            ],
+            "supervisor.builds",
+        );
+        b
     }
 
     fn apps(&mut self, node: &Node, path: &str, base: &Path) -> BTreeMap<String, AppConfig> {
@@ -341,12 +401,12 @@ impl Walker<'_> {
             .value(f.take("framework"), "a framework name", |s| match s {
                 "auto" => Ok(Framework::Auto),
                 "express" => Ok(Framework::Express),
+                "next" => Ok(Framework::Next),
+                "remix" => Ok(Framework::Remix),
+                "static" => Ok(Framework::Static),
                 "node" => Ok(Framework::Node),
-                "next" | "remix" | "static" => Err(format!(
-                    "framework `{s}` is not supported by this version of SpinForge yet"
-                )),
                 _ => Err(format!(
-                    "`{s}` is not a framework: use auto, express or node"
+                    "`{s}` is not a framework: use auto, express, next, remix, static or node"
                 )),
             })
             .unwrap_or(Framework::Auto);
@@ -380,6 +440,9 @@ impl Walker<'_> {
             .take("health_check")
             .map(|(p, n)| self.health_check(&p, n))
             .unwrap_or_default();
+        let spa = self
+            .value(f.take("spa"), "true or false", boolean)
+            .unwrap_or(false);
         f.finish(
             self,
             &[
@@ -391,6 +454,7 @@ impl Walker<'_> {
                 "memory",
                 "idle_timeout",
                 "health_check",
+                "spa",
             ],
             "apps.*",
         );
@@ -406,6 +470,7 @@ impl Walker<'_> {
             memory,
             idle_timeout: idle_timeout?,
             health_check,
+            spa,
         })
     }
 
@@ -473,28 +538,14 @@ impl Walker<'_> {
     }
 
     fn source(&mut self, path: &str, node: &Node, base: &Path) -> Option<AppSource> {
-        let text = self.scalar(node, path, "a folder path")?;
-        let remote = ["http://", "https://", "git@", "git://", "ssh://"]
-            .iter()
-            .any(|p| text.starts_with(p));
-        if remote || text.ends_with(".git") || text.ends_with(".tar.gz") || text.ends_with(".tgz") {
-            self.error(
-                node.pos,
-                path,
-                format!("`{text}`: git and tarball sources are not supported by this version yet; give a local folder"),
-            );
-            return None;
+        let text = self.scalar(node, path, "a folder, git URL or .tar.gz path")?;
+        match source(text, base) {
+            Ok(s) => Some(s),
+            Err(message) => {
+                self.error(node.pos, path, message);
+                None
+            }
         }
-        let dir = base.join(text);
-        if !dir.is_dir() {
-            self.error(
-                node.pos,
-                path,
-                format!("`{text}` is not a folder (looked for {})", dir.display()),
-            );
-            return None;
-        }
-        Some(AppSource::Directory(absolute(&dir)))
     }
 
     fn env(&mut self, path: &str, node: &Node) -> BTreeMap<String, EnvValue> {
@@ -564,6 +615,95 @@ impl Walker<'_> {
         }
         f.finish(self, &["path", "timeout"], "apps.*.health_check");
         hc
+    }
+}
+
+/// `source:` — a git URL (`https://…`, `ssh://…`, `git@host:path`, `file://…`, or anything
+/// ending in `.git`, with an optional `#ref`), a `.tar.gz`/`.tgz` file, or a folder.
+fn source(text: &str, base: &Path) -> Result<AppSource, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let archive = text.ends_with(".tar.gz") || text.ends_with(".tgz");
+    if archive && text.contains("://") {
+        return Err(format!(
+            "`{text}`: downloading archives is not supported; give a local .tar.gz, a git URL or a folder"
+        ));
+    }
+    let (url, reference) = match text.rsplit_once('#') {
+        Some((u, r)) => (u, Some(r)),
+        None => (text, None),
+    };
+    let schemed = ["http://", "https://", "git://", "ssh://", "file://"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    let scp_like = url.starts_with("git@");
+    let is_git = schemed || scp_like || url.ends_with(".git") || url.ends_with(".git/");
+    if is_git {
+        if let Some(r) = reference {
+            let ok = !r.is_empty()
+                && r.len() <= 200
+                && !r.starts_with('-')
+                && !r.contains("..")
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "`#{r}` is not a git branch, tag or commit: letters, digits, / . _ -"
+                ));
+            }
+        }
+        if !schemed && !scp_like {
+            // A local repository given by path.
+            let dir = base.join(url);
+            if !dir.exists() {
+                return Err(format!(
+                    "`{url}` looks like a git repository but does not exist (looked for {})",
+                    dir.display()
+                ));
+            }
+            return Ok(AppSource::Git {
+                url: GitUrl::new(absolute(&dir).display().to_string()),
+                reference: reference.map(str::to_string),
+            });
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let after = url.split_once("://").map_or("", |(_, r)| r);
+            if after.split('/').next().unwrap_or("").is_empty() {
+                return Err(format!("`{}` has no host", GitUrl::new(url)));
+            }
+        }
+        return Ok(AppSource::Git {
+            url: GitUrl::new(url),
+            reference: reference.map(str::to_string),
+        });
+    }
+    if archive {
+        let file = base.join(text);
+        if !file.is_file() {
+            return Err(format!(
+                "`{text}` is not a file (looked for {})",
+                file.display()
+            ));
+        }
+        return Ok(AppSource::Tarball(absolute(&file)));
+    }
+    let dir = base.join(text);
+    if !dir.is_dir() {
+        return Err(format!(
+            "`{text}` is not a folder (looked for {}); a source is a folder, a git URL or a .tar.gz file",
+            dir.display()
+        ));
+    }
+    Ok(AppSource::Directory(absolute(&dir)))
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "yes" | "on" => Ok(true),
+        "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{s}` is not true or false")),
     }
 }
 
