@@ -84,11 +84,27 @@ pub struct Spinforge {
 impl Spinforge {
     /// `spinforge <role> --config <config>`; when `http` is given, waits until it accepts.
     pub fn start(ws: &Workspace, role: &str, config: &Path, http: Option<SocketAddr>) -> Spinforge {
+        Self::start_env(ws, role, config, http, &[])
+    }
+
+    /// [`Spinforge::start`] with extra environment variables.
+    pub fn start_env(
+        ws: &Workspace,
+        role: &str,
+        config: &Path,
+        http: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Spinforge {
         let log = ws.path().join(format!("{role}-{}.log", std::process::id()));
-        let out = std::fs::File::create(&log).expect("create log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log");
         let child = Command::new(binary())
             .args([role, "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,spinforge=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log"))

@@ -952,6 +952,62 @@ mod tests {
     }
 
     #[test]
+    fn sources_frameworks_and_build_limits() {
+        let dir = fixture();
+        std::fs::write(dir.path().join("site.tar.gz"), b"").expect("write");
+        let cfg = parse_in(
+            &dir,
+            "supervisor:\n  run_as: spinforge\n  builds: { concurrency: 2, timeout: 5m, keep_releases: 3, max_archive_size: 64M }\napps:\n  a:\n    domains: [a.test]\n    source: https://tok:s3cret@git.example.com/a.git#v1.2\n    framework: next\n  b:\n    domains: [b.test]\n    source: site.tar.gz\n    framework: static\n    spa: true\n  c:\n    domains: [c.test]\n    source: git@github.com:me/c.git\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.supervisor.run_as.as_deref(), Some("spinforge"));
+        assert_eq!(cfg.supervisor.builds.concurrency, 2);
+        assert_eq!(cfg.supervisor.builds.timeout, Duration::from_secs(300));
+        assert_eq!(cfg.supervisor.builds.keep_releases, 3);
+        assert_eq!(cfg.supervisor.builds.max_archive_size, 64 << 20);
+        let a = &cfg.apps["a"];
+        assert_eq!(a.framework, Framework::Next);
+        match &a.source {
+            AppSource::Git { url, reference } => {
+                assert_eq!(reference.as_deref(), Some("v1.2"));
+                assert!(url.expose().contains("s3cret"));
+                assert!(!url.to_string().contains("s3cret"));
+                assert!(!format!("{:?}", a.source).contains("s3cret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&cfg.apps["b"].source, AppSource::Tarball(p) if p.ends_with("site.tar.gz"))
+        );
+        assert!(cfg.apps["b"].spa);
+        assert!(matches!(
+            &cfg.apps["c"].source,
+            AppSource::Git {
+                reference: None,
+                ..
+            }
+        ));
+        let errs = parse_in(
+            &dir,
+            "supervisor:\n  builds: { concurrency: 0 }\napps:\n  a:\n    domains: [a.test]\n    source: missing.tar.gz\n    framework: rails\n  b:\n    domains: [b.test]\n    source: https://x.test/a.git#--upload-pack=evil\n  c:\n    domains: [c.test]\n    source: https://x.test/app.tar.gz\n",
+        )
+        .expect_err("invalid")
+        .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "supervisor.builds.concurrency",
+                "apps.a.source",
+                "apps.a.framework",
+                "apps.b.source",
+                "apps.c.source"
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
     fn redis_url_hides_its_password() {
         let url = RedisUrl::new("redis://user:s3cret@10.0.0.2:6379/0");
         assert_eq!(url.to_string(), "redis://user:***@10.0.0.2:6379/0");

@@ -1,7 +1,9 @@
 //! `node_modules` reused across builds: after an install, a copy (hard links, so it costs
-//! little space and time) is kept under `data_dir/cache/node_modules/<app>/<key>/`, the key being
-//! the lockfile, the dependency lists, the package manager and the Node version. A later build
-//! with the same key links it into its release instead of installing. One copy per app is kept.
+//! little space and time) is kept under `data_dir/cache/node_modules/<app>/<key>/full/`, the key
+//! being the lockfile, the dependency lists, the package manager and the Node version; after the
+//! prune, the production set too (`prod/`). A later build with the same key links `full` into its
+//! release instead of installing — or, when it has no build step that could change
+//! `node_modules`, links `prod` and skips the prune as well. One key per app is kept.
 
 use super::package_manager::PackageManager;
 use super::source::link_tree;
@@ -47,6 +49,10 @@ pub struct NodeModulesCache {
 
 /// Marks a complete copy (a crash mid-copy leaves none).
 const COMPLETE: &str = ".spinforge-complete";
+/// Everything the install put in `node_modules`, dev dependencies included.
+pub const FULL: &str = "full";
+/// What is left after the prune.
+pub const PROD: &str = "prod";
 
 impl NodeModulesCache {
     pub fn new(data_dir: &Path, app: &str) -> Self {
@@ -55,9 +61,10 @@ impl NodeModulesCache {
         }
     }
 
-    /// Links the cached `node_modules` of `key` into `release`; false if there is none.
-    pub async fn restore(&self, key: &str, release: &Path) -> bool {
-        let cached = self.dir.join(key);
+    /// Links the cached `node_modules` of `key` (`set`: [`FULL`] or [`PROD`]) into `release`;
+    /// false if there is none.
+    pub async fn restore(&self, key: &str, set: &str, release: &Path) -> bool {
+        let cached = self.dir.join(key).join(set);
         if !cached.join(COMPLETE).is_file() {
             return false;
         }
@@ -78,17 +85,21 @@ impl NodeModulesCache {
         }
     }
 
-    /// Keeps `release/node_modules` (just installed) as the cache for `key`, replacing older keys.
-    pub async fn save(&self, key: &str, release: &Path) {
+    /// Keeps `release/node_modules` as the `set` of `key`; saving [`FULL`] drops older keys.
+    pub async fn save(&self, key: &str, set: &str, release: &Path) {
         let dir = self.dir.clone();
         let key = key.to_string();
+        let set = set.to_string();
         let from = release.join("node_modules");
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if !from.is_dir() {
                 return Ok(());
             }
-            let _ = std::fs::remove_dir_all(&dir);
-            let target = dir.join(&key);
+            if set == FULL {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let target = dir.join(&key).join(&set);
+            let _ = std::fs::remove_dir_all(&target);
             link_tree(&from, &target.join("node_modules"))?;
             std::fs::write(target.join(COMPLETE), b"")?;
             Ok(())

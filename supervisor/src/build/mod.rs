@@ -357,14 +357,27 @@ async fn build_in(
             .as_ref()
             .map(|h| cache::key(pm, h, m, &ctx.tools.node_version));
         let cache = cache::NodeModulesCache::new(&ctx.data_dir, &app.name);
+        // No build step can have changed node_modules: the pruned set of the last build is
+        // exactly what a prune would leave now.
+        let no_build_step = !detected.build_script && !detected.typescript;
+        let is_static = detected.framework == Framework::Static;
+        let mut pruned = false;
         let reused = match &cache_key {
-            Some(key) if has_deps => cache.restore(key, dir).await,
+            Some(key) if has_deps => {
+                if no_build_step && !is_static && cache.restore(key, cache::PROD, dir).await {
+                    pruned = true;
+                    true
+                } else {
+                    cache.restore(key, cache::FULL, dir).await
+                }
+            }
             _ => false,
         };
         if reused {
-            runner
-                .log
-                .line("[spinforge] lockfile unchanged: node_modules reused from the last build");
+            runner.log.line(format!(
+                "[spinforge] lockfile unchanged: node_modules reused from the last build{}",
+                if pruned { " (already pruned)" } else { "" }
+            ));
             chown_tree(&dir.join("node_modules"), ctx.run_as, false).await?;
         } else if has_deps {
             let args: Vec<&str> = lead
@@ -374,7 +387,7 @@ async fn build_in(
                 .collect();
             runner.run(&program, &args, dir, &[]).await?;
             if let Some(key) = &cache_key {
-                cache.save(key, dir).await;
+                cache.save(key, cache::FULL, dir).await;
             }
         }
         runner.check()?;
@@ -401,17 +414,20 @@ async fn build_in(
         if detected.framework == Framework::Static {
             // The static server needs no packages.
             let _ = tokio::fs::remove_dir_all(dir.join("node_modules")).await;
-        } else if has_deps {
+        } else if has_deps && !pruned {
             match pm.prune_args(lockfile.is_some()) {
                 Some(prune) => {
                     let args: Vec<&str> = lead.iter().copied().chain(prune).collect();
-                    if let Err(e) = runner.run(&program, &args, dir, &[]).await {
-                        match e {
-                            BuildError::Command { .. } => runner.log.line(format!(
-                                "[spinforge] warning: could not prune dev dependencies; the release keeps them ({e})"
-                            )),
-                            other => return Err(other),
+                    match runner.run(&program, &args, dir, &[]).await {
+                        Ok(()) => {
+                            if let (Some(key), true) = (&cache_key, no_build_step) {
+                                cache.save(key, cache::PROD, dir).await;
+                            }
                         }
+                        Err(e @ BuildError::Command { .. }) => runner.log.line(format!(
+                            "[spinforge] warning: could not prune dev dependencies; the release keeps them ({e})"
+                        )),
+                        Err(other) => return Err(other),
                     }
                 }
                 None => runner.log.line(
