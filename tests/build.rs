@@ -707,3 +707,84 @@ async fn builds_go_through_the_queue_with_status_and_log_in_redis() {
     assert!(store.build_queue().await.expect("queue").is_empty());
     drop(sf);
 }
+
+/// The pid of a process whose working directory is `dir`.
+fn process_in(dir: &Path) -> Option<u32> {
+    let dir = dir.canonicalize().ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_link(p.path().join("cwd")).ok()? == dir).then_some(pid)
+    })
+}
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_builds_and_serves_as_that_user_and_refuses_unknown_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ws = Workspace::new();
+    // The unprivileged user must reach its releases.
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let port = free_port();
+    let path = config(
+        &ws,
+        port,
+        "  run_as: no-such-user-here\n",
+        "",
+        &app("alone", &build_fixture("static-html"), ""),
+    );
+    let out = std::process::Command::new(support::spinforge::binary())
+        .args(["up", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run spinforge");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("there is no user `no-such-user-here`"),
+        "{err}"
+    );
+
+    if !nix::unistd::geteuid().is_root() {
+        // Not root: SpinForge cannot switch users (it warns and runs as itself). CI runs as root.
+        println!("[builder] run_as as a non-root user: only the unknown-user check ran");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("a `nobody` user");
+    let path = config(
+        &ws,
+        port,
+        "  run_as: nobody\n",
+        "",
+        &app("npm-node", &build_fixture("npm-node"), ""),
+    );
+    let sf = up(&ws, port, &path);
+    wait_release(&ws, &sf, "npm-node", 1);
+    let r = sf.client().fetch("npm-node.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let release = release_dir(&ws, "npm-node", 1);
+    let installed =
+        std::fs::metadata(release.join("node_modules/ms/package.json")).expect("ms installed");
+    assert_eq!(
+        installed.uid(),
+        nobody.uid.as_raw(),
+        "npm ran as the build user"
+    );
+    let pid = process_in(&release).expect("the spinlet runs in its release");
+    assert_eq!(
+        uid_of(pid),
+        Some(nobody.uid.as_raw()),
+        "the spinlet runs as the user"
+    );
+}

@@ -5,7 +5,7 @@
 mod support;
 
 use spinforge_state::config::RedisUrl;
-use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
+use spinforge_state::records::{AppRecord, BuildState, BuildStatus, Route, Spinlet, SpinletState};
 use spinforge_state::{Event, Signal, Store, Subscription};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,9 +63,23 @@ contract!(
     writes_without_events_publish_nothing,
     every_subscriber_gets_every_event,
     subscription_ends_when_the_store_is_gone,
+    builds_queue_status_and_log,
 );
 
 // --- fixtures ---
+
+fn build(id: &str, app: &str, state: BuildState) -> BuildStatus {
+    BuildStatus {
+        id: id.into(),
+        app: app.into(),
+        state,
+        queued: 1_700_000_000_000,
+        started: None,
+        finished: None,
+        release: None,
+        error: None,
+    }
+}
 
 fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
     Route {
@@ -811,4 +825,107 @@ async fn redis_down_commands_fail_instead_of_hanging() {
     );
     // Not asserted: whether the write that failed above was applied after all. fred keeps a
     // timed-out MULTI/EXEC queued and sends it once Redis is back, so it usually is.
+}
+
+async fn builds_queue_status_and_log(store: Store) {
+    assert_eq!(store.build("nope").await.expect("read"), None);
+    assert!(store.build_queue().await.expect("queue").is_empty());
+    let mut sub = subscribe_synced(&store).await;
+
+    let a = build("a-1", "a", BuildState::Queued);
+    let b = build("b-1", "b", BuildState::Queued);
+    store.enqueue_build(&a).await.expect("enqueue a");
+    store.enqueue_build(&b).await.expect("enqueue b");
+    assert_eq!(
+        store.build_queue().await.expect("queue"),
+        strings(&["a-1", "b-1"]),
+        "oldest first"
+    );
+    assert_eq!(store.build("a-1").await.expect("read"), Some(a.clone()));
+
+    // Running leaves the queue; timings and the release round-trip.
+    let running = BuildStatus {
+        state: BuildState::Running,
+        started: Some(1_700_000_000_500),
+        ..a.clone()
+    };
+    store.put_build(&running).await.expect("running");
+    assert_eq!(store.build_queue().await.expect("queue"), strings(&["b-1"]));
+    assert_eq!(
+        store.build("a-1").await.expect("read"),
+        Some(running.clone())
+    );
+
+    // Log lines keep their order; reading resumes after an entry id.
+    store
+        .append_build_log("a-1", vec!["one".into(), "two".into()])
+        .await
+        .expect("log");
+    store
+        .append_build_log("a-1", vec!["three".into()])
+        .await
+        .expect("log");
+    store
+        .append_build_log("a-1", Vec::new())
+        .await
+        .expect("nothing");
+    let log = store.build_log("a-1", None, 100).await.expect("read log");
+    let lines: Vec<&str> = log.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(lines, ["one", "two", "three"]);
+    let rest = store
+        .build_log("a-1", Some(&log[0].id), 100)
+        .await
+        .expect("resume");
+    assert_eq!(rest, log[1..].to_vec());
+    assert_eq!(
+        store.build_log("a-1", None, 2).await.expect("count").len(),
+        2
+    );
+    assert!(
+        store
+            .build_log("b-1", None, 10)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    let done = BuildStatus {
+        state: BuildState::Failed,
+        finished: Some(1_700_000_009_000),
+        error: Some("`npm ci` failed (exit status: 1)\nline".into()),
+        ..running
+    };
+    store.put_build(&done).await.expect("failed");
+    assert_eq!(store.build("a-1").await.expect("read"), Some(done));
+    let cancelled = BuildStatus {
+        state: BuildState::Cancelled,
+        finished: Some(1_700_000_001_000),
+        ..b
+    };
+    store.put_build(&cancelled).await.expect("cancel queued");
+    assert!(store.build_queue().await.expect("queue").is_empty());
+    assert_eq!(
+        store
+            .build("a-1")
+            .await
+            .expect("still readable")
+            .map(|s| s.state),
+        Some(BuildState::Failed),
+        "a final status stays readable (it expires days later)"
+    );
+
+    // Build bookkeeping announces nothing on the events channel.
+    store
+        .publish(&Event::Wake {
+            app: "marker".into(),
+        })
+        .await
+        .expect("marker");
+    expect_event(
+        &mut sub,
+        Event::Wake {
+            app: "marker".into(),
+        },
+    )
+    .await;
 }
