@@ -195,7 +195,7 @@ pub async fn prepare(
     };
 
     // 2. Everything else happens in the staging folder; a failure removes it.
-    let result = build_in(app, ctx, runner, &staging).await;
+    let result = build_in(app, ctx, runner, &staging, existing.last()).await;
     let built = match result {
         Ok(b) => b,
         Err(e) => {
@@ -280,6 +280,7 @@ async fn build_in(
     ctx: &BuildContext,
     runner: &Runner,
     dir: &Path,
+    previous: Option<&Release>,
 ) -> Result<Built, BuildError> {
     runner.check()?;
     let manifest: Option<serde_json::Value> =
@@ -407,6 +408,9 @@ async fn build_in(
                 .await?;
         }
         if detected.build_script {
+            if detected.framework == Framework::Next {
+                restore_build_cache(runner, previous, dir, ".next/cache", ctx.run_as).await?;
+            }
             let args: Vec<&str> = lead.iter().copied().chain(pm.run_args("build")).collect();
             runner.run(&program, &args, dir, &[]).await?;
         }
@@ -467,6 +471,47 @@ async fn build_in(
         package_manager: pm,
         typescript: detected.typescript,
     })
+}
+
+/// Copies a framework's build cache (e.g. Next's `.next/cache`) from the previous release, so an
+/// unchanged part of the app is not compiled again. A copy, not links: the build rewrites these
+/// files in place, and the previous release must not change.
+async fn restore_build_cache(
+    runner: &Runner,
+    previous: Option<&Release>,
+    dir: &Path,
+    rel: &str,
+    run_as: Option<RunAs>,
+) -> Result<(), BuildError> {
+    let Some(previous) = previous else {
+        return Ok(());
+    };
+    let from = previous.dir.join(rel);
+    if !from.is_dir() || dir.join(rel).exists() {
+        return Ok(());
+    }
+    let to = dir.join(rel);
+    let copied = blocking({
+        let (from, to) = (from.clone(), to.clone());
+        move || source::copy_tree(&from, &to)
+    })
+    .await;
+    match copied {
+        Ok(()) => {
+            runner.log.line(format!(
+                "[spinforge] {rel} reused from release {}",
+                previous.info.number
+            ));
+            chown_tree(&to, run_as, false).await
+        }
+        Err(e) => {
+            runner.log.line(format!(
+                "[spinforge] note: cannot reuse {rel} ({e}); building without it"
+            ));
+            let _ = tokio::fs::remove_dir_all(&to).await;
+            Ok(())
+        }
+    }
 }
 
 /// Where a static site's files are: the build's output (dist/, build/, out/, public/), or the
