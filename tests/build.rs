@@ -382,6 +382,13 @@ async fn cold_then_cached(
         build_logs(&ws, name)
     );
     assert_eq!(cached["lockfile_hash"], cold["lockfile_hash"]);
+    if framework == "next" {
+        assert!(
+            build_logs(&ws, name).contains(".next/cache reused from release 1"),
+            "{}",
+            build_logs(&ws, name)
+        );
+    }
     let r = sf.client().fetch(&format!("{name}.test"), pages[0].0).await;
     assert!(r.body.contains(to), "the new release serves: {}", r.body);
     let (c, w) = (

@@ -11,6 +11,7 @@ use super::{BuildContext, BuildError, Outcome, prepare};
 use spinforge_state::Store;
 use spinforge_state::config::AppConfig;
 use spinforge_state::records::{BuildState, BuildStatus};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,7 +136,7 @@ impl Builder {
         let ctx = &self.inner.ctx;
         let path = ctx.data_dir.join("logs/builds").join(format!("{id}.log"));
         let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
-        let log = BuildLog::create(&path, Some(lines_tx))
+        let log = BuildLog::create(&path, Some(lines_tx), secrets_of(app))
             .map_err(super::io(format!("creating {}", path.display())))?;
         let flusher = tokio::spawn(flush_log(
             self.inner.store.clone(),
@@ -213,6 +214,20 @@ impl Builder {
     }
 }
 
+/// What must never show in a build log: the app's env values and a git URL's password.
+fn secrets_of(app: &AppConfig) -> Vec<String> {
+    let mut out: Vec<String> = app.env.values().map(|v| v.expose().to_string()).collect();
+    if let spinforge_state::config::AppSource::Git { url, .. } = &app.source {
+        let raw = url.expose();
+        if let (Some(scheme), Some(at)) = (raw.find("://"), raw.rfind('@')) {
+            if let Some((_, password)) = raw[scheme + 3..at.max(scheme + 3)].split_once(':') {
+                out.push(password.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Removes a build's cancel switch when its future ends (finished or dropped).
 struct Forget<'a> {
     inner: &'a Inner,
@@ -241,5 +256,25 @@ async fn flush_log(store: Store, id: String, mut rx: mpsc::Receiver<String>) {
             }
             Err(_) => tracing::debug!(build = %id, "writing build log lines timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_blanked_in_build_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = BuildLog::create(
+            &dir.path().join("b.log"),
+            None,
+            vec!["hunter2-secret".into(), "abc".into()],
+        )
+        .expect("log");
+        log.line("token=hunter2-secret and abc");
+        let text = std::fs::read_to_string(dir.path().join("b.log")).expect("read");
+        assert_eq!(text, "token=*** and abc\n");
+        assert!(!log.tail(5).contains("hunter2"));
     }
 }

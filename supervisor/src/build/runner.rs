@@ -34,10 +34,16 @@ pub struct BuildLog {
     file: Mutex<Option<std::fs::File>>,
     tail: Mutex<VecDeque<String>>,
     store: Option<mpsc::Sender<String>>,
+    /// Values shown as `***` wherever they appear (env values, a git URL's password).
+    secrets: Vec<String>,
 }
 
 impl BuildLog {
-    pub fn create(path: &Path, store: Option<mpsc::Sender<String>>) -> std::io::Result<BuildLog> {
+    pub fn create(
+        path: &Path,
+        store: Option<mpsc::Sender<String>>,
+        secrets: Vec<String>,
+    ) -> std::io::Result<BuildLog> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -47,6 +53,8 @@ impl BuildLog {
             file: Mutex::new(Some(file)),
             tail: Mutex::new(VecDeque::new()),
             store,
+            // Short values would blank out ordinary words.
+            secrets: secrets.into_iter().filter(|s| s.len() >= 6).collect(),
         })
     }
 
@@ -57,6 +65,11 @@ impl BuildLog {
     /// Appends one line.
     pub fn line(&self, text: impl Into<String>) {
         let mut text: String = text.into();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
         if text.len() > MAX_LINE {
             let mut cut = MAX_LINE;
             while !text.is_char_boundary(cut) {
