@@ -354,7 +354,9 @@ fn copy_fixture(name: &str, to: &Path) {
     assert!(status.success());
 }
 
-/// Builds `name`, changes a file, builds again (restart), and reports cold vs cached build.
+/// Builds `name`, changes a file, builds again (restart), and reports cold vs cached build. What
+/// is checked is that the rebuild skipped the install; the times are printed, not asserted (the
+/// house rule: no timing assertions; the numbers go to loadtest/RESULTS.md).
 async fn cold_then_cached(
     name: &str,
     framework: &str,
@@ -398,10 +400,6 @@ async fn cold_then_cached(
     println!(
         "[builder] {name:<12} cold build={c} ms  cached rebuild (same lockfile)={w} ms  ratio={:.2}",
         w as f64 / c as f64
-    );
-    assert!(
-        w < c,
-        "a rebuild with unchanged dependencies ({w} ms) must be faster than a cold one ({c} ms)"
     );
 }
 

@@ -127,7 +127,7 @@ impl Builder {
     ) -> Result<Outcome, BuildError> {
         let _slot = tokio::select! {
             slot = self.inner.slots.acquire() => slot.map_err(|_| BuildError::Cancelled)?,
-            _ = cancel.wait_for(|c| *c) => return Err(BuildError::Cancelled),
+            _ = super::runner::cancelled(&mut cancel) => return Err(BuildError::Cancelled),
         };
         status.state = BuildState::Running;
         status.started = Some(spinforge_state::now_ms());

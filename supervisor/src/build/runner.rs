@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -189,7 +189,7 @@ impl Runner {
         let outcome = tokio::select! {
             (status, ()) = async { tokio::join!(child.wait(), pump) } => Ok(status),
             _ = tokio::time::sleep_until(self.deadline) => Err(BuildError::TimedOut { limit: self.limit }),
-            _ = cancel.wait_for(|c| *c) => Err(BuildError::Cancelled),
+            _ = cancelled(&mut cancel) => Err(BuildError::Cancelled),
         };
         match outcome {
             Ok(Ok(status)) if status.success() => Ok(()),
@@ -241,4 +241,9 @@ impl Runner {
     }
 }
 
-use tokio::io::AsyncReadExt as _;
+/// Resolves once the build is cancelled; never if the switch is gone without being flipped.
+pub async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
