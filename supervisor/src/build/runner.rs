@@ -186,13 +186,20 @@ impl Runner {
             tokio::join!(self.pump(out), self.pump(err));
         };
         let mut cancel = self.cancel.clone();
+        let began = Instant::now();
         let outcome = tokio::select! {
             (status, ()) = async { tokio::join!(child.wait(), pump) } => Ok(status),
             _ = tokio::time::sleep_until(self.deadline) => Err(BuildError::TimedOut { limit: self.limit }),
             _ = cancelled(&mut cancel) => Err(BuildError::Cancelled),
         };
         match outcome {
-            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) if status.success() => {
+                self.log.line(format!(
+                    "[spinforge] `{shown}` done in {:.1}s",
+                    began.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
             Ok(Ok(status)) => Err(BuildError::Command {
                 command: shown,
                 status: status.to_string(),
