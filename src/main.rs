@@ -53,6 +53,25 @@ enum Cmd {
     /// List the certificates of the config's HTTPS domains and when they expire (from Redis
     /// when `state.redis` is set, else from the copies in `data_dir/certs/`).
     Certs(ConfigArg),
+    /// Serve a static site (what static-site spinlets run; not for direct use).
+    #[command(hide = true)]
+    StaticServe(StaticArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StaticArgs {
+    /// The folder to serve.
+    #[arg(long)]
+    root: PathBuf,
+    /// The port; defaults to $PORT.
+    #[arg(long, env = "PORT")]
+    port: u16,
+    /// The address; defaults to $HOST, else 127.0.0.1.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Answer unknown page paths with /index.html (single-page apps).
+    #[arg(long)]
+    spa: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +109,7 @@ fn main() -> ExitCode {
                 Cmd::Edge(args) => edge(load(&args.config.config)?, args.upgrade).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
                 Cmd::Certs(arg) => certs(load(&arg.config)?).await,
+                Cmd::StaticServe(arg) => static_serve(arg).await,
                 Cmd::Check(_) => unreachable!("handled above"),
             }
         });
@@ -375,6 +395,15 @@ fn start_acme(config: &Config, store: Store) -> AcmeHandle {
         }
         None => AcmeHandle(None),
     }
+}
+
+async fn static_serve(arg: StaticArgs) -> Result<()> {
+    let addr = std::net::SocketAddr::new(arg.host, arg.port);
+    tokio::select! {
+        result = spinforge_supervisor::static_site::serve(&arg.root, addr, arg.spa) => result?,
+        result = shutdown_signal() => result?,
+    }
+    Ok(())
 }
 
 /// SIGTERM or SIGINT.

@@ -6,7 +6,8 @@ mod support;
 
 use spinforge_state::config::RedisUrl;
 use spinforge_state::records::{
-    AppRecord, CertRecord, Challenge, ChallengeType, Route, Spinlet, SpinletState,
+    AppRecord, BuildState, BuildStatus, CertRecord, Challenge, ChallengeType, Route, Spinlet,
+    SpinletState,
 };
 use spinforge_state::{Event, Signal, Store, Subscription};
 use std::collections::BTreeMap;
@@ -68,9 +69,23 @@ contract!(
     certs_roundtrip_and_announce,
     challenges_expire,
     locks_exclude_expire_and_fence,
+    builds_queue_status_and_log,
 );
 
 // --- fixtures ---
+
+fn build(id: &str, app: &str, state: BuildState) -> BuildStatus {
+    BuildStatus {
+        id: id.into(),
+        app: app.into(),
+        state,
+        queued: 1_700_000_000_000,
+        started: None,
+        finished: None,
+        release: None,
+        error: None,
+    }
+}
 
 fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
     Route {
@@ -1005,4 +1020,107 @@ async fn locks_exclude_expire_and_fence(store: Store) {
             .expect("lock")
             .is_some()
     );
+}
+
+async fn builds_queue_status_and_log(store: Store) {
+    assert_eq!(store.build("nope").await.expect("read"), None);
+    assert!(store.build_queue().await.expect("queue").is_empty());
+    let mut sub = subscribe_synced(&store).await;
+
+    let a = build("a-1", "a", BuildState::Queued);
+    let b = build("b-1", "b", BuildState::Queued);
+    store.enqueue_build(&a).await.expect("enqueue a");
+    store.enqueue_build(&b).await.expect("enqueue b");
+    assert_eq!(
+        store.build_queue().await.expect("queue"),
+        strings(&["a-1", "b-1"]),
+        "oldest first"
+    );
+    assert_eq!(store.build("a-1").await.expect("read"), Some(a.clone()));
+
+    // Running leaves the queue; timings and the release round-trip.
+    let running = BuildStatus {
+        state: BuildState::Running,
+        started: Some(1_700_000_000_500),
+        ..a.clone()
+    };
+    store.put_build(&running).await.expect("running");
+    assert_eq!(store.build_queue().await.expect("queue"), strings(&["b-1"]));
+    assert_eq!(
+        store.build("a-1").await.expect("read"),
+        Some(running.clone())
+    );
+
+    // Log lines keep their order; reading resumes after an entry id.
+    store
+        .append_build_log("a-1", vec!["one".into(), "two".into()])
+        .await
+        .expect("log");
+    store
+        .append_build_log("a-1", vec!["three".into()])
+        .await
+        .expect("log");
+    store
+        .append_build_log("a-1", Vec::new())
+        .await
+        .expect("nothing");
+    let log = store.build_log("a-1", None, 100).await.expect("read log");
+    let lines: Vec<&str> = log.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(lines, ["one", "two", "three"]);
+    let rest = store
+        .build_log("a-1", Some(&log[0].id), 100)
+        .await
+        .expect("resume");
+    assert_eq!(rest, log[1..].to_vec());
+    assert_eq!(
+        store.build_log("a-1", None, 2).await.expect("count").len(),
+        2
+    );
+    assert!(
+        store
+            .build_log("b-1", None, 10)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    let done = BuildStatus {
+        state: BuildState::Failed,
+        finished: Some(1_700_000_009_000),
+        error: Some("`npm ci` failed (exit status: 1)\nline".into()),
+        ..running
+    };
+    store.put_build(&done).await.expect("failed");
+    assert_eq!(store.build("a-1").await.expect("read"), Some(done));
+    let cancelled = BuildStatus {
+        state: BuildState::Cancelled,
+        finished: Some(1_700_000_001_000),
+        ..b
+    };
+    store.put_build(&cancelled).await.expect("cancel queued");
+    assert!(store.build_queue().await.expect("queue").is_empty());
+    assert_eq!(
+        store
+            .build("a-1")
+            .await
+            .expect("still readable")
+            .map(|s| s.state),
+        Some(BuildState::Failed),
+        "a final status stays readable (it expires days later)"
+    );
+
+    // Build bookkeeping announces nothing on the events channel.
+    store
+        .publish(&Event::Wake {
+            app: "marker".into(),
+        })
+        .await
+        .expect("marker");
+    expect_event(
+        &mut sub,
+        Event::Wake {
+            app: "marker".into(),
+        },
+    )
+    .await;
 }

@@ -35,6 +35,19 @@ pub fn upstreams(app: &str) -> String {
     format!("spinforge:upstreams:{app}")
 }
 
+/// LIST of build ids waiting for a builder, oldest first.
+pub const BUILD_QUEUE: &str = "spinforge:build:queue";
+
+/// HASH of one [`crate::records::BuildStatus`].
+pub fn build_status(id: &str) -> String {
+    format!("spinforge:build:status:{id}")
+}
+
+/// STREAM of one build's log lines (field `line`).
+pub fn build_log(id: &str) -> String {
+    format!("spinforge:build:log:{id}")
+}
+
 // --- automatic HTTPS ---
 
 /// HASH of one [`crate::records::CertRecord`]: chain PEM, key PEM, not_after.

@@ -201,3 +201,103 @@ pub struct LockGuard {
     pub owner: String,
     pub fence: u64,
 }
+
+/// Where a build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+            BuildState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => BuildState::Queued,
+            "running" => BuildState::Running,
+            "succeeded" => BuildState::Succeeded,
+            "failed" => BuildState::Failed,
+            "cancelled" => BuildState::Cancelled,
+            _ => return None,
+        })
+    }
+    /// Succeeded, failed or cancelled: nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled
+        )
+    }
+}
+
+/// `build:status:{id}` (a HASH): one build's state and timings (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStatus {
+    pub id: String,
+    pub app: String,
+    pub state: BuildState,
+    pub queued: u64,
+    pub started: Option<u64>,
+    pub finished: Option<u64>,
+    /// The release it produced (or reused).
+    pub release: Option<u64>,
+    /// Why it failed, with the end of its log.
+    pub error: Option<String>,
+}
+
+impl BuildStatus {
+    pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
+        let mut f = BTreeMap::from([
+            ("app", self.app.clone()),
+            ("state", self.state.as_str().to_string()),
+            ("queued", self.queued.to_string()),
+        ]);
+        if let Some(v) = self.started {
+            f.insert("started", v.to_string());
+        }
+        if let Some(v) = self.finished {
+            f.insert("finished", v.to_string());
+        }
+        if let Some(v) = self.release {
+            f.insert("release", v.to_string());
+        }
+        if let Some(v) = &self.error {
+            f.insert("error", v.clone());
+        }
+        f
+    }
+
+    /// Rebuilds a status from its hash; `None` when a required field is missing or malformed.
+    pub fn from_fields(id: &str, f: &BTreeMap<String, String>) -> Option<BuildStatus> {
+        let num = |k: &str| f.get(k).and_then(|v| v.parse().ok());
+        Some(BuildStatus {
+            id: id.to_string(),
+            app: f.get("app")?.clone(),
+            state: BuildState::parse(f.get("state")?)?,
+            queued: num("queued")?,
+            started: num("started"),
+            finished: num("finished"),
+            release: num("release"),
+            error: f.get("error").cloned(),
+        })
+    }
+}
+
+/// One line of `build:log:{id}`, with its stream id (`<ms>-<seq>`) to resume after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub id: String,
+    pub line: String,
+}

@@ -2,6 +2,8 @@
 //! its own messages (`Wake`, `IdleCheck`, `Republish`, `Shutdown`) and its child's exit — so two
 //! wakes can never start two processes, and no map is shared behind a lock.
 
+use crate::build::queue::Builder;
+use crate::build::runner::RunAs;
 use crate::ports::PortAllocator;
 use crate::process;
 use crate::release::{self, Release, Toolchain};
@@ -51,6 +53,9 @@ pub struct AppContext {
     pub tools: Toolchain,
     pub ports: PortAllocator,
     pub data_dir: PathBuf,
+    pub builder: Builder,
+    /// The user spinlets run as (`supervisor.run_as`, when SpinForge runs as root).
+    pub run_as: Option<RunAs>,
 }
 
 #[derive(Debug)]
@@ -126,16 +131,30 @@ impl AppTask {
 
         let mut woken = self.app.idle_timeout.is_none(); // never-idle apps run from the start
         let (app, ctx) = (self.app.clone(), self.ctx.clone());
-        let build = async move { release::prepare(&app, &ctx.data_dir, &ctx.tools).await };
+        let build = async move {
+            let id = Builder::new_id(&app.name);
+            ctx.builder.build(&app, id).await
+        };
         tokio::pin!(build);
         loop {
             tokio::select! {
-                result = &mut build => {
-                    match result {
-                        Ok(r) => self.release = Some(r),
+                finished = &mut build => {
+                    match finished.result {
+                        Ok(outcome) => self.release = Some(outcome.release),
                         Err(e) => {
-                            tracing::error!(app = %name, error = %e, "build failed; the app will answer 503");
-                            self.state = State::Failed { reason: e.to_string(), since: Instant::now() };
+                            // A failed build changes nothing that serves: the newest release
+                            // built before (if any) goes on.
+                            let releases = self.ctx.data_dir.join("apps").join(&name).join("releases");
+                            match release::list_releases(&releases).await.pop() {
+                                Some(previous) => {
+                                    tracing::error!(app = %name, build = %finished.id, error = %e, release = previous.info.number, "build failed; serving the previous release");
+                                    self.release = Some(previous);
+                                }
+                                None => {
+                                    tracing::error!(app = %name, build = %finished.id, error = %e, "build failed; the app will answer 503");
+                                    self.state = State::Failed { reason: e.to_string(), since: Instant::now() };
+                                }
+                            }
                         }
                     }
                     break;
@@ -227,7 +246,17 @@ impl AppTask {
         let log = logs.join(format!("{name}.log"));
         let spawned = std::fs::create_dir_all(&home)
             .and_then(|_| std::fs::create_dir_all(&logs))
-            .and_then(|_| process::spawn(&self.app, &release, &self.ctx.tools, port, &home, &log));
+            .and_then(|_| {
+                process::spawn(
+                    &self.app,
+                    &release,
+                    &self.ctx.tools,
+                    port,
+                    &home,
+                    &log,
+                    self.ctx.run_as,
+                )
+            });
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {

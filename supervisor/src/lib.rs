@@ -7,10 +7,12 @@
 //! republish of everything whenever the store may have lost it (a Redis restart).
 
 pub mod app;
+pub mod build;
 pub mod external;
 pub mod ports;
 pub mod process;
 pub mod release;
+pub mod static_site;
 
 use app::{AppContext, AppTask, Command};
 use spinforge_state::config::{AppConfig, Config};
@@ -40,6 +42,29 @@ pub enum SupervisorError {
     },
     #[error("cannot write routes to the store: {0}")]
     Store(#[from] StoreError),
+    #[error("supervisor.run_as: {0}")]
+    RunAs(String),
+}
+
+/// `supervisor.run_as` as a uid and gid: `None` when unset, or when SpinForge does not run as
+/// root (it cannot switch users then; a warning says so). A user that does not exist is an error.
+pub fn resolve_run_as(name: Option<&str>) -> Result<Option<build::runner::RunAs>, SupervisorError> {
+    let Some(name) = name else { return Ok(None) };
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| SupervisorError::RunAs(format!("cannot look up user `{name}`: {e}")))?
+        .ok_or_else(|| {
+            SupervisorError::RunAs(format!(
+                "there is no user `{name}` on this machine: create it (e.g. `useradd --system --home /nonexistent spinforge`) or remove run_as"
+            ))
+        })?;
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(user = %name, "supervisor.run_as is set, but SpinForge is not running as root and cannot switch users: builds and spinlets run as the current user");
+        return Ok(None);
+    }
+    Ok(Some(build::runner::RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
 }
 
 /// A supervisor whose routes are in the store and whose app tasks are running.
@@ -61,14 +86,26 @@ impl Supervisor {
             path: data_dir.display().to_string(),
             source,
         })?;
+        let run_as = resolve_run_as(config.supervisor.run_as.as_deref())?;
         reconcile_routes(config, &store).await?;
         forget_stale_spinlets(config, &store).await?;
 
+        let builder = build::queue::Builder::new(
+            store.clone(),
+            build::BuildContext {
+                data_dir: data_dir.clone(),
+                tools: tools.clone(),
+                limits: config.supervisor.builds.clone(),
+                run_as,
+            },
+        );
         let ctx = Arc::new(AppContext {
             store: store.clone(),
             tools,
             ports: ports::PortAllocator::new(config.supervisor.port_range),
             data_dir,
+            builder,
+            run_as,
         });
         let mut apps = HashMap::new();
         let mut tasks = JoinSet::new();

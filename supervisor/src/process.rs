@@ -1,6 +1,8 @@
 //! Spinlet processes: started in their own process group with a cleared environment and output to
 //! a log file; health-checked over HTTP; stopped with SIGTERM, then SIGKILL after a grace.
 
+use crate::build::runner::RunAs;
+use crate::build::start::SELF;
 use crate::release::{Release, Toolchain};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -27,6 +29,7 @@ pub fn spawn(
     port: u16,
     home: &Path,
     log: &Path,
+    run_as: Option<RunAs>,
 ) -> std::io::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -39,7 +42,12 @@ pub fn spawn(
             "the release has an empty start command",
         )
     })?;
-    let mut cmd = Command::new(program);
+    // Static sites are served by this very binary (`spinforge static-serve`).
+    let mut cmd = if program == SELF {
+        Command::new(std::env::current_exe()?)
+    } else {
+        Command::new(program)
+    };
     cmd.args(args)
         .current_dir(&release.dir)
         .env_clear()
@@ -70,6 +78,9 @@ pub fn spawn(
         // Its own group: signals reach the whole tree (sh -c, npm, workers), and a Ctrl-C at our
         // terminal does not reach it.
         .process_group(0);
+    if let Some(user) = run_as {
+        cmd.uid(user.uid).gid(user.gid);
+    }
     cmd.spawn()
 }
 

@@ -84,7 +84,18 @@ pub struct Spinforge {
 impl Spinforge {
     /// `spinforge <role> --config <config>`; when `http` is given, waits until it accepts.
     pub fn start(ws: &Workspace, role: &str, config: &Path, http: Option<SocketAddr>) -> Spinforge {
-        Self::start_with(ws, &[role], config, http)
+        Self::start_full(ws, &[role], config, http, &[])
+    }
+
+    /// [`Spinforge::start`] with extra environment variables.
+    pub fn start_env(
+        ws: &Workspace,
+        role: &str,
+        config: &Path,
+        http: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Spinforge {
+        Self::start_full(ws, &[role], config, http, env)
     }
 
     /// `spinforge <args…> --config <config>`.
@@ -94,16 +105,32 @@ impl Spinforge {
         config: &Path,
         http: Option<SocketAddr>,
     ) -> Spinforge {
+        Self::start_full(ws, args, config, http, &[])
+    }
+
+    fn start_full(
+        ws: &Workspace,
+        args: &[&str],
+        config: &Path,
+        http: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Spinforge {
+        // Numbered, so that two processes of one role in one workspace keep separate logs.
         static STARTED: AtomicU16 = AtomicU16::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = ws
             .path()
             .join(format!("{}-{}-{n}.log", args[0], std::process::id()));
-        let out = std::fs::File::create(&log).expect("create log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log");
         let child = Command::new(binary())
             .args(args)
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,spinforge=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log"))

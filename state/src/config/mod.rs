@@ -141,6 +141,11 @@ pub struct SupervisorConfig {
     pub data_dir: PathBuf,
     /// `supervisor.port_range`: ports handed to spinlets.
     pub port_range: PortRange,
+    /// `supervisor.run_as`: the unprivileged user builds and spinlets run as (when SpinForge
+    /// runs as root).
+    pub run_as: Option<String>,
+    /// `supervisor.builds`: the build queue's limits.
+    pub builds: BuildLimits,
 }
 
 impl Default for SupervisorConfig {
@@ -148,6 +153,32 @@ impl Default for SupervisorConfig {
         Self {
             data_dir: PathBuf::from("/var/lib/spinforge"),
             port_range: PortRange::new(30000, 39999).expect("static range is valid"),
+            run_as: None,
+            builds: BuildLimits::default(),
+        }
+    }
+}
+
+/// `supervisor.builds.*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildLimits {
+    /// `concurrency`: builds that run at once; more wait in `build:queue`.
+    pub concurrency: usize,
+    /// `timeout`: a build running longer is stopped and counts as failed.
+    pub timeout: Duration,
+    /// `keep_releases`: releases kept per app (the newest ones), for rollback.
+    pub keep_releases: usize,
+    /// `max_archive_size`: the largest `.tar.gz` source accepted, unpacked bytes.
+    pub max_archive_size: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            timeout: Duration::from_secs(15 * 60),
+            keep_releases: 5,
+            max_archive_size: 1 << 30,
         }
     }
 }
@@ -223,15 +254,84 @@ pub struct AppConfig {
     pub policy: crate::policy::EdgePolicy,
     /// `tls`: how the app's domains get certificates.
     pub tls: AppTls,
+    /// `spa`: static sites answer unknown paths with `/index.html` (single-page apps).
+    pub spa: bool,
 }
 
 /// Where an app's code comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AppSource {
-    /// A local folder with a package.json (absolute once validated).
+    /// A local folder (absolute once validated).
     Directory(PathBuf),
+    /// A git repository, cloned shallowly at `reference` (a branch, tag or commit; `None`: the
+    /// default branch).
+    Git {
+        url: GitUrl,
+        reference: Option<String>,
+    },
+    /// A local `.tar.gz` (or `.tgz`) file (absolute once validated).
+    Tarball(PathBuf),
     /// `upstream: host:port`: a service SpinForge routes to and health-checks but does not run.
     External(ExternalUpstream),
+}
+
+impl fmt::Display for AppSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppSource::Directory(p) | AppSource::Tarball(p) => write!(f, "{}", p.display()),
+            AppSource::Git {
+                url,
+                reference: Some(r),
+            } => write!(f, "{url}#{r}"),
+            AppSource::Git {
+                url,
+                reference: None,
+            } => write!(f, "{url}"),
+            AppSource::External(u) => write!(f, "upstream:{u}"),
+        }
+    }
+}
+
+/// A git URL. It may carry a token (`https://user:token@host/...`), so `Debug` and `Display`
+/// hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitUrl(String);
+
+impl GitUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The full URL, for `git clone` only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GitUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at))
+                if at > scheme_end && self.0[scheme_end..at].contains(':') =>
+            {
+                let userinfo = &self.0[scheme_end + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                write!(
+                    f,
+                    "{}{}:***{}",
+                    &self.0[..scheme_end + 3],
+                    user,
+                    &self.0[at..]
+                )
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for GitUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GitUrl({self})")
+    }
 }
 
 /// `upstream: host:port` of an app SpinForge does not run.
@@ -257,18 +357,35 @@ impl AppConfig {
     pub fn external(&self) -> Option<&ExternalUpstream> {
         match &self.source {
             AppSource::External(u) => Some(u),
-            AppSource::Directory(_) => None,
+            _ => None,
         }
     }
 }
 
-/// How an app is run. Only Node servers with a `start` script or entry file exist so far.
+/// How an app is built and run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framework {
-    /// Found out from the source.
+    /// Found out from package.json and the files.
     Auto,
     Express,
+    Next,
+    Remix,
+    /// No server: files served by SpinForge's static file server.
+    Static,
     Node,
+}
+
+impl Framework {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framework::Auto => "auto",
+            Framework::Express => "express",
+            Framework::Next => "next",
+            Framework::Remix => "remix",
+            Framework::Static => "static",
+            Framework::Node => "node",
+        }
+    }
 }
 
 /// An env value: shown as `***` by `Debug` so that it never reaches a log.

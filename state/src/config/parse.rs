@@ -2,9 +2,9 @@
 
 use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
-    AccessLog, AcmeConfig, AppConfig, AppSource, AppTls, ChallengeKind, Config, ConfigError,
-    ConfigErrors, EdgeConfig, EnvValue, ExternalUpstream, Framework, HealthCheck, PortRange,
-    RedisUrl, StateConfig, SupervisorConfig, TlsConfig, units,
+    AccessLog, AcmeConfig, AppConfig, AppSource, AppTls, BuildLimits, ChallengeKind, Config,
+    ConfigError, ConfigErrors, EdgeConfig, EnvValue, ExternalUpstream, Framework, GitUrl,
+    HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, TlsConfig, units,
 };
 use crate::policy::{EdgePolicy, RateLimit, RateLimitScope, SecurityHeaders};
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +18,6 @@ const PLANNED: &[&str] = &[
     "supervisor.admin_listen",
     "supervisor.admin_token_env",
     "supervisor.deploy_dir",
-    "supervisor.run_as",
     "apps.*.cpu",
 ];
 
@@ -346,7 +345,68 @@ impl Walker<'_> {
         ) {
             out.port_range = r;
         }
-        f.finish(self, &["data_dir", "port_range"], "supervisor");
+        out.run_as = self.value(f.take("run_as"), "a user name", |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                && !s.starts_with('-');
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not a user name"))
+            }
+        });
+        if let Some((p, n)) = f.take("builds") {
+            out.builds = self.builds(&p, n);
+        }
+        f.finish(
+            self,
+            &["data_dir", "port_range", "run_as", "builds"],
+            "supervisor",
+        );
+    }
+
+    fn builds(&mut self, path: &str, node: &Node) -> BuildLimits {
+        let mut b = BuildLimits::default();
+        let Some(mut f) = self.fields(node, path) else {
+            return b;
+        };
+        let count = |s: &str| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("`{s}` is not a whole number from 1 to 64"))
+        };
+        if let Some(n) = self.value(f.take("concurrency"), "a number", count) {
+            b.concurrency = n;
+        }
+        if let Some(d) = self.positive_duration(f.take("timeout")) {
+            b.timeout = d;
+        }
+        if let Some(n) = self.value(f.take("keep_releases"), "a number", count) {
+            b.keep_releases = n;
+        }
+        if let Some(n) = self.value(f.take("max_archive_size"), "a size such as 1G", |s| {
+            let bytes = units::parse_size(s)?;
+            if bytes < 1 << 20 {
+                return Err(format!("`{s}` is too small: give at least 1M"));
+            }
+            Ok(bytes)
+        }) {
+            b.max_archive_size = n;
+        }
+        f.finish(
+            self,
+            &[
+                "concurrency",
+                "timeout",
+                "keep_releases",
+                "max_archive_size",
+            ],
+            "supervisor.builds",
+        );
+        b
     }
 
     fn apps(&mut self, node: &Node, path: &str, base: &Path) -> BTreeMap<String, AppConfig> {
@@ -426,12 +486,12 @@ impl Walker<'_> {
             .value(f.take("framework"), "a framework name", |s| match s {
                 "auto" => Ok(Framework::Auto),
                 "express" => Ok(Framework::Express),
+                "next" => Ok(Framework::Next),
+                "remix" => Ok(Framework::Remix),
+                "static" => Ok(Framework::Static),
                 "node" => Ok(Framework::Node),
-                "next" | "remix" | "static" => Err(format!(
-                    "framework `{s}` is not supported by this version of SpinForge yet"
-                )),
                 _ => Err(format!(
-                    "`{s}` is not a framework: use auto, express or node"
+                    "`{s}` is not a framework: use auto, express, next, remix, static or node"
                 )),
             })
             .unwrap_or(Framework::Auto);
@@ -482,6 +542,9 @@ impl Walker<'_> {
             .take("tls")
             .map(|(p, n)| self.app_tls(&p, n, base))
             .unwrap_or_default();
+        let spa = self
+            .value(f.take("spa"), "true or false", boolean)
+            .unwrap_or(false);
         f.finish(
             self,
             &[
@@ -493,6 +556,7 @@ impl Walker<'_> {
                 "instances",
                 "memory",
                 "idle_timeout",
+                "spa",
                 "health_check",
                 "rate_limit",
                 "limits",
@@ -509,7 +573,7 @@ impl Walker<'_> {
         // An external app is never stopped for being idle: SpinForge does not run it.
         let idle_timeout = match source {
             AppSource::External(_) => None,
-            AppSource::Directory(_) => idle_timeout?,
+            _ => idle_timeout?,
         };
         Some(AppConfig {
             name: name.to_string(),
@@ -522,6 +586,7 @@ impl Walker<'_> {
             health_check,
             policy,
             tls,
+            spa,
         })
     }
 
@@ -589,28 +654,14 @@ impl Walker<'_> {
     }
 
     fn source(&mut self, path: &str, node: &Node, base: &Path) -> Option<AppSource> {
-        let text = self.scalar(node, path, "a folder path")?;
-        let remote = ["http://", "https://", "git@", "git://", "ssh://"]
-            .iter()
-            .any(|p| text.starts_with(p));
-        if remote || text.ends_with(".git") || text.ends_with(".tar.gz") || text.ends_with(".tgz") {
-            self.error(
-                node.pos,
-                path,
-                format!("`{text}`: git and tarball sources are not supported by this version yet; give a local folder"),
-            );
-            return None;
+        let text = self.scalar(node, path, "a folder, git URL or .tar.gz path")?;
+        match source(text, base) {
+            Ok(s) => Some(s),
+            Err(message) => {
+                self.error(node.pos, path, message);
+                None
+            }
         }
-        let dir = base.join(text);
-        if !dir.is_dir() {
-            self.error(
-                node.pos,
-                path,
-                format!("`{text}` is not a folder (looked for {})", dir.display()),
-            );
-            return None;
-        }
-        Some(AppSource::Directory(absolute(&dir)))
     }
 
     fn env(&mut self, path: &str, node: &Node) -> BTreeMap<String, EnvValue> {
@@ -947,6 +998,87 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// `source:` — a git URL (`https://…`, `ssh://…`, `git@host:path`, `file://…`, or anything
+/// ending in `.git`, with an optional `#ref`), a `.tar.gz`/`.tgz` file, or a folder.
+fn source(text: &str, base: &Path) -> Result<AppSource, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let archive = text.ends_with(".tar.gz") || text.ends_with(".tgz");
+    if archive && text.contains("://") {
+        return Err(format!(
+            "`{text}`: downloading archives is not supported; give a local .tar.gz, a git URL or a folder"
+        ));
+    }
+    let (url, reference) = match text.rsplit_once('#') {
+        Some((u, r)) => (u, Some(r)),
+        None => (text, None),
+    };
+    let schemed = ["http://", "https://", "git://", "ssh://", "file://"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    let scp_like = url.starts_with("git@");
+    let is_git = schemed || scp_like || url.ends_with(".git") || url.ends_with(".git/");
+    if is_git {
+        if let Some(r) = reference {
+            let ok = !r.is_empty()
+                && r.len() <= 200
+                && !r.starts_with('-')
+                && !r.contains("..")
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "`#{r}` is not a git branch, tag or commit: letters, digits, / . _ -"
+                ));
+            }
+        }
+        if !schemed && !scp_like {
+            // A local repository given by path.
+            let dir = base.join(url);
+            if !dir.exists() {
+                return Err(format!(
+                    "`{url}` looks like a git repository but does not exist (looked for {})",
+                    dir.display()
+                ));
+            }
+            return Ok(AppSource::Git {
+                url: GitUrl::new(absolute(&dir).display().to_string()),
+                reference: reference.map(str::to_string),
+            });
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let after = url.split_once("://").map_or("", |(_, r)| r);
+            if after.split('/').next().unwrap_or("").is_empty() {
+                return Err(format!("`{}` has no host", GitUrl::new(url)));
+            }
+        }
+        return Ok(AppSource::Git {
+            url: GitUrl::new(url),
+            reference: reference.map(str::to_string),
+        });
+    }
+    if archive {
+        let file = base.join(text);
+        if !file.is_file() {
+            return Err(format!(
+                "`{text}` is not a file (looked for {})",
+                file.display()
+            ));
+        }
+        return Ok(AppSource::Tarball(absolute(&file)));
+    }
+    let dir = base.join(text);
+    if !dir.is_dir() {
+        return Err(format!(
+            "`{text}` is not a folder (looked for {}); a source is a folder, a git URL or a .tar.gz file",
+            dir.display()
+        ));
+    }
+    Ok(AppSource::Directory(absolute(&dir)))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -1422,6 +1554,62 @@ mod tests {
         for bad in ["", "a..b", "-a.com", "a_b.com", "example.com:80", "*.*.x"] {
             assert!(domain(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn sources_frameworks_and_build_limits() {
+        let dir = fixture();
+        std::fs::write(dir.path().join("site.tar.gz"), b"").expect("write");
+        let cfg = parse_in(
+            &dir,
+            "supervisor:\n  run_as: spinforge\n  builds: { concurrency: 2, timeout: 5m, keep_releases: 3, max_archive_size: 64M }\napps:\n  a:\n    domains: [a.test]\n    source: https://tok:s3cret@git.example.com/a.git#v1.2\n    framework: next\n  b:\n    domains: [b.test]\n    source: site.tar.gz\n    framework: static\n    spa: true\n  c:\n    domains: [c.test]\n    source: git@github.com:me/c.git\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.supervisor.run_as.as_deref(), Some("spinforge"));
+        assert_eq!(cfg.supervisor.builds.concurrency, 2);
+        assert_eq!(cfg.supervisor.builds.timeout, Duration::from_secs(300));
+        assert_eq!(cfg.supervisor.builds.keep_releases, 3);
+        assert_eq!(cfg.supervisor.builds.max_archive_size, 64 << 20);
+        let a = &cfg.apps["a"];
+        assert_eq!(a.framework, Framework::Next);
+        match &a.source {
+            AppSource::Git { url, reference } => {
+                assert_eq!(reference.as_deref(), Some("v1.2"));
+                assert!(url.expose().contains("s3cret"));
+                assert!(!url.to_string().contains("s3cret"));
+                assert!(!format!("{:?}", a.source).contains("s3cret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&cfg.apps["b"].source, AppSource::Tarball(p) if p.ends_with("site.tar.gz"))
+        );
+        assert!(cfg.apps["b"].spa);
+        assert!(matches!(
+            &cfg.apps["c"].source,
+            AppSource::Git {
+                reference: None,
+                ..
+            }
+        ));
+        let errs = parse_in(
+            &dir,
+            "supervisor:\n  builds: { concurrency: 0 }\napps:\n  a:\n    domains: [a.test]\n    source: missing.tar.gz\n    framework: rails\n  b:\n    domains: [b.test]\n    source: https://x.test/a.git#--upload-pack=evil\n  c:\n    domains: [c.test]\n    source: https://x.test/app.tar.gz\n",
+        )
+        .expect_err("invalid")
+        .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "supervisor.builds.concurrency",
+                "apps.a.source",
+                "apps.a.framework",
+                "apps.b.source",
+                "apps.c.source"
+            ],
+            "{errs:#?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use super::{Delivery, EVENT_BUFFER, Write};
 use crate::events::Event;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::records::LogEntry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -19,10 +20,24 @@ struct Data {
     hashes: BTreeMap<String, BTreeMap<String, String>>,
     sets: HashMap<String, BTreeSet<String>>,
     zsets: HashMap<String, BTreeMap<String, u64>>,
+    lists: HashMap<String, VecDeque<String>>,
+    streams: HashMap<String, Stream>,
+    /// Keys given a TTL, oldest first. There is no clock here: beyond [`MAX_EXPIRING`] keys the
+    /// oldest are deleted, which bounds memory the way the TTL does on Redis.
+    expiring: VecDeque<String>,
     /// String keys with an expiry (ms since the epoch); expired ones read as absent.
     expires: HashMap<String, u64>,
     /// The fencing counter for locks.
     fencing: u64,
+}
+
+/// Keys with a TTL kept at most (finished builds' statuses and logs).
+const MAX_EXPIRING: usize = 400;
+
+#[derive(Debug, Default)]
+struct Stream {
+    last: (u64, u64),
+    entries: VecDeque<((u64, u64), String)>,
 }
 
 impl Data {
@@ -64,6 +79,8 @@ impl Data {
                     self.hashes.remove(&key);
                     self.sets.remove(&key);
                     self.zsets.remove(&key);
+                    self.lists.remove(&key);
+                    self.streams.remove(&key);
                 }
                 Write::HashReplace { key, fields } => {
                     let fields = fields
@@ -80,6 +97,49 @@ impl Data {
                         set.remove(&member);
                         if set.is_empty() {
                             self.sets.remove(&key);
+                        }
+                    }
+                }
+                Write::ListPush { key, value } => {
+                    self.lists.entry(key).or_default().push_back(value);
+                }
+                Write::ListRemove { key, value } => {
+                    if let Some(list) = self.lists.get_mut(&key) {
+                        list.retain(|v| *v != value);
+                        if list.is_empty() {
+                            self.lists.remove(&key);
+                        }
+                    }
+                }
+                Write::StreamAdd {
+                    key,
+                    lines,
+                    max_len,
+                } => {
+                    let stream = self.streams.entry(key).or_default();
+                    let now = crate::now_ms();
+                    for line in lines {
+                        let id = if now > stream.last.0 {
+                            (now, 0)
+                        } else {
+                            (stream.last.0, stream.last.1 + 1)
+                        };
+                        stream.last = id;
+                        stream.entries.push_back((id, line));
+                    }
+                    while stream.entries.len() > max_len {
+                        stream.entries.pop_front();
+                    }
+                }
+                Write::Expire { key, .. } => {
+                    if !self.expiring.contains(&key) {
+                        self.expiring.push_back(key);
+                    }
+                    while self.expiring.len() > MAX_EXPIRING {
+                        if let Some(old) = self.expiring.pop_front() {
+                            self.strings.remove(&old);
+                            self.hashes.remove(&old);
+                            self.streams.remove(&old);
                         }
                     }
                 }
@@ -232,4 +292,40 @@ impl Embedded {
             .map(|z| z.iter().map(|(m, s)| (m.clone(), *s)).collect())
             .unwrap_or_default()
     }
+
+    pub(crate) fn list(&self, key: &str) -> Vec<String> {
+        self.data()
+            .lists
+            .get(key)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn stream_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Vec<LogEntry> {
+        let after = after.and_then(parse_stream_id);
+        let d = self.data();
+        let Some(stream) = d.streams.get(key) else {
+            return Vec::new();
+        };
+        stream
+            .entries
+            .iter()
+            .filter(|(id, _)| after.is_none_or(|a| *id > a))
+            .take(count)
+            .map(|((ms, seq), line)| LogEntry {
+                id: format!("{ms}-{seq}"),
+                line: line.clone(),
+            })
+            .collect()
+    }
+}
+
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

@@ -15,7 +15,9 @@ mod redis;
 use crate::config::RedisUrl;
 use crate::events::Event;
 use crate::keys;
-use crate::records::{AppRecord, CertRecord, Challenge, LockGuard, Route, Spinlet};
+use crate::records::{
+    AppRecord, BuildStatus, CertRecord, Challenge, LockGuard, LogEntry, Route, Spinlet,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +75,33 @@ pub(crate) enum Write {
         key: String,
         entries: Vec<(String, u64)>,
     },
+    /// `RPUSH`.
+    ListPush {
+        key: String,
+        value: String,
+    },
+    /// `LREM key 0 value`: every occurrence.
+    ListRemove {
+        key: String,
+        value: String,
+    },
+    /// `XADD key MAXLEN ~ max_len * line <line>`, once per line.
+    StreamAdd {
+        key: String,
+        lines: Vec<String>,
+        max_len: usize,
+    },
+    /// `EXPIRE key secs`. The embedded store keeps a bounded number of expiring keys instead.
+    Expire {
+        key: String,
+        secs: u64,
+    },
 }
+
+/// Lines kept per build log; older ones are trimmed.
+pub const BUILD_LOG_MAX_LINES: usize = 10_000;
+/// How long a finished build's status and log stay in the store.
+pub const BUILD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a subscription hands out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +171,7 @@ const EVENT_BUFFER: usize = 4096;
 
 #[derive(Debug)]
 enum Backend {
-    Embedded(embedded::Embedded),
+    Embedded(Box<embedded::Embedded>),
     Redis(redis::Redis),
 }
 
@@ -157,7 +185,7 @@ impl Store {
     /// An in-memory store for one process.
     pub fn embedded() -> Store {
         Store {
-            backend: Arc::new(Backend::Embedded(embedded::Embedded::new())),
+            backend: Arc::new(Backend::Embedded(Box::new(embedded::Embedded::new()))),
         }
     }
 
@@ -604,6 +632,107 @@ impl Store {
                 Ok(())
             }
             Backend::Redis(b) => b.unlock(&key, &value).await,
+        }
+    }
+
+    // --- builds ---
+
+    /// Records a new build as queued and appends it to `build:queue`.
+    pub async fn enqueue_build(&self, status: &BuildStatus) -> Result<()> {
+        self.write(
+            vec![
+                Write::HashReplace {
+                    key: keys::build_status(&status.id),
+                    fields: status.to_fields(),
+                },
+                Write::ListPush {
+                    key: keys::BUILD_QUEUE.into(),
+                    value: status.id.clone(),
+                },
+            ],
+            None,
+        )
+        .await
+    }
+
+    /// Writes a build's status; once it left the queued state it leaves `build:queue`, and once
+    /// it is final its status and log expire after [`BUILD_RETENTION`].
+    pub async fn put_build(&self, status: &BuildStatus) -> Result<()> {
+        let key = keys::build_status(&status.id);
+        let mut writes = vec![Write::HashReplace {
+            key: key.clone(),
+            fields: status.to_fields(),
+        }];
+        if status.state != crate::records::BuildState::Queued {
+            writes.push(Write::ListRemove {
+                key: keys::BUILD_QUEUE.into(),
+                value: status.id.clone(),
+            });
+        }
+        if status.state.is_final() {
+            let secs = BUILD_RETENTION.as_secs();
+            writes.push(Write::Expire { key, secs });
+            writes.push(Write::Expire {
+                key: keys::build_log(&status.id),
+                secs,
+            });
+        }
+        self.write(writes, None).await
+    }
+
+    pub async fn build(&self, id: &str) -> Result<Option<BuildStatus>> {
+        let key = keys::build_status(id);
+        let fields = match &*self.backend {
+            Backend::Embedded(b) => b.hash(&key),
+            Backend::Redis(b) => b.hash(&key).await?,
+        }
+        .unwrap_or_default();
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        BuildStatus::from_fields(id, &fields)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                key,
+                reason: "missing or malformed build fields".into(),
+            })
+    }
+
+    /// Build ids waiting in `build:queue`, oldest first.
+    pub async fn build_queue(&self) -> Result<Vec<String>> {
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.list(keys::BUILD_QUEUE)),
+            Backend::Redis(b) => b.list(keys::BUILD_QUEUE).await,
+        }
+    }
+
+    /// Appends lines to `build:log:{id}` (trimmed to about [`BUILD_LOG_MAX_LINES`]).
+    pub async fn append_build_log(&self, id: &str, lines: Vec<String>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.write(
+            vec![Write::StreamAdd {
+                key: keys::build_log(id),
+                lines,
+                max_len: BUILD_LOG_MAX_LINES,
+            }],
+            None,
+        )
+        .await
+    }
+
+    /// Up to `count` log lines after the entry `after` (from the start when `None`).
+    pub async fn build_log(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<LogEntry>> {
+        let key = keys::build_log(id);
+        match &*self.backend {
+            Backend::Embedded(b) => Ok(b.stream_after(&key, after, count)),
+            Backend::Redis(b) => b.stream_after(&key, after, count).await,
         }
     }
 

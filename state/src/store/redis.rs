@@ -6,6 +6,7 @@ use super::{Delivery, EVENT_BUFFER, Result, StoreError, Write};
 use crate::config::RedisUrl;
 use crate::events::Event;
 use crate::keys;
+use crate::records::LogEntry;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
@@ -147,6 +148,25 @@ impl Redis {
                     )
                     .await?
                 }
+                Write::ListPush { key, value } => trx.rpush::<(), _, _>(key, value).await?,
+                Write::ListRemove { key, value } => trx.lrem::<(), _, _>(key, 0, value).await?,
+                Write::StreamAdd {
+                    key,
+                    lines,
+                    max_len,
+                } => {
+                    for line in lines {
+                        trx.xadd::<(), _, _, _, _>(
+                            key.as_str(),
+                            false,
+                            ("MAXLEN", "~", max_len as i64),
+                            "*",
+                            vec![("line", line)],
+                        )
+                        .await?
+                    }
+                }
+                Write::Expire { key, secs } => trx.expire::<(), _>(key, secs as i64, None).await?,
             }
         }
         if let Some(e) = event {
@@ -369,6 +389,35 @@ redis.call('HSET', KEYS[2], unpack(ARGV, 4))
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 "#;
+
+impl Redis {
+    pub(crate) async fn list(&self, key: &str) -> Result<Vec<String>> {
+        self.ensure_connected()?;
+        Ok(self.client.lrange(key, 0, -1).await?)
+    }
+
+    pub(crate) async fn stream_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<LogEntry>> {
+        self.ensure_connected()?;
+        // `(id` is exclusive (Redis 6.2+).
+        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .client
+            .xrange(key, start, "+", Some(count as u64))
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, mut fields)| LogEntry {
+                id,
+                line: fields.remove("line").unwrap_or_default(),
+            })
+            .collect())
+    }
+}
 
 impl Drop for Redis {
     fn drop(&mut self) {

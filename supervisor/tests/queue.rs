@@ -1,0 +1,192 @@
+//! The build queue with real builds (npm running a slow build script): the concurrency limit,
+//! status and log in the store, cancelling a queued and a running build, and the time limit.
+
+use spinforge_state::Store;
+use spinforge_state::config::{AppConfig, AppSource, BuildLimits, Framework, HealthCheck};
+use spinforge_state::records::BuildState;
+use spinforge_supervisor::build::queue::Builder;
+use spinforge_supervisor::build::{BuildContext, BuildError};
+use spinforge_supervisor::release::Toolchain;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// An app whose build script writes its pid, then sleeps for `secs`.
+fn slow_app(dir: &Path, name: &str, secs: u32) -> AppConfig {
+    let src = dir.join(name);
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(
+        src.join("package.json"),
+        format!(
+            r#"{{"name":"{name}","private":true,"scripts":{{"build":"node build.js","start":"node server.js"}}}}"#
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        src.join("build.js"),
+        format!(
+            "require('fs').writeFileSync({:?}, String(process.pid));\nsetTimeout(() => {{}}, {}000);\n",
+            dir.join(format!("{name}.pid")).display().to_string(),
+            secs
+        ),
+    )
+    .expect("write");
+    std::fs::write(src.join("server.js"), "").expect("write");
+    AppConfig {
+        name: name.into(),
+        domains: vec![format!("{name}.test")],
+        source: AppSource::Directory(src),
+        framework: Framework::Auto,
+        env: Default::default(),
+        memory: None,
+        idle_timeout: None,
+        health_check: HealthCheck::default(),
+        spa: false,
+    }
+}
+
+fn builder(dir: &Path, store: &Store, timeout: Duration) -> Builder {
+    Builder::new(
+        store.clone(),
+        BuildContext {
+            data_dir: dir.join("data"),
+            tools: Toolchain::discover().expect("node and npm"),
+            limits: BuildLimits {
+                concurrency: 1,
+                timeout,
+                ..BuildLimits::default()
+            },
+            run_as: None,
+        },
+    )
+}
+
+fn pid_alive(path: &Path) -> Option<bool> {
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    Some(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_at_a_time_and_cancellable_queued_or_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::embedded();
+    let b = builder(dir.path(), &store, Duration::from_secs(120));
+    let (a, c) = (
+        slow_app(dir.path(), "first", 60),
+        slow_app(dir.path(), "second", 60),
+    );
+    let (id_a, id_c) = (Builder::new_id("first"), Builder::new_id("second"));
+    let run_a = tokio::spawn({
+        let (b, id) = (b.clone(), id_a.clone());
+        async move { b.build(&a, id).await }
+    });
+    let pid_a = dir.path().join("first.pid");
+    until("the first build runs its script", || {
+        pid_alive(&pid_a) == Some(true)
+    })
+    .await;
+    let run_c = tokio::spawn({
+        let (b, id) = (b.clone(), id_c.clone());
+        async move { b.build(&c, id).await }
+    });
+    // The second waits: queued, in build:queue, its script not started.
+    let mut queued = false;
+    for _ in 0..100 {
+        if store.build_queue().await.expect("queue") == vec![id_c.clone()] {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queued, "the second build waits in build:queue");
+    let status = store.build(&id_c).await.expect("read").expect("status");
+    assert_eq!(status.state, BuildState::Queued);
+    assert_eq!(
+        store
+            .build(&id_a)
+            .await
+            .expect("read")
+            .expect("status")
+            .state,
+        BuildState::Running
+    );
+
+    assert!(b.cancel(&id_c), "a queued build can be cancelled");
+    let done = run_c.await.expect("join");
+    assert!(
+        matches!(done.result, Err(BuildError::Cancelled)),
+        "{:?}",
+        done.result
+    );
+    assert!(
+        !dir.path().join("second.pid").exists(),
+        "a cancelled queued build never ran"
+    );
+
+    assert!(b.cancel(&id_a), "a running build can be cancelled");
+    let done = run_a.await.expect("join");
+    assert!(
+        matches!(done.result, Err(BuildError::Cancelled)),
+        "{:?}",
+        done.result
+    );
+    until("the build script is killed", || {
+        pid_alive(&pid_a) == Some(false)
+    })
+    .await;
+    for id in [&id_a, &id_c] {
+        let s = store.build(id).await.expect("read").expect("status");
+        assert_eq!(s.state, BuildState::Cancelled, "{s:?}");
+        assert!(s.finished.is_some());
+    }
+    assert!(store.build_queue().await.expect("queue").is_empty());
+    assert!(
+        !b.cancel(&id_a),
+        "a finished build is no longer cancellable"
+    );
+    let log = store.build_log(&id_a, None, 100).await.expect("log");
+    assert!(
+        log.iter().any(|l| l.line.contains("npm run build")),
+        "{log:?}"
+    );
+    let releases = dir.path().join("data/apps/first/releases");
+    assert_eq!(
+        std::fs::read_dir(&releases).expect("releases").count(),
+        0,
+        "a cancelled build leaves no release and no staging folder"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_past_its_time_limit_fails_and_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::embedded();
+    let b = builder(dir.path(), &store, Duration::from_secs(3));
+    let app = slow_app(dir.path(), "slow", 60);
+    let id = Builder::new_id("slow");
+    let t = Instant::now();
+    let done = b.build(&app, id.clone()).await;
+    assert!(
+        matches!(done.result, Err(BuildError::TimedOut { .. })),
+        "{:?}",
+        done.result
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let s = store.build(&id).await.expect("read").expect("status");
+    assert_eq!(s.state, BuildState::Failed);
+    assert!(
+        s.error.as_deref().is_some_and(|e| e.contains("time limit")),
+        "{s:?}"
+    );
+    until("the build script is killed", || {
+        pid_alive(&dir.path().join("slow.pid")) == Some(false)
+    })
+    .await;
+}
