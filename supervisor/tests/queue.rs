@@ -40,6 +40,8 @@ fn slow_app(dir: &Path, name: &str, secs: u32) -> AppConfig {
         memory: None,
         idle_timeout: None,
         health_check: HealthCheck::default(),
+        policy: Default::default(),
+        tls: Default::default(),
         spa: false,
     }
 }
