@@ -33,6 +33,8 @@ use tokio::time::Instant;
 const CONCURRENT_ORDERS: usize = 4;
 /// An order (challenge, validation, finalize, download) must finish within this.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Loading or creating the ACME account must finish within this.
+const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The per-domain lock outlives an order that times out.
 const LOCK_TTL: Duration = Duration::from_secs(180);
 /// While another process holds a domain's lock, look again this often.
@@ -277,7 +279,12 @@ impl Shared {
             if let Some(at) = self.current(domain).await? {
                 return Ok(Next::At(at));
             }
-            let account = self.account().await?;
+            let account = tokio::time::timeout(ACCOUNT_TIMEOUT, self.account())
+                .await
+                .map_err(|_| AcmeError::Timeout {
+                    what: "getting the ACME account",
+                    after: ACCOUNT_TIMEOUT,
+                })??;
             let kind = match self.acme.challenge {
                 ChallengeKind::Http01 => ChallengeType::Http01,
                 ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,

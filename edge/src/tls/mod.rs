@@ -418,6 +418,48 @@ mod tests {
         alpn_challenge_cert(&c).expect("challenge cert");
     }
 
+    fn app(name: &str, domains: &[&str], tls: AppTls) -> AppConfig {
+        use spinforge_state::config::{AppSource, Framework, HealthCheck};
+        AppConfig {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            source: AppSource::Directory("/nonexistent".into()),
+            framework: Framework::Auto,
+            env: BTreeMap::new(),
+            memory: None,
+            idle_timeout: None,
+            health_check: HealthCheck::default(),
+            tls,
+        }
+    }
+
+    #[test]
+    fn names_resolve_exact_then_one_label_wildcard_and_off_names_get_nothing() {
+        let apps = [
+            app("a", &["a.test", "*.w.test"], AppTls::Auto),
+            app("c", &["c.test"], AppTls::Off),
+        ];
+        let state = TlsState::new(TlsPolicy::from_apps(&apps), Some(8443));
+        sync::initial(&state);
+        assert_eq!(
+            state.lookup("a.test").map(|s| s.source),
+            Some(CertSource::SelfSigned)
+        );
+        assert!(state.lookup("x.w.test").is_some());
+        assert!(state.lookup("a.b.w.test").is_none(), "one label only");
+        assert!(state.lookup("w.test").is_none());
+        assert!(state.lookup("c.test").is_none(), "tls: off");
+        assert!(state.lookup("other.test").is_none());
+        // Self-signed is not trusted: no redirect, no HSTS.
+        assert!(!state.has_trusted_cert("a.test"));
+        let names: Vec<String> = state
+            .cert_expiries()
+            .into_iter()
+            .map(|e| e.domain)
+            .collect();
+        assert_eq!(names, vec!["*.w.test", "a.test"]);
+    }
+
     #[test]
     fn corrupt_pem_is_refused_with_a_reason() {
         let e = certified_key(b"garbage", b"garbage").expect_err("corrupt");
