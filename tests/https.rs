@@ -468,8 +468,9 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
         "files.test",
         "    tls: { cert: cert.pem, key: key.pem }\n",
     ) + &echo_app(&ws, "beta", "self.localhost", "");
+    let metrics_port = free_port();
     let yaml = format!(
-        "edge:\n  listen_http: 127.0.0.1:{}\n  listen_https: 127.0.0.1:{}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n{apps}",
+        "edge:\n  listen_http: 127.0.0.1:{}\n  listen_https: 127.0.0.1:{}\n  metrics: 127.0.0.1:{metrics_port}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n{apps}",
         ports.http,
         ports.https,
         port_block()
@@ -507,4 +508,30 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
     let log = sf.log_text();
     assert!(log.contains("loaded certificate files"), "{log}");
     assert!(!log.contains("certificate job started"), "{log}");
+
+    // Prometheus sees each served certificate's expiry, and the self-signed handshakes.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(r#"spinforge_cert_expiry_seconds{domain="files.test",source="files"}"#)
+        })
+        .unwrap_or_else(|| panic!("no expiry for files.test:\n{metrics}"));
+    let not_after: i64 = expiry
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    let now = spinforge_state::now_ms() as i64 / 1000;
+    assert!(not_after > now, "{expiry}");
+    assert!(
+        metrics.contains("spinforge_tls_self_signed_handshakes_total ")
+            && !metrics.contains("spinforge_tls_self_signed_handshakes_total 0\n"),
+        "{metrics}"
+    );
 }

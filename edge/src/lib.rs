@@ -244,6 +244,7 @@ impl Edge {
             client_rates: Default::default(),
             tls: self.tls.clone(),
         };
+        let _ = metrics.tls.set(self.tls.clone());
         let metrics_addr = self.metrics_addr();
         let metrics_task = self.metrics_listener.and_then(|l| {
             let l = tokio::net::TcpListener::from_std(l)

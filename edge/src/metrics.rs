@@ -163,6 +163,8 @@ pub struct Metrics {
     open_websockets: AtomicI64,
     /// Requests no app took (unknown host, no Host), by status class.
     unrouted: [AtomicU64; CLASSES.len()],
+    /// The certificates served, for their expiry (set once when the edge starts).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::TlsState>>,
 }
 
 impl Metrics {
@@ -284,6 +286,26 @@ impl Metrics {
             "# HELP spinforge_routes Domains in the edge's routing table.\n# TYPE spinforge_routes gauge\nspinforge_routes {}",
             table.len()
         );
+        if let Some(tls) = self.tls.get() {
+            out.push_str("# HELP spinforge_cert_expiry_seconds When the certificate served for a domain expires (Unix time).\n# TYPE spinforge_cert_expiry_seconds gauge\n");
+            for c in tls.cert_expiries() {
+                let source = match c.source {
+                    crate::tls::CertSource::Acme => "acme",
+                    crate::tls::CertSource::Files => "files",
+                    crate::tls::CertSource::SelfSigned => "self-signed",
+                };
+                let _ = writeln!(
+                    out,
+                    "spinforge_cert_expiry_seconds{{domain=\"{}\",source=\"{source}\"}} {}",
+                    c.domain, c.not_after
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP spinforge_tls_self_signed_handshakes_total TLS handshakes answered with a self-signed stand-in.\n# TYPE spinforge_tls_self_signed_handshakes_total counter\nspinforge_tls_self_signed_handshakes_total {}",
+                tls.self_signed_handshakes()
+            );
+        }
         out
     }
 }
