@@ -429,7 +429,9 @@ mod tests {
             memory: None,
             idle_timeout: None,
             health_check: HealthCheck::default(),
+            policy: Default::default(),
             tls,
+            spa: false,
         }
     }
 
