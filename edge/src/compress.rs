@@ -83,10 +83,32 @@ fn parse_q(v: &str) -> Option<u16> {
     (q <= 1000).then_some(q)
 }
 
+/// The `Content-Length` of a message, when there is one and it is a number.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    std::str::from_utf8(headers.get(header::CONTENT_LENGTH)?.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Content types worth compressing: text, and the text formats that are not `text/*`.
 pub fn compressible(content_type: &[u8]) -> bool {
-    let ct = String::from_utf8_lossy(content_type).to_ascii_lowercase();
-    let essence = ct.split(';').next().unwrap_or("").trim();
+    // Called on every response: lowercase into a stack buffer, not a String.
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let mut buf = [0u8; 64];
+    let Some(buf) = buf.get_mut(..essence.len()) else {
+        return false; // no compressible type is that long
+    };
+    buf.copy_from_slice(essence);
+    buf.make_ascii_lowercase();
+    let Ok(essence) = std::str::from_utf8(buf) else {
+        return false;
+    };
     if essence == "text/event-stream" {
         // Events must reach the client the moment they are sent.
         return false;
@@ -133,16 +155,7 @@ pub fn decide(
             .to_ascii_lowercase()
             .contains("no-transform")
     });
-    let tiny = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| {
-            std::str::from_utf8(v.as_bytes())
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .is_some_and(|n| n < MIN_LENGTH);
+    let tiny = content_length(h).is_some_and(|n| n < MIN_LENGTH);
     let ranged = status == 206 || h.contains_key(header::CONTENT_RANGE);
     if already || no_transform || ranged || !(200..300).contains(&status) || status == 204 {
         return None;

@@ -211,27 +211,39 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
 
 /// Strips hop-by-hop headers, including any the `Connection` header names (but not the ones
 /// Pingora needs to frame the message or pass a WebSocket upgrade on).
+/// Allocates only when there is something to strip (nearly never: the fixed names are checked in
+/// place, and only a `Connection` header can name others).
 fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = HOP_BY_HOP
+        .iter()
+        .filter(|n| headers.contains_key(**n))
+        .map(|n| n.to_string())
+        .collect();
     for v in headers.get_all(header::CONNECTION) {
-        for token in String::from_utf8_lossy(v.as_bytes()).split(',') {
-            let t = token.trim().to_ascii_lowercase();
-            if !t.is_empty()
-                && !matches!(
-                    t.as_str(),
-                    "close"
-                        | "keep-alive"
-                        | "upgrade"
-                        | "transfer-encoding"
-                        | "content-length"
-                        | "host"
-                )
-            {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            // The usual `keep-alive`/`close`/`upgrade` are Pingora's to handle: no allocation.
+            let ours = [
+                "close",
+                "keep-alive",
+                "upgrade",
+                "transfer-encoding",
+                "content-length",
+                "host",
+            ]
+            .iter()
+            .any(|n| token.eq_ignore_ascii_case(n.as_bytes()));
+            if token.is_empty() || ours {
+                continue;
+            }
+            let Ok(t) = std::str::from_utf8(token).map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            if headers.contains_key(t.as_str()) && !names.contains(&t) {
                 names.push(t);
             }
         }
     }
-    names.retain(|n| headers.contains_key(n.as_str()));
     names
 }
 
@@ -352,17 +364,7 @@ impl ProxyHttp for EdgeProxy {
             answer(session, ctx, EdgeError::HeadersTooLarge).await?;
             return Ok(true);
         }
-        let declared_body = session
-            .req_header()
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| {
-                std::str::from_utf8(v.as_bytes())
-                    .ok()?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
+        let declared_body = compress::content_length(&session.req_header().headers);
         if declared_body.is_some_and(|n| n > policy.max_body_bytes) {
             answer(session, ctx, EdgeError::BodyTooLarge).await?;
             return Ok(true);
