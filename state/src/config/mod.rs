@@ -146,6 +146,14 @@ pub struct SupervisorConfig {
     pub run_as: Option<String>,
     /// `supervisor.builds`: the build queue's limits.
     pub builds: BuildLimits,
+    /// `supervisor.admin_listen`: where the admin API listens.
+    pub admin_listen: SocketAddr,
+    /// `supervisor.admin_token_env`: the variable that holds the admin API's bearer token.
+    pub admin_token_env: String,
+    /// `supervisor.deploy_dir`: hot deploy folder (`None`: off).
+    pub deploy_dir: Option<PathBuf>,
+    /// `supervisor.logs`: spinlet log files.
+    pub logs: LogLimits,
 }
 
 impl Default for SupervisorConfig {
@@ -155,6 +163,27 @@ impl Default for SupervisorConfig {
             port_range: PortRange::new(30000, 39999).expect("static range is valid"),
             run_as: None,
             builds: BuildLimits::default(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            admin_token_env: "SPINFORGE_TOKEN".into(),
+            deploy_dir: None,
+            logs: LogLimits::default(),
+        }
+    }
+}
+
+/// `supervisor.logs.*`: each spinlet's stdout/stderr file is rotated at `max_size`, keeping
+/// `keep` old files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub keep: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            keep: 3,
         }
     }
 }
@@ -245,8 +274,12 @@ pub struct AppConfig {
     pub framework: Framework,
     /// Extra environment for the app's processes. Values may be secrets.
     pub env: BTreeMap<String, EnvValue>,
-    /// `memory`: bytes. Caps the V8 heap for now (cgroup enforcement comes with the lifecycle work).
+    /// `instances`: spinlets that serve the app at once (1 to 64).
+    pub instances: u32,
+    /// `memory`: bytes, per spinlet.
     pub memory: Option<u64>,
+    /// `cpu`: cores, per spinlet (0.5 = half of one core).
+    pub cpu: Option<f64>,
     /// `idle_timeout`: `None` (written `0`) never stops the app for being idle.
     pub idle_timeout: Option<Duration>,
     pub health_check: HealthCheck,

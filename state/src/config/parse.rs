@@ -4,7 +4,7 @@ use super::yaml::{self, Key, Node, Pos, Value};
 use super::{
     AccessLog, AcmeConfig, AppConfig, AppSource, AppTls, BuildLimits, ChallengeKind, Config,
     ConfigError, ConfigErrors, EdgeConfig, EnvValue, ExternalUpstream, Framework, GitUrl,
-    HealthCheck, PortRange, RedisUrl, StateConfig, SupervisorConfig, TlsConfig, units,
+    HealthCheck, LogLimits, PortRange, RedisUrl, StateConfig, SupervisorConfig, TlsConfig, units,
 };
 use crate::policy::{EdgePolicy, RateLimit, RateLimitScope, SecurityHeaders};
 use std::collections::{BTreeMap, HashMap};
@@ -14,12 +14,7 @@ use std::time::Duration;
 
 /// Keys of design.md that later versions implement. Naming them gets a clearer error than
 /// "unknown key", and keeps the door open: each moves to the schema when it works.
-const PLANNED: &[&str] = &[
-    "supervisor.admin_listen",
-    "supervisor.admin_token_env",
-    "supervisor.deploy_dir",
-    "apps.*.cpu",
-];
+const PLANNED: &[&str] = &[];
 
 /// Keys about running an app's processes, refused for an app with `upstream:`.
 const RUN_KEYS: &[&str] = &["framework", "env", "instances", "memory", "idle_timeout"];
@@ -360,11 +355,75 @@ impl Walker<'_> {
         if let Some((p, n)) = f.take("builds") {
             out.builds = self.builds(&p, n);
         }
+        if let Some(addr) = self.value(
+            f.take("admin_listen"),
+            "an address such as 127.0.0.1:9000",
+            socket_addr,
+        ) {
+            out.admin_listen = addr;
+        }
+        if let Some(name) = self.value(f.take("admin_token_env"), "a variable name", |s| {
+            let ok = !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !s.as_bytes()[0].is_ascii_digit();
+            if ok {
+                Ok(s.to_string())
+            } else {
+                Err(format!("`{s}` is not an environment variable name"))
+            }
+        }) {
+            out.admin_token_env = name;
+        }
+        out.deploy_dir = self.value(f.take("deploy_dir"), "a folder path", |s| {
+            if s.trim().is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(base.join(s))
+            }
+        });
+        if let Some((p, n)) = f.take("logs") {
+            out.logs = self.log_limits(&p, n);
+        }
         f.finish(
             self,
-            &["data_dir", "port_range", "run_as", "builds"],
+            &[
+                "data_dir",
+                "port_range",
+                "run_as",
+                "builds",
+                "admin_listen",
+                "admin_token_env",
+                "deploy_dir",
+                "logs",
+            ],
             "supervisor",
         );
+    }
+
+    fn log_limits(&mut self, path: &str, node: &Node) -> LogLimits {
+        let mut l = LogLimits::default();
+        let Some(mut f) = self.fields(node, path) else {
+            return l;
+        };
+        if let Some(n) = self.value(f.take("max_size"), "a size such as 10M", |s| {
+            let bytes = units::parse_size(s)?;
+            if bytes < 4 << 10 {
+                return Err(format!("`{s}` is too small: give at least 4K"));
+            }
+            Ok(bytes)
+        }) {
+            l.max_size = n;
+        }
+        if let Some(n) = self.value(f.take("keep"), "a number", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| format!("`{s}` is not a whole number from 0 to 100"))
+        }) {
+            l.keep = n;
+        }
+        f.finish(self, &["max_size", "keep"], "supervisor.logs");
+        l
     }
 
     fn builds(&mut self, path: &str, node: &Node) -> BuildLimits {
@@ -499,12 +558,21 @@ impl Walker<'_> {
             .take("env")
             .map(|(p, n)| self.env(&p, n))
             .unwrap_or_default();
-        let instances = f.take("instances");
-        self.value(instances, "a number", |s| match s.parse::<u32>() {
-            Ok(1) => Ok(()),
-            _ => Err(format!(
-                "`{s}`: only 1 instance per app is supported by this version yet"
-            )),
+        let instances = self
+            .value(f.take("instances"), "a number", |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("`{s}` is not a whole number from 1 to 64"))
+            })
+            .unwrap_or(1);
+        let cpu = self.value(f.take("cpu"), "a number of cores such as 0.5", |s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a number of cores from 0.01 up (0.5 = half a core)")
+                })
         });
         let memory = self.value(f.take("memory"), "a size such as 256M", |s| {
             let bytes = units::parse_size(s)?;
@@ -555,6 +623,7 @@ impl Walker<'_> {
                 "env",
                 "instances",
                 "memory",
+                "cpu",
                 "idle_timeout",
                 "spa",
                 "health_check",
@@ -581,7 +650,9 @@ impl Walker<'_> {
             source,
             framework,
             env,
+            instances,
             memory,
+            cpu,
             idle_timeout,
             health_check,
             policy,
@@ -1345,21 +1416,23 @@ mod tests {
     }
 
     #[test]
-    fn planned_keys_say_so() {
+    fn instances_and_cpu_are_checked() {
         let dir = fixture();
+        let cfg = parse_in(
+            &dir,
+            "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: 0.5\n    instances: 3\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.apps["hello"].cpu, Some(0.5));
+        assert_eq!(cfg.apps["hello"].instances, 3);
         let errs = parse_in(
             &dir,
-            "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: 0.5\n",
+            "apps:\n  hello:\n    domains: [a.test]\n    source: apps/hello\n    cpu: lots\n    instances: 0\n",
         )
-        .expect_err("cpu is planned")
+        .expect_err("bad values")
         .0;
-        assert_eq!(errs.len(), 1);
-        assert_eq!(errs[0].key, "apps.hello.cpu");
-        assert!(
-            errs[0].message.contains("not supported"),
-            "{}",
-            errs[0].message
-        );
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["apps.hello.cpu", "apps.hello.instances"], "{errs:?}");
     }
 
     #[test]
