@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod build;
+pub mod control;
 pub mod external;
 pub mod ports;
 pub mod process;
@@ -74,6 +75,8 @@ pub struct Supervisor {
     store: Store,
     apps: HashMap<String, mpsc::Sender<Command>>,
     tasks: JoinSet<()>,
+    handle: control::SupervisorHandle,
+    requests: mpsc::Receiver<control::Request>,
 }
 
 impl Supervisor {
@@ -122,17 +125,25 @@ impl Supervisor {
             store = store.kind(),
             "supervisor started"
         );
+        let (handle, requests) = control::SupervisorHandle::new();
         Ok(Supervisor {
             config: config.clone(),
             store,
             apps,
             tasks,
+            handle,
+            requests,
         })
+    }
+
+    /// A handle for the admin API and the hot-deploy watcher.
+    pub fn handle(&self) -> control::SupervisorHandle {
+        self.handle.clone()
     }
 
     /// Routes wakes and idle checks to the app tasks until `shutdown` carries a deadline; then
     /// stops every spinlet by that deadline.
-    pub async fn run(self, mut shutdown: watch::Receiver<Option<Instant>>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<Option<Instant>>) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
         let mut reap = tokio::time::interval(reap_interval(&self.config));
@@ -159,12 +170,37 @@ impl Supervisor {
                     resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
                 }
                 _ = reap.tick() => self.idle_checks().await,
+                Some(request) = self.requests.recv() => self.control(request).await,
                 d = async { shutdown.wait_for(Option::is_some).await.ok().and_then(|d| *d) } => {
                     break d.unwrap_or_else(Instant::now);
                 }
             }
         };
         self.shutdown(deadline).await;
+    }
+
+    async fn control(&mut self, request: control::Request) {
+        use control::{ControlError, ManagedApp, Origin, Request};
+        let not_yet = || ControlError::Refused("not supported by this version yet".into());
+        match request {
+            Request::Apps(reply) => {
+                let apps = self
+                    .config
+                    .apps
+                    .values()
+                    .map(|a| ManagedApp {
+                        config: a.clone(),
+                        origin: Origin::Config,
+                    })
+                    .collect();
+                let _ = reply.send(apps);
+            }
+            Request::PutApp { reply, .. } => drop(reply.send(Err(not_yet()))),
+            Request::DeleteApp { reply, .. } => drop(reply.send(Err(not_yet()))),
+            Request::Deploy { reply, .. } => drop(reply.send(Err(not_yet()))),
+            Request::Rollback { reply, .. } => drop(reply.send(Err(not_yet()))),
+            Request::Lifecycle { reply, .. } => drop(reply.send(Err(not_yet()))),
+        }
     }
 
     fn send(&self, app: &str, cmd: Command) {

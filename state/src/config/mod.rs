@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use parse::parse_app;
 pub use units::{parse_duration, parse_size};
 
 /// A validated config.

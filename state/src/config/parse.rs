@@ -27,6 +27,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         file,
         lines: text.lines().collect(),
         errors: Vec::new(),
+        default_source: None,
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let root = match yaml::read(text) {
@@ -45,10 +46,50 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// One app section on its own (an admin API body, a hot-deployed folder's `spinforge.yaml`):
+/// the mapping that sits under `apps.<name>` in the main file. Key paths in errors are relative
+/// to it (`domains`, `env.KEY`). Relative paths resolve against `file`'s folder. Without
+/// `source:`/`upstream:` the app gets `default_source`, or an error when there is none. Domains
+/// taken by other apps are the caller's to check.
+pub fn parse_app(
+    name: &str,
+    text: &str,
+    file: &Path,
+    default_source: Option<AppSource>,
+) -> Result<AppConfig, ConfigErrors> {
+    let mut w = Walker {
+        file,
+        lines: text.lines().collect(),
+        errors: Vec::new(),
+        default_source,
+    };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let root = match yaml::read(text) {
+        Ok(root) => root,
+        Err(e) => {
+            w.error(e.pos, "", format!("invalid YAML: {}", e.message));
+            return Err(ConfigErrors(w.errors));
+        }
+    };
+    if let Err(message) = app_name(name) {
+        w.error(root.pos, "", format!("app name: {message}"));
+    }
+    let app = w.app(name, &root, "", &base, &mut HashMap::new());
+    match app {
+        Some(app) if w.errors.is_empty() => Ok(app),
+        _ => {
+            w.errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(w.errors))
+        }
+    }
+}
+
 struct Walker<'a> {
     file: &'a Path,
     lines: Vec<&'a str>,
     errors: Vec<ConfigError>,
+    /// The source of an app section that names none (see [`parse_app`]).
+    default_source: Option<AppSource>,
 }
 
 /// The entries of one mapping, handed out by name; whatever is left at `finish` is unknown.
@@ -532,6 +573,7 @@ impl Walker<'_> {
                 );
                 None
             }
+            (None, None) if self.default_source.is_some() => self.default_source.clone(),
             (None, None) => {
                 self.error(
                     node.pos,
@@ -1690,5 +1732,47 @@ mod tests {
         let url = RedisUrl::new("redis://user:s3cret@10.0.0.2:6379/0");
         assert_eq!(url.to_string(), "redis://user:***@10.0.0.2:6379/0");
         assert!(!format!("{url:?}").contains("s3cret"));
+    }
+}
+
+#[cfg(test)]
+mod app_section_tests {
+    use super::*;
+
+    #[test]
+    fn an_app_section_parses_alone_with_relative_key_paths() {
+        let file = Path::new("/tmp/api/app.json");
+        let app = parse_app(
+            "shop",
+            r#"{"domains": ["shop.test"], "instances": 2, "env": {"A": "1"}}"#,
+            file,
+            Some(AppSource::Tarball("/tmp/api/shop.tar.gz".into())),
+        )
+        .expect("valid");
+        assert_eq!(app.name, "shop");
+        assert_eq!(app.instances, 2);
+        assert_eq!(
+            app.source,
+            AppSource::Tarball("/tmp/api/shop.tar.gz".into())
+        );
+
+        let errs = parse_app(
+            "shop",
+            r#"{"domains": ["shop.test"], "memroy": "1G"}"#,
+            file,
+            None,
+        )
+        .expect_err("no source, misspelt key")
+        .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"memroy"), "{errs:?}");
+        assert!(
+            keys.contains(&""),
+            "missing source reported at the root: {errs:?}"
+        );
+        let bad_name = parse_app("Bad Name", "{}", file, None)
+            .expect_err("bad name")
+            .0;
+        assert!(bad_name[0].message.contains("app name"), "{bad_name:?}");
     }
 }
