@@ -11,6 +11,7 @@
 //! shutdown ends as soon as requests have drained rather than after a fixed grace sleep.
 
 pub mod background;
+pub mod balance;
 pub mod breaker;
 pub mod challenge;
 pub mod compress;

@@ -65,6 +65,8 @@ pub struct RequestCtx {
     attempts: usize,
     /// The upstream of the current attempt.
     upstream: Option<SocketAddr>,
+    /// Counts this request against its upstream's load while it lives.
+    upstream_load: Option<crate::balance::UpstreamLoad>,
     request_id: Option<HeaderValue>,
     cold_start: Option<Duration>,
     /// Request body bytes seen so far (for the body limit on chunked uploads).
@@ -303,6 +305,7 @@ impl ProxyHttp for EdgeProxy {
             first_upstream: 0,
             attempts: 0,
             upstream: None,
+            upstream_load: None,
             request_id: None,
             cold_start: None,
             body_bytes: 0,
@@ -463,16 +466,24 @@ impl ProxyHttp for EdgeProxy {
         if ctx.attempts == 0 {
             ctx.first_upstream = app.runtime.next_upstream();
         }
-        // The next upstream whose breaker is closed; if all are open, the next one anyway (a
-        // probe beats a certain error).
+        // First attempt: of the upstreams whose breaker is closed, the one with the fewest requests
+        // in flight (scanned from a rotating start, so ties take turns). A retry moves on to the
+        // next one. If all breakers are open, the next one anyway (a probe beats a certain error).
         let now = now_ms();
         let pick = |i: usize| app.upstreams[(ctx.first_upstream + ctx.attempts + i) % n];
-        let addr = (0..n)
+        let closed = (0..n)
             .map(pick)
-            .find(|a| !app.runtime.breakers.is_open(*a, now))
-            .unwrap_or_else(|| pick(0));
+            .filter(|a| !app.runtime.breakers.is_open(*a, now));
+        let chosen = if ctx.attempts == 0 && n > 1 {
+            app.runtime.loads.least_loaded(closed)
+        } else {
+            closed.into_iter().next()
+        };
+        let addr = chosen.unwrap_or_else(|| pick(0));
         ctx.attempts += 1;
         ctx.upstream = Some(addr);
+        ctx.upstream_load = None; // a failed attempt's count ends before the next one's starts
+        ctx.upstream_load = Some(app.runtime.loads.start(addr));
         // A SocketAddr converts without a DNS lookup.
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);

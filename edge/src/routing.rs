@@ -46,6 +46,8 @@ pub struct AppRuntime {
     open_streams: AtomicUsize,
     /// Passive health of each upstream.
     pub breakers: crate::breaker::Breakers,
+    /// Requests in flight per upstream, for least-in-flight balancing.
+    pub loads: Arc<crate::balance::Loads>,
     /// The app-wide rate budget (`rate_limit.app_rps`).
     pub app_rate: crate::limits::RateCell,
     /// The wake whose cold start was counted (its `last_wake_ms`), so it is counted once.
