@@ -105,6 +105,9 @@ fn app(name: &str, domains: &[&str]) -> AppRecord {
         idle_timeout_ms: Some(300_000),
         current_release: Some(2),
         releases: vec![1, 2],
+        state: "running".into(),
+        reason: None,
+        instances: 2,
     }
 }
 
@@ -119,6 +122,8 @@ fn spinlet(id: &str, app: &str, state: SpinletState, port: u16) -> Spinlet {
         port,
         started: 1_732_000_000_123,
         restarts: 1,
+        proc_start: 12345,
+        reason: Some("out of memory".into()),
     }
 }
 
@@ -280,6 +285,8 @@ async fn spinlets_roundtrip(store: Store) {
     let a2 = spinlet("api-2", "api", SpinletState::Running, 4001);
     let b1 = Spinlet {
         restarts: 0,
+        proc_start: 0,
+        reason: None,
         ..spinlet("blog-1", "blog", SpinletState::Crashed, 4002)
     };
     for s in [&a1, &a2, &b1] {

@@ -58,10 +58,7 @@ impl Loads {
 
     /// Of `candidates` (in round-robin order, so ties rotate), the one with the fewest requests
     /// in flight. `None` when there are none.
-    pub fn least_loaded(
-        &self,
-        candidates: impl Iterator<Item = SocketAddr>,
-    ) -> Option<SocketAddr> {
+    pub fn least_loaded(&self, candidates: impl Iterator<Item = SocketAddr>) -> Option<SocketAddr> {
         candidates.min_by_key(|a| self.in_flight(*a))
     }
 }

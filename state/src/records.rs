@@ -37,6 +37,16 @@ pub struct AppRecord {
     pub current_release: Option<u64>,
     #[serde(default)]
     pub releases: Vec<u64>,
+    /// `idle` (no spinlet; the next request starts one), `running`, `failed` (see `reason`), or
+    /// `waiting` (no release yet).
+    #[serde(default)]
+    pub state: String,
+    /// Why the app failed, with the end of its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Spinlets it runs when awake.
+    #[serde(default)]
+    pub instances: u32,
 }
 
 /// The states of design.md, as stored and published.
@@ -88,6 +98,12 @@ pub struct Spinlet {
     /// ms since the epoch.
     pub started: u64,
     pub restarts: u32,
+    /// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with
+    /// the pid it names one process for ever, so a new supervisor never adopts a reused pid.
+    /// 0: unknown (never adopted).
+    pub proc_start: u64,
+    /// Why the spinlet failed or crashed (with the log's last lines), when it did.
+    pub reason: Option<String>,
 }
 
 impl Spinlet {
@@ -101,6 +117,8 @@ impl Spinlet {
             ("port", self.port.to_string()),
             ("started", self.started.to_string()),
             ("restarts", self.restarts.to_string()),
+            ("proc_start", self.proc_start.to_string()),
+            ("reason", self.reason.clone().unwrap_or_default()),
         ])
     }
 
@@ -116,6 +134,11 @@ impl Spinlet {
             port: f.get("port")?.parse().ok()?,
             started: f.get("started")?.parse().ok()?,
             restarts: f.get("restarts")?.parse().ok()?,
+            proc_start: f
+                .get("proc_start")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            reason: f.get("reason").filter(|r| !r.is_empty()).cloned(),
         })
     }
 

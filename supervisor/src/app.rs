@@ -1,21 +1,31 @@
-//! One task per app: it owns the app's release and spinlet, and changes them only in answer to
-//! its own messages (`Wake`, `IdleCheck`, `Republish`, `Shutdown`) and its child's exit — so two
-//! wakes can never start two processes, and no map is shared behind a lock.
+//! One task per app: it owns the app's release and spinlets, and changes them only in answer to
+//! its own messages and its spinlets' exits — so two wakes can never start two sets of processes,
+//! and no map is shared behind a lock.
+//!
+//! The app is in one [`Mode`]: `Idle` (nothing runs; a wake starts it), `Active` (it keeps
+//! `instances` healthy spinlets of its release, restarting crashed ones with backoff) or `Failed`
+//! (it gave up after repeated failed starts; a wake a minute later tries again). Changing the
+//! release (deploy, rollback, restart) starts the new spinlets beside the old ones, flips the
+//! upstreams to them in one write once all are healthy, and drains the old ones in the
+//! background; new spinlets that never get healthy are stopped and the old ones keep serving.
 
-use crate::build::queue::Builder;
+use crate::build::queue::{Builder, Finished};
 use crate::build::runner::RunAs;
+use crate::control::{ControlError, Lifecycle};
 use crate::ports::PortAllocator;
 use crate::process;
 use crate::release::{self, Release, Toolchain};
-use spinforge_state::config::AppConfig;
+use crate::spinlet::{Exit, Proc};
+use spinforge_state::config::{AppConfig, AppSource};
 use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
 use spinforge_state::{Store, StoreError, now_ms};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 /// Start attempts that may fail in a row before the app is `Failed`.
@@ -26,10 +36,14 @@ const FAILED_RETRY: Duration = Duration::from_secs(60);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// SIGTERM → SIGKILL for idle stops.
+/// SIGTERM → SIGKILL for stops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// No store call waits longer than this.
 const STORE_DEADLINE: Duration = Duration::from_secs(5);
+/// Log lines quoted with a failure.
+const TAIL_LINES: usize = 10;
+/// Commands put aside while spinlets start; more are dropped (wakes and checks come again).
+const PENDING_MAX: usize = 32;
 
 #[derive(Debug)]
 pub enum Command {
@@ -37,8 +51,25 @@ pub enum Command {
     Wake,
     /// The app's last access (ms) as the edges recorded it.
     IdleCheck { last_access_ms: Option<u64> },
-    /// Write this app's routes, spinlet and upstreams again (after the store lost or may have lost them).
+    /// Write this app's routes, spinlets and upstreams again (after the store lost or may have lost them).
     Republish,
+    /// The app's definition changed (a config edit, the admin API): rebuild, restart, rescale or
+    /// just republish, whichever the change needs.
+    Update(Box<AppConfig>),
+    /// Build `app` (its source may be new) under `build_id` and roll the result out.
+    Deploy {
+        build_id: String,
+        app: Box<AppConfig>,
+    },
+    /// Serve a kept release again (`None`: the one before the current).
+    Rollback {
+        release: Option<u64>,
+        reply: oneshot::Sender<Result<u64, ControlError>>,
+    },
+    Lifecycle {
+        action: Lifecycle,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
     /// Stop everything by `deadline`, then answer on `done`.
     Shutdown {
         deadline: Instant,
@@ -56,191 +87,532 @@ pub struct AppContext {
     pub builder: Builder,
     /// The user spinlets run as (`supervisor.run_as`, when SpinForge runs as root).
     pub run_as: Option<RunAs>,
+    /// How long replaced spinlets keep running after the upstreams flip away from them, for the
+    /// requests they still serve (`edge.grace`).
+    pub drain: Duration,
 }
 
+/// A healthy spinlet, published in `upstreams:{app}`.
 #[derive(Debug)]
-struct Running {
-    child: Child,
+struct Instance {
     spinlet: Spinlet,
+    proc: Proc,
     since: Instant,
 }
 
 #[derive(Debug)]
-enum State {
-    Stopped,
-    Running(Box<Running>),
-    /// Crashed or failed to start; starts again at `retry_at`.
-    Crashed {
-        retry_at: Instant,
-    },
-    /// Gave up (no release, or too many failed starts in a row).
-    Failed {
-        reason: String,
-        since: Instant,
-    },
+enum Mode {
+    /// Nothing runs; a wake starts the app.
+    Idle,
+    /// Keeps `instances` healthy spinlets; `crashed` holds when each missing one starts again.
+    Active { crashed: Vec<Instant> },
+    /// Gave up: no release, or too many failed starts in a row.
+    Failed { reason: String, since: Instant },
 }
 
 /// Whether the task goes on after handling something.
+#[must_use]
 enum Flow {
     Continue,
     Exit,
+}
+
+/// What the task's loop woke up for.
+enum Woke {
+    Exited(Exit),
+    Built(Finished),
+    Retry,
+    Command(Option<Command>),
+}
+
+enum Started {
+    Healthy(Vec<Instance>),
+    Unhealthy(String),
+    /// A shutdown came while starting: everything is stopped.
+    ShutDown,
 }
 
 pub struct AppTask {
     app: AppConfig,
     ctx: Arc<AppContext>,
     rx: mpsc::Receiver<Command>,
+    exits_tx: mpsc::UnboundedSender<Exit>,
+    exits: mpsc::UnboundedReceiver<Exit>,
     release: Option<Release>,
-    state: State,
+    mode: Mode,
+    running: Vec<Instance>,
+    /// A wake came before there was a release to start.
+    wanted: bool,
     /// Restarts since the last stable run, for the backoff.
     restarts: u32,
     /// Start attempts that failed in a row.
     start_failures: u32,
+    /// The build in progress, if any; its result arrives on `built`.
+    build: Option<JoinHandle<()>>,
+    built_tx: mpsc::UnboundedSender<Finished>,
+    built: mpsc::UnboundedReceiver<Finished>,
+    /// Replaced spinlets, each drained and stopped by its own task.
+    draining: JoinSet<()>,
+    /// Tells draining spinlets to stop by this deadline (supervisor shutdown).
+    drain_stop: watch::Sender<Option<Instant>>,
+    pending: VecDeque<Command>,
 }
 
 impl std::fmt::Debug for AppTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppTask")
             .field("app", &self.app.name)
-            .field("state", &self.state)
+            .field("mode", &self.mode)
+            .field("running", &self.running.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AppTask {
     pub fn new(app: AppConfig, ctx: Arc<AppContext>, rx: mpsc::Receiver<Command>) -> Self {
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        let (built_tx, built) = mpsc::unbounded_channel();
         Self {
             app,
             ctx,
             rx,
+            exits_tx,
+            exits,
             release: None,
-            state: State::Stopped,
+            mode: Mode::Idle,
+            running: Vec::new(),
+            wanted: false,
             restarts: 0,
             start_failures: 0,
+            build: None,
+            built_tx,
+            built,
+            draining: JoinSet::new(),
+            drain_stop: watch::channel(None).0,
+            pending: VecDeque::new(),
         }
     }
 
-    pub async fn run(mut self) {
-        let name = self.app.name.clone();
-        // Ports of a previous run are not ours any more.
-        self.store_call("clearing upstreams", |s| {
-            let name = name.clone();
-            async move { s.set_upstreams(&name, &[]).await }
-        })
-        .await;
-
-        let mut woken = self.app.idle_timeout.is_none(); // never-idle apps run from the start
-        let (app, ctx) = (self.app.clone(), self.ctx.clone());
-        let build = async move {
-            let id = Builder::new_id(&app.name);
-            ctx.builder.build(&app, id).await
-        };
-        tokio::pin!(build);
-        loop {
-            tokio::select! {
-                finished = &mut build => {
-                    match finished.result {
-                        Ok(outcome) => self.release = Some(outcome.release),
-                        Err(e) => {
-                            // A failed build changes nothing that serves: the newest release
-                            // built before (if any) goes on.
-                            let releases = self.ctx.data_dir.join("apps").join(&name).join("releases");
-                            match release::list_releases(&releases).await.pop() {
-                                Some(previous) => {
-                                    tracing::error!(app = %name, build = %finished.id, error = %e, release = previous.info.number, "build failed; serving the previous release");
-                                    self.release = Some(previous);
-                                }
-                                None => {
-                                    tracing::error!(app = %name, build = %finished.id, error = %e, "build failed; the app will answer 503");
-                                    self.state = State::Failed { reason: e.to_string(), since: Instant::now() };
-                                }
-                            }
-                        }
-                    }
-                    break;
-                }
-                cmd = self.rx.recv() => match cmd {
-                    Some(Command::Wake) => woken = true,
-                    Some(Command::Shutdown { done, .. }) => {
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(Command::IdleCheck { .. } | Command::Republish) => {}
-                    None => return,
-                },
-            }
-        }
+    /// Runs the app: adopts `adopted` (live spinlets of a previous supervisor), builds its
+    /// source, then answers commands until shutdown.
+    pub async fn run(mut self, adopted: Vec<Spinlet>) {
+        self.adopt(adopted).await;
+        self.wanted = self.app.idle_timeout.is_none(); // never-idle apps run from the start
         self.republish().await;
-        if woken && self.release.is_some() && matches!(self.run_start().await, Flow::Exit) {
-            return;
-        }
-
+        let first = self.app.clone();
+        self.start_build(Builder::new_id(&first.name), first);
         loop {
-            let cmd = match &mut self.state {
-                State::Running(r) => tokio::select! {
-                    status = r.child.wait() => {
-                        self.on_exit(status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())).await;
-                        continue;
-                    }
-                    cmd = self.rx.recv() => cmd,
-                },
-                State::Crashed { retry_at } => {
-                    let retry_at = *retry_at;
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(retry_at) => {
-                            if matches!(self.run_start().await, Flow::Exit) { return; }
-                            continue;
-                        }
-                        cmd = self.rx.recv() => cmd,
-                    }
-                }
-                State::Stopped | State::Failed { .. } => self.rx.recv().await,
-            };
-            let Some(cmd) = cmd else {
-                // The supervisor is gone: leave nothing running.
-                self.stop("supervisor gone", Instant::now() + STOP_GRACE)
-                    .await;
-                return;
-            };
-            match cmd {
-                Command::Wake => {
-                    let start = match &self.state {
-                        State::Stopped => true,
-                        State::Failed { reason, since } => {
-                            let retry = self.release.is_some() && since.elapsed() >= FAILED_RETRY;
-                            if !retry {
-                                tracing::debug!(app = %self.app.name, %reason, "wake ignored: the app has failed");
-                            }
-                            retry
-                        }
-                        State::Running(_) | State::Crashed { .. } => false,
-                    };
-                    if start && matches!(self.run_start().await, Flow::Exit) {
-                        return;
-                    }
-                }
-                Command::IdleCheck { last_access_ms } => self.idle_check(last_access_ms).await,
-                Command::Republish => self.republish().await,
-                Command::Shutdown { deadline, done } => {
-                    self.stop("shutdown", deadline).await;
-                    let _ = done.send(());
+            if let Some(cmd) = self.pending.pop_front() {
+                if matches!(self.handle(cmd).await, Flow::Exit) {
                     return;
                 }
+                continue;
+            }
+            let retry_at = match &self.mode {
+                Mode::Active { crashed } => crashed.iter().min().copied(),
+                _ => None,
+            };
+            let woke = tokio::select! {
+                Some(exit) = self.exits.recv() => Woke::Exited(exit),
+                Some(finished) = self.built.recv() => Woke::Built(finished),
+                _ = sleep_until(retry_at), if retry_at.is_some() => Woke::Retry,
+                cmd = self.rx.recv() => Woke::Command(cmd),
+            };
+            let flow = match woke {
+                Woke::Exited((id, status)) => {
+                    self.on_exit(&id, status).await;
+                    Flow::Continue
+                }
+                Woke::Built(finished) => self.on_built(finished).await,
+                Woke::Retry => self.fill().await,
+                Woke::Command(Some(cmd)) => self.handle(cmd).await,
+                Woke::Command(None) => {
+                    // The supervisor is gone: leave nothing running.
+                    self.stop_everything(Instant::now() + STOP_GRACE).await;
+                    Flow::Exit
+                }
+            };
+            if matches!(flow, Flow::Exit) {
+                return;
             }
         }
     }
 
-    /// Starts a spinlet and waits for its health check, still answering a shutdown meanwhile.
-    async fn run_start(&mut self) -> Flow {
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Wake => match &self.mode {
+                Mode::Idle => {
+                    self.wanted = true;
+                    if self.release.is_some() {
+                        self.mode = Mode::Active {
+                            crashed: Vec::new(),
+                        };
+                        return self.fill().await;
+                    }
+                }
+                Mode::Failed { reason, since } => {
+                    if self.release.is_some() && since.elapsed() >= FAILED_RETRY {
+                        self.start_failures = 0;
+                        self.mode = Mode::Active {
+                            crashed: Vec::new(),
+                        };
+                        return self.fill().await;
+                    }
+                    tracing::debug!(app = %self.app.name, %reason, "wake ignored: the app has failed");
+                }
+                Mode::Active { .. } => {}
+            },
+            Command::IdleCheck { last_access_ms } => self.idle_check(last_access_ms).await,
+            Command::Republish => self.republish().await,
+            Command::Update(app) => return self.update(*app).await,
+            Command::Deploy { build_id, app } => {
+                self.app = *app;
+                let app = self.app.clone();
+                self.start_build(build_id, app);
+            }
+            Command::Rollback { release, reply } => {
+                let target = self.rollback_target(release).await;
+                match target {
+                    Ok(target) => {
+                        let _ = reply.send(Ok(target.info.number));
+                        tracing::info!(app = %self.app.name, release = target.info.number, "rolling back");
+                        return self.roll_to(target).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Lifecycle { action, reply } => return self.lifecycle(action, reply).await,
+            Command::Shutdown { deadline, done } => {
+                self.stop_everything(deadline).await;
+                let _ = done.send(());
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn lifecycle(
+        &mut self,
+        action: Lifecycle,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    ) -> Flow {
+        let Some(release) = self.release.clone() else {
+            let _ = reply.send(Err(ControlError::Conflict(format!(
+                "app `{}` has no release yet: deploy it first",
+                self.app.name
+            ))));
+            return Flow::Continue;
+        };
+        let _ = reply.send(Ok(()));
+        match action {
+            Lifecycle::Start => {
+                self.start_failures = 0;
+                self.mode = Mode::Active {
+                    crashed: Vec::new(),
+                };
+                self.fill().await
+            }
+            Lifecycle::Stop => {
+                self.stop_running("stopped through the admin API").await;
+                self.mode = Mode::Idle;
+                self.republish().await;
+                Flow::Continue
+            }
+            Lifecycle::Restart => self.roll_to(release).await,
+        }
+    }
+
+    /// Applies a changed definition with as little disruption as it needs.
+    async fn update(&mut self, new: AppConfig) -> Flow {
+        let old = std::mem::replace(&mut self.app, new);
+        let new = self.app.clone();
+        let rebuild =
+            old.source != new.source || old.framework != new.framework || old.spa != new.spa;
+        let restart = old.env != new.env
+            || old.memory != new.memory
+            || old.cpu != new.cpu
+            || old.health_check != new.health_check;
+        self.republish().await;
+        if rebuild {
+            tracing::info!(app = %new.name, "app source or build settings changed: rebuilding");
+            self.start_build(Builder::new_id(&new.name), new);
+            return Flow::Continue;
+        }
+        if restart && let Some(release) = self.release.clone() {
+            tracing::info!(app = %self.app.name, "app settings changed: replacing its spinlets");
+            return self.roll_to(release).await;
+        }
+        if old.instances != self.app.instances && matches!(self.mode, Mode::Active { .. }) {
+            let wanted = self.app.instances as usize;
+            while self.running.len() > wanted {
+                if let Some(extra) = self.running.pop() {
+                    self.withdraw(&extra).await;
+                    self.drain(vec![extra]);
+                }
+            }
+            return self.fill().await;
+        }
+        Flow::Continue
+    }
+
+    fn start_build(&mut self, id: String, app: AppConfig) {
+        if let Some(previous) = self.build.take() {
+            // The newer build wins; the older one is cancelled (dropping it stops its processes).
+            previous.abort();
+        }
+        if let AppSource::Tarball(path) = &app.source
+            && !path.exists()
+        {
+            tracing::info!(app = %app.name, "no source yet: waiting for a deploy");
+            return;
+        }
+        let builder = self.ctx.builder.clone();
+        let done = self.built_tx.clone();
+        self.build = Some(tokio::spawn(async move {
+            let _ = done.send(builder.build(&app, id).await);
+        }));
+    }
+
+    async fn on_built(&mut self, finished: Finished) -> Flow {
+        self.build = None;
+        let name = self.app.name.clone();
+        match finished.result {
+            Ok(outcome) => {
+                let new = outcome.release;
+                match &self.release {
+                    Some(current) if current.info.number == new.info.number => Flow::Continue,
+                    Some(_) => {
+                        tracing::info!(app = %name, build = %finished.id, release = new.info.number, "deploying");
+                        self.roll_to(new).await
+                    }
+                    None => {
+                        self.release = Some(new);
+                        self.after_first_release().await
+                    }
+                }
+            }
+            Err(e) if self.release.is_some() => {
+                let serving = self.release.as_ref().map_or(0, |r| r.info.number);
+                tracing::error!(app = %name, build = %finished.id, error = %e, release = serving, "build failed; the running release keeps serving");
+                Flow::Continue
+            }
+            Err(e) => {
+                // A failed build changes nothing that serves: the newest release built before
+                // (if any) goes on.
+                let releases = self.releases_dir();
+                match release::list_releases(&releases).await.pop() {
+                    Some(previous) => {
+                        tracing::error!(app = %name, build = %finished.id, error = %e, release = previous.info.number, "build failed; serving the previous release");
+                        self.release = Some(previous);
+                        self.after_first_release().await
+                    }
+                    None => {
+                        tracing::error!(app = %name, build = %finished.id, error = %e, "build failed; the app will answer 503");
+                        self.mode = Mode::Failed {
+                            reason: e.to_string(),
+                            since: Instant::now(),
+                        };
+                        self.republish().await;
+                        Flow::Continue
+                    }
+                }
+            }
+        }
+    }
+
+    async fn after_first_release(&mut self) -> Flow {
+        self.republish().await;
+        if self.wanted && matches!(self.mode, Mode::Idle) {
+            self.mode = Mode::Active {
+                crashed: Vec::new(),
+            };
+        }
+        match self.mode {
+            Mode::Active { .. } => self.fill().await,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// Serves `target` from now on: beside the running spinlets, start new ones; once all are
+    /// healthy, flip the upstreams to them in one write and drain the old ones. If they fail,
+    /// stop them: the old ones never stopped serving.
+    async fn roll_to(&mut self, target: Release) -> Flow {
+        if self.running.is_empty() {
+            // Nothing serves: no one to keep waiting. Switch, and start if the app is awake.
+            self.release = Some(target);
+            self.republish().await;
+            return match self.mode {
+                Mode::Active { .. } => self.fill().await,
+                _ => Flow::Continue,
+            };
+        }
+        let count = self.app.instances as usize;
+        match self.start_instances(&target, count).await {
+            Started::Healthy(fresh) => {
+                let old = std::mem::replace(&mut self.running, fresh);
+                let number = target.info.number;
+                self.release = Some(target);
+                self.mode = Mode::Active {
+                    crashed: Vec::new(),
+                };
+                self.start_failures = 0;
+                // One write: the edges go from the old set straight to the new one.
+                self.republish().await;
+                tracing::info!(app = %self.app.name, release = number, replaced = old.len(), "release live; draining the previous spinlets");
+                self.drain(old);
+                Flow::Continue
+            }
+            Started::Unhealthy(reason) => {
+                let serving = self.release.as_ref().map_or(0, |r| r.info.number);
+                tracing::error!(app = %self.app.name, release = target.info.number, %reason, serving, "the new release did not get healthy: rolled back, the running release keeps serving");
+                self.put_failure(&target, &reason).await;
+                Flow::Continue
+            }
+            Started::ShutDown => Flow::Exit,
+        }
+    }
+
+    /// Starts the spinlets the app is missing (crashed, or all of them after a wake).
+    async fn fill(&mut self) -> Flow {
         let Some(release) = self.release.clone() else {
             return Flow::Continue;
         };
-        let name = self.app.name.clone();
-        let Some(port) = self.ctx.ports.allocate() else {
-            self.start_failed("no free port in supervisor.port_range")
-                .await;
+        if let Mode::Active { crashed } = &mut self.mode {
+            // Every missing slot is (re)started now; their retry times are spent.
+            crashed.clear();
+        } else {
             return Flow::Continue;
-        };
+        }
+        let missing = (self.app.instances as usize).saturating_sub(self.running.len());
+        if missing == 0 {
+            return Flow::Continue;
+        }
+        match self.start_instances(&release, missing).await {
+            Started::Healthy(fresh) => {
+                self.start_failures = 0;
+                self.running.extend(fresh);
+                self.republish_upstreams().await;
+            }
+            Started::Unhealthy(reason) => {
+                self.start_failures += 1;
+                if self.start_failures >= MAX_START_FAILURES {
+                    tracing::error!(app = %self.app.name, %reason, failures = self.start_failures, "spinlets keep failing to start; giving up until the next wake in a minute");
+                    self.mode = Mode::Failed {
+                        reason: reason.clone(),
+                        since: Instant::now(),
+                    };
+                    self.put_failure(&release, &reason).await;
+                    self.republish().await;
+                } else {
+                    tracing::warn!(app = %self.app.name, %reason, "spinlet failed to start; retrying");
+                    let at = self.backoff();
+                    if let Mode::Active { crashed } = &mut self.mode {
+                        crashed.extend(std::iter::repeat_n(at, missing));
+                    }
+                }
+            }
+            Started::ShutDown => return Flow::Exit,
+        }
+        Flow::Continue
+    }
+
+    /// Starts `count` spinlets of `release` and waits until all are healthy, answering a shutdown
+    /// meanwhile (other commands wait their turn).
+    async fn start_instances(&mut self, release: &Release, count: usize) -> Started {
+        let mut starting: Vec<Instance> = Vec::with_capacity(count);
+        let mut failure = None;
+        for _ in 0..count {
+            match self.spawn(release).await {
+                Ok(i) => starting.push(i),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let started = Instant::now();
+            let deadline = started + self.app.health_check.timeout;
+            let path = self.app.health_check.path.clone();
+            let outcome = {
+                let checks = futures::future::join_all(starting.iter().map(|i| {
+                    let path = path.clone();
+                    async move {
+                        let died = async {
+                            if i.proc.wait_until(deadline).await {
+                                Err("exited during start".to_string())
+                            } else {
+                                std::future::pending().await
+                            }
+                        };
+                        tokio::select! {
+                            r = process::wait_healthy(i.spinlet.port, &path, deadline) => r,
+                            r = died => r,
+                        }
+                    }
+                }));
+                tokio::pin!(checks);
+                loop {
+                    tokio::select! {
+                        results = &mut checks => break Ok(results),
+                        cmd = self.rx.recv() => match cmd {
+                            Some(Command::Shutdown { deadline, done }) => break Err((deadline, Some(done))),
+                            None => break Err((Instant::now() + STOP_GRACE, None)),
+                            // Already starting: these come again.
+                            Some(Command::Wake | Command::IdleCheck { .. } | Command::Republish) => {}
+                            Some(other) => {
+                                if self.pending.len() < PENDING_MAX {
+                                    self.pending.push_back(other);
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let results = match outcome {
+                Ok(results) => results,
+                Err((deadline, done)) => {
+                    self.stop_instances(starting, deadline).await;
+                    self.stop_everything(deadline).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return Started::ShutDown;
+                }
+            };
+            failure = results.into_iter().find_map(Result::err);
+            if failure.is_none() {
+                let boot_ms = started.elapsed().as_millis() as u64;
+                for i in &mut starting {
+                    i.spinlet.state = SpinletState::Running;
+                    tracing::info!(app = %self.app.name, spinlet = %i.spinlet.id, port = i.spinlet.port, boot_ms, "spinlet healthy");
+                }
+                for i in &starting {
+                    self.put_spinlet(&i.spinlet).await;
+                }
+                return Started::Healthy(starting);
+            }
+        }
+        let reason = format!(
+            "{}{}",
+            failure.unwrap_or_default(),
+            self.log_tail_suffix().await
+        );
+        self.stop_instances(starting, Instant::now() + STOP_GRACE)
+            .await;
+        Started::Unhealthy(reason)
+    }
+
+    /// Spawns one spinlet of `release` (recorded as `Starting`).
+    async fn spawn(&mut self, release: &Release) -> Result<Instance, String> {
+        let name = self.app.name.clone();
+        let port = self
+            .ctx
+            .ports
+            .allocate()
+            .ok_or("no free port in supervisor.port_range")?;
         let home = self.ctx.data_dir.join("apps").join(&name).join("home");
         let logs = self.ctx.data_dir.join("logs");
         let log = logs.join(format!("{name}.log"));
@@ -249,7 +621,7 @@ impl AppTask {
             .and_then(|_| {
                 process::spawn(
                     &self.app,
-                    &release,
+                    release,
                     &self.ctx.tools,
                     port,
                     &home,
@@ -257,134 +629,77 @@ impl AppTask {
                     self.ctx.run_as,
                 )
             });
-        let mut child = match spawned {
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 self.ctx.ports.release(port);
-                self.start_failed(&format!(
+                return Err(format!(
                     "cannot start `{}`: {e}",
                     release.info.start.join(" ")
-                ))
-                .await;
-                return Flow::Continue;
+                ));
             }
         };
+        let id = format!(
+            "{name}-{}-{:06x}",
+            release.info.number,
+            fastrand::u32(..0x0100_0000)
+        );
+        let proc = Proc::watch_child(child, id.clone(), self.exits_tx.clone());
         let spinlet = Spinlet {
-            id: format!(
-                "{name}-{}-{:06x}",
-                release.info.number,
-                fastrand::u32(..0x0100_0000)
-            ),
+            id,
             app: name.clone(),
             release: release.info.number,
             state: SpinletState::Starting,
-            pid: child.id().unwrap_or(0),
+            pid: proc.pid,
             host: "127.0.0.1".into(),
             port,
             started: now_ms(),
             restarts: self.restarts,
+            proc_start: proc.start_ticks,
+            reason: None,
         };
-        tracing::info!(app = %name, spinlet = %spinlet.id, pid = spinlet.pid, port, "starting spinlet");
+        tracing::info!(app = %name, spinlet = %spinlet.id, pid = spinlet.pid, port, release = release.info.number, "starting spinlet");
         self.put_spinlet(&spinlet).await;
-
-        let started = Instant::now();
-        let check = self.app.health_check.clone();
-        let health =
-            async move { process::wait_healthy(port, &check.path, started + check.timeout).await };
-        tokio::pin!(health);
-        let outcome = loop {
-            tokio::select! {
-                result = &mut health => break result,
-                status = child.wait() => {
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                    break Err(format!("exited during start ({status})"));
-                }
-                cmd = self.rx.recv() => match cmd {
-                    Some(Command::Shutdown { deadline, done }) => {
-                        process::stop(&mut child, deadline).await;
-                        self.forget_spinlet(&spinlet).await;
-                        let _ = done.send(());
-                        return Flow::Exit;
-                    }
-                    None => {
-                        process::stop(&mut child, Instant::now() + STOP_GRACE).await;
-                        self.forget_spinlet(&spinlet).await;
-                        return Flow::Exit;
-                    }
-                    // Already starting; idle checks and republishing wait until it is up.
-                    Some(Command::Wake | Command::IdleCheck { .. } | Command::Republish) => {}
-                }
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                let spinlet = Spinlet {
-                    state: SpinletState::Running,
-                    ..spinlet
-                };
-                tracing::info!(app = %name, spinlet = %spinlet.id, port, boot_ms = started.elapsed().as_millis() as u64, "spinlet healthy");
-                self.put_spinlet(&spinlet).await;
-                let addr = spinlet.addr();
-                self.store_call("publishing upstream", |s| {
-                    let name = name.clone();
-                    async move { s.add_upstream(&name, &addr).await }
-                })
-                .await;
-                self.start_failures = 0;
-                self.state = State::Running(Box::new(Running {
-                    child,
-                    spinlet,
-                    since: started,
-                }));
-            }
-            Err(reason) => {
-                process::stop(&mut child, Instant::now() + STOP_GRACE).await;
-                self.forget_spinlet(&spinlet).await;
-                self.start_failed(&reason).await;
-            }
-        }
-        Flow::Continue
+        Ok(Instance {
+            spinlet,
+            proc,
+            since: Instant::now(),
+        })
     }
 
-    async fn start_failed(&mut self, reason: &str) {
-        self.start_failures += 1;
-        let tail = self.log_tail().await;
-        if self.start_failures >= MAX_START_FAILURES {
-            tracing::error!(app = %self.app.name, reason, failures = self.start_failures, log_tail = %tail, "spinlet keeps failing to start; giving up until the next wake in a minute");
-            self.state = State::Failed {
-                reason: reason.to_string(),
-                since: Instant::now(),
-            };
-        } else {
-            let retry_at = self.backoff();
-            tracing::warn!(app = %self.app.name, reason, log_tail = %tail, "spinlet failed to start; retrying");
-            self.state = State::Crashed { retry_at };
-        }
-    }
-
-    /// The running spinlet exited on its own.
-    async fn on_exit(&mut self, status: String) {
-        let r = match std::mem::replace(&mut self.state, State::Stopped) {
-            State::Running(r) => r,
-            other => {
-                self.state = other;
-                return;
-            }
+    /// A spinlet exited on its own (or was killed by someone else).
+    async fn on_exit(&mut self, id: &str, status: String) {
+        let Some(at) = self.running.iter().position(|i| i.spinlet.id == id) else {
+            return; // one we stopped, or a starting one (its health wait sees it)
         };
-        if r.since.elapsed() >= STABLE_AFTER {
+        let gone = self.running.remove(at);
+        if gone.since.elapsed() >= STABLE_AFTER {
             self.restarts = 0;
         }
-        self.remove_upstream(&r.spinlet).await;
-        self.forget_spinlet(&r.spinlet).await;
+        self.withdraw(&gone).await;
+        let tail = self.log_tail_suffix().await;
+        let reason = format!("exited ({status}){tail}");
+        self.put_spinlet(&Spinlet {
+            state: SpinletState::Crashed,
+            reason: Some(reason.clone()),
+            ..gone.spinlet.clone()
+        })
+        .await;
+        self.forget(&gone.spinlet).await;
         let retry_at = self.backoff();
-        let tail = self.log_tail().await;
         tracing::warn!(
-            app = %self.app.name, spinlet = %r.spinlet.id, %status,
+            app = %self.app.name, spinlet = %id, %reason,
             restart_in_ms = retry_at.saturating_duration_since(Instant::now()).as_millis() as u64,
-            log_tail = %tail,
             "spinlet exited; restarting"
         );
-        self.state = State::Crashed { retry_at };
+        match &mut self.mode {
+            Mode::Active { crashed } => crashed.push(retry_at),
+            _ => {
+                self.mode = Mode::Active {
+                    crashed: vec![retry_at],
+                }
+            }
+        }
     }
 
     fn backoff(&mut self) -> Instant {
@@ -394,42 +709,185 @@ impl AppTask {
     }
 
     async fn idle_check(&mut self, last_access_ms: Option<u64>) {
-        let (State::Running(r), Some(idle)) = (&self.state, self.app.idle_timeout) else {
+        let Some(idle) = self.app.idle_timeout else {
             return;
         };
-        let last = last_access_ms.unwrap_or(0).max(r.spinlet.started);
+        if !matches!(self.mode, Mode::Active { .. }) || self.running.is_empty() {
+            return;
+        }
+        let newest_start = self.running.iter().map(|i| i.spinlet.started).max();
+        let last = last_access_ms.unwrap_or(0).max(newest_start.unwrap_or(0));
         let idle_for = now_ms().saturating_sub(last);
         // The edges' numbers may be up to one flush old.
         let limit = idle + spinforge_state::ACTIVITY_FLUSH_INTERVAL;
         if idle_for >= limit.as_millis() as u64 {
-            tracing::info!(app = %self.app.name, idle_ms = idle_for, "stopping idle spinlet");
-            self.stop("idle", Instant::now() + STOP_GRACE).await;
+            tracing::info!(app = %self.app.name, idle_ms = idle_for, "stopping idle spinlets");
+            self.stop_running("idle").await;
+            self.mode = Mode::Idle;
+            self.wanted = false;
+            self.republish().await;
         }
     }
 
-    /// Takes the spinlet out of routing, then stops its process (SIGKILL at `kill_at`).
-    async fn stop(&mut self, why: &str, kill_at: Instant) {
-        let mut r = match std::mem::replace(&mut self.state, State::Stopped) {
-            State::Running(r) => *r,
-            other => {
-                self.state = other;
-                return;
-            }
-        };
-        self.remove_upstream(&r.spinlet).await;
-        self.put_spinlet(&Spinlet {
-            state: SpinletState::Stopping,
-            ..r.spinlet.clone()
-        })
-        .await;
-        let status = process::stop(&mut r.child, kill_at).await;
-        tracing::info!(app = %self.app.name, spinlet = %r.spinlet.id, why, status = ?status, "spinlet stopped");
-        self.forget_spinlet(&r.spinlet).await;
+    /// Takes every running spinlet out of routing, then stops them.
+    async fn stop_running(&mut self, why: &str) {
+        let running = std::mem::take(&mut self.running);
+        self.republish_upstreams().await;
+        for i in &running {
+            self.put_spinlet(&Spinlet {
+                state: SpinletState::Stopping,
+                ..i.spinlet.clone()
+            })
+            .await;
+        }
+        let kill_at = Instant::now() + STOP_GRACE;
+        futures::future::join_all(running.iter().map(|i| i.proc.stop(kill_at))).await;
+        for i in &running {
+            tracing::info!(app = %self.app.name, spinlet = %i.spinlet.id, why, "spinlet stopped");
+            self.forget(&i.spinlet).await;
+        }
     }
 
-    /// Writes what this app owns in the store: its record, routes (with the release) and upstreams.
+    async fn stop_instances(&self, instances: Vec<Instance>, kill_at: Instant) {
+        futures::future::join_all(instances.iter().map(|i| i.proc.stop(kill_at))).await;
+        for i in &instances {
+            self.forget(&i.spinlet).await;
+        }
+    }
+
+    /// Shutdown: the build, the running spinlets and the draining ones, all by `deadline`.
+    async fn stop_everything(&mut self, deadline: Instant) {
+        if let Some(build) = self.build.take() {
+            build.abort();
+        }
+        let running = std::mem::take(&mut self.running);
+        self.stop_instances(running, deadline).await;
+        let _ = self.drain_stop.send(Some(deadline));
+        let _ = tokio::time::timeout_at(deadline + Duration::from_millis(500), async {
+            while self.draining.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Replaced spinlets keep serving what they have in flight for `ctx.drain`, then stop.
+    fn drain(&mut self, old: Vec<Instance>) {
+        if old.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let mut shutdown = self.drain_stop.subscribe();
+        let app = self.app.name.clone();
+        self.draining.spawn(async move {
+            let kill_at = tokio::select! {
+                _ = tokio::time::sleep(ctx.drain) => Instant::now() + STOP_GRACE,
+                d = shutdown.wait_for(Option::is_some) => d.ok().and_then(|d| *d).unwrap_or_else(Instant::now),
+            };
+            for i in &old {
+                let _ = ctx.store.put_spinlet(&Spinlet { state: SpinletState::Stopping, ..i.spinlet.clone() }).await;
+            }
+            futures::future::join_all(old.iter().map(|i| i.proc.stop(kill_at))).await;
+            for i in &old {
+                tracing::info!(%app, spinlet = %i.spinlet.id, "drained spinlet stopped");
+                let _ = tokio::time::timeout(STORE_DEADLINE, ctx.store.delete_spinlet(&i.spinlet.id)).await;
+                ctx.ports.release(i.spinlet.port);
+            }
+        });
+        // Reap the finished drains so the set does not grow.
+        while self.draining.try_join_next().is_some() {}
+    }
+
+    /// The release a rollback goes to.
+    async fn rollback_target(&self, wanted: Option<u64>) -> Result<Release, ControlError> {
+        let releases = release::list_releases(&self.releases_dir()).await;
+        let current = self.release.as_ref().map(|r| r.info.number);
+        let found = match wanted {
+            Some(n) => releases.into_iter().find(|r| r.info.number == n),
+            None => releases
+                .into_iter()
+                .rev()
+                .find(|r| current.is_some_and(|c| r.info.number < c)),
+        };
+        found.ok_or_else(|| match wanted {
+            Some(n) => ControlError::UnknownRelease(self.app.name.clone(), n),
+            None => ControlError::Conflict(format!(
+                "app `{}` has no release before the current one",
+                self.app.name
+            )),
+        })
+    }
+
+    /// Takes over the spinlets a previous supervisor left running, if they run a release that
+    /// is still on disk.
+    async fn adopt(&mut self, adopted: Vec<Spinlet>) {
+        if adopted.is_empty() {
+            self.clear_upstreams().await;
+            return;
+        }
+        let releases = release::list_releases(&self.releases_dir()).await;
+        for s in adopted {
+            let release = releases.iter().find(|r| r.info.number == s.release);
+            let fits = release.is_some_and(|r| {
+                self.release
+                    .as_ref()
+                    .is_none_or(|current| current.info.number == r.info.number)
+            });
+            let proc = fits
+                .then(|| Proc::adopt(s.pid, s.proc_start, s.id.clone(), self.exits_tx.clone()))
+                .flatten();
+            match proc {
+                Some(proc) if self.running.len() < self.app.instances as usize => {
+                    self.ctx.ports.claim(s.port);
+                    tracing::info!(app = %self.app.name, spinlet = %s.id, pid = s.pid, port = s.port, release = s.release, "adopted a running spinlet");
+                    self.release = release.cloned();
+                    self.running.push(Instance {
+                        spinlet: Spinlet {
+                            state: SpinletState::Running,
+                            ..s
+                        },
+                        proc,
+                        since: Instant::now(),
+                    });
+                }
+                Some(proc) => {
+                    // More than the app wants now: stop the extra one.
+                    tracing::info!(app = %self.app.name, spinlet = %s.id, "stopping an adopted spinlet the app no longer needs");
+                    proc.stop(Instant::now() + STOP_GRACE).await;
+                    self.forget_record(&s.id).await;
+                }
+                None => self.forget_record(&s.id).await,
+            }
+        }
+        if self.running.is_empty() {
+            self.clear_upstreams().await;
+        } else {
+            self.mode = Mode::Active {
+                crashed: Vec::new(),
+            };
+        }
+    }
+
+    fn releases_dir(&self) -> PathBuf {
+        self.ctx
+            .data_dir
+            .join("apps")
+            .join(&self.app.name)
+            .join("releases")
+    }
+
+    fn state_name(&self) -> &'static str {
+        match (&self.mode, &self.release) {
+            (Mode::Failed { .. }, _) => "failed",
+            (_, None) => "waiting",
+            (Mode::Active { .. }, _) => "running",
+            (Mode::Idle, _) => "idle",
+        }
+    }
+
+    /// Writes what this app owns in the store: its record, routes (with the release), its
+    /// spinlets and upstreams.
     async fn republish(&mut self) {
-        let release = self.release.as_ref().map(|r| r.info.number);
+        let current = self.release.as_ref().map(|r| r.info.number);
+        let kept = release::list_releases(&self.releases_dir()).await;
         let record = AppRecord {
             name: self.app.name.clone(),
             domains: self.app.domains.clone(),
@@ -437,10 +895,16 @@ impl AppTask {
                 .release
                 .as_ref()
                 .map(|r| r.info.source.clone())
-                .unwrap_or_default(),
+                .unwrap_or_else(|| self.app.source.to_string()),
             idle_timeout_ms: self.app.idle_timeout.map(|d| d.as_millis() as u64),
-            current_release: release,
-            releases: release.into_iter().collect(),
+            current_release: current,
+            releases: kept.iter().map(|r| r.info.number).collect(),
+            state: self.state_name().into(),
+            reason: match &self.mode {
+                Mode::Failed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+            instances: self.app.instances,
         };
         let routes: Vec<Route> = self
             .app
@@ -449,28 +913,71 @@ impl AppTask {
             .map(|d| Route {
                 domain: d.clone(),
                 app: self.app.name.clone(),
-                release,
+                release: current,
                 policy: self.app.policy.clone(),
                 external: false,
             })
             .collect();
-        let running = match &self.state {
-            State::Running(r) => Some(r.spinlet.clone()),
-            _ => None,
-        };
+        let spinlets: Vec<Spinlet> = self.running.iter().map(|i| i.spinlet.clone()).collect();
         let name = self.app.name.clone();
         self.store_call("republishing", |s| async move {
             s.put_app(&record).await?;
             for route in &routes {
                 s.put_route(route).await?;
             }
-            if let Some(sp) = &running {
+            for sp in &spinlets {
                 s.put_spinlet(sp).await?;
             }
-            let addrs: Vec<String> = running.iter().map(Spinlet::addr).collect();
+            let addrs: Vec<String> = spinlets.iter().map(Spinlet::addr).collect();
             s.set_upstreams(&name, &addrs).await
         })
         .await;
+    }
+
+    async fn republish_upstreams(&self) {
+        let addrs: Vec<String> = self.running.iter().map(|i| i.spinlet.addr()).collect();
+        let name = self.app.name.clone();
+        self.store_call("publishing upstreams", |s| async move {
+            s.set_upstreams(&name, &addrs).await
+        })
+        .await;
+    }
+
+    async fn clear_upstreams(&self) {
+        let name = self.app.name.clone();
+        self.store_call("clearing upstreams", |s| async move {
+            s.set_upstreams(&name, &[]).await
+        })
+        .await;
+    }
+
+    /// Takes one spinlet out of routing.
+    async fn withdraw(&self, instance: &Instance) {
+        let (app, addr) = (instance.spinlet.app.clone(), instance.spinlet.addr());
+        self.store_call("withdrawing upstream", |s| async move {
+            s.remove_upstream(&app, &addr).await
+        })
+        .await;
+    }
+
+    /// Records a start that failed (state `failed`, with the reason), for `status` and events.
+    async fn put_failure(&self, release: &Release, reason: &str) {
+        let failed = Spinlet {
+            id: format!("{}-{}-failed", self.app.name, release.info.number),
+            app: self.app.name.clone(),
+            release: release.info.number,
+            state: SpinletState::Failed,
+            pid: 0,
+            host: "127.0.0.1".into(),
+            port: 0,
+            started: now_ms(),
+            restarts: self.restarts,
+            proc_start: 0,
+            reason: Some(reason.to_string()),
+        };
+        self.put_spinlet(&failed).await;
+        // The record carried the event; the reason stays in the app record and the log.
+        self.forget_record(&failed.id).await;
     }
 
     async fn put_spinlet(&self, spinlet: &Spinlet) {
@@ -482,21 +989,18 @@ impl AppTask {
         .await;
     }
 
-    async fn remove_upstream(&self, spinlet: &Spinlet) {
-        let (app, addr) = (spinlet.app.clone(), spinlet.addr());
-        self.store_call("withdrawing upstream", |s| async move {
-            s.remove_upstream(&app, &addr).await
-        })
-        .await;
+    /// Deletes a stopped spinlet's record and frees its port.
+    async fn forget(&self, spinlet: &Spinlet) {
+        self.forget_record(&spinlet.id).await;
+        self.ctx.ports.release(spinlet.port);
     }
 
-    async fn forget_spinlet(&self, spinlet: &Spinlet) {
-        let id = spinlet.id.clone();
+    async fn forget_record(&self, id: &str) {
+        let id = id.to_string();
         self.store_call("deleting spinlet", |s| async move {
             s.delete_spinlet(&id).await
         })
         .await;
-        self.ctx.ports.release(spinlet.port);
     }
 
     /// Runs a store call with a deadline; failures are logged, not fatal: the next resync
@@ -515,7 +1019,8 @@ impl AppTask {
         }
     }
 
-    async fn log_tail(&self) -> String {
+    /// `"; log: a | b | c"` with the app log's last lines, or nothing.
+    async fn log_tail_suffix(&self) -> String {
         let path = self
             .ctx
             .data_dir
@@ -523,6 +1028,18 @@ impl AppTask {
             .join(format!("{}.log", self.app.name));
         let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join(" | ");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; log: {tail}")
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

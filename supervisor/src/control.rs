@@ -67,7 +67,6 @@ pub enum ControlError {
 }
 
 /// What the handle sends to the supervisor's loop.
-#[allow(dead_code)] // until every request is served (lifecycle work in progress)
 #[derive(Debug)]
 pub(crate) enum Request {
     Apps(oneshot::Sender<Vec<ManagedApp>>),
@@ -75,6 +74,7 @@ pub(crate) enum Request {
     PutApp {
         name: String,
         text: String,
+        origin: Origin,
         reply: oneshot::Sender<Result<ManagedApp, ControlError>>,
     },
     DeleteApp {
@@ -154,9 +154,23 @@ impl SupervisorHandle {
     /// Creates or replaces the API app `name` from `text`, an app section as in the YAML's
     /// `apps.<name>` (JSON is YAML). Without `source:` the app waits for its first deploy.
     pub async fn put_app(&self, name: &str, text: &str) -> Result<ManagedApp, ControlError> {
+        self.put_app_from(name, text, Origin::Api).await
+    }
+
+    pub(crate) async fn put_app_from(
+        &self,
+        name: &str,
+        text: &str,
+        origin: Origin,
+    ) -> Result<ManagedApp, ControlError> {
         let (name, text) = (name.to_string(), text.to_string());
-        self.ask(|reply| Request::PutApp { name, text, reply })
-            .await?
+        self.ask(|reply| Request::PutApp {
+            name,
+            text,
+            origin,
+            reply,
+        })
+        .await?
     }
 
     /// Stops and forgets an API app (its releases stay on disk until the data folder is cleaned).

@@ -95,6 +95,21 @@ impl ExternalTask {
                     // Never started, never idled: SpinForge does not run it.
                     Some(Command::Wake | Command::IdleCheck { .. }) => {}
                     Some(Command::Republish) => self.republish().await,
+                    Some(Command::Update(app)) => {
+                        if let Some(upstream) = app.external().cloned() {
+                            self.upstream = upstream;
+                        }
+                        self.app = *app;
+                        self.republish().await;
+                    }
+                    // The supervisor refuses deploys of an external app; nothing to build.
+                    Some(Command::Deploy { .. }) => {}
+                    Some(Command::Rollback { reply, .. }) => {
+                        let _ = reply.send(Err(not_ours(&self.app.name)));
+                    }
+                    Some(Command::Lifecycle { reply, .. }) => {
+                        let _ = reply.send(Err(not_ours(&self.app.name)));
+                    }
                     Some(Command::Shutdown { done, .. }) => {
                         let _ = done.send(());
                         return;
@@ -167,6 +182,9 @@ impl ExternalTask {
             idle_timeout_ms: None,
             current_release: None,
             releases: Vec::new(),
+            state: "external".into(),
+            reason: None,
+            instances: 0,
         };
         let routes: Vec<Route> = self
             .app
@@ -239,4 +257,10 @@ async fn check(
     }
     results.sort();
     Ok(results)
+}
+
+fn not_ours(app: &str) -> crate::control::ControlError {
+    crate::control::ControlError::Conflict(format!(
+        "app `{app}` routes to a service SpinForge does not run: it has no releases or spinlets"
+    ))
 }

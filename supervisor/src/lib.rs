@@ -10,15 +10,19 @@ pub mod app;
 pub mod build;
 pub mod control;
 pub mod external;
+mod managed;
 pub mod ports;
 pub mod process;
 pub mod release;
+pub mod spinlet;
 pub mod static_site;
 
 use app::{AppContext, AppTask, Command};
-use spinforge_state::config::{AppConfig, Config};
+use control::{ControlError, ManagedApp, Origin};
+use spinforge_state::config::{AppConfig, AppSource, Config};
+use spinforge_state::records::Spinlet;
 use spinforge_state::{Event, Signal, Store, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,6 +34,12 @@ const RESYNC_RETRY: Duration = Duration::from_millis(500);
 
 /// Messages queued per app task; wakes beyond it are dropped (edges repeat them every second).
 const APP_QUEUE: usize = 64;
+
+/// How often the config file is checked for edits.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// A removed app's spinlets get this long to stop.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -68,20 +78,33 @@ pub fn resolve_run_as(name: Option<&str>) -> Result<Option<build::runner::RunAs>
     }))
 }
 
+/// An app the supervisor runs: its definition, where it came from, and its task's queue.
+#[derive(Debug)]
+struct Entry {
+    app: ManagedApp,
+    tx: mpsc::Sender<Command>,
+}
+
 /// A supervisor whose routes are in the store and whose app tasks are running.
 #[derive(Debug)]
 pub struct Supervisor {
     config: Config,
     store: Store,
-    apps: HashMap<String, mpsc::Sender<Command>>,
+    ctx: Arc<AppContext>,
+    apps: BTreeMap<String, Entry>,
     tasks: JoinSet<()>,
     handle: control::SupervisorHandle,
     requests: mpsc::Receiver<control::Request>,
+    /// Live spinlets of a previous supervisor, per app, until their app task takes them.
+    adoptable: HashMap<String, Vec<Spinlet>>,
+    /// The config file as last read (to notice edits).
+    config_stamp: Option<FileStamp>,
 }
 
 impl Supervisor {
     /// Writes the config's routes to the store, removes routes of apps no longer configured, and
-    /// starts one task per app (which builds its release in the background).
+    /// starts one task per app (which builds its release in the background). Spinlets a previous
+    /// supervisor left running are adopted by their app's task.
     pub async fn start(config: &Config, store: Store) -> Result<Supervisor, SupervisorError> {
         let tools = release::Toolchain::discover().map_err(SupervisorError::Toolchain)?;
         let data_dir = config.supervisor.data_dir.clone();
@@ -90,8 +113,6 @@ impl Supervisor {
             source,
         })?;
         let run_as = resolve_run_as(config.supervisor.run_as.as_deref())?;
-        reconcile_routes(config, &store).await?;
-        forget_stale_spinlets(config, &store).await?;
 
         let builder = build::queue::Builder::new(
             store.clone(),
@@ -106,34 +127,49 @@ impl Supervisor {
             store: store.clone(),
             tools,
             ports: ports::PortAllocator::new(config.supervisor.port_range),
-            data_dir,
+            data_dir: data_dir.clone(),
             builder,
             run_as,
+            drain: config.edge.grace,
         });
-        let mut apps = HashMap::new();
-        let mut tasks = JoinSet::new();
-        for app in config.apps.values() {
-            let (tx, rx) = mpsc::channel(APP_QUEUE);
-            match external::ExternalTask::new(app.clone(), ctx.clone(), rx) {
-                Ok(task) => tasks.spawn(task.run()),
-                Err(rx) => tasks.spawn(AppTask::new(app.clone(), ctx.clone(), rx).run()),
-            };
-            apps.insert(app.name.clone(), tx);
+        let (handle, requests) = control::SupervisorHandle::new();
+        let mut sup = Supervisor {
+            config: config.clone(),
+            store: store.clone(),
+            ctx,
+            apps: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            handle,
+            requests,
+            adoptable: HashMap::new(),
+            config_stamp: FileStamp::of(&config.file),
+        };
+        let mut wanted: Vec<ManagedApp> = config
+            .apps
+            .values()
+            .map(|a| ManagedApp {
+                config: a.clone(),
+                origin: Origin::Config,
+            })
+            .collect();
+        for app in managed::load_all(&data_dir) {
+            if config.apps.contains_key(&app.config.name) {
+                tracing::warn!(app = %app.config.name, "an app created through the API has the name of a config-file app; the config file wins");
+                continue;
+            }
+            wanted.push(app);
+        }
+        sup.reconcile_routes_for(&wanted).await?;
+        sup.adoptable = adoptable_spinlets(&wanted, &store).await?;
+        for app in wanted {
+            sup.spawn_app(app);
         }
         tracing::info!(
-            apps = apps.len(),
+            apps = sup.apps.len(),
             store = store.kind(),
             "supervisor started"
         );
-        let (handle, requests) = control::SupervisorHandle::new();
-        Ok(Supervisor {
-            config: config.clone(),
-            store,
-            apps,
-            tasks,
-            handle,
-            requests,
-        })
+        Ok(sup)
     }
 
     /// A handle for the admin API and the hot-deploy watcher.
@@ -141,13 +177,29 @@ impl Supervisor {
         self.handle.clone()
     }
 
-    /// Routes wakes and idle checks to the app tasks until `shutdown` carries a deadline; then
-    /// stops every spinlet by that deadline.
+    fn spawn_app(&mut self, app: ManagedApp) {
+        let (tx, rx) = mpsc::channel(APP_QUEUE);
+        let name = app.config.name.clone();
+        match external::ExternalTask::new(app.config.clone(), self.ctx.clone(), rx) {
+            Ok(task) => self.tasks.spawn(task.run()),
+            Err(rx) => {
+                let adopted = self.adoptable.remove(&name).unwrap_or_default();
+                self.tasks
+                    .spawn(AppTask::new(app.config.clone(), self.ctx.clone(), rx).run(adopted))
+            }
+        };
+        self.apps.insert(name, Entry { app, tx });
+    }
+
+    /// Routes wakes, idle checks, control requests and config edits until `shutdown` carries a
+    /// deadline; then stops every spinlet by that deadline.
     pub async fn run(mut self, mut shutdown: watch::Receiver<Option<Instant>>) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
-        let mut reap = tokio::time::interval(reap_interval(&self.config));
+        let mut reap = tokio::time::interval(reap_interval(&self.app_configs()));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut config_poll = tokio::time::interval(CONFIG_POLL);
+        config_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A resync whose writes failed (the command connection not back yet) is tried again.
         let mut resync_retry: Option<Instant> = None;
         let deadline = loop {
@@ -170,6 +222,12 @@ impl Supervisor {
                     resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
                 }
                 _ = reap.tick() => self.idle_checks().await,
+                _ = config_poll.tick() => {
+                    if self.reload_config_if_changed().await {
+                        reap = tokio::time::interval(reap_interval(&self.app_configs()));
+                        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
                 Some(request) = self.requests.recv() => self.control(request).await,
                 d = async { shutdown.wait_for(Option::is_some).await.ok().and_then(|d| *d) } => {
                     break d.unwrap_or_else(Instant::now);
@@ -179,34 +237,271 @@ impl Supervisor {
         self.shutdown(deadline).await;
     }
 
+    fn app_configs(&self) -> Vec<AppConfig> {
+        self.apps.values().map(|e| e.app.config.clone()).collect()
+    }
+
     async fn control(&mut self, request: control::Request) {
-        use control::{ControlError, ManagedApp, Origin, Request};
-        let not_yet = || ControlError::Refused("not supported by this version yet".into());
+        use control::Request;
         match request {
             Request::Apps(reply) => {
-                let apps = self
-                    .config
-                    .apps
-                    .values()
-                    .map(|a| ManagedApp {
-                        config: a.clone(),
-                        origin: Origin::Config,
-                    })
-                    .collect();
-                let _ = reply.send(apps);
+                let _ = reply.send(self.apps.values().map(|e| e.app.clone()).collect());
             }
-            Request::PutApp { reply, .. } => drop(reply.send(Err(not_yet()))),
-            Request::DeleteApp { reply, .. } => drop(reply.send(Err(not_yet()))),
-            Request::Deploy { reply, .. } => drop(reply.send(Err(not_yet()))),
-            Request::Rollback { reply, .. } => drop(reply.send(Err(not_yet()))),
-            Request::Lifecycle { reply, .. } => drop(reply.send(Err(not_yet()))),
+            Request::PutApp {
+                name,
+                text,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(self.put_app(&name, &text, origin).await);
+            }
+            Request::DeleteApp { name, reply } => {
+                let _ = reply.send(self.delete_app(&name).await);
+            }
+            Request::Deploy { app, source, reply } => {
+                let _ = reply.send(self.deploy(&app, source));
+            }
+            Request::Rollback {
+                app,
+                release,
+                reply,
+            } => match self.apps.get(&app) {
+                Some(e) => forward(&e.tx, Command::Rollback { release, reply }),
+                None => drop(reply.send(Err(ControlError::UnknownApp(app)))),
+            },
+            Request::Lifecycle { app, action, reply } => match self.apps.get(&app) {
+                Some(e) => forward(&e.tx, Command::Lifecycle { action, reply }),
+                None => drop(reply.send(Err(ControlError::UnknownApp(app)))),
+            },
         }
+    }
+
+    /// Creates or replaces an app that is not in the config file.
+    async fn put_app(
+        &mut self,
+        name: &str,
+        text: &str,
+        origin: Origin,
+    ) -> Result<ManagedApp, ControlError> {
+        if let Some(e) = self.apps.get(name)
+            && e.app.origin == Origin::Config
+        {
+            return Err(ControlError::Conflict(format!(
+                "app `{name}` is defined in the config file ({}); change it there",
+                self.config.file.display()
+            )));
+        }
+        let saved = managed::Saved::read(&self.ctx.data_dir, name);
+        let source = saved
+            .as_ref()
+            .and_then(|s| s.source.clone())
+            .map(AppSource::from)
+            .unwrap_or_else(|| managed::awaiting_upload(&self.ctx.data_dir, name));
+        let file = managed::path(&self.ctx.data_dir, name);
+        let mut config = spinforge_state::config::parse_app(name, text, &file, Some(source))
+            .map_err(ControlError::Invalid)?;
+        if let Some(deployed) = saved.and_then(|s| s.source) {
+            // The last deploy's source stands until the next deploy.
+            config.source = deployed.into();
+        }
+        self.check_domains(&config)?;
+        let record = managed::Saved {
+            section: text.to_string(),
+            source: managed::SavedSource::from_app(&config.source),
+            origin: origin.as_str().to_string(),
+        };
+        record
+            .write(&self.ctx.data_dir, name)
+            .map_err(|e| ControlError::Internal(format!("cannot save app `{name}`: {e}")))?;
+        let app = ManagedApp { config, origin };
+        self.apply(app.clone()).await;
+        Ok(app)
+    }
+
+    /// Refuses a domain another app answers on.
+    fn check_domains(&self, app: &AppConfig) -> Result<(), ControlError> {
+        for e in self.apps.values() {
+            if e.app.config.name == app.name {
+                continue;
+            }
+            if let Some(d) = app
+                .domains
+                .iter()
+                .find(|d| e.app.config.domains.contains(d))
+            {
+                return Err(ControlError::Conflict(format!(
+                    "domain `{d}` belongs to app `{}`",
+                    e.app.config.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new app, or hands a changed definition to its task; then fixes the routes.
+    async fn apply(&mut self, app: ManagedApp) {
+        let name = app.config.name.clone();
+        let external_changed = self
+            .apps
+            .get(&name)
+            .is_some_and(|e| e.app.config.external().is_some() != app.config.external().is_some());
+        if external_changed {
+            // Running it and routing to something else are different tasks: replace the task.
+            self.remove_task(&name).await;
+        }
+        match self.apps.get_mut(&name) {
+            Some(e) => {
+                if e.app.config != app.config {
+                    forward(&e.tx, Command::Update(Box::new(app.config.clone())));
+                }
+                e.app = app;
+            }
+            None => self.spawn_app(app),
+        }
+        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
+        if let Err(e) = self.reconcile_routes_for(&all).await {
+            tracing::warn!(error = %e, "cannot update routes yet; the next resync will");
+        }
+    }
+
+    async fn delete_app(&mut self, name: &str) -> Result<(), ControlError> {
+        let Some(e) = self.apps.get(name) else {
+            return Err(ControlError::UnknownApp(name.to_string()));
+        };
+        if e.app.origin == Origin::Config {
+            return Err(ControlError::Conflict(format!(
+                "app `{name}` is defined in the config file ({}); remove it there",
+                self.config.file.display()
+            )));
+        }
+        self.remove_task(name).await;
+        managed::remove(&self.ctx.data_dir, name);
+        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
+        self.reconcile_routes_for(&all)
+            .await
+            .map_err(|e| ControlError::Internal(format!("cannot remove routes: {e}")))?;
+        Ok(())
+    }
+
+    /// Stops an app's task (and its spinlets) and forgets it.
+    async fn remove_task(&mut self, name: &str) {
+        let Some(e) = self.apps.remove(name) else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        let deadline = Instant::now() + STOP_DEADLINE;
+        if e.tx
+            .send(Command::Shutdown { deadline, done })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await;
+        }
+        tracing::info!(app = %name, "app removed");
+    }
+
+    fn deploy(&mut self, name: &str, source: Option<AppSource>) -> Result<String, ControlError> {
+        let Some(e) = self.apps.get_mut(name) else {
+            return Err(ControlError::UnknownApp(name.to_string()));
+        };
+        if e.app.config.external().is_some() {
+            return Err(ControlError::Conflict(format!(
+                "app `{name}` routes to a service SpinForge does not run: there is nothing to deploy"
+            )));
+        }
+        let mut config = e.app.config.clone();
+        if let Some(source) = source {
+            config.source = source;
+            if e.app.origin != Origin::Config {
+                if let Some(mut saved) = managed::Saved::read(&self.ctx.data_dir, name) {
+                    saved.source = managed::SavedSource::from_app(&config.source);
+                    if let Err(err) = saved.write(&self.ctx.data_dir, name) {
+                        return Err(ControlError::Internal(format!(
+                            "cannot save app `{name}`: {err}"
+                        )));
+                    }
+                }
+                e.app.config = config.clone();
+            }
+        }
+        let build_id = build::queue::Builder::new_id(name);
+        if e.tx
+            .try_send(Command::Deploy {
+                build_id: build_id.clone(),
+                app: Box::new(config),
+            })
+            .is_err()
+        {
+            return Err(ControlError::Busy);
+        }
+        Ok(build_id)
+    }
+
+    /// Applies an edited config file; an invalid one changes nothing (its errors are logged).
+    async fn reload_config_if_changed(&mut self) -> bool {
+        let stamp = FileStamp::of(&self.config.file);
+        if stamp == self.config_stamp {
+            return false;
+        }
+        self.config_stamp = stamp;
+        let path = self.config.file.clone();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read the edited config; keeping the last good one");
+                return false;
+            }
+        };
+        let new = match Config::parse(&text, &path) {
+            Ok(c) => c,
+            Err(errors) => {
+                tracing::error!(file = %path.display(), "the edited config is invalid; keeping the last good one:\n{errors}");
+                return false;
+            }
+        };
+        if new.edge != self.config.edge
+            || new.state != self.config.state
+            || new.tls != self.config.tls
+            || new.supervisor != self.config.supervisor
+        {
+            tracing::warn!(file = %path.display(), "config edits outside `apps:` take effect at the next restart");
+        }
+        tracing::info!(file = %path.display(), "config changed; applying app changes");
+        let removed: Vec<String> = self
+            .apps
+            .values()
+            .filter(|e| {
+                e.app.origin == Origin::Config && !new.apps.contains_key(&e.app.config.name)
+            })
+            .map(|e| e.app.config.name.clone())
+            .collect();
+        for name in removed {
+            self.remove_task(&name).await;
+        }
+        for app in new.apps.values() {
+            if self
+                .apps
+                .get(&app.name)
+                .is_some_and(|e| e.app.origin != Origin::Config)
+            {
+                tracing::warn!(app = %app.name, "the config file now defines an app created through the API; the config file wins");
+                self.remove_task(&app.name).await;
+                managed::remove(&self.ctx.data_dir, &app.name);
+            }
+            self.apply(ManagedApp {
+                config: app.clone(),
+                origin: Origin::Config,
+            })
+            .await;
+        }
+        self.config.apps = new.apps;
+        true
     }
 
     fn send(&self, app: &str, cmd: Command) {
         match self.apps.get(app) {
-            Some(tx) => {
-                if tx.try_send(cmd).is_err() {
+            Some(e) => {
+                if e.tx.try_send(cmd).is_err() {
                     tracing::debug!(%app, "app task busy; dropping a message it will get again");
                 }
             }
@@ -218,12 +513,13 @@ impl Supervisor {
     /// False when the store refused the routes; the caller tries again shortly.
     async fn resync(&self) -> bool {
         tracing::info!("store resynced; republishing routes and spinlets");
-        if let Err(e) = reconcile_routes(&self.config, &self.store).await {
+        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
+        if let Err(e) = self.reconcile_routes_for(&all).await {
             tracing::warn!(error = %e, "cannot republish routes yet; retrying");
             return false;
         }
-        for tx in self.apps.values() {
-            let _ = tx.try_send(Command::Republish);
+        for e in self.apps.values() {
+            let _ = e.tx.try_send(Command::Republish);
         }
         true
     }
@@ -239,8 +535,8 @@ impl Supervisor {
             }
             Err(_) => return tracing::debug!("reading activity timed out; skipping idle checks"),
         };
-        for (name, tx) in &self.apps {
-            let _ = tx.try_send(Command::IdleCheck {
+        for (name, e) in &self.apps {
+            let _ = e.tx.try_send(Command::IdleCheck {
                 last_access_ms: activity.get(name).copied(),
             });
         }
@@ -249,10 +545,14 @@ impl Supervisor {
     async fn shutdown(mut self, deadline: Instant) {
         tracing::info!(apps = self.apps.len(), "stopping spinlets");
         let mut waits = Vec::new();
-        for tx in self.apps.values() {
+        for e in self.apps.values() {
             let (done, wait) = oneshot::channel();
             // `send().await`, not `try_send`: a shutdown must not be dropped on a full queue.
-            if tx.send(Command::Shutdown { deadline, done }).await.is_ok() {
+            if e.tx
+                .send(Command::Shutdown { deadline, done })
+                .await
+                .is_ok()
+            {
                 waits.push(wait);
             }
         }
@@ -267,6 +567,36 @@ impl Supervisor {
         self.tasks.abort_all();
         tracing::info!("supervisor stopped");
     }
+
+    /// Routes for every app's domains; routes for anything else are removed.
+    async fn reconcile_routes_for(&self, apps: &[ManagedApp]) -> Result<(), StoreError> {
+        reconcile_routes(apps, &self.store).await
+    }
+}
+
+/// Hands a command to an app task; a full queue answers the caller's reply as busy by dropping
+/// it (the handle turns a dropped reply into an error).
+fn forward(tx: &mpsc::Sender<Command>, cmd: Command) {
+    if tx.try_send(cmd).is_err() {
+        tracing::warn!("app task busy; a control request was refused");
+    }
+}
+
+/// When a file was last changed, to notice edits by polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: std::time::SystemTime,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok()?,
+            len: meta.len(),
+        })
+    }
 }
 
 async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
@@ -276,10 +606,8 @@ async fn futures_join_all(waits: Vec<oneshot::Receiver<()>>) {
 }
 
 /// Idle checks run often enough to stop an app within a quarter of its idle timeout.
-fn reap_interval(config: &Config) -> Duration {
-    config
-        .apps
-        .values()
+fn reap_interval(apps: &[AppConfig]) -> Duration {
+    apps.iter()
         .filter_map(|a| a.idle_timeout)
         .min()
         .map_or(Duration::from_secs(5), |d| {
@@ -287,13 +615,18 @@ fn reap_interval(config: &Config) -> Duration {
         })
 }
 
-/// Routes for every configured domain; routes for anything else are removed.
-async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreError> {
+/// Routes for every app's domains; routes for anything else are removed, and so are the
+/// records of apps that are gone.
+async fn reconcile_routes(apps: &[ManagedApp], store: &Store) -> Result<(), StoreError> {
     let existing = store.routes().await?;
-    let wanted: HashMap<&str, &AppConfig> = config
-        .apps
-        .values()
-        .flat_map(|a| a.domains.iter().map(move |d| (d.as_str(), a)))
+    let wanted: HashMap<&str, &AppConfig> = apps
+        .iter()
+        .flat_map(|a| {
+            a.config
+                .domains
+                .iter()
+                .map(move |d| (d.as_str(), &a.config))
+        })
         .collect();
     for route in &existing {
         if !wanted.contains_key(route.domain.as_str()) {
@@ -311,14 +644,16 @@ async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreErr
                 .put_route(&spinforge_state::records::Route {
                     domain: domain.to_string(),
                     app: app.name.clone(),
-                    release: current.and_then(|r| r.release),
+                    release: current
+                        .filter(|r| r.app == app.name)
+                        .and_then(|r| r.release),
                     policy: app.policy.clone(),
                     external,
                 })
                 .await?;
         }
     }
-    let configured: BTreeSet<&str> = config.apps.keys().map(String::as_str).collect();
+    let configured: BTreeSet<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
     for record in store.apps().await? {
         if !configured.contains(record.name.as_str()) {
             store.delete_app(&record.name).await?;
@@ -327,12 +662,30 @@ async fn reconcile_routes(config: &Config, store: &Store) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Spinlet records of a previous run describe processes this supervisor does not own.
-async fn forget_stale_spinlets(config: &Config, store: &Store) -> Result<(), StoreError> {
+/// Spinlet records of a previous run: those of apps still wanted are handed to their tasks
+/// (which adopt the ones whose process still runs); the rest are deleted, their processes
+/// stopped if they still run.
+async fn adoptable_spinlets(
+    apps: &[ManagedApp],
+    store: &Store,
+) -> Result<HashMap<String, Vec<Spinlet>>, StoreError> {
+    let mut out: HashMap<String, Vec<Spinlet>> = HashMap::new();
+    let names: BTreeSet<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
     for s in store.spinlets().await? {
-        if config.apps.contains_key(&s.app) {
-            store.delete_spinlet(&s.id).await?;
+        if names.contains(s.app.as_str())
+            && s.state == spinforge_state::records::SpinletState::Running
+        {
+            out.entry(s.app.clone()).or_default().push(s);
+            continue;
         }
+        if s.pid != 0 && spinlet::start_ticks(s.pid).is_some_and(|t| t == s.proc_start) {
+            tracing::info!(spinlet = %s.id, app = %s.app, pid = s.pid, "stopping a spinlet of an app no longer configured");
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(s.pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        store.delete_spinlet(&s.id).await?;
     }
-    Ok(())
+    Ok(out)
 }

@@ -55,6 +55,15 @@ impl PortAllocator {
         None
     }
 
+    /// Marks `port` as taken by a spinlet this supervisor adopted.
+    pub fn claim(&self, port: u16) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_use
+            .insert(port);
+    }
+
     pub fn release(&self, port: u16) {
         self.state
             .lock()

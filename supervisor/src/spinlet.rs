@@ -1,0 +1,163 @@
+//! A spinlet's process, whether this supervisor started it or adopted it from a previous one.
+//!
+//! Either way a watcher task reports the exit once, on the app task's `exits` channel and on a
+//! watch the stopper waits on; signals go to the process group by pid, so stopping needs no
+//! `Child` handle. An adopted process is not our child: its exit is seen by polling /proc, and it
+//! is only adopted if its start time still matches the record (a reused pid is someone else).
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// How often an adopted process (not our child, so no wait()) is checked for its exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// An exit: the spinlet id and how it ended.
+pub type Exit = (String, String);
+
+#[derive(Debug)]
+pub struct Proc {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (see [`start_ticks`]).
+    pub start_ticks: u64,
+    exited: watch::Receiver<Option<String>>,
+}
+
+impl Proc {
+    /// Watches a child this supervisor spawned.
+    pub fn watch_child(mut child: Child, id: String, exits: mpsc::UnboundedSender<Exit>) -> Proc {
+        let pid = child.id().unwrap_or(0);
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("cannot wait for it: {e}"),
+            };
+            let _ = tx.send(Some(status.clone()));
+            let _ = exits.send((id, status));
+        });
+        Proc {
+            pid,
+            start_ticks,
+            exited,
+        }
+    }
+
+    /// Takes over a spinlet a previous supervisor started: `None` unless `pid` is alive and
+    /// started at `recorded_ticks`.
+    pub fn adopt(
+        pid: u32,
+        recorded_ticks: u64,
+        id: String,
+        exits: mpsc::UnboundedSender<Exit>,
+    ) -> Option<Proc> {
+        if pid == 0 || recorded_ticks == 0 || start_ticks(pid) != Some(recorded_ticks) {
+            return None;
+        }
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            // Not our child: no wait(). Poll instead; a zombie or a different start time is gone.
+            while start_ticks(pid) == Some(recorded_ticks) {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            let status = "exited (adopted; status unknown)".to_string();
+            let _ = tx.send(Some(status.clone()));
+            let _ = exits.send((id, status));
+        });
+        Some(Proc {
+            pid,
+            start_ticks: recorded_ticks,
+            exited,
+        })
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    /// Waits until the process has exited, at most until `deadline`; true if it has.
+    pub async fn wait_until(&self, deadline: Instant) -> bool {
+        let mut rx = self.exited.clone();
+        tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// SIGTERM to the process group, SIGKILL at `kill_at` if it has not exited by then; returns
+    /// how it ended.
+    pub async fn stop(&self, kill_at: Instant) -> Option<String> {
+        let group = Pid::from_raw(self.pid as i32);
+        if !self.has_exited() {
+            let _ = killpg(group, Signal::SIGTERM);
+            if !self.wait_until(kill_at).await {
+                tracing::warn!(
+                    pid = self.pid,
+                    "spinlet did not stop after SIGTERM; killing it"
+                );
+                let _ = killpg(group, Signal::SIGKILL);
+                self.wait_until(Instant::now() + Duration::from_secs(5))
+                    .await;
+            }
+        }
+        // Leftovers of the group (a worker the app forked) go too.
+        let _ = killpg(group, Signal::SIGKILL);
+        self.exited.borrow().clone()
+    }
+
+    /// SIGKILL to the group now (a crash-test or a give-up), without waiting.
+    pub fn kill(&self) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// `/proc/<pid>/stat` field 22: when the process started, in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); field 22 is the 20th from there. A zombie has exited.
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn adopts_only_the_same_process_and_sees_its_exit() {
+        use std::os::unix::process::CommandExt as _;
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let ticks = start_ticks(pid).expect("alive");
+        let (tx, mut exits) = mpsc::unbounded_channel();
+        assert!(
+            Proc::adopt(pid, ticks + 1, "x".into(), tx.clone()).is_none(),
+            "a different start time is a different process"
+        );
+        let proc = Proc::adopt(pid, ticks, "x".into(), tx).expect("adopted");
+        assert!(!proc.has_exited());
+        let ended = proc.stop(Instant::now() + Duration::from_secs(5)).await;
+        assert!(ended.is_some(), "the exit was seen");
+        let (id, _) = tokio::time::timeout(Duration::from_secs(5), exits.recv())
+            .await
+            .expect("reported in time")
+            .expect("reported");
+        assert_eq!(id, "x");
+        // Reap our own child so the test leaves no zombie.
+        let mut child = child;
+        let _ = child.wait();
+    }
+}
