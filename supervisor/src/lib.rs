@@ -10,6 +10,7 @@ pub mod app;
 pub mod build;
 pub mod control;
 pub mod external;
+mod hot_deploy;
 mod managed;
 pub mod ports;
 pub mod process;
@@ -196,6 +197,18 @@ impl Supervisor {
     pub async fn run(mut self, mut shutdown: watch::Receiver<Option<Instant>>) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
+        if let Some(dir) = self.config.supervisor.deploy_dir.clone() {
+            self.tasks.spawn(
+                hot_deploy::Watcher {
+                    dir,
+                    data_dir: self.ctx.data_dir.clone(),
+                    handle: self.handle.clone(),
+                    store: self.store.clone(),
+                    limits: self.config.supervisor.builds.clone(),
+                }
+                .run(),
+            );
+        }
         let mut reap = tokio::time::interval(reap_interval(&self.app_configs()));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut config_poll = tokio::time::interval(CONFIG_POLL);

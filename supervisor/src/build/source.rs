@@ -315,6 +315,9 @@ pub fn extract_tarball(archive: &Path, into: &Path, max_bytes: u64) -> Result<()
                 path.display()
             )));
         };
+        if rel.as_os_str().is_empty() {
+            continue; // `./`, the root itself (`tar -C dir .` writes it)
+        }
         let rel = match &strip {
             Some(top) => match rel.strip_prefix(top) {
                 Ok(r) if r.as_os_str().is_empty() => continue,
