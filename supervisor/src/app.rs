@@ -120,7 +120,7 @@ enum Flow {
 /// What the task's loop woke up for.
 enum Woke {
     Exited(Exit),
-    Built(Finished),
+    Built(Box<Finished>),
     Retry,
     Command(Option<Command>),
 }
@@ -214,7 +214,7 @@ impl AppTask {
             };
             let woke = tokio::select! {
                 Some(exit) = self.exits.recv() => Woke::Exited(exit),
-                Some(finished) = self.built.recv() => Woke::Built(finished),
+                Some(finished) = self.built.recv() => Woke::Built(Box::new(finished)),
                 _ = sleep_until(retry_at), if retry_at.is_some() => Woke::Retry,
                 cmd = self.rx.recv() => Woke::Command(cmd),
             };
@@ -223,7 +223,7 @@ impl AppTask {
                     self.on_exit(&id, status).await;
                     Flow::Continue
                 }
-                Woke::Built(finished) => self.on_built(finished).await,
+                Woke::Built(finished) => self.on_built(*finished).await,
                 Woke::Retry => self.fill().await,
                 Woke::Command(Some(cmd)) => self.handle(cmd).await,
                 Woke::Command(None) => {

@@ -30,7 +30,6 @@ fn versioned_app(dir: &Path, version: &str) -> PathBuf {
 
 struct Running {
     handle: SupervisorHandle,
-    store: Store,
     stop: watch::Sender<Option<tokio::time::Instant>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,18 +43,13 @@ async fn start(dir: &Path, store: Store, ports: &str) -> Running {
     let path = dir.join("spinforge.yaml");
     std::fs::write(&path, &yaml).expect("config");
     let config = Config::parse(&yaml, &path).expect("valid config");
-    let sup = Supervisor::start(&config, store.clone())
+    let sup = Supervisor::start(&config, store)
         .await
         .expect("supervisor starts");
     let handle = sup.handle();
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(sup.run(rx));
-    Running {
-        handle,
-        store,
-        stop,
-        task,
-    }
+    Running { handle, stop, task }
 }
 
 impl Running {
