@@ -290,11 +290,26 @@ async fn supervisor(config: Config) -> Result<()> {
     let store = store_for(&config, "supervisor").await?;
     let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
+    let handle = supervisor.handle();
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(supervisor.run(rx));
-    shutdown_signal().await?;
-    acme.stop();
-    let _ = stop.send(Some(Instant::now() + config.edge.grace));
+    let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
+        .context("cannot listen for SIGQUIT")?;
+    tokio::select! {
+        r = shutdown_signal() => {
+            r?;
+            acme.stop();
+            let _ = stop.send(Some(Instant::now() + config.edge.grace));
+        }
+        _ = quit.recv() => {
+            // A replacement supervisor adopts the spinlets: leave them running.
+            tracing::info!("SIGQUIT received: exiting and leaving spinlets running");
+            acme.stop();
+            if let Err(e) = handle.detach().await {
+                tracing::warn!(error = %e, "could not detach cleanly");
+            }
+        }
+    }
     let _ = task.await;
     Ok(())
 }

@@ -455,7 +455,35 @@ async fn a_killed_supervisor_is_replaced_and_readopts_its_spinlets_with_no_faile
         },
     )
     .await;
-    drop(second);
+
+    // A graceful hand-over: SIGQUIT leaves the spinlets running for the next supervisor.
+    let mut second = second;
+    let pids = spinlet_pids(&http).await;
+    let load = Load::start(edge.http.expect("edge"), "steady.test", 4);
+    signal(second.pid(), nix::sys::signal::Signal::SIGQUIT);
+    let (status, _) = second.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let third = Spinforge::start(&ws, "supervisor", &config, None);
+    eventually(
+        Duration::from_secs(30),
+        "the third supervisor adopts",
+        || async {
+            (third
+                .log_text()
+                .matches("adopted a running spinlet")
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let (answered, failed) = load.finish().await;
+    eprintln!(
+        "supervisor handed over with SIGQUIT: {answered} answered, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(spinlet_pids(&http).await, pids);
 }
 
 async fn spinlet_pids(http: &Http) -> BTreeSet<i64> {

@@ -75,6 +75,9 @@ pub enum Command {
         deadline: Instant,
         done: oneshot::Sender<()>,
     },
+    /// Let go of the spinlets without stopping them (the supervisor is being replaced), then
+    /// answer on `done`.
+    Detach { done: oneshot::Sender<()> },
 }
 
 /// What every app task shares.
@@ -286,6 +289,15 @@ impl AppTask {
             Command::Lifecycle { action, reply } => return self.lifecycle(action, reply).await,
             Command::Shutdown { deadline, done } => {
                 self.stop_everything(deadline).await;
+                let _ = done.send(());
+                return Flow::Exit;
+            }
+            Command::Detach { done } => {
+                if let Some(build) = self.build.take() {
+                    build.abort();
+                }
+                // Their records stay `running`: the next supervisor adopts them.
+                tracing::info!(app = %self.app.name, spinlets = self.running.len(), "leaving spinlets running");
                 let _ = done.send(());
                 return Flow::Exit;
             }

@@ -98,6 +98,8 @@ pub(crate) enum Request {
         action: Lifecycle,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// Leave every spinlet running and stop the supervisor (for a replacement to adopt them).
+    Detach(oneshot::Sender<()>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +202,12 @@ impl SupervisorHandle {
             reply,
         })
         .await?
+    }
+
+    /// Ends the supervisor's loop but leaves every spinlet running, for the next supervisor
+    /// (an upgrade, a restart) to adopt; answers once the app tasks have let go.
+    pub async fn detach(&self) -> Result<(), ControlError> {
+        self.ask(Request::Detach).await
     }
 
     pub async fn lifecycle(&self, app: &str, action: Lifecycle) -> Result<(), ControlError> {

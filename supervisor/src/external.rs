@@ -110,6 +110,10 @@ impl ExternalTask {
                     Some(Command::Lifecycle { reply, .. }) => {
                         let _ = reply.send(Err(not_ours(&self.app.name)));
                     }
+                    Some(Command::Detach { done }) => {
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(Command::Shutdown { done, .. }) => {
                         let _ = done.send(());
                         return;

@@ -241,7 +241,14 @@ impl Supervisor {
                         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
                 }
-                Some(request) = self.requests.recv() => self.control(request).await,
+                Some(request) = self.requests.recv() => {
+                    if let control::Request::Detach(done) = request {
+                        self.detach().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    self.control(request).await;
+                }
                 d = async { shutdown.wait_for(Option::is_some).await.ok().and_then(|d| *d) } => {
                     break d.unwrap_or_else(Instant::now);
                 }
@@ -286,7 +293,24 @@ impl Supervisor {
                 Some(e) => forward(&e.tx, Command::Lifecycle { action, reply }),
                 None => drop(reply.send(Err(ControlError::UnknownApp(app)))),
             },
+            // Handled by `run`, which ends after it.
+            Request::Detach(done) => drop(done.send(())),
         }
+    }
+
+    /// Every app task lets go of its spinlets without stopping them.
+    async fn detach(mut self) {
+        tracing::info!(
+            apps = self.apps.len(),
+            "detaching: spinlets keep running for the next supervisor"
+        );
+        for e in self.apps.values() {
+            let (done, wait) = oneshot::channel();
+            if e.tx.send(Command::Detach { done }).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+            }
+        }
+        self.tasks.abort_all();
     }
 
     /// Creates or replaces an app that is not in the config file.
