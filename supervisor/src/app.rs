@@ -756,6 +756,11 @@ impl AppTask {
         futures::future::join_all(running.iter().map(|i| i.proc.stop(kill_at))).await;
         for i in &running {
             tracing::info!(app = %self.app.name, spinlet = %i.spinlet.id, why, "spinlet stopped");
+            self.put_spinlet(&Spinlet {
+                state: SpinletState::Stopped,
+                ..i.spinlet.clone()
+            })
+            .await;
             self.forget(&i.spinlet).await;
         }
     }
@@ -795,12 +800,24 @@ impl AppTask {
                 d = shutdown.wait_for(Option::is_some) => d.ok().and_then(|d| *d).unwrap_or_else(Instant::now),
             };
             for i in &old {
-                let _ = ctx.store.put_spinlet(&Spinlet { state: SpinletState::Stopping, ..i.spinlet.clone() }).await;
+                let stopping = Spinlet {
+                    state: SpinletState::Stopping,
+                    ..i.spinlet.clone()
+                };
+                let write = ctx.store.put_spinlet(&stopping);
+                let _ = tokio::time::timeout(STORE_DEADLINE, write).await;
             }
             futures::future::join_all(old.iter().map(|i| i.proc.stop(kill_at))).await;
             for i in &old {
                 tracing::info!(%app, spinlet = %i.spinlet.id, "drained spinlet stopped");
-                let _ = tokio::time::timeout(STORE_DEADLINE, ctx.store.delete_spinlet(&i.spinlet.id)).await;
+                let stopped = Spinlet {
+                    state: SpinletState::Stopped,
+                    ..i.spinlet.clone()
+                };
+                let write = ctx.store.put_spinlet(&stopped);
+                let _ = tokio::time::timeout(STORE_DEADLINE, write).await;
+                let delete = ctx.store.delete_spinlet(&i.spinlet.id);
+                let _ = tokio::time::timeout(STORE_DEADLINE, delete).await;
                 ctx.ports.release(i.spinlet.port);
             }
         });
