@@ -509,7 +509,9 @@ impl AppTask {
             }
             Started::Unhealthy(reason) => {
                 self.start_failures += 1;
-                if self.start_failures >= MAX_START_FAILURES {
+                // With some instances still serving the app is not failed: keep retrying the
+                // missing ones (the backoff caps at 30 s).
+                if self.start_failures >= MAX_START_FAILURES && self.running.is_empty() {
                     tracing::error!(app = %self.app.name, %reason, failures = self.start_failures, "spinlets keep failing to start; giving up until the next wake in a minute");
                     self.mode = Mode::Failed {
                         reason: reason.clone(),
