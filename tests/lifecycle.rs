@@ -324,13 +324,23 @@ async fn a_folder_or_archive_dropped_in_deploy_dir_is_served() {
     let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
     let http = sf.client();
 
-    // A folder with its app section.
-    let folder = versioned_app(&deploy.join("dropped"), "d1", false);
+    // A folder with its app section, copied in slowly: nothing happens while it still changes.
+    let folder = deploy.join("dropped");
+    std::fs::create_dir_all(&folder).expect("folder");
     std::fs::write(
         folder.join("spinforge.yaml"),
         "domains: [dropped.test]\nidle_timeout: 0\n",
     )
     .expect("app section");
+    for i in 0..6 {
+        std::fs::write(folder.join(format!("asset-{i}.txt")), "still copying").expect("asset");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !deploy.join("dropped.deployed").exists() && !deploy.join("dropped.failed").exists(),
+            "a folder still being copied is not picked up"
+        );
+    }
+    versioned_app(&folder, "d1", false);
     eventually(
         Duration::from_secs(60),
         "the dropped folder serves",
