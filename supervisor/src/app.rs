@@ -61,6 +61,8 @@ pub struct AppContext {
 #[derive(Debug)]
 struct Running {
     child: Child,
+    /// Limits the spinlet; removed when it has exited (issue #6 item 2).
+    cgroup: Option<crate::cgroup::Cgroup>,
     spinlet: Spinlet,
     since: Instant,
 }
@@ -241,24 +243,23 @@ impl AppTask {
                 .await;
             return Flow::Continue;
         };
-        let home = self.ctx.data_dir.join("apps").join(&name).join("home");
-        let logs = self.ctx.data_dir.join("logs");
-        let log = logs.join(format!("{name}.log"));
-        let spawned = std::fs::create_dir_all(&home)
-            .and_then(|_| std::fs::create_dir_all(&logs))
-            .and_then(|_| {
-                process::spawn(
-                    &self.app,
-                    &release,
-                    &self.ctx.tools,
-                    port,
-                    &home,
-                    &log,
-                    self.ctx.run_as,
-                )
-            });
-        let mut child = match spawned {
-            Ok(c) => c,
+        let spinlet_id = format!(
+            "{name}-{}-{:06x}",
+            release.info.number,
+            fastrand::u32(..0x0100_0000)
+        );
+        // Home, log, app user and cgroup are set up by `process::spawn` (issue #6 item 2).
+        let spawned = process::spawn(
+            &self.app,
+            &release,
+            &self.ctx.tools,
+            port,
+            &self.ctx.data_dir,
+            self.ctx.run_as,
+            &spinlet_id,
+        );
+        let (mut child, cgroup) = match spawned {
+            Ok(s) => (s.child, s.cgroup),
             Err(e) => {
                 self.ctx.ports.release(port);
                 self.start_failed(&format!(
@@ -270,11 +271,7 @@ impl AppTask {
             }
         };
         let spinlet = Spinlet {
-            id: format!(
-                "{name}-{}-{:06x}",
-                release.info.number,
-                fastrand::u32(..0x0100_0000)
-            ),
+            id: spinlet_id,
             app: name.clone(),
             release: release.info.number,
             state: SpinletState::Starting,
@@ -297,17 +294,20 @@ impl AppTask {
                 result = &mut health => break result,
                 status = child.wait() => {
                     let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    let status = process::exit_reason(&status, cgroup.as_ref()); // names an OOM kill
                     break Err(format!("exited during start ({status})"));
                 }
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown { deadline, done }) => {
                         process::stop(&mut child, deadline).await;
+                        remove_cgroup(&cgroup).await;
                         self.forget_spinlet(&spinlet).await;
                         let _ = done.send(());
                         return Flow::Exit;
                     }
                     None => {
                         process::stop(&mut child, Instant::now() + STOP_GRACE).await;
+                        remove_cgroup(&cgroup).await;
                         self.forget_spinlet(&spinlet).await;
                         return Flow::Exit;
                     }
@@ -333,12 +333,14 @@ impl AppTask {
                 self.start_failures = 0;
                 self.state = State::Running(Box::new(Running {
                     child,
+                    cgroup,
                     spinlet,
                     since: started,
                 }));
             }
             Err(reason) => {
                 process::stop(&mut child, Instant::now() + STOP_GRACE).await;
+                remove_cgroup(&cgroup).await;
                 self.forget_spinlet(&spinlet).await;
                 self.start_failed(&reason).await;
             }
@@ -376,6 +378,9 @@ impl AppTask {
         }
         self.remove_upstream(&r.spinlet).await;
         self.forget_spinlet(&r.spinlet).await;
+        // "out of memory (limit 256M)" when the kernel killed it (issue #6 item 2).
+        let status = process::exit_reason(&status, r.cgroup.as_ref());
+        remove_cgroup(&r.cgroup).await;
         let retry_at = self.backoff();
         let tail = self.log_tail().await;
         tracing::warn!(
@@ -423,6 +428,7 @@ impl AppTask {
         })
         .await;
         let status = process::stop(&mut r.child, kill_at).await;
+        remove_cgroup(&r.cgroup).await;
         tracing::info!(app = %self.app.name, spinlet = %r.spinlet.id, why, status = ?status, "spinlet stopped");
         self.forget_spinlet(&r.spinlet).await;
     }
@@ -516,13 +522,14 @@ impl AppTask {
     }
 
     async fn log_tail(&self) -> String {
-        let path = self
-            .ctx
-            .data_dir
-            .join("logs")
-            .join(format!("{}.log", self.app.name));
-        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        // Read backwards from the end, not the whole file (issue #6 item 8).
+        crate::logs::tail_joined(&self.ctx.data_dir, &self.app.name, 5).await
+    }
+}
+
+/// A spinlet's cgroup goes once it has exited (issue #6 item 2).
+async fn remove_cgroup(cgroup: &Option<crate::cgroup::Cgroup>) {
+    if let Some(cg) = cgroup {
+        cg.remove_soon().await;
     }
 }

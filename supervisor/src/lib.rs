@@ -8,12 +8,15 @@
 
 pub mod app;
 pub mod build;
+pub mod cgroup; // limits (issue #6 item 2)
 pub mod control;
 pub mod external;
+pub mod logs; // spinlet logs: rotation, tail (issue #6 item 8)
 pub mod ports;
 pub mod process;
 pub mod release;
 pub mod static_site;
+pub mod users; // one uid per app under run_as (issue #6 item 2)
 
 use app::{AppContext, AppTask, Command};
 use spinforge_state::config::{AppConfig, Config};
@@ -93,6 +96,8 @@ impl Supervisor {
         reconcile_routes(config, &store).await?;
         forget_stale_spinlets(config, &store).await?;
 
+        // Spinlet logs are rotated in the background (issue #6 item 8).
+        logs::spawn_rotator(data_dir.join("logs"), config.supervisor.logs);
         let builder = build::queue::Builder::new(
             store.clone(),
             build::BuildContext {
