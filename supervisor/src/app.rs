@@ -11,6 +11,7 @@
 
 use crate::build::queue::{Builder, Finished};
 use crate::build::runner::RunAs;
+use crate::cgroup::Cgroup;
 use crate::control::{ControlError, Lifecycle};
 use crate::ports::PortAllocator;
 use crate::process;
@@ -100,6 +101,8 @@ pub struct AppContext {
 struct Instance {
     spinlet: Spinlet,
     proc: Proc,
+    /// Limits it (`memory`, `cpu`); removed once it has exited.
+    cgroup: Option<Cgroup>,
     since: Instant,
 }
 
@@ -627,24 +630,23 @@ impl AppTask {
             .ports
             .allocate()
             .ok_or("no free port in supervisor.port_range")?;
-        let home = self.ctx.data_dir.join("apps").join(&name).join("home");
-        let logs = self.ctx.data_dir.join("logs");
-        let log = logs.join(format!("{name}.log"));
-        let spawned = std::fs::create_dir_all(&home)
-            .and_then(|_| std::fs::create_dir_all(&logs))
-            .and_then(|_| {
-                process::spawn(
-                    &self.app,
-                    release,
-                    &self.ctx.tools,
-                    port,
-                    &home,
-                    &log,
-                    self.ctx.run_as,
-                )
-            });
-        let child = match spawned {
-            Ok(c) => c,
+        let id = format!(
+            "{name}-{}-{:06x}",
+            release.info.number,
+            fastrand::u32(..0x0100_0000)
+        );
+        // Home, log, the app's user and its cgroup are set up by `process::spawn`.
+        let spawned = process::spawn(
+            &self.app,
+            release,
+            &self.ctx.tools,
+            port,
+            &self.ctx.data_dir,
+            self.ctx.run_as,
+            &id,
+        );
+        let (child, cgroup) = match spawned {
+            Ok(s) => (s.child, s.cgroup),
             Err(e) => {
                 self.ctx.ports.release(port);
                 return Err(format!(
@@ -653,11 +655,6 @@ impl AppTask {
                 ));
             }
         };
-        let id = format!(
-            "{name}-{}-{:06x}",
-            release.info.number,
-            fastrand::u32(..0x0100_0000)
-        );
         let proc = Proc::watch_child(child, id.clone(), self.exits_tx.clone());
         let spinlet = Spinlet {
             id,
@@ -677,6 +674,7 @@ impl AppTask {
         Ok(Instance {
             spinlet,
             proc,
+            cgroup,
             since: Instant::now(),
         })
     }
@@ -691,6 +689,9 @@ impl AppTask {
             self.restarts = 0;
         }
         self.withdraw(&gone).await;
+        // "out of memory (limit 256M)" when the kernel killed it.
+        let status = process::exit_reason(&status, gone.cgroup.as_ref());
+        remove_cgroup(&gone.cgroup).await;
         let tail = self.log_tail_suffix().await;
         let reason = format!("exited ({status}){tail}");
         self.put_spinlet(&Spinlet {
@@ -757,6 +758,7 @@ impl AppTask {
         let kill_at = Instant::now() + STOP_GRACE;
         futures::future::join_all(running.iter().map(|i| i.proc.stop(kill_at))).await;
         for i in &running {
+            remove_cgroup(&i.cgroup).await;
             tracing::info!(app = %self.app.name, spinlet = %i.spinlet.id, why, "spinlet stopped");
             self.put_spinlet(&Spinlet {
                 state: SpinletState::Stopped,
@@ -770,6 +772,7 @@ impl AppTask {
     async fn stop_instances(&self, instances: Vec<Instance>, kill_at: Instant) {
         futures::future::join_all(instances.iter().map(|i| i.proc.stop(kill_at))).await;
         for i in &instances {
+            remove_cgroup(&i.cgroup).await;
             self.forget(&i.spinlet).await;
         }
     }
@@ -811,6 +814,7 @@ impl AppTask {
             }
             futures::future::join_all(old.iter().map(|i| i.proc.stop(kill_at))).await;
             for i in &old {
+                remove_cgroup(&i.cgroup).await;
                 tracing::info!(%app, spinlet = %i.spinlet.id, "drained spinlet stopped");
                 let stopped = Spinlet {
                     state: SpinletState::Stopped,
@@ -868,6 +872,17 @@ impl AppTask {
             match proc {
                 Some(proc) if self.running.len() < self.app.instances as usize => {
                     self.ctx.ports.claim(s.port);
+                    // The group it runs in (re-opened, limits written again) for OOM reports.
+                    let cgroup = Cgroup::create(
+                        &self.app.name,
+                        &s.id,
+                        crate::cgroup::Limits {
+                            memory: self.app.memory,
+                            cpu: self.app.cpu,
+                        },
+                    )
+                    .ok()
+                    .flatten();
                     tracing::info!(app = %self.app.name, spinlet = %s.id, pid = s.pid, port = s.port, release = s.release, "adopted a running spinlet");
                     self.release = release.cloned();
                     self.running.push(Instance {
@@ -876,6 +891,7 @@ impl AppTask {
                             ..s
                         },
                         proc,
+                        cgroup,
                         since: Instant::now(),
                     });
                 }
@@ -1052,19 +1068,20 @@ impl AppTask {
 
     /// `"; log: a | b | c"` with the app log's last lines, or nothing.
     async fn log_tail_suffix(&self) -> String {
-        let path = self
-            .ctx
-            .data_dir
-            .join("logs")
-            .join(format!("{}.log", self.app.name));
-        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join(" | ");
+        // Read backwards from the end, not the whole file.
+        let tail = crate::logs::tail_joined(&self.ctx.data_dir, &self.app.name, TAIL_LINES).await;
         if tail.is_empty() {
             String::new()
         } else {
             format!("; log: {tail}")
         }
+    }
+}
+
+/// A spinlet's cgroup goes once it has exited.
+async fn remove_cgroup(cgroup: &Option<Cgroup>) {
+    if let Some(cg) = cgroup {
+        cg.remove_soon().await;
     }
 }
 

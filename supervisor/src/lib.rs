@@ -8,15 +8,18 @@
 
 pub mod app;
 pub mod build;
+pub mod cgroup; // limits (issue #6 item 2)
 pub mod control;
 pub mod external;
 mod hot_deploy;
+pub mod logs; // spinlet logs: rotation, tail (issue #6 item 8)
 mod managed;
 pub mod ports;
 pub mod process;
 pub mod release;
 pub mod spinlet;
 pub mod static_site;
+pub mod users; // one uid per app under run_as (issue #6 item 2)
 
 use app::{AppContext, AppTask, Command};
 use control::{ControlError, ManagedApp, Origin};
@@ -115,6 +118,8 @@ impl Supervisor {
         })?;
         let run_as = resolve_run_as(config.supervisor.run_as.as_deref())?;
 
+        // Spinlet logs are rotated in the background (issue #6 item 8).
+        logs::spawn_rotator(data_dir.join("logs"), config.supervisor.logs);
         let builder = build::queue::Builder::new(
             store.clone(),
             build::BuildContext {

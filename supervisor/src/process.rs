@@ -1,13 +1,18 @@
-//! Spinlet processes: started in their own process group with a cleared environment and output to
-//! a log file; health-checked over HTTP; stopped with SIGTERM, then SIGKILL after a grace.
+//! Spinlet processes: started in their own session and process group, with a cleared
+//! environment, as the app's own user (see [`crate::users`]), inside their cgroup (see
+//! [`crate::cgroup`]) and with output appended to the app's log; health-checked over HTTP;
+//! stopped with SIGTERM, then SIGKILL after a grace.
 
 use crate::build::runner::RunAs;
 use crate::build::start::SELF;
+use crate::cgroup::{self, Cgroup, Limits};
 use crate::release::{Release, Toolchain};
+use crate::{logs, users};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use spinforge_state::config::AppConfig;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -21,20 +26,37 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// One probe's own limit.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts the release's start command on `port`.
+/// A started spinlet process and the cgroup that limits it (none without cgroups or limits).
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub cgroup: Option<Cgroup>,
+}
+
+/// Starts the release's start command on `port` as spinlet `spinlet_id`.
+///
+/// `run_as` is `supervisor.run_as` as resolved at start: when set, the app runs as its own user
+/// id instead (its home, log and release are that id's alone).
 pub fn spawn(
     app: &AppConfig,
     release: &Release,
     tools: &Toolchain,
     port: u16,
-    home: &Path,
-    log: &Path,
+    data_dir: &Path,
     run_as: Option<RunAs>,
-) -> std::io::Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
+    spinlet_id: &str,
+) -> std::io::Result<Spawned> {
+    let user = users::for_app(data_dir, &app.name, run_as)?;
+    let app_dir = data_dir.join("apps").join(&app.name);
+    let home = app_dir.join("home");
+    std::fs::create_dir_all(&home)?;
+    if user.is_some() {
+        // Other apps cannot enter the app's folder: releases, home and caches are under it.
+        users::hand_over(&app_dir, user, 0o700)?;
+        users::hand_over(&home, user, 0o700)?;
+        hand_release_over(&release.dir, user)?;
+    }
+    let out = logs::open_append(&logs::path(data_dir, &app.name), user)?;
     let err = out.try_clone()?;
     let (program, args) = release.info.start.split_first().ok_or_else(|| {
         std::io::Error::new(
@@ -52,13 +74,14 @@ pub fn spawn(
         .current_dir(&release.dir)
         .env_clear()
         .env("PATH", tools.path_for(&release.dir))
-        .env("HOME", home)
+        .env("HOME", &home)
         .env("NODE_ENV", "production");
     for (k, v) in &app.env {
         cmd.env(k, v.expose());
     }
     if let Some(bytes) = app.memory {
-        // Until cgroups enforce `memory`, keep V8's heap to three quarters of it.
+        // V8 collects before its heap reaches three quarters of the limit, instead of growing
+        // into the cgroup's OOM kill (and without cgroups this is the only memory cap).
         let heap_mb = (bytes / (1 << 20)) * 3 / 4;
         let user = app
             .env
@@ -74,14 +97,97 @@ pub fn spawn(
         .env("HOST", "127.0.0.1")
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        // Its own group: signals reach the whole tree (sh -c, npm, workers), and a Ctrl-C at our
-        // terminal does not reach it.
-        .process_group(0);
-    if let Some(user) = run_as {
+        .stderr(err);
+    if let Some(user) = user {
         cmd.uid(user.uid).gid(user.gid);
     }
-    cmd.spawn()
+    let limits = Limits {
+        memory: app.memory,
+        cpu: app.cpu,
+    };
+    let cgroup = Cgroup::create(&app.name, spinlet_id, limits).map_err(std::io::Error::other)?;
+    let procs = match &cgroup {
+        Some(cg) => cg.procs_files().map_err(std::io::Error::other)?,
+        None => Vec::new(),
+    };
+    let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    in_child(&mut cmd, fds);
+    let spawned = cmd.spawn();
+    drop(procs); // the child has its own copies until exec (they are close-on-exec)
+    match spawned {
+        Ok(child) => Ok(Spawned { child, cgroup }),
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A release built before the app had its own user (or before `run_as` was set) is handed to
+/// it once; the owner of the release folder says whether that is needed.
+fn hand_release_over(dir: &Path, user: Option<RunAs>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(u) = user else { return Ok(()) };
+    if std::fs::metadata(dir)?.uid() == u.uid {
+        return Ok(());
+    }
+    fn walk(p: &Path, u: RunAs) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid))?;
+        if std::fs::symlink_metadata(p)?.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), u)?;
+            }
+        }
+        Ok(())
+    }
+    tracing::info!(release = %dir.display(), uid = u.uid, "handing the release to the app's user");
+    walk(dir, u)
+}
+
+/// Between fork and exec, in the child: a session of its own (so its process group is its own
+/// and no terminal's signals reach it), no core dumps (they would hold the app's secrets), and
+/// into its cgroup by writing `0` (itself) to each `cgroup.procs` opened by the supervisor — so
+/// the app's first instruction already runs limited. A failure aborts the spawn.
+#[allow(unsafe_code)]
+fn in_child(cmd: &mut Command, procs: Vec<i32>) {
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (setsid, setrlimit, write) on memory allocated before the fork; it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            for &fd in &procs {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Why a spinlet ended, for logs and crash reasons: the kernel's OOM kill is named as such.
+pub fn exit_reason(status: &str, cgroup: Option<&Cgroup>) -> String {
+    match cgroup {
+        Some(cg) if cg.oom_killed() => {
+            let limit = cg
+                .limits()
+                .memory
+                .map(|b| format!(" (limit {})", cgroup::show_size(b)))
+                .unwrap_or_default();
+            format!("out of memory{limit}: killed by the kernel ({status})")
+        }
+        _ => status.to_string(),
+    }
 }
 
 /// SIGTERM to the process group, SIGKILL at `kill_at` if it has not exited by then.

@@ -557,8 +557,26 @@ fn build_env(
     ctx: &BuildContext,
     dir: &Path,
 ) -> Result<Vec<(OsString, OsString)>, BuildError> {
-    let cache = ctx.data_dir.join("cache");
-    let home = ctx.data_dir.join("apps").join(&app.name).join("home");
+    let app_dir = ctx.data_dir.join("apps").join(&app.name);
+    // With per-app users (run_as), package caches are per app too, inside the app's private
+    // folder: a shared writable cache would let one app's build plant files another's uses.
+    let cache = match ctx.run_as {
+        Some(_) => app_dir.join("cache"),
+        None => ctx.data_dir.join("cache"),
+    };
+    let home = app_dir.join("home");
+    if ctx.run_as.is_some() {
+        std::fs::create_dir_all(&app_dir).map_err(io(format!("creating {}", app_dir.display())))?;
+        crate::users::hand_over(&app_dir, ctx.run_as, 0o700).map_err(io(format!(
+            "handing {} to the app's user",
+            app_dir.display()
+        )))?;
+        // The supervisor keeps this app's node_modules here; no other app may look in.
+        let modules = ctx.data_dir.join("cache/node_modules").join(&app.name);
+        std::fs::create_dir_all(&modules)
+            .and_then(|_| crate::users::hand_over(&modules, None, 0o700))
+            .map_err(io(format!("securing {}", modules.display())))?;
+    }
     for d in [
         cache.join("npm"),
         cache.join("corepack"),

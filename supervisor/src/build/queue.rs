@@ -133,8 +133,24 @@ impl Builder {
         status.started = Some(spinforge_state::now_ms());
         self.put_status(status).await;
 
-        let ctx = &self.inner.ctx;
+        // Under `run_as`, each app builds as its own user (see `crate::users`), so its build
+        // scripts cannot read other apps' releases.
+        let app_user =
+            crate::users::for_app(&self.inner.ctx.data_dir, &app.name, self.inner.ctx.run_as)
+                .map_err(super::io("choosing the app's user id"))?;
+        let app_ctx = super::BuildContext {
+            run_as: app_user,
+            ..self.inner.ctx.clone()
+        };
+        let ctx = &app_ctx;
         let path = ctx.data_dir.join("logs/builds").join(format!("{id}.log"));
+        if ctx.run_as.is_some() {
+            // Logs are the supervisor's to read: spinlets write theirs through inherited files.
+            let logs = ctx.data_dir.join("logs");
+            std::fs::create_dir_all(&logs)
+                .and_then(|_| crate::users::hand_over(&logs, None, 0o700))
+                .map_err(super::io(format!("securing {}", logs.display())))?;
+        }
         let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
         let log = BuildLog::create(&path, Some(lines_tx), secrets_of(app))
             .map_err(super::io(format!("creating {}", path.display())))?;

@@ -6,6 +6,7 @@ use super::BuildError;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -47,7 +48,13 @@ impl BuildLog {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = std::fs::File::create(path)?;
+        // Private: a build's output is its app's business.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         Ok(BuildLog {
             path: path.to_path_buf(),
             file: Mutex::new(Some(file)),
