@@ -783,6 +783,8 @@ impl AppTask {
             build.abort();
         }
         let running = std::mem::take(&mut self.running);
+        // Out of routing first, so that no new request meets a stopping process.
+        self.republish_upstreams().await;
         self.stop_instances(running, deadline).await;
         let _ = self.drain_stop.send(Some(deadline));
         let _ = tokio::time::timeout_at(deadline + Duration::from_millis(500), async {

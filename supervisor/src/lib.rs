@@ -425,11 +425,15 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops an app's task (and its spinlets) and forgets it.
+    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it.
     async fn remove_task(&mut self, name: &str) {
         let Some(e) = self.apps.remove(name) else {
             return;
         };
+        let rest: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
+        if let Err(err) = self.reconcile_routes_for(&rest).await {
+            tracing::warn!(app = %name, error = %err, "cannot remove routes yet; the next resync will");
+        }
         let (done, wait) = oneshot::channel();
         let deadline = Instant::now() + STOP_DEADLINE;
         if e.tx
