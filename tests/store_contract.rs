@@ -1165,7 +1165,11 @@ async fn rate_counts_add_up_across_edges(store: Store) {
         .exchange_rate_counts(13, 12, ttl, &[rc("a", "*", 0), rc("a", "c2", 0)])
         .await
         .expect("read window 12");
-    assert_eq!(later, vec![1, 0], "window 12 holds only what was added to it");
+    assert_eq!(
+        later,
+        vec![1, 0],
+        "window 12 holds only what was added to it"
+    );
     // A batch larger than one store call comes back whole and in order.
     let many: Vec<RateCount> = (0..2500)
         .map(|i| rc("m", &format!("k{i}"), i % 7 + 1))

@@ -89,14 +89,20 @@ struct Window {
 
 /// The wall-clock window `at` falls in.
 fn window_of(at: SystemTime) -> u64 {
-    let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     ms / INTERVAL.as_millis() as u64
 }
 
 /// How long until just after the next window starts.
 fn until_next_window(now: SystemTime) -> Duration {
     let step = INTERVAL.as_millis() as u64;
-    let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let ms = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     // A few ms in, so that this window's number is unambiguous despite timer slop.
     Duration::from_millis(step - ms % step + 5)
 }
@@ -224,7 +230,10 @@ fn charge<'a>(
             Who::App => {
                 if let Some(app_rps) = limit.app_rps {
                     let burst = limit.app_burst.unwrap_or(app_rps.ceil() as u32);
-                    entry.runtime.app_rate.charge(Gcra::new(app_rps, burst), n, at);
+                    entry
+                        .runtime
+                        .app_rate
+                        .charge(Gcra::new(app_rps, burst), n, at);
                 }
             }
             Who::Client(c) => client_rates.get_or_init(ClientRates::default).charge(

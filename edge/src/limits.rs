@@ -337,7 +337,11 @@ mod tests {
         assert_eq!(rates.check("a", 1, g, t0), Verdict::Allow);
         assert_eq!(rates.check("a", 1, g, t0), Verdict::Allow);
         assert!(matches!(rates.check("a", 1, g, t0), Verdict::Deny(_)));
-        assert_eq!(rates.check("a", 2, g, t0), Verdict::Allow, "others untouched");
+        assert_eq!(
+            rates.check("a", 2, g, t0),
+            Verdict::Allow,
+            "others untouched"
+        );
         let cell = RateCell::default();
         cell.charge(g, 6, t0);
         assert!(matches!(cell.check(g, t0), Verdict::Deny(_)));

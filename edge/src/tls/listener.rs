@@ -84,10 +84,7 @@ pub async fn serve<A>(
         let guard = guard.clone();
         tokio::spawn(async move {
             // Counted before the handshake, so that refused connections cost no crypto.
-            let _slot = match guard
-                .counts
-                .admit(client_key(peer.ip()), guard.max_per_ip)
-            {
+            let _slot = match guard.counts.admit(client_key(peer.ip()), guard.max_per_ip) {
                 Admission::Refused => {
                     tracing::debug!(%peer, "too many connections from one address; closing");
                     return;

@@ -439,10 +439,7 @@ impl Redis {
             args.push(e.client.clone());
             args.push(e.add.to_string());
         }
-        let totals: Vec<i64> = self
-            .client
-            .eval(RATE_EXCHANGE_SCRIPT, keys, args)
-            .await?;
+        let totals: Vec<i64> = self.client.eval(RATE_EXCHANGE_SCRIPT, keys, args).await?;
         Ok(totals.into_iter().map(|t| t.max(0) as u64).collect())
     }
 }
