@@ -315,7 +315,16 @@ async fn a_domain_that_cannot_be_validated_does_not_hold_up_others() {
     // Pebble looks for bad.test's token where nothing listens.
     pebble.set_a("bad.test", "127.0.0.2");
     let ws = Workspace::new();
-    let sf = one_app_up(&ws, &ports, &pebble, "", "", "bad.test, good.test");
+    let apps = echo_app(&ws, "alpha", "bad.test, good.test", "");
+    let path = config(&ws, "spinforge.yaml", &ports, &pebble, "", "", &apps);
+    let metrics_port = free_port();
+    let yaml = std::fs::read_to_string(&path).expect("config").replacen(
+        "  grace: 2s\n",
+        &format!("  grace: 2s\n  metrics: 127.0.0.1:{metrics_port}\n"),
+        1,
+    );
+    std::fs::write(&path, yaml).expect("config");
+    let sf = Spinforge::start(&ws, "up", &path, Some(([127, 0, 0, 1], ports.http).into()));
     let root = pebble.issuing_root();
     let r = until_trusted(&root, "good.test", ports.https_addr(), "/").await;
     assert_eq!(r.status(), 200);
@@ -326,6 +335,24 @@ async fn a_domain_that_cannot_be_validated_does_not_hold_up_others() {
             .then_some(())
     })
     .await;
+    // /metrics counts the order that succeeded and the one that failed.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let orders = |result: &str| -> u64 {
+        let prefix = format!("spinforge_acme_orders_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+            .parse()
+            .expect("a count")
+    };
+    assert_eq!(orders("succeeded"), 1, "{metrics}");
+    assert!(orders("failed") >= 1, "{metrics}");
     // bad.test still answers HTTPS, with a certificate nobody trusts (self-signed).
     let e = https_client(&root, "bad.test", ports.https_addr())
         .get(format!("https://bad.test:{}/", ports.https))
@@ -534,4 +561,72 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
             && !metrics.contains("spinforge_tls_self_signed_handshakes_total 0\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_listener_caps_connections_per_ip_and_closes_silent_ones() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    let ports = Ports::new();
+    let ws = Workspace::new();
+    let serial = make_cert_files(ws.path(), "files.test");
+    let apps = echo_app(
+        &ws,
+        "alpha",
+        "files.test",
+        "    tls: { cert: cert.pem, key: key.pem }\n",
+    );
+    let yaml = format!(
+        "edge:\n  listen_http: 127.0.0.1:{}\n  listen_https: 127.0.0.1:{}\n  metrics: off\n  max_connections_per_ip: 3\n  header_timeout: 1s\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n{apps}",
+        ports.http,
+        ports.https,
+        port_block()
+    );
+    let path = ws.write("spinforge.yaml", &yaml);
+    let _sf = Spinforge::start(&ws, "up", &path, Some(([127, 0, 0, 1], ports.http).into()));
+    eventually(Duration::from_secs(10), "HTTPS serves", || async {
+        (served_serial("files.test", ports.https_addr()) == serial).then_some(())
+    })
+    .await;
+
+    // Three silent connections are held; a fourth from the same address is closed at once,
+    // before any handshake (not after the 10 s handshake timeout).
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            TcpStream::connect(ports.https_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(ports.https_addr())
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf))
+        .await
+        .expect("the connection over the cap is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    for s in &mut silent {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                .await
+                .is_err(),
+            "connections within the cap stay open until the header timeout"
+        );
+    }
+    // Silent ones are closed after the header timeout (1 s), far before the handshake timeout.
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the edge")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Their slots are free again: handshakes work.
+    assert_eq!(served_serial("files.test", ports.https_addr()), serial);
 }

@@ -70,6 +70,7 @@ contract!(
     challenges_expire,
     locks_exclude_expire_and_fence,
     builds_queue_status_and_log,
+    rate_counts_add_up_across_edges,
 );
 
 // --- fixtures ---
@@ -1130,4 +1131,64 @@ async fn builds_queue_status_and_log(store: Store) {
         },
     )
     .await;
+}
+
+async fn rate_counts_add_up_across_edges(store: Store) {
+    use spinforge_state::store::RateCount;
+    let rc = |app: &str, client: &str, add: u64| RateCount {
+        app: app.into(),
+        client: client.into(),
+        add,
+    };
+    let ttl = Duration::from_secs(5);
+    // Window 10: two edges add for the same client of one app; other clients and apps apart.
+    let none = store
+        .exchange_rate_counts(10, 9, ttl, &[rc("a", "c1", 3), rc("a", "*", 3)])
+        .await
+        .expect("edge one adds");
+    assert_eq!(none, vec![0, 0], "nothing was counted in window 9");
+    store
+        .exchange_rate_counts(10, 9, ttl, &[rc("a", "c1", 4), rc("b", "c1", 1)])
+        .await
+        .expect("edge two adds");
+    // Window 12: read window 10 back, totals in the order asked, unknown keys 0; a zero `add`
+    // reads without creating anything.
+    let totals = store
+        .exchange_rate_counts(
+            12,
+            10,
+            ttl,
+            &[
+                rc("b", "c1", 0),
+                rc("a", "c1", 0),
+                rc("a", "c2", 0),
+                rc("a", "*", 1),
+            ],
+        )
+        .await
+        .expect("read back");
+    assert_eq!(totals, vec![1, 7, 0, 3]);
+    let later = store
+        .exchange_rate_counts(13, 12, ttl, &[rc("a", "*", 0), rc("a", "c2", 0)])
+        .await
+        .expect("read window 12");
+    assert_eq!(
+        later,
+        vec![1, 0],
+        "window 12 holds only what was added to it"
+    );
+    // A batch larger than one store call comes back whole and in order.
+    let many: Vec<RateCount> = (0..2500)
+        .map(|i| rc("m", &format!("k{i}"), i % 7 + 1))
+        .collect();
+    store
+        .exchange_rate_counts(20, 19, ttl, &many)
+        .await
+        .expect("add many");
+    let back = store
+        .exchange_rate_counts(21, 20, ttl, &many)
+        .await
+        .expect("read many");
+    let expected: Vec<u64> = (0..2500).map(|i| i % 7 + 1).collect();
+    assert_eq!(back, expected);
 }

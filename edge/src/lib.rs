@@ -14,6 +14,7 @@ pub mod background;
 pub mod balance;
 pub mod breaker;
 pub mod challenge;
+pub mod cluster;
 pub mod compress;
 pub mod connections;
 pub mod errors;
@@ -231,6 +232,23 @@ impl Edge {
             tracing::warn!("no routing table from the store yet; serving 404s until one arrives");
         }
 
+        // Cluster-wide rate limits need a store the edges share; embedded, they count locally.
+        let client_rates: Arc<std::sync::OnceLock<limits::ClientRates>> = Default::default();
+        let (cluster, cluster_task) = if self.store.kind() == "redis" {
+            let (rates, notes) = cluster::ClusterRates::new();
+            let rates = Arc::new(rates);
+            let task = tokio::spawn(cluster::exchange(
+                self.store.clone(),
+                notes,
+                snapshot.clone(),
+                client_rates.clone(),
+                rates.clone(),
+                stop_rx.clone(),
+            ));
+            (Some(rates), Some(task))
+        } else {
+            (None, None)
+        };
         let proxy = proxy::EdgeProxy {
             snapshot: snapshot.clone(),
             wakes: wake_tx,
@@ -242,7 +260,8 @@ impl Edge {
             },
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
-            client_rates: Default::default(),
+            client_rates,
+            cluster,
             tls: self.tls.clone(),
         };
         let _ = metrics.tls.set(self.tls.clone());
@@ -311,10 +330,16 @@ impl Edge {
                     inner: Arc::new(http),
                     metrics: metrics.clone(),
                 });
+                let guard = tls::listener::Guard {
+                    counts: connection_counts.clone(),
+                    max_per_ip: self.config.max_connections_per_ip,
+                    first_byte_timeout: self.config.header_timeout,
+                };
                 Some(tokio::spawn(tls::listener::serve(
                     listener,
                     config,
                     app,
+                    guard,
                     service_stop_rx.clone(),
                 )))
             }
@@ -412,7 +437,7 @@ impl Edge {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
-        for t in [tls_task, https_task].into_iter().flatten() {
+        for t in [tls_task, https_task, cluster_task].into_iter().flatten() {
             t.abort();
         }
         wake_task.abort();

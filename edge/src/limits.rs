@@ -54,6 +54,16 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// The arrival time after `n` requests counted elsewhere since `at` (GCRA is additive: each
+    /// request pushes the arrival time one interval, wherever it was let through).
+    fn charged(&self, tat: u64, n: u64, at: u64) -> u64 {
+        tat.max(at)
+            .saturating_add(self.interval_us.saturating_mul(n))
+            .min(TAT_MASK)
+    }
+}
+
 /// What a rate check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -83,6 +93,15 @@ impl RateCell {
                 },
             }
         }
+    }
+
+    /// Counts `n` requests let through elsewhere (other edges) at about `at`.
+    pub fn charge(&self, gcra: Gcra, n: u64, at: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                Some(gcra.charged(tat, n, at))
+            });
     }
 }
 
@@ -133,22 +152,7 @@ impl ClientRates {
 
     /// Checks one request from `client` to `app` (any stable app identity).
     pub fn check(&self, app: &str, client: u128, gcra: Gcra, now: u64) -> Verdict {
-        let (a, b, tag) = places(self.hasher.hash_one((app, client)), self.slots.len());
-        let tag = tag << TAT_BITS;
-        // The client's own slot if it has one; else a slot whose owner has fully recovered (its
-        // state equals a fresh one); else the one closer to recovery.
-        let slot = [a, b]
-            .into_iter()
-            .find(|&i| self.slots[i].load(Ordering::Relaxed) & !TAT_MASK == tag)
-            .or_else(|| {
-                [a, b]
-                    .into_iter()
-                    .find(|&i| self.slots[i].load(Ordering::Relaxed) & TAT_MASK <= now)
-            })
-            .unwrap_or_else(|| {
-                let tat = |i: usize| self.slots[i].load(Ordering::Relaxed) & TAT_MASK;
-                if tat(a) <= tat(b) { a } else { b }
-            });
+        let (slot, tag) = self.slot(app, client, now);
         let cell = &self.slots[slot];
         let mut current = cell.load(Ordering::Relaxed);
         loop {
@@ -170,6 +174,40 @@ impl ClientRates {
                 },
             }
         }
+    }
+
+    /// Counts `n` requests from `client` to `app` that other edges let through at about `at`.
+    pub fn charge(&self, app: &str, client: u128, gcra: Gcra, n: u64, at: u64) {
+        let (slot, tag) = self.slot(app, client, at);
+        let _ = self.slots[slot].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+            let tat = if current & !TAT_MASK == tag {
+                current & TAT_MASK
+            } else {
+                0
+            };
+            Some(tag | gcra.charged(tat, n, at))
+        });
+    }
+
+    /// The slot `client` of `app` is counted in, and its tag (already shifted into place).
+    fn slot(&self, app: &str, client: u128, now: u64) -> (usize, u64) {
+        let (a, b, tag) = places(self.hasher.hash_one((app, client)), self.slots.len());
+        let tag = tag << TAT_BITS;
+        // The client's own slot if it has one; else a slot whose owner has fully recovered (its
+        // state equals a fresh one); else the one closer to recovery.
+        let slot = [a, b]
+            .into_iter()
+            .find(|&i| self.slots[i].load(Ordering::Relaxed) & !TAT_MASK == tag)
+            .or_else(|| {
+                [a, b]
+                    .into_iter()
+                    .find(|&i| self.slots[i].load(Ordering::Relaxed) & TAT_MASK <= now)
+            })
+            .unwrap_or_else(|| {
+                let tat = |i: usize| self.slots[i].load(Ordering::Relaxed) & TAT_MASK;
+                if tat(a) <= tat(b) { a } else { b }
+            });
+        (slot, tag)
     }
 }
 
@@ -287,6 +325,32 @@ mod tests {
         for _ in 0..6 {
             assert_eq!(cell.check(g, t0 + 1_200_000), Verdict::Allow);
         }
+    }
+
+    #[test]
+    fn requests_counted_elsewhere_use_up_the_budget() {
+        // 10/s, burst 5: 6 at once. Four went through another edge; two are left here.
+        let g = Gcra::new(10.0, 5);
+        let t0 = 10_000_000;
+        let rates = ClientRates::with_slots(1024);
+        rates.charge("a", 1, g, 4, t0);
+        assert_eq!(rates.check("a", 1, g, t0), Verdict::Allow);
+        assert_eq!(rates.check("a", 1, g, t0), Verdict::Allow);
+        assert!(matches!(rates.check("a", 1, g, t0), Verdict::Deny(_)));
+        assert_eq!(
+            rates.check("a", 2, g, t0),
+            Verdict::Allow,
+            "others untouched"
+        );
+        let cell = RateCell::default();
+        cell.charge(g, 6, t0);
+        assert!(matches!(cell.check(g, t0), Verdict::Deny(_)));
+        // Counted in the past: the budget has partly recovered since.
+        let cell = RateCell::default();
+        cell.charge(g, 6, t0 - 200_000);
+        assert_eq!(cell.check(g, t0), Verdict::Allow);
+        assert_eq!(cell.check(g, t0), Verdict::Allow);
+        assert!(matches!(cell.check(g, t0), Verdict::Deny(_)));
     }
 
     #[test]

@@ -305,6 +305,12 @@ impl Metrics {
                 "# HELP spinforge_tls_self_signed_handshakes_total TLS handshakes answered with a self-signed stand-in.\n# TYPE spinforge_tls_self_signed_handshakes_total counter\nspinforge_tls_self_signed_handshakes_total {}",
                 tls.self_signed_handshakes()
             );
+            // The ACME job runs in the same process as the edge that serves its certificates.
+            let (succeeded, failed) = spinforge_acme::order_counts();
+            let _ = writeln!(
+                out,
+                "# HELP spinforge_acme_orders_total ACME orders since start, by outcome.\n# TYPE spinforge_acme_orders_total counter\nspinforge_acme_orders_total{{result=\"succeeded\"}} {succeeded}\nspinforge_acme_orders_total{{result=\"failed\"}} {failed}"
+            );
         }
         out
     }

@@ -15,7 +15,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use spinforge_state::now_ms;
-use spinforge_state::policy::RateLimit;
+use spinforge_state::policy::{RateLimit, RateLimitScope};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -51,6 +51,8 @@ pub struct EdgeProxy {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Per-client rate state, made on the first request to an app with a rate limit.
     pub(crate) client_rates: Arc<OnceLock<ClientRates>>,
+    /// Where requests under `scope: cluster` limits are noted for the other edges (Redis only).
+    pub(crate) cluster: Option<Arc<crate::cluster::ClusterRates>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Certificates and ACME challenge answers (automatic HTTPS).
     pub(crate) tls: Arc<crate::tls::TlsState>,
@@ -102,22 +104,30 @@ impl EdgeProxy {
         limit: &RateLimit,
     ) -> Option<Duration> {
         let now = limits::now_us();
+        let cluster = match limit.scope {
+            RateLimitScope::Cluster => self.cluster.as_deref(),
+            RateLimitScope::Local => None,
+        };
         if let Some(app_rps) = limit.app_rps {
             let burst = limit.app_burst.unwrap_or(app_rps.ceil() as u32);
             if let Verdict::Deny(wait) = app.runtime.app_rate.check(Gcra::new(app_rps, burst), now)
             {
                 return Some(wait);
             }
+            if let Some(c) = cluster {
+                c.app_passed(&app.name);
+            }
         }
         let ip = session.client_addr()?.as_inet()?.ip();
+        let client = limits::client_key(ip);
         let rates = self.client_rates.get_or_init(ClientRates::default);
-        match rates.check(
-            &app.name,
-            limits::client_key(ip),
-            Gcra::new(limit.rps, limit.burst),
-            now,
-        ) {
-            Verdict::Allow => None,
+        match rates.check(&app.name, client, Gcra::new(limit.rps, limit.burst), now) {
+            Verdict::Allow => {
+                if let Some(c) = cluster {
+                    c.client_passed(&app.name, client);
+                }
+                None
+            }
             Verdict::Deny(wait) => Some(wait),
         }
     }

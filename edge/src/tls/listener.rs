@@ -6,6 +6,7 @@
 //! right after its handshake: the validator only looks at the certificate.
 
 use super::{ACME_TLS_ALPN, Resolver, TlsState};
+use crate::limits::{Admission, ConnectionCounts, client_key};
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -35,11 +36,22 @@ pub fn server_config(state: Arc<TlsState>) -> Result<Arc<ServerConfig>, rustls::
     Ok(Arc::new(config))
 }
 
+/// What guards the HTTPS listener against abusive clients, as the plain listener is guarded
+/// ([`crate::connections::PerIpCap`]): one connection table for both.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub counts: Arc<ConnectionCounts>,
+    pub max_per_ip: u32,
+    /// A new connection that sends nothing (no ClientHello) for this long is closed.
+    pub first_byte_timeout: Duration,
+}
+
 /// Accepts on `listener` until `shutdown` turns true; each connection runs on its own task.
 pub async fn serve<A>(
     listener: std::net::TcpListener,
     config: Arc<ServerConfig>,
     app: Arc<A>,
+    guard: Guard,
     mut shutdown: watch::Receiver<bool>,
 ) where
     A: ServerApp + Send + Sync + 'static,
@@ -69,7 +81,25 @@ pub async fn serve<A>(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
+            // Counted before the handshake, so that refused connections cost no crypto.
+            let _slot = match guard.counts.admit(client_key(peer.ip()), guard.max_per_ip) {
+                Admission::Refused => {
+                    tracing::debug!(%peer, "too many connections from one address; closing");
+                    return;
+                }
+                admitted => admitted,
+            };
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(guard.first_byte_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return, // closed (or failed) before sending anything
+                Err(_) => {
+                    tracing::debug!(%peer, "no ClientHello within the header timeout; closing");
+                    return;
+                }
+            }
             let _ = tcp.set_nodelay(true);
             let mut l4: L4Stream = tcp.into();
             let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());

@@ -868,7 +868,7 @@ impl Walker<'_> {
         let scope = self
             .value(f.take("scope"), "local or cluster", |s| match s {
                 "local" => Ok(RateLimitScope::Local),
-                "cluster" => Err("scope `cluster` (one budget shared by several edges) is not supported by this version of SpinForge yet; use local".to_string()),
+                "cluster" => Ok(RateLimitScope::Cluster),
                 _ => Err(format!(
                     "`{s}` is not a scope: use local (each edge counts alone) or cluster (edges share one budget through Redis)"
                 )),
@@ -1404,7 +1404,7 @@ mod tests {
             Some("nosniff")
         );
 
-        let bad = "apps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    rate_limit: { rps: 0, burts: 3, scope: cluster }\n    limits: { headers: 10 }\n    compression: maybe\n";
+        let bad = "apps:\n  hello:\n    domains: [a.test]\n    source: ./apps/hello\n    rate_limit: { rps: 0, burts: 3, scope: global }\n    limits: { headers: 10 }\n    compression: maybe\n";
         let errs = parse_in(&dir, bad).expect_err("invalid").0;
         let found: Vec<(u32, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
         assert_eq!(

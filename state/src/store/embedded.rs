@@ -29,7 +29,12 @@ struct Data {
     expires: HashMap<String, u64>,
     /// The fencing counter for locks.
     fencing: u64,
+    /// Cluster rate-limit counters: window → (app, client) → count. Only recent windows kept.
+    rate_windows: BTreeMap<u64, HashMap<(String, String), u64>>,
 }
+
+/// Rate-count windows the embedded store keeps behind the newest one.
+const RATE_WINDOWS_KEPT: u64 = 16;
 
 /// Keys with a TTL kept at most (finished builds' statuses and logs).
 const MAX_EXPIRING: usize = 400;
@@ -320,6 +325,34 @@ impl Embedded {
             .map(|((ms, seq), line)| LogEntry {
                 id: format!("{ms}-{seq}"),
                 line: line.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn exchange_rate_counts(
+        &self,
+        add_window: u64,
+        read_window: u64,
+        entries: &[super::RateCount],
+    ) -> Vec<u64> {
+        let mut d = self.data();
+        let windows = &mut d.rate_windows;
+        for e in entries.iter().filter(|e| e.add > 0) {
+            *windows
+                .entry(add_window)
+                .or_default()
+                .entry((e.app.clone(), e.client.clone()))
+                .or_default() += e.add;
+        }
+        let newest = windows.keys().next_back().copied().unwrap_or(0);
+        windows.retain(|w, _| *w + RATE_WINDOWS_KEPT >= newest);
+        let read = windows.get(&read_window);
+        entries
+            .iter()
+            .map(|e| {
+                read.and_then(|w| w.get(&(e.app.clone(), e.client.clone())))
+                    .copied()
+                    .unwrap_or(0)
             })
             .collect()
     }

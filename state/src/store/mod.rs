@@ -761,6 +761,51 @@ impl Store {
             Backend::Redis(b) => b.scan_values(&format!("{prefix}*")).await,
         }
     }
+
+    // --- cluster rate limits ---
+
+    /// One exchange of rate-limit counts between edges: adds each entry's `add` to its counter in
+    /// time window `add_window`, and returns, in the same order, each entry's counter in
+    /// `read_window` (the sum of every edge's additions). Windows expire after `ttl`, so the
+    /// store holds only the last few seconds of counts. Large batches go in chunks.
+    pub async fn exchange_rate_counts(
+        &self,
+        add_window: u64,
+        read_window: u64,
+        ttl: Duration,
+        entries: &[RateCount],
+    ) -> Result<Vec<u64>> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut totals = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(RATE_EXCHANGE_CHUNK) {
+            totals.extend(match &*self.backend {
+                Backend::Embedded(b) => b.exchange_rate_counts(add_window, read_window, chunk),
+                Backend::Redis(b) => {
+                    b.exchange_rate_counts(add_window, read_window, ttl_ms, chunk)
+                        .await?
+                }
+            });
+        }
+        Ok(totals)
+    }
+}
+
+/// One counter in a rate-count exchange: requests an edge let through for `client` of `app`
+/// (`client` is any stable text; edges use the client key in hex, `*` for the app-wide cap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateCount {
+    pub app: String,
+    pub client: String,
+    pub add: u64,
+}
+
+/// Entries per store call in [`Store::exchange_rate_counts`] (one Lua call on Redis: bounded
+/// so that Redis is never blocked for long).
+const RATE_EXCHANGE_CHUNK: usize = 1000;
+
+/// `spinforge:rl:{window}:{app}`: a HASH client → requests let through in that window.
+fn rate_window_key(window: u64, app: &str) -> String {
+    format!("spinforge:rl:{window}:{app}")
 }
 
 /// What a lock key holds while taken.

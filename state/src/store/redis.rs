@@ -417,6 +417,31 @@ impl Redis {
             })
             .collect())
     }
+
+    pub(crate) async fn exchange_rate_counts(
+        &self,
+        add_window: u64,
+        read_window: u64,
+        ttl_ms: u64,
+        entries: &[super::RateCount],
+    ) -> Result<Vec<u64>> {
+        self.ensure_connected()?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keys are built here and passed as KEYS (add key, read key per entry), as scripts must.
+        let mut keys = Vec::with_capacity(entries.len() * 2);
+        let mut args = Vec::with_capacity(entries.len() * 2 + 1);
+        args.push(ttl_ms.to_string());
+        for e in entries {
+            keys.push(super::rate_window_key(add_window, &e.app));
+            keys.push(super::rate_window_key(read_window, &e.app));
+            args.push(e.client.clone());
+            args.push(e.add.to_string());
+        }
+        let totals: Vec<i64> = self.client.eval(RATE_EXCHANGE_SCRIPT, keys, args).await?;
+        Ok(totals.into_iter().map(|t| t.max(0) as u64).collect())
+    }
 }
 
 impl Drop for Redis {
@@ -496,3 +521,19 @@ async fn relay(
         }
     }
 }
+
+// Cluster rate limits: per entry, add to this window's counter (and keep the window a few
+// seconds), then read the counter of an older window that every edge has written by now.
+const RATE_EXCHANGE_SCRIPT: &str = r#"
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local field, add = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  if add > 0 then
+    redis.call('HINCRBY', KEYS[2 * i - 1], field, add)
+    redis.call('PEXPIRE', KEYS[2 * i - 1], ttl)
+  end
+  out[i] = tonumber(redis.call('HGET', KEYS[2 * i], field) or '0')
+end
+return out
+"#;
