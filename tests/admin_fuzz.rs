@@ -3,6 +3,8 @@
 //! is a 5xx and every answer matches the document (status, content type, headers, body schema).
 //! Small example counts keep it near a minute.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::PathBuf;
@@ -45,7 +47,7 @@ fn openapi_document_holds_against_the_live_api() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
         ])
-        .args(["--max-examples", "8", "--seed", "1", "--no-color", "--request-timeout", "20"])
+        .args(["--max-examples", "5", "--seed", "1", "--no-color", "--request-timeout", "20"])
         .args(["--workers", "2"])
         .current_dir(ws.path())
         .output()
@@ -60,15 +62,25 @@ fn openapi_document_holds_against_the_live_api() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "schemathesis found problems:\n{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}"
+    );
     // It really ran: every operation was tested, and requests reached the API.
     assert!(report.contains("Tested: 18"), "{report}");
-    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
     let metrics = raw::blocking_get(&format!("http://{admin}/metrics"));
     assert!(metrics.contains("route=\"apps\""), "{metrics}");
     // The fuzzer changed nothing it could not: the config's apps are still there.
     let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap_or_default();
-    assert!(audit.lines().count() > 10, "the fuzzer's changes were not audited");
+    assert!(
+        audit.lines().count() > 10,
+        "the fuzzer's changes were not audited"
+    );
     assert!(!audit.contains(ADMIN_TOKEN));
 }
 
@@ -79,7 +91,11 @@ mod raw {
         let rest = url.strip_prefix("http://").expect("http URL");
         let (host, path) = rest.split_once('/').expect("a path");
         let mut s = std::net::TcpStream::connect(host).expect("connect");
-        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out

@@ -55,8 +55,8 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, req: Req) -> Outcome {
     }
     let req = need_json(req).await?;
     let body = read_body(req, MAX_JSON_BODY).await?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| Problem::bad_request("the body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| Problem::bad_request("the body is not UTF-8"))?;
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
@@ -67,10 +67,15 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, req: Req) -> Outcome {
     // Checked here first, so that bad input is answered even when the supervisor is busy, and
     // changes nothing. An app without a source waits for its first deploy: stand one in.
     let placeholder = AppSource::Directory(ctx.data_dir.join("uploads"));
-    let app = parse_app(name, text, body_file(), Some(placeholder)).map_err(|e| Problem::invalid(&e))?;
+    let app =
+        parse_app(name, text, body_file(), Some(placeholder)).map_err(|e| Problem::invalid(&e))?;
     let others = ctx.handle.apps().await?;
     for other in others.iter().filter(|o| o.config.name != name) {
-        if let Some(d) = app.domains.iter().find(|d| other.config.domains.contains(d)) {
+        if let Some(d) = app
+            .domains
+            .iter()
+            .find(|d| other.config.domains.contains(d))
+        {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 format!("domain {d} is already taken by app `{}`", other.config.name),

@@ -59,7 +59,10 @@ impl Caller {
 }
 
 /// Checks the `Authorization` header against `token`.
-pub(crate) fn check(token: Option<&Token>, header: Option<&http::HeaderValue>) -> Result<Caller, &'static str> {
+pub(crate) fn check(
+    token: Option<&Token>,
+    header: Option<&http::HeaderValue>,
+) -> Result<Caller, &'static str> {
     let Some(token) = token else {
         return Ok(Caller::Local);
     };
@@ -81,6 +84,7 @@ pub(crate) fn check(token: Option<&Token>, header: Option<&http::HeaderValue>) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -62,11 +62,17 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
     let mut list = Vec::new();
     for n in numbers.iter().rev() {
         // release.json says how it was built; a release whose file is gone still shows.
-        let info: Option<Value> = tokio::fs::read_to_string(dir.join(n.to_string()).join("release.json"))
-            .await
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        let field = |k: &str| info.as_ref().and_then(|i| i.get(k)).cloned().unwrap_or(Value::Null);
+        let info: Option<Value> =
+            tokio::fs::read_to_string(dir.join(n.to_string()).join("release.json"))
+                .await
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+        let field = |k: &str| {
+            info.as_ref()
+                .and_then(|i| i.get(k))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         list.push(json!({
             "release": n,
             "current": Some(*n) == current,

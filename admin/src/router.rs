@@ -145,7 +145,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         ctx.metrics.count(route.name(), 405);
         return Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} does not take {method}; it takes {}", allow.join(", ")),
+            format!(
+                "{path} does not take {method}; it takes {}",
+                allow.join(", ")
+            ),
         )
         .with_header(header::ALLOW, allow.join(", "))
         .into_response();
@@ -292,7 +295,13 @@ pub(crate) fn content_type(req: &Req) -> String {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -319,7 +328,9 @@ pub(crate) async fn read_body(req: Req, limit: usize) -> Result<Bytes, Problem> 
                 ));
             }
             Ok(None) => return Ok(Bytes::from(out)),
-            Ok(Some(Err(e))) => return Err(Problem::bad_request(format!("cannot read the body: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(Problem::bad_request(format!("cannot read the body: {e}")));
+            }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     out.extend_from_slice(&data);

@@ -242,7 +242,11 @@ pub(crate) async fn app_log(ctx: &Arc<Ctx>, app: &str, q: &Query) -> Result<Resp
                 }
                 sent_any = true;
             }
-            idle = if sent_any { Duration::ZERO } else { idle + POLL };
+            idle = if sent_any {
+                Duration::ZERO
+            } else {
+                idle + POLL
+            };
             if idle >= KEEPALIVE {
                 idle = Duration::ZERO;
                 if !sink.send(Bytes::from_static(b": keep-alive\n\n")).await {
@@ -275,9 +279,7 @@ fn read_tail(path: &PathBuf, n: usize) -> (Vec<String>, Pos) {
     // Lines are rarely longer than 1 KiB; never read more than 8 MiB for a tail.
     let want = ((n as u64) * 1024).clamp(64 << 10, 8 << 20).min(len);
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(len - want)).is_err()
-        || f.take(want).read_to_end(&mut buf).is_err()
-    {
+    if f.seek(SeekFrom::Start(len - want)).is_err() || f.take(want).read_to_end(&mut buf).is_err() {
         return (Vec::new(), Pos::default());
     }
     // Only whole lines: what follows the last newline is sent once complete.
@@ -302,10 +304,22 @@ fn read_tail(path: &PathBuf, n: usize) -> (Vec<String>, Pos) {
 /// Up to [`READ_CHUNK`] new bytes after `pos`; starts over when the file was replaced or cut.
 fn read_more(path: &PathBuf, pos: Pos) -> (Vec<u8>, Pos) {
     let Ok(mut f) = std::fs::File::open(path) else {
-        return (Vec::new(), Pos { restarted: false, ..pos });
+        return (
+            Vec::new(),
+            Pos {
+                restarted: false,
+                ..pos
+            },
+        );
     };
     let Ok(meta) = f.metadata() else {
-        return (Vec::new(), Pos { restarted: false, ..pos });
+        return (
+            Vec::new(),
+            Pos {
+                restarted: false,
+                ..pos
+            },
+        );
     };
     let restarted = meta.ino() != pos.ino || meta.len() < pos.offset;
     let offset = if restarted { 0 } else { pos.offset };
@@ -313,7 +327,13 @@ fn read_more(path: &PathBuf, pos: Pos) -> (Vec<u8>, Pos) {
     if f.seek(SeekFrom::Start(offset)).is_err()
         || f.take(READ_CHUNK as u64).read_to_end(&mut buf).is_err()
     {
-        return (Vec::new(), Pos { restarted: false, ..pos });
+        return (
+            Vec::new(),
+            Pos {
+                restarted: false,
+                ..pos
+            },
+        );
     }
     let next = Pos {
         ino: meta.ino(),

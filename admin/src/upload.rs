@@ -56,7 +56,11 @@ pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, P
         }
     }
     let dir = ctx.data_dir.join("uploads");
-    let id = format!("{app}-{}-{:08x}", spinforge_state::now_ms(), fastrand::u32(..));
+    let id = format!(
+        "{app}-{}-{:08x}",
+        spinforge_state::now_ms(),
+        fastrand::u32(..)
+    );
     let partial = dir.join(format!(".{id}.partial"));
     let check = dir.join(format!(".{id}.check"));
     let mut cleanup = Cleanup(vec![partial.clone(), check.clone()]);
@@ -80,7 +84,9 @@ pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, P
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         received += data.len() as u64;
         if received > limit {
             crate::router::drain(&mut body).await;
@@ -106,7 +112,9 @@ pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, P
     .await
     .map_err(|e| internal(format!("the upload check failed: {e}")))?;
     if let Err(e) = checked {
-        let why = e.to_string().replace(&partial.display().to_string(), "the upload");
+        let why = e
+            .to_string()
+            .replace(&partial.display().to_string(), "the upload");
         let status = if why.contains("unpacks to more than") {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {
@@ -125,9 +133,8 @@ pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, P
 
 fn upload_too_large(limit: u64) -> Problem {
     let mut p = too_large(limit);
-    p.detail = format!(
-        "the upload is larger than {limit} bytes (supervisor.builds.max_archive_size)"
-    );
+    p.detail =
+        format!("the upload is larger than {limit} bytes (supervisor.builds.max_archive_size)");
     p
 }
 

@@ -61,7 +61,10 @@ impl Client {
     /// A GET with a short deadline, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value, Failure> {
         let resp = self
-            .send(self.request(Method::GET, path).timeout(Duration::from_secs(30)))
+            .send(
+                self.request(Method::GET, path)
+                    .timeout(Duration::from_secs(30)),
+            )
             .await?;
         resp.json()
             .await
@@ -69,7 +72,12 @@ impl Client {
     }
 
     /// A call with a JSON body (or none), its answer parsed as JSON (`null` when empty).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
         let mut req = self.request(method, path).timeout(Duration::from_secs(60));
         if let Some(b) = body {
             req = req.json(&b);
@@ -99,7 +107,9 @@ pub async fn problem(resp: Response) -> Failure {
                 for e in errors {
                     d.push_str(&format!(
                         "\n  line {}: {}: {}",
-                        e["line"], e["key"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")
+                        e["line"],
+                        e["key"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
                     ));
                 }
             }

@@ -50,8 +50,9 @@ pub async fn run(client: &Client, args: DeployArgs) -> Result<(), Failure> {
             let archive = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
                 let mut file = tempfile::tempfile()
                     .map_err(|e| Failure::failed(format!("cannot create a temporary file: {e}")))?;
-                let files = super::pack::pack(&dir, &file)
-                    .map_err(|e| Failure::failed(format!("cannot pack {}: {e:#}", dir.display())))?;
+                let files = super::pack::pack(&dir, &file).map_err(|e| {
+                    Failure::failed(format!("cannot pack {}: {e:#}", dir.display()))
+                })?;
                 let size = file
                     .seek(std::io::SeekFrom::End(0))
                     .and_then(|n| file.rewind().map(|_| n))
@@ -88,7 +89,9 @@ pub async fn run(client: &Client, args: DeployArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::failed(format!("the deploy answer is not JSON: {e}")))?;
     let Some(build) = answer["build"].as_str() else {
-        return Err(Failure::failed(format!("the deploy answer has no build id: {answer}")));
+        return Err(Failure::failed(format!(
+            "the deploy answer has no build id: {answer}"
+        )));
     };
     eprintln!("build {build}");
 
@@ -125,12 +128,13 @@ pub async fn run(client: &Client, args: DeployArgs) -> Result<(), Failure> {
     }
     let domains: Vec<String> = view["domains"]
         .as_array()
-        .map(|d| d.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|d| {
+            d.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    println_safe(&format!(
-        "deployed {app} release {}",
-        end["release"]
-    ));
+    println_safe(&format!("deployed {app} release {}", end["release"]));
     match domains.first() {
         Some(d) => println_safe(&url(d)),
         None => println_safe(&format!("{app} has no domain")),
@@ -200,29 +204,30 @@ async fn ensure_app(client: &Client, app: &str, domains: &[String]) -> Result<Va
 fn progress_body(file: tokio::fs::File, size: u64) -> reqwest::Body {
     use tokio::io::AsyncReadExt;
     let tty = std::io::stderr().is_terminal();
-    let stream = futures::stream::unfold((file, 0u64, false), move |(mut f, sent, done)| async move {
-        if done {
-            return None;
-        }
-        let mut buf = vec![0u8; 256 << 10];
-        match f.read(&mut buf).await {
-            Ok(0) => {
-                if tty {
-                    eprintln!();
-                }
-                None
+    let stream =
+        futures::stream::unfold((file, 0u64, false), move |(mut f, sent, done)| async move {
+            if done {
+                return None;
             }
-            Ok(n) => {
-                buf.truncate(n);
-                let sent = sent + n as u64;
-                if tty {
-                    bar(sent, size);
+            let mut buf = vec![0u8; 256 << 10];
+            match f.read(&mut buf).await {
+                Ok(0) => {
+                    if tty {
+                        eprintln!();
+                    }
+                    None
                 }
-                Some((Ok::<_, std::io::Error>(buf), (f, sent, false)))
+                Ok(n) => {
+                    buf.truncate(n);
+                    let sent = sent + n as u64;
+                    if tty {
+                        bar(sent, size);
+                    }
+                    Some((Ok::<_, std::io::Error>(buf), (f, sent, false)))
+                }
+                Err(e) => Some((Err(e), (f, sent, true))),
             }
-            Err(e) => Some((Err(e), (f, sent, true))),
-        }
-    });
+        });
     reqwest::Body::wrap_stream(stream)
 }
 

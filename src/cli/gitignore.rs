@@ -130,6 +130,7 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -74,6 +74,7 @@ fn walk<W: std::io::Write>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -107,7 +108,13 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [".gitignore", "package.json", "src", "src/.gitignore", "src/index.js"]
+            [
+                ".gitignore",
+                "package.json",
+                "src",
+                "src/.gitignore",
+                "src/index.js"
+            ]
         );
         assert_eq!(n, 4);
     }

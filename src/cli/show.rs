@@ -188,7 +188,10 @@ pub async fn rollback(client: &Client, app: &str, release: Option<u64>) -> Resul
     let answer = client
         .call(Method::POST, &format!("/api/v1/apps/{app}/rollback"), body)
         .await?;
-    out(&format!("{app}: now serving release {}\n", text(&answer["release"])))
+    out(&format!(
+        "{app}: now serving release {}\n",
+        text(&answer["release"])
+    ))
 }
 
 pub async fn lifecycle(client: &Client, app: &str, action: &str) -> Result<(), Failure> {
@@ -205,6 +208,7 @@ pub async fn lifecycle(client: &Client, app: &str, action: &str) -> Result<(), F
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

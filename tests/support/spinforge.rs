@@ -91,7 +91,10 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// Gives the config's supervisor an ephemeral `admin_listen` unless it sets one; returns it.
 fn admin_listen(config: &Path) -> SocketAddr {
     let text = std::fs::read_to_string(config).expect("read the test config");
-    if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("admin_listen:")) {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("admin_listen:"))
+    {
         return line
             .split_once(':')
             .map(|(_, v)| v.trim())
