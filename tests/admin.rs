@@ -833,3 +833,45 @@ async fn api_apps_persist_and_build_logs_stream() {
         "succeeded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploy_packs_the_folder_and_uploads_it() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let admin = format!("http://{}", sf.admin.unwrap());
+    let src = ws.path().join("site");
+    std::fs::create_dir_all(src.join("node_modules/junk")).unwrap();
+    std::fs::create_dir_all(src.join(".git")).unwrap();
+    for f in ["package.json", "server.js"] {
+        std::fs::copy(fixture("echo").join(f), src.join(f)).unwrap();
+    }
+    std::fs::write(src.join("node_modules/junk/index.js"), "x").unwrap();
+    std::fs::write(src.join(".git/HEAD"), "x").unwrap();
+    std::fs::write(src.join(".gitignore"), "*.secret\n").unwrap();
+    std::fs::write(src.join("key.secret"), "nope").unwrap();
+    let (code, out, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &["deploy", src.to_str().unwrap(), "--app", "echo"],
+    );
+    // package.json, server.js and .gitignore: not node_modules, .git or the ignored file.
+    assert!(err.contains("packed 3 files"), "{err}");
+    if code == 0 {
+        // With the lifecycle backend: built, and the URL last.
+        assert!(out.trim_end().ends_with("https://echo.test/"), "{out}");
+    } else {
+        // Until then the supervisor refuses deploys: the upload passed the checks, was handed
+        // over, and was removed when refused.
+        assert_eq!(code, 1, "{out}\n{err}");
+        assert!(
+            err.contains("409") && err.contains("not supported"),
+            "{err}"
+        );
+        assert_eq!(uploads_left(&ws.data_dir()), Vec::<String>::new());
+        let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+        assert!(
+            audit.contains("\"path\":\"/api/v1/apps/echo/deploy\""),
+            "{audit}"
+        );
+    }
+}
