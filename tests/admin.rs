@@ -232,6 +232,29 @@ async fn reads_show_apps_routes_and_state_but_never_secrets() {
         api.get("/api/v1/apps/echo").await.json()["current_release"],
         1
     );
+
+    // The build that made it: its status, and its log as events, ending with the final state
+    // (with follow=1 too, since it has finished).
+    let build = releases[0]["build_id"]
+        .as_str()
+        .expect("release.json names its build")
+        .to_string();
+    let b = api.get(&format!("/api/v1/builds/{build}")).await.json();
+    assert_eq!(
+        (b["app"].as_str(), b["state"].as_str()),
+        (Some("echo"), Some("succeeded")),
+        "{b}"
+    );
+    for query in ["", "?follow=1"] {
+        let log = api.get(&format!("/api/v1/builds/{build}/log{query}")).await;
+        assert_eq!(log.status, 200, "{}", log.body);
+        assert_eq!(log.header("content-type"), Some("text/event-stream"));
+        assert!(log.body.starts_with("id: "), "{}", log.body);
+        assert!(log.body.matches("\ndata: ").count() >= 2, "{}", log.body);
+        let end = log.body.rsplit("event: end\ndata: ").next().unwrap();
+        let end: serde_json::Value = serde_json::from_str(end.trim()).unwrap();
+        assert_eq!(end["state"], "succeeded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
