@@ -4,6 +4,8 @@
 // The CLI's own output (`check`) goes to stdout on purpose; everything else goes through tracing.
 #![allow(clippy::print_stdout)]
 
+mod cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use spinforge_acme::AcmeJob;
@@ -53,6 +55,9 @@ enum Cmd {
     /// List the certificates of the config's HTTPS domains and when they expire (from Redis
     /// when `state.redis` is set, else from the copies in `data_dir/certs/`).
     Certs(ConfigArg),
+    /// Admin API clients: deploy, apps, status, logs, rollback, start, stop, restart.
+    #[command(flatten)]
+    Client(cli::ClientCmd),
     /// Serve a static site (what static-site spinlets run; not for direct use).
     #[command(hide = true)]
     StaticServe(StaticArgs),
@@ -93,9 +98,11 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Check(arg) = &cli.command {
-        return check(&arg.config);
-    }
+    let command = match cli.command {
+        Cmd::Check(arg) => return check(&arg.config),
+        Cmd::Client(c) => return cli::run(c),
+        other => other,
+    };
     init_tracing();
     let result = (|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,13 +111,13 @@ fn main() -> ExitCode {
             .build()
             .context("cannot start the async runtime")?;
         let result = runtime.block_on(async {
-            match cli.command {
+            match command {
                 Cmd::Up(arg) => up(load(&arg.config)?).await,
                 Cmd::Edge(args) => edge(load(&args.config.config)?, args.upgrade).await,
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
                 Cmd::Certs(arg) => certs(load(&arg.config)?).await,
                 Cmd::StaticServe(arg) => static_serve(arg).await,
-                Cmd::Check(_) => unreachable!("handled above"),
+                Cmd::Check(_) | Cmd::Client(_) => unreachable!("handled above"),
             }
         });
         // Everything that matters has stopped by now; don't wait on idle blocking threads.
@@ -208,8 +215,10 @@ async fn up(config: Config) -> Result<()> {
     let store = store_for(&config, "up").await?;
     // Bind first: a taken port should fail before any build starts.
     let edge = bind_edge(&config, store.clone(), None)?;
+    let admin = bind_admin(&config, store.clone()).await?;
     let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
+    let admin = AdminHandle::start(admin, supervisor.handle());
     let (edge_stop, edge_rx) = watch::channel(None);
     let (supervisor_stop, supervisor_rx) = watch::channel(None);
     let mut edge_task = tokio::spawn(edge.serve(edge_rx));
@@ -219,6 +228,7 @@ async fn up(config: Config) -> Result<()> {
         r = &mut edge_task => return edge_failed(r),
     }
     acme.stop();
+    admin.stop().await;
     // Half the grace for requests to drain, the rest for spinlets to stop.
     let started = Instant::now();
     let grace = config.edge.grace;
@@ -288,9 +298,11 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
 
 async fn supervisor(config: Config) -> Result<()> {
     let store = store_for(&config, "supervisor").await?;
+    let admin = bind_admin(&config, store.clone()).await?;
     let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let handle = supervisor.handle();
+    let admin = AdminHandle::start(admin, supervisor.handle());
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(supervisor.run(rx));
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
@@ -299,12 +311,14 @@ async fn supervisor(config: Config) -> Result<()> {
         r = shutdown_signal() => {
             r?;
             acme.stop();
+            admin.stop().await;
             let _ = stop.send(Some(Instant::now() + config.edge.grace));
         }
         _ = quit.recv() => {
             // A replacement supervisor adopts the spinlets: leave them running.
             tracing::info!("SIGQUIT received: exiting and leaving spinlets running");
             acme.stop();
+            admin.stop().await;
             if let Err(e) = handle.detach().await {
                 tracing::warn!(error = %e, "could not detach cleanly");
             }
@@ -387,6 +401,28 @@ fn edge_failed(
         Ok(Ok(())) => bail!("the edge stopped unexpectedly"),
         Ok(Err(e)) => Err(e.into()),
         Err(e) => bail!("the edge failed: {e}"),
+    }
+}
+
+async fn bind_admin(config: &Config, store: Store) -> Result<spinforge_admin::AdminApi> {
+    Ok(spinforge_admin::AdminApi::bind(config, store).await?)
+}
+
+/// The admin API, serving beside the supervisor.
+struct AdminHandle(watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+impl AdminHandle {
+    fn start(
+        api: spinforge_admin::AdminApi,
+        handle: spinforge_supervisor::control::SupervisorHandle,
+    ) -> AdminHandle {
+        let (tx, rx) = watch::channel(false);
+        AdminHandle(tx, tokio::spawn(api.serve(handle, rx)))
+    }
+
+    async fn stop(self) {
+        let _ = self.0.send(true);
+        let _ = self.1.await;
     }
 }
 

@@ -79,6 +79,39 @@ pub struct Spinforge {
     pub http: Option<SocketAddr>,
     pub log: PathBuf,
     data_dir: PathBuf,
+    /// The admin API (`up` and `supervisor` only), on an ephemeral port.
+    pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token.
+    pub token: String,
+}
+
+/// The token every test SpinForge's admin API takes.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Gives the config's supervisor an ephemeral `admin_listen` unless it sets one; returns it.
+fn admin_listen(config: &Path) -> SocketAddr {
+    let text = std::fs::read_to_string(config).expect("read the test config");
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("admin_listen:"))
+    {
+        return line
+            .split_once(':')
+            .map(|(_, v)| v.trim())
+            .and_then(|v| v.parse().ok())
+            .expect("admin_listen in a test config is host:port");
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+    let entry = format!("  admin_listen: {addr}\n");
+    let text = if text.starts_with("supervisor:\n") {
+        text.replacen("supervisor:\n", &format!("supervisor:\n{entry}"), 1)
+    } else if text.contains("\nsupervisor:\n") {
+        text.replacen("\nsupervisor:\n", &format!("\nsupervisor:\n{entry}"), 1)
+    } else {
+        format!("{text}\nsupervisor:\n{entry}")
+    };
+    std::fs::write(config, text).expect("write the test config");
+    addr
 }
 
 impl Spinforge {
@@ -126,10 +159,12 @@ impl Spinforge {
             .append(true)
             .open(&log)
             .expect("create log");
+        let admin = matches!(args[0], "up" | "supervisor").then(|| admin_listen(config));
         let child = Command::new(binary())
             .args(args)
             .arg("--config")
             .arg(config)
+            .env("SPINFORGE_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,spinforge=debug")
             .stdin(Stdio::null())
@@ -142,9 +177,14 @@ impl Spinforge {
             http,
             log,
             data_dir: ws.data_dir(),
+            admin,
+            token: ADMIN_TOKEN.to_string(),
         };
         if let Some(addr) = http {
             sf.wait_listening(addr);
+            if let Some(admin) = admin {
+                sf.wait_listening(admin);
+            }
         }
         sf
     }

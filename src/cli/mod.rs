@@ -1,0 +1,144 @@
+//! The client commands: `deploy`, `apps`, `status`, `logs`, `rollback`, `start`, `stop`,
+//! `restart`, talking to a running SpinForge's admin API (`SPINFORGE_ADMIN_URL`,
+//! `SPINFORGE_TOKEN`).
+//!
+//! Exit codes: 0 done; 1 the operation failed (refused, build failed, not found); 2 usage (bad
+//! arguments, no such folder); 3 cannot reach the admin API, or it refused the token.
+
+mod client;
+mod deploy;
+mod gitignore;
+mod pack;
+mod show;
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCmd {
+    /// Deploy a folder (packed, honouring .gitignore) or a git URL to an app, creating the app
+    /// if needed; streams the build log and prints the app's URL.
+    Deploy(deploy::DeployArgs),
+    /// List the apps.
+    Apps(JsonArg),
+    /// Apps, spinlets and certificates (with expiry).
+    Status(JsonArg),
+    /// Print an app's log; `-f` follows it.
+    Logs(LogsArgs),
+    /// Serve an earlier release again (default: the one before the current).
+    Rollback(RollbackArgs),
+    /// Start an app's spinlets now.
+    Start(AppArg),
+    /// Stop an app's spinlets (the next request wakes it).
+    Stop(AppArg),
+    /// Replace an app's spinlets with fresh ones, without downtime.
+    Restart(AppArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JsonArg {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AppArg {
+    app: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    app: String,
+    /// Keep printing new lines as they come.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    lines: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    app: String,
+    /// The release number (see `spinforge apps`); default: the one before the current.
+    release: Option<u64>,
+}
+
+/// Why a command failed, and so how the process exits.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub fn failed(m: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: m.into(),
+        }
+    }
+    pub fn usage(m: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: m.into(),
+        }
+    }
+    pub fn unreachable(m: impl Into<String>) -> Failure {
+        Failure {
+            code: 3,
+            message: m.into(),
+        }
+    }
+}
+
+pub fn run(cmd: ClientCmd) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let client = client::Client::from_env()?;
+        match cmd {
+            ClientCmd::Deploy(a) => deploy::run(&client, a).await,
+            ClientCmd::Apps(a) => show::apps(&client, a.json).await,
+            ClientCmd::Status(a) => show::status(&client, a.json).await,
+            ClientCmd::Logs(a) => show::logs(&client, &a.app, a.follow, a.lines).await,
+            ClientCmd::Rollback(a) => show::rollback(&client, &a.app, a.release).await,
+            ClientCmd::Start(a) => show::lifecycle(&client, &a.app, "start").await,
+            ClientCmd::Stop(a) => show::lifecycle(&client, &a.app, "stop").await,
+            ClientCmd::Restart(a) => show::lifecycle(&client, &a.app, "restart").await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Checks an app name before it goes into a URL.
+fn app_name(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "`{name}` is not a valid app name: use 1-63 lowercase letters, digits and -"
+        )))
+    }
+}

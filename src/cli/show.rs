@@ -1,0 +1,226 @@
+//! `apps`, `status`, `logs`, `rollback`, `start|stop|restart`: aligned tables on stdout (or
+//! JSON), log lines as they come.
+
+use super::client::{Client, read_events};
+use super::{Failure, app_name};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::io::Write;
+
+/// Prints rows with each column as wide as its widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn out(s: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(s.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(|e| Failure::failed(format!("cannot write to stdout: {e}")))
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+fn apps_table(apps: &Value) -> String {
+    let rows: Vec<Vec<String>> = list(apps)
+        .iter()
+        .map(|a| {
+            vec![
+                text(&a["name"]),
+                text(&a["origin"]),
+                text(&a["current_release"]),
+                text(&a["domains"]),
+                text(&a["source"]),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ORIGIN", "RELEASE", "DOMAINS", "SOURCE"], &rows)
+}
+
+pub async fn apps(client: &Client, as_json: bool) -> Result<(), Failure> {
+    let apps = client.get_json("/api/v1/apps").await?;
+    out(&if as_json {
+        pretty(&apps)
+    } else {
+        apps_table(&apps)
+    })
+}
+
+pub async fn status(client: &Client, as_json: bool) -> Result<(), Failure> {
+    let apps = client.get_json("/api/v1/apps").await?;
+    let spinlets = client.get_json("/api/v1/spinlets").await?;
+    let certs = client.get_json("/api/v1/certs").await?;
+    if as_json {
+        return out(&pretty(
+            &json!({ "apps": apps, "spinlets": spinlets, "certs": certs }),
+        ));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let spinlet_rows: Vec<Vec<String>> = list(&spinlets)
+        .iter()
+        .map(|s| {
+            let up = s["started_ms"]
+                .as_u64()
+                .map(|t| duration(now_ms.saturating_sub(t) / 1000))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                text(&s["app"]),
+                text(&s["id"]),
+                text(&s["release"]),
+                text(&s["state"]),
+                text(&s["pid"]),
+                format!("{}:{}", text(&s["host"]), text(&s["port"])),
+                up,
+                text(&s["restarts"]),
+            ]
+        })
+        .collect();
+    let cert_rows: Vec<Vec<String>> = list(&certs)
+        .iter()
+        .map(|c| {
+            let days = c["expires_in_days"].as_i64().unwrap_or(0);
+            vec![
+                text(&c["domain"]),
+                if days < 0 {
+                    "EXPIRED".into()
+                } else {
+                    format!("in {days} days")
+                },
+                text(&c["not_after"]),
+            ]
+        })
+        .collect();
+    let mut s = String::from("APPS\n");
+    s.push_str(&apps_table(&apps));
+    s.push_str("\nSPINLETS\n");
+    s.push_str(&table(
+        &[
+            "APP", "ID", "RELEASE", "STATE", "PID", "ADDRESS", "UP", "RESTARTS",
+        ],
+        &spinlet_rows,
+    ));
+    s.push_str("\nCERTIFICATES\n");
+    s.push_str(&table(&["DOMAIN", "EXPIRES", "NOT_AFTER"], &cert_rows));
+    out(&s)
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub async fn logs(client: &Client, app: &str, follow: bool, lines: usize) -> Result<(), Failure> {
+    app_name(app)?;
+    let path = format!(
+        "/api/v1/apps/{app}/logs?lines={lines}{}",
+        if follow { "&follow=1" } else { "" }
+    );
+    let resp = client.send(client.request(Method::GET, &path)).await?;
+    let mut write_failed = false;
+    read_events(resp, |ev| {
+        if ev.name.as_deref() == Some("end") {
+            return false;
+        }
+        let mut stdout = std::io::stdout().lock();
+        // A closed pipe (`| head`) ends the command quietly.
+        if writeln!(stdout, "{}", ev.data)
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
+            write_failed = true;
+            return false;
+        }
+        true
+    })
+    .await?;
+    let _ = write_failed;
+    Ok(())
+}
+
+pub async fn rollback(client: &Client, app: &str, release: Option<u64>) -> Result<(), Failure> {
+    app_name(app)?;
+    let body = release.map(|r| json!({ "release": r }));
+    let answer = client
+        .call(Method::POST, &format!("/api/v1/apps/{app}/rollback"), body)
+        .await?;
+    out(&format!(
+        "{app}: now serving release {}\n",
+        text(&answer["release"])
+    ))
+}
+
+pub async fn lifecycle(client: &Client, app: &str, action: &str) -> Result<(), Failure> {
+    app_name(app)?;
+    client
+        .call(Method::POST, &format!("/api/v1/apps/{app}/{action}"), None)
+        .await?;
+    let done = match action {
+        "start" => "started",
+        "stop" => "stopped",
+        _ => "restarted",
+    };
+    out(&format!("{app}: {done}\n"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["NAME", "X"],
+            &[
+                vec!["a".into(), "1".into()],
+                vec!["longer".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "NAME    X\na       1\nlonger  22\n");
+    }
+}

@@ -1,0 +1,898 @@
+//! The admin API and the CLI against a real `spinforge up`: the token on every endpoint, reads,
+//! bad input refused with nothing changed, hostile uploads refused with nothing written, the
+//! audit log, log streams, and the CLI's tables and exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::spinforge::{
+    ADMIN_TOKEN, Spinforge, Workspace, binary, echo_app, fixture, port_block,
+};
+use support::{eventually, free_port};
+
+/// The app's env value that must never come out of the API.
+const SECRET: &str = "hunter2-do-not-show";
+
+fn config(ws: &Workspace, edge_port: u16, supervisor_extra: &str, apps: &str) -> PathBuf {
+    let yaml = format!(
+        "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  grace: 3s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\n{supervisor_extra}apps:\n{apps}",
+        port_block()
+    );
+    ws.write("spinforge.yaml", &yaml)
+}
+
+/// `up` with an echo app `echo` (holding a secret env value) and an external app `ext`.
+fn up(ws: &Workspace, supervisor_extra: &str) -> Spinforge {
+    let port = free_port();
+    let apps = echo_app(ws, "echo", "echo.test", "")
+        .replace("env: {", &format!("env: {{ API_SECRET: {SECRET},"))
+        + "  ext:\n    domains: [ext.test]\n    upstream: 127.0.0.1:1\n";
+    let path = config(ws, port, supervisor_extra, &apps);
+    Spinforge::start(ws, "up", &path, Some(([127, 0, 0, 1], port).into()))
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn new(addr: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+    fn req(&self, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let mut r = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+    async fn send(&self, r: reqwest::RequestBuilder) -> support::spinforge::Reply {
+        support::spinforge::Reply::read(r.send().await.expect("admin API answers")).await
+    }
+    async fn get(&self, path: &str) -> support::spinforge::Reply {
+        self.send(self.req("GET", path, Some(ADMIN_TOKEN))).await
+    }
+}
+
+fn api(sf: &Spinforge) -> Api {
+    Api::new(sf.admin.expect("up has an admin API"))
+}
+
+fn assert_problem(r: &support::spinforge::Reply, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let detail = r.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(
+        detail.contains(needle),
+        "detail `{detail}` does not mention `{needle}`"
+    );
+}
+
+/// Every endpoint design.md lists, with a body where it takes one.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/api/v1/apps"),
+    ("GET", "/api/v1/apps/echo"),
+    ("PUT", "/api/v1/apps/newapp"),
+    ("DELETE", "/api/v1/apps/echo"),
+    ("POST", "/api/v1/apps/echo/deploy"),
+    ("GET", "/api/v1/builds/echo-1-abc"),
+    ("GET", "/api/v1/builds/echo-1-abc/log"),
+    ("GET", "/api/v1/apps/echo/logs"),
+    ("GET", "/api/v1/apps/echo/releases"),
+    ("POST", "/api/v1/apps/echo/rollback"),
+    ("POST", "/api/v1/apps/echo/restart"),
+    ("POST", "/api/v1/apps/echo/stop"),
+    ("POST", "/api/v1/apps/echo/start"),
+    ("GET", "/api/v1/routes"),
+    ("GET", "/api/v1/spinlets"),
+    ("GET", "/api/v1/certs"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_needs_the_token_and_answers_with_it() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+    for (method, path) in ENDPOINTS {
+        for token in [None, Some("wrong-token"), Some("")] {
+            let r = api.send(api.req(method, path, token)).await;
+            assert_problem(&r, 401, "");
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|h| h.starts_with("Bearer"))
+            );
+        }
+        // With the token: no 401, no 5xx (what each answers is checked below and in the fuzzer).
+        let r = api.send(api.req(method, path, Some(ADMIN_TOKEN))).await;
+        assert!(
+            r.status != 401 && r.status < 500,
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    // Public: health, metrics, the OpenAPI document.
+    for path in ["/healthz", "/metrics", "/api/v1/openapi.json"] {
+        let r = api.send(api.req("GET", path, None)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    // The OpenAPI document names every endpoint.
+    let doc = api
+        .send(api.req("GET", "/api/v1/openapi.json", None))
+        .await
+        .json();
+    for (method, path) in ENDPOINTS {
+        let templ = path
+            .replace("/echo-1-abc", "/{id}")
+            .replace("/apps/echo", "/apps/{app}")
+            .replace("/apps/newapp", "/apps/{app}");
+        assert!(
+            doc["paths"][&templ][method.to_lowercase()].is_object(),
+            "openapi.json lacks {method} {templ}"
+        );
+    }
+    // Unknown endpoints and wrong methods.
+    assert_problem(&api.get("/api/v1/nope").await, 404, "no endpoint");
+    let r = api
+        .send(api.req("PATCH", "/api/v1/apps/echo", Some(ADMIN_TOKEN)))
+        .await;
+    assert_problem(&r, 405, "does not take PATCH");
+    assert_eq!(r.header("allow"), Some("GET, PUT, DELETE"));
+    // Counted.
+    let metrics = api.send(api.req("GET", "/metrics", None)).await.body;
+    assert!(
+        metrics.contains("spinforge_admin_requests_total{route=\"apps\",status=\"401\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_show_apps_routes_and_state_but_never_secrets() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+
+    let apps = api.get("/api/v1/apps").await;
+    assert_eq!(apps.status, 200, "{}", apps.body);
+    assert!(
+        !apps.body.contains(SECRET),
+        "env value leaked: {}",
+        apps.body
+    );
+    let list = apps.json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "ext"]);
+    let echo = api.get("/api/v1/apps/echo").await.json();
+    assert_eq!(echo["origin"], "config");
+    assert_eq!(echo["domains"][0], "echo.test");
+    let env: Vec<&str> = echo["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"API_SECRET"), "{env:?}");
+    assert_eq!(api.get("/api/v1/apps/ext").await.json()["external"], true);
+
+    assert_problem(&api.get("/api/v1/apps/nope").await, 404, "no app `nope`");
+    assert_problem(
+        &api.get("/api/v1/apps/Bad_Name").await,
+        400,
+        "not a valid app name",
+    );
+    assert_problem(&api.get("/api/v1/builds/nope-1-x").await, 404, "no build");
+    assert_problem(
+        &api.get("/api/v1/builds/a%2Fb").await,
+        400,
+        "not a build id",
+    );
+
+    let routes = api.get("/api/v1/routes").await.json();
+    let domains: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["echo.test", "ext.test"]);
+    assert_eq!(api.get("/api/v1/certs").await.json(), serde_json::json!([]));
+
+    // Waking the app through the edge makes a spinlet and a release show.
+    let r = sf.client().fetch("echo.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let spinlets = api.get("/api/v1/spinlets").await.json();
+    let s = &spinlets.as_array().unwrap()[0];
+    assert_eq!(s["app"], "echo");
+    assert_eq!(s["state"], "running");
+    let releases = api.get("/api/v1/apps/echo/releases").await.json();
+    assert_eq!(releases[0]["release"], 1, "{releases}");
+    assert_eq!(releases[0]["current"], true);
+    assert_eq!(
+        api.get("/api/v1/apps/echo").await.json()["current_release"],
+        1
+    );
+
+    // The build that made it: its status, and its log as events, ending with the final state
+    // (with follow=1 too, since it has finished).
+    let build = releases[0]["build_id"]
+        .as_str()
+        .expect("release.json names its build")
+        .to_string();
+    let b = api.get(&format!("/api/v1/builds/{build}")).await.json();
+    assert_eq!(
+        (b["app"].as_str(), b["state"].as_str()),
+        (Some("echo"), Some("succeeded")),
+        "{b}"
+    );
+    for query in ["", "?follow=1"] {
+        let log = api.get(&format!("/api/v1/builds/{build}/log{query}")).await;
+        assert_eq!(log.status, 200, "{}", log.body);
+        assert_eq!(log.header("content-type"), Some("text/event-stream"));
+        assert!(log.body.starts_with("id: "), "{}", log.body);
+        assert!(log.body.matches("\ndata: ").count() >= 2, "{}", log.body);
+        let end = log.body.rsplit("event: end\ndata: ").next().unwrap();
+        let end: serde_json::Value = serde_json::from_str(end.trim()).unwrap();
+        assert_eq!(end["state"], "succeeded");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_logs_tail_and_follow_as_server_sent_events() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+    let logs = ws.data_dir().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("ext.log");
+    std::fs::write(
+        &path,
+        (1..=5).map(|i| format!("line {i}\n")).collect::<String>(),
+    )
+    .unwrap();
+
+    let r = api.get("/api/v1/apps/ext/logs?lines=2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        r.body,
+        "data: line 4\n\ndata: line 5\n\nevent: end\ndata: {}\n\n"
+    );
+    assert_problem(
+        &api.get("/api/v1/apps/ext/logs?lines=-1").await,
+        400,
+        "lines=-1",
+    );
+
+    // Follow: new lines arrive; a truncated file is read again from its start.
+    let mut resp = api
+        .req(
+            "GET",
+            "/api/v1/apps/ext/logs?lines=1&follow=1",
+            Some(ADMIN_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut wait_for = async |needle: &str, seen: &mut String| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen.contains(needle) {
+                let chunk = resp.chunk().await.unwrap().expect("stream stays open");
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("`{needle}` never came; got {seen:?}"));
+    };
+    wait_for("data: line 5\n", &mut seen).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "line 6").unwrap();
+    wait_for("data: line 6\n", &mut seen).await;
+    std::fs::write(&path, "after truncation\n").unwrap();
+    wait_for("data: after truncation\n", &mut seen).await;
+    assert!(!seen.contains("line 4"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_problem_and_audited() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+    let put = |app: &str, ctype: &str, body: &str| {
+        api.req("PUT", &format!("/api/v1/apps/{app}"), Some(ADMIN_TOKEN))
+            .header("content-type", ctype)
+            .body(body.to_string())
+    };
+    assert_problem(
+        &api.send(put("Bad_Name", "application/json", "{}")).await,
+        400,
+        "not a valid app name",
+    );
+    assert_problem(
+        &api.send(put("new", "text/plain", "{}")).await,
+        415,
+        "application/json",
+    );
+    assert_problem(
+        &api.send(put("new", "application/json", "{nope")).await,
+        400,
+        "not JSON",
+    );
+    assert_problem(
+        &api.send(put("new", "application/json", "[]")).await,
+        400,
+        "JSON object",
+    );
+    let r = api
+        .send(put(
+            "new",
+            "application/json",
+            r#"{"domains": ["new.test"], "colour": "red"}"#,
+        ))
+        .await;
+    assert_problem(&r, 422, "colour");
+    assert_eq!(r.json()["errors"][0]["key"], "colour", "{}", r.body);
+    let r = api
+        .send(put(
+            "new",
+            "application/json",
+            r#"{"domains": ["not a domain!"]}"#,
+        ))
+        .await;
+    assert_problem(&r, 422, "domains");
+    let r = api
+        .send(put(
+            "new",
+            "application/json",
+            r#"{"domains": ["echo.test"]}"#,
+        ))
+        .await;
+    assert_problem(&r, 409, "domain echo.test is already taken by app `echo`");
+    let big = format!(r#"{{"domains": ["{}"]}}"#, "a".repeat(70_000));
+    assert_problem(
+        &api.send(put("new", "application/json", &big)).await,
+        413,
+        "larger",
+    );
+    // Nothing changed.
+    assert_problem(&api.get("/api/v1/apps/new").await, 404, "no app");
+
+    // Deploy: unknown app, wrong content types, bad JSON sources.
+    let deploy = |app: &str, ctype: &str, body: &str| {
+        api.req(
+            "POST",
+            &format!("/api/v1/apps/{app}/deploy"),
+            Some(ADMIN_TOKEN),
+        )
+        .header("content-type", ctype)
+        .body(body.to_string())
+    };
+    assert_problem(
+        &api.send(deploy("nope", "application/gzip", "x")).await,
+        404,
+        "no app",
+    );
+    assert_problem(
+        &api.send(deploy("echo", "text/plain", "x")).await,
+        415,
+        "application/gzip",
+    );
+    let r = api
+        .send(deploy("echo", "application/json", r#"{"source": "/etc"}"#))
+        .await;
+    assert_problem(&r, 422, "must be a git URL");
+    let r = api
+        .send(deploy(
+            "echo",
+            "application/json",
+            r#"{"source": "https://x/r.git", "x": 1}"#,
+        ))
+        .await;
+    assert_problem(&r, 400, "unknown field");
+    let r = api
+        .send(
+            api.req("POST", "/api/v1/apps/echo/rollback", Some(ADMIN_TOKEN))
+                .header("content-type", "application/json")
+                .body(r#"{"release": -1}"#),
+        )
+        .await;
+    assert_problem(&r, 400, "not what this endpoint takes");
+
+    // Each change attempt is in the audit log, with the token's id and never the token.
+    let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+    assert!(!audit.contains(ADMIN_TOKEN));
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let conflict = lines
+        .iter()
+        .find(|l| l["status"] == 409 && l["method"] == "PUT")
+        .expect("the refused PUT is audited");
+    assert_eq!(conflict["app"], "new");
+    assert_eq!(conflict["path"], "/api/v1/apps/new");
+    assert_eq!(conflict["token"], spinforge_token_id(ADMIN_TOKEN));
+    assert!(
+        conflict["result"]
+            .as_str()
+            .unwrap()
+            .contains("already taken")
+    );
+    assert!(conflict["time"].is_string());
+    // An unauthenticated attempt is audited too, as such.
+    api.send(api.req("DELETE", "/api/v1/apps/echo", None)).await;
+    let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["token"].as_str(), last["status"].as_u64()),
+        (Some("unauthenticated"), Some(401))
+    );
+}
+
+/// The audit log's token id, computed as the admin crate does.
+fn spinforge_token_id(token: &str) -> String {
+    spinforge_admin::token_id(token)
+}
+
+/// A `.tar.gz` of `entries` built by hand: (path, kind, data or link target).
+fn tarball(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, kind, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        // set_path refuses `..` and absolute paths: write the name bytes directly.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+            h.set_link_name(std::str::from_utf8(data).unwrap()).unwrap();
+            h.set_size(0);
+            h.set_cksum();
+            builder.append(&h, std::io::empty()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            builder.append(&h, *data).unwrap();
+        }
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn uploads_left(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("uploads"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_uploads_are_refused_and_leave_nothing_behind() {
+    use tar::EntryType as T;
+    let ws = Workspace::new();
+    // A small cap, so that "too large" is quick to reach.
+    let sf = up(&ws, "  builds:\n    max_archive_size: 1M\n");
+    let api = api(&sf);
+    let ok_pkg: &[u8] = b"{\"name\":\"x\"}";
+    let bomb = gzip(&{
+        // Small compressed, 2 MiB unpacked: over the cap once unpacked.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("big.bin").unwrap();
+        h.set_size(2 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, std::io::repeat(0).take_bytes(2 << 20))
+            .unwrap();
+        b.into_inner().unwrap()
+    });
+    let noise: Vec<u8> = (0..(1u32 << 20) + 4096)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not gzip", b"just some text".to_vec(), 400, "gzip"),
+        ("gzip, not tar", gzip(&[7u8; 3000]), 400, ""),
+        (
+            "dot-dot",
+            tarball(&[
+                ("package.json", T::Regular, ok_pkg),
+                ("../escape.txt", T::Regular, b"x"),
+            ]),
+            400,
+            "outside the archive's root",
+        ),
+        (
+            "absolute",
+            tarball(&[("/tmp/abs.txt", T::Regular, b"x")]),
+            400,
+            "outside the archive's root",
+        ),
+        (
+            "symlink out",
+            tarball(&[
+                ("package.json", T::Regular, ok_pkg),
+                ("link", T::Symlink, b"../../etc/passwd"),
+            ]),
+            400,
+            "points outside",
+        ),
+        (
+            "absolute symlink",
+            tarball(&[("link", T::Symlink, b"/etc/passwd")]),
+            400,
+            "points outside",
+        ),
+        (
+            "hard link out",
+            tarball(&[("hl", T::Link, b"../x")]),
+            400,
+            "points outside",
+        ),
+        ("device", tarball(&[("dev", T::Char, b"")]), 400, "device"),
+        ("fifo", tarball(&[("pipe", T::Fifo, b"")]), 400, "FIFO"),
+        ("bomb", bomb, 413, "unpacks to more than"),
+        ("too large", noise, 413, "larger than"),
+        ("empty", Vec::new(), 400, "empty"),
+    ];
+    for (what, body, status, needle) in cases {
+        for chunked in [false, true] {
+            let req = api
+                .req("POST", "/api/v1/apps/echo/deploy", Some(ADMIN_TOKEN))
+                .header("content-type", "application/gzip");
+            let req = if chunked {
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                    body.chunks(16 << 10).map(|c| Ok(c.to_vec())).collect();
+                req.body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            } else {
+                req.body(body.clone())
+            };
+            let r = api.send(req).await;
+            assert_eq!(r.status, status, "{what} (chunked: {chunked}): {}", r.body);
+            assert_problem(&r, status, needle);
+            assert_eq!(
+                uploads_left(&ws.data_dir()),
+                Vec::<String>::new(),
+                "{what} left files"
+            );
+        }
+    }
+    assert!(!Path::new("/tmp/abs.txt").exists());
+    assert!(!ws.path().join("escape.txt").exists() && !ws.data_dir().join("escape.txt").exists());
+    let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+    assert_eq!(audit.lines().filter(|l| l.contains("/deploy")).count(), 24);
+}
+
+trait TakeBytes: std::io::Read + Sized {
+    fn take_bytes(self, n: u64) -> std::io::Take<Self> {
+        self.take(n)
+    }
+}
+impl<R: std::io::Read> TakeBytes for R {}
+
+/// Runs the CLI against `admin` with `token`; returns (exit code, stdout, stderr).
+fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("SPINFORGE_ADMIN_URL", admin)
+        .env("SPINFORGE_TOKEN", token)
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_prints_tables_json_and_says_what_happened_in_its_exit_code() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let admin = format!("http://{}", sf.admin.unwrap());
+    let r = sf.client().fetch("echo.test", "/").await;
+    assert_eq!(r.status, 200);
+
+    let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["apps"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME  ORIGIN  RELEASE  DOMAINS"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("echo  config  1        echo.test"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("ext   config  -        ext.test"),
+        "{out}"
+    );
+
+    let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SPINLETS\nAPP   ID"), "{out}");
+    assert!(
+        out.contains("CERTIFICATES\nDOMAIN  EXPIRES  NOT_AFTER"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("echo  ") && l.contains("running")),
+        "{out}"
+    );
+
+    let (code, out, _) = cli(&admin, ADMIN_TOKEN, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["apps"][0]["name"], "echo");
+    assert_eq!(v["spinlets"][0]["app"], "echo");
+
+    // Logs: what the spinlet wrote (the echo fixture logs its start).
+    let log = std::fs::read_to_string(ws.data_dir().join("logs/echo.log")).unwrap_or_default();
+    let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["logs", "echo", "-n", "1000"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, log, "the CLI prints the log file's lines");
+
+    // Exit codes: 3 for a wrong token or nothing listening, 2 for usage, 1 for a refused operation.
+    let (code, _, err) = cli(&admin, "wrong", &["apps"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("401") && err.contains("SPINFORGE_TOKEN"),
+        "{err}"
+    );
+    let (code, _, err) = cli(
+        &format!("http://127.0.0.1:{}", free_port()),
+        ADMIN_TOKEN,
+        &["apps"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+    let (code, _, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &["deploy", "/no/such/folder", "--app", "x"],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = cli(&admin, ADMIN_TOKEN, &["apps", "--bogus"]);
+    assert_eq!(code, 2);
+    let (code, _, err) = cli(&admin, ADMIN_TOKEN, &["logs", "nope"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no app `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bind_failures_are_clear() {
+    let ws = Workspace::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let port = free_port();
+    let path = config(
+        &ws,
+        port,
+        &format!("  admin_listen: {addr}\n"),
+        &echo_app(&ws, "a", "a.test", ""),
+    );
+    let mut sf = Spinforge::start(&ws, "up", &path, None);
+    let (status, _) = sf.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = sf.log_text();
+    assert!(
+        log.contains(&format!("cannot listen for the admin API on {addr}")),
+        "{log}"
+    );
+
+    // No token and not loopback: refused.
+    let path = config(
+        &ws,
+        port,
+        "  admin_listen: 0.0.0.0:0\n",
+        &echo_app(&ws, "a", "a.test", ""),
+    );
+    let mut sf = Spinforge::start_env(&ws, "up", &path, None, &[("SPINFORGE_TOKEN", "")]);
+    let (status, _) = sf.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        sf.log_text().contains("not loopback, without a token"),
+        "{}",
+        sf.log_text()
+    );
+}
+
+// --- With the lifecycle backend (the lead's work on main): create, deploy, roll back, delete. ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploys_a_folder_serves_it_through_the_edge_and_rolls_back() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let admin = format!("http://{}", sf.admin.unwrap());
+    // Version 1: the echo fixture, plus files the packer must leave out.
+    let src = ws.path().join("site");
+    std::fs::create_dir_all(src.join("node_modules/junk")).unwrap();
+    for f in ["package.json", "server.js"] {
+        std::fs::copy(fixture("echo").join(f), src.join(f)).unwrap();
+    }
+    std::fs::write(src.join(".gitignore"), "*.secret\n").unwrap();
+    std::fs::write(src.join("key.secret"), "nope").unwrap();
+    let (code, out, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &[
+            "deploy",
+            src.to_str().unwrap(),
+            "--app",
+            "site",
+            "--domain",
+            "site.test",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("creating app site"), "{err}");
+    assert!(out.trim_end().ends_with("https://site.test/"), "{out}");
+    let r = sf.client().fetch("site.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let release1 = eventually(support::EVENTUALLY, "release 1 serves", || async {
+        let v = Api::new(sf.admin.unwrap())
+            .get("/api/v1/apps/site")
+            .await
+            .json();
+        v["current_release"].as_u64()
+    })
+    .await;
+
+    // Version 2, then roll back to 1.
+    std::fs::write(src.join("VERSION"), "2").unwrap();
+    let (code, out, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &["deploy", src.to_str().unwrap(), "--app", "site"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &["rollback", "site", &release1.to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("site: now serving release {release1}\n"));
+    let api = Api::new(sf.admin.unwrap());
+    assert_eq!(
+        api.get("/api/v1/apps/site").await.json()["current_release"],
+        release1
+    );
+    assert_eq!(sf.client().fetch("site.test", "/").await.status, 200);
+
+    // Lifecycle, then delete.
+    for action in ["stop", "start", "restart"] {
+        let (code, _, err) = cli(&admin, ADMIN_TOKEN, &[action, "site"]);
+        assert_eq!(code, 0, "{action}: {err}");
+    }
+    let r = api
+        .send(api.req("DELETE", "/api/v1/apps/site", Some(ADMIN_TOKEN)))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/api/v1/apps/site").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_apps_persist_and_build_logs_stream() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+    let r = api
+        .send(
+            api.req("PUT", "/api/v1/apps/made", Some(ADMIN_TOKEN))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"domains": ["made.test"], "source": "{}"}}"#,
+                    fixture("echo").display()
+                )),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = api
+        .send(
+            api.req("POST", "/api/v1/apps/made/deploy", Some(ADMIN_TOKEN))
+                .header("content-type", "application/gzip")
+                .body(tarball(&[
+                    (
+                        "package.json",
+                        tar::EntryType::Regular,
+                        std::fs::read(fixture("echo/package.json")).unwrap().leak(),
+                    ),
+                    (
+                        "server.js",
+                        tar::EntryType::Regular,
+                        std::fs::read(fixture("echo/server.js")).unwrap().leak(),
+                    ),
+                ])),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let build = r.json()["build"].as_str().unwrap().to_string();
+    let log = api
+        .get(&format!("/api/v1/builds/{build}/log?follow=1"))
+        .await;
+    assert!(log.body.contains("event: end"), "{}", log.body);
+    assert!(log.body.contains("\"state\":\"succeeded\""), "{}", log.body);
+    assert_eq!(
+        api.get(&format!("/api/v1/builds/{build}")).await.json()["state"],
+        "succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploy_packs_the_folder_and_uploads_it() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let admin = format!("http://{}", sf.admin.unwrap());
+    let src = ws.path().join("site");
+    std::fs::create_dir_all(src.join("node_modules/junk")).unwrap();
+    std::fs::create_dir_all(src.join(".git")).unwrap();
+    for f in ["package.json", "server.js"] {
+        std::fs::copy(fixture("echo").join(f), src.join(f)).unwrap();
+    }
+    std::fs::write(src.join("node_modules/junk/index.js"), "x").unwrap();
+    std::fs::write(src.join(".git/HEAD"), "x").unwrap();
+    std::fs::write(src.join(".gitignore"), "*.secret\n").unwrap();
+    std::fs::write(src.join("key.secret"), "nope").unwrap();
+    let (code, out, err) = cli(
+        &admin,
+        ADMIN_TOKEN,
+        &["deploy", src.to_str().unwrap(), "--app", "echo"],
+    );
+    // package.json, server.js and .gitignore: not node_modules, .git or the ignored file.
+    assert!(err.contains("packed 3 files"), "{err}");
+    if code == 0 {
+        // With the lifecycle backend: built, and the URL last.
+        assert!(out.trim_end().ends_with("https://echo.test/"), "{out}");
+    } else {
+        // Until then the supervisor refuses deploys: the upload passed the checks, was handed
+        // over, and was removed when refused.
+        assert_eq!(code, 1, "{out}\n{err}");
+        assert!(
+            err.contains("409") && err.contains("not supported"),
+            "{err}"
+        );
+        assert_eq!(uploads_left(&ws.data_dir()), Vec::<String>::new());
+        let audit = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+        assert!(
+            audit.contains("\"path\":\"/api/v1/apps/echo/deploy\""),
+            "{audit}"
+        );
+    }
+}
