@@ -123,6 +123,35 @@ enum Flow {
     Exit,
 }
 
+/// How a change of release ended.
+#[must_use]
+enum Rolled {
+    /// The new release serves.
+    Live,
+    /// Its spinlets did not get healthy; the previous release keeps serving.
+    Refused(String),
+    /// A shutdown came meanwhile.
+    ShutDown,
+}
+
+impl Rolled {
+    fn flow(&self) -> Flow {
+        match self {
+            Rolled::ShutDown => Flow::Exit,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// The answer for whoever asked for the change (none after a shutdown: their reply drops).
+    fn answer(&self) -> Option<Result<(), ControlError>> {
+        match self {
+            Rolled::Live => Some(Ok(())),
+            Rolled::Refused(reason) => Some(Err(ControlError::Conflict(reason.clone()))),
+            Rolled::ShutDown => None,
+        }
+    }
+}
+
 /// What the task's loop woke up for.
 enum Woke {
     Exited(Exit),
@@ -280,9 +309,14 @@ impl AppTask {
                 let target = self.rollback_target(release).await;
                 match target {
                     Ok(target) => {
-                        let _ = reply.send(Ok(target.info.number));
-                        tracing::info!(app = %self.app.name, release = target.info.number, "rolling back");
-                        return self.roll_to(target).await;
+                        let number = target.info.number;
+                        tracing::info!(app = %self.app.name, release = number, "rolling back");
+                        // The answer comes once the release serves (or did not get healthy).
+                        let rolled = self.roll_to(target).await;
+                        if let Some(result) = rolled.answer() {
+                            let _ = reply.send(result.map(|()| number));
+                        }
+                        return rolled.flow();
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -320,23 +354,27 @@ impl AppTask {
             ))));
             return Flow::Continue;
         };
-        let _ = reply.send(Ok(()));
-        match action {
-            Lifecycle::Start => {
-                self.start_failures = 0;
-                self.mode = Mode::Active {
-                    crashed: Vec::new(),
-                };
-                self.fill().await
+        if action == Lifecycle::Restart {
+            let rolled = self.roll_to(release).await;
+            if let Some(result) = rolled.answer() {
+                let _ = reply.send(result);
             }
-            Lifecycle::Stop => {
-                self.stop_running("stopped through the admin API").await;
-                self.mode = Mode::Idle;
-                self.republish().await;
-                Flow::Continue
-            }
-            Lifecycle::Restart => self.roll_to(release).await,
+            return rolled.flow();
         }
+        if action == Lifecycle::Stop {
+            self.stop_running("stopped through the admin API").await;
+            self.mode = Mode::Idle;
+            self.republish().await;
+            let _ = reply.send(Ok(()));
+            return Flow::Continue;
+        }
+        // Start: answered at once; the spinlets' progress shows in the app's state.
+        let _ = reply.send(Ok(()));
+        self.start_failures = 0;
+        self.mode = Mode::Active {
+            crashed: Vec::new(),
+        };
+        self.fill().await
     }
 
     /// Applies a changed definition with as little disruption as it needs.
@@ -357,7 +395,7 @@ impl AppTask {
         }
         if restart && let Some(release) = self.release.clone() {
             tracing::info!(app = %self.app.name, "app settings changed: replacing its spinlets");
-            return self.roll_to(release).await;
+            return self.roll_to(release).await.flow();
         }
         if old.instances != self.app.instances && matches!(self.mode, Mode::Active { .. }) {
             let wanted = self.app.instances as usize;
@@ -400,7 +438,7 @@ impl AppTask {
                     Some(current) if current.info.number == new.info.number => Flow::Continue,
                     Some(_) => {
                         tracing::info!(app = %name, build = %finished.id, release = new.info.number, "deploying");
-                        self.roll_to(new).await
+                        self.roll_to(new).await.flow()
                     }
                     None => {
                         self.release = Some(new);
@@ -453,14 +491,18 @@ impl AppTask {
     /// Serves `target` from now on: beside the running spinlets, start new ones; once all are
     /// healthy, flip the upstreams to them in one write and drain the old ones. If they fail,
     /// stop them: the old ones never stopped serving.
-    async fn roll_to(&mut self, target: Release) -> Flow {
+    async fn roll_to(&mut self, target: Release) -> Rolled {
         if self.running.is_empty() {
             // Nothing serves: no one to keep waiting. Switch, and start if the app is awake.
             self.release = Some(target);
             self.republish().await;
-            return match self.mode {
+            let flow = match self.mode {
                 Mode::Active { .. } => self.fill().await,
                 _ => Flow::Continue,
+            };
+            return match flow {
+                Flow::Exit => Rolled::ShutDown,
+                Flow::Continue => Rolled::Live,
             };
         }
         let count = self.app.instances as usize;
@@ -477,15 +519,18 @@ impl AppTask {
                 self.republish().await;
                 tracing::info!(app = %self.app.name, release = number, replaced = old.len(), "release live; draining the previous spinlets");
                 self.drain(old);
-                Flow::Continue
+                Rolled::Live
             }
             Started::Unhealthy(reason) => {
                 let serving = self.release.as_ref().map_or(0, |r| r.info.number);
                 tracing::error!(app = %self.app.name, release = target.info.number, %reason, serving, "the new release did not get healthy: rolled back, the running release keeps serving");
                 self.put_failure(&target, &reason).await;
-                Flow::Continue
+                Rolled::Refused(format!(
+                    "release {} did not get healthy, so release {serving} keeps serving: {reason}",
+                    target.info.number
+                ))
             }
-            Started::ShutDown => Flow::Exit,
+            Started::ShutDown => Rolled::ShutDown,
         }
     }
 

@@ -8,9 +8,10 @@ use spinforge_state::config::{AppConfig, AppSource, ConfigErrors};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// No control request waits longer than this for the supervisor to take it and answer. Long work
-/// (a build) is started, not awaited: its id comes back at once.
-pub const CONTROL_DEADLINE: Duration = Duration::from_secs(30);
+/// No control request waits longer than this for the supervisor to take it and answer. A build is
+/// started, not awaited (its id comes back at once); a rollback or restart answers once the new
+/// spinlets serve, which takes at most their health-check timeout.
+pub const CONTROL_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Control requests queued at once; beyond it callers get [`ControlError::Busy`].
 pub const CONTROL_QUEUE: usize = 64;
