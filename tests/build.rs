@@ -791,5 +791,9 @@ async fn run_as_builds_and_serves_as_that_user_and_refuses_unknown_users() {
         std::fs::metadata(release.join("node_modules/ms/package.json")).expect("ms installed");
     assert_eq!(installed.uid(), app_uid, "npm ran as the app's user");
     let pid = process_in(&release).expect("the spinlet runs in its release");
-    assert_eq!(uid_of(pid), Some(app_uid), "the spinlet runs as the app's user");
+    assert_eq!(
+        uid_of(pid),
+        Some(app_uid),
+        "the spinlet runs as the app's user"
+    );
 }
