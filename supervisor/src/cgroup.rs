@@ -391,9 +391,33 @@ impl Cgroup {
         all
     }
 
-    /// [`Cgroup::remove`], retried for a moment: processes the group's last member forked may
-    /// still be on their way out after a SIGKILL.
+    /// SIGKILLs every process still in the group (a worker that left the spinlet's process
+    /// group with its own `setsid` cannot leave its cgroup). Returns how many were signalled.
+    pub fn kill_all(&self) -> usize {
+        let Some(dir) = self.dirs.first() else {
+            return 0;
+        };
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|&pid| {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            })
+            .count()
+    }
+
+    /// For a spinlet whose main process has exited: kills what is left in its group, then
+    /// [`Cgroup::remove`], retried for a moment while the killed processes are on their way out.
     pub async fn remove_soon(&self) {
+        let left = self.kill_all();
+        if left > 0 {
+            tracing::debug!(processes = left, dirs = ?self.dirs, "killed processes left in a spinlet's cgroup");
+        }
         for _ in 0..20 {
             if self.remove() {
                 return;
