@@ -570,6 +570,43 @@ mod tests {
     }
 
     #[test]
+    fn groups_and_limits_in_a_fake_v2_tree() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("spinforge");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        // Files the kernel would provide; plain files here.
+        let layout = Layout::V2 { base: base.clone() };
+        let limits = Limits {
+            memory: Some(64 << 20),
+            cpu: Some(1.5),
+        };
+        let cg = Cgroup::create_in(&layout, "api", "api-2-ff", limits)
+            .expect("create")
+            .expect("a group");
+        let dir = base.join("api/api-2-ff");
+        assert_eq!(cg.dirs(), std::slice::from_ref(&dir));
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(
+            read(base.join("api/cgroup.subtree_control")),
+            "+memory +cpu"
+        );
+        assert_eq!(read(dir.join("memory.max")), "67108864");
+        assert_eq!(read(dir.join("cpu.max")), "150000 100000");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+        )
+        .expect("write");
+        assert!(cg.oom_killed());
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .expect("write");
+        assert_eq!(cg.cpu_usage(), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
     fn nothing_to_limit_or_no_cgroups_means_no_group() {
         let none = Layout::None { why: "test".into() };
         let limits = Limits {
