@@ -779,17 +779,21 @@ async fn run_as_builds_and_serves_as_that_user_and_refuses_unknown_users() {
     let r = sf.client().fetch("npm-node.test", "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let release = release_dir(&ws, "npm-node", 1);
+    // Under run_as every app has its own user id (kept in app-users.json), not run_as's.
+    let users: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ws.data_dir().join("app-users.json")).expect("app-users.json"),
+    )
+    .expect("json");
+    let app_uid = users["npm-node"].as_u64().expect("the app's uid") as u32;
+    assert_ne!(app_uid, nobody.uid.as_raw());
+    assert_ne!(app_uid, 0);
     let installed =
         std::fs::metadata(release.join("node_modules/ms/package.json")).expect("ms installed");
-    assert_eq!(
-        installed.uid(),
-        nobody.uid.as_raw(),
-        "npm ran as the build user"
-    );
+    assert_eq!(installed.uid(), app_uid, "npm ran as the app's user");
     let pid = process_in(&release).expect("the spinlet runs in its release");
     assert_eq!(
         uid_of(pid),
-        Some(nobody.uid.as_raw()),
-        "the spinlet runs as the user"
+        Some(app_uid),
+        "the spinlet runs as the app's user"
     );
 }

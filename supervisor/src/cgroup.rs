@@ -391,9 +391,33 @@ impl Cgroup {
         all
     }
 
-    /// [`Cgroup::remove`], retried for a moment: processes the group's last member forked may
-    /// still be on their way out after a SIGKILL.
+    /// SIGKILLs every process still in the group (a worker that left the spinlet's process
+    /// group with its own `setsid` cannot leave its cgroup). Returns how many were signalled.
+    pub fn kill_all(&self) -> usize {
+        let Some(dir) = self.dirs.first() else {
+            return 0;
+        };
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|&pid| {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            })
+            .count()
+    }
+
+    /// For a spinlet whose main process has exited: kills what is left in its group, then
+    /// [`Cgroup::remove`], retried for a moment while the killed processes are on their way out.
     pub async fn remove_soon(&self) {
+        let left = self.kill_all();
+        if left > 0 {
+            tracing::debug!(processes = left, dirs = ?self.dirs, "killed processes left in a spinlet's cgroup");
+        }
         for _ in 0..20 {
             if self.remove() {
                 return;
@@ -543,6 +567,43 @@ mod tests {
         // Plain folders with files in them are "in use": nothing is removed.
         assert!(!cg.remove());
         assert!(mem.join("shop/shop-1-abc").exists());
+    }
+
+    #[test]
+    fn groups_and_limits_in_a_fake_v2_tree() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("spinforge");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        // Files the kernel would provide; plain files here.
+        let layout = Layout::V2 { base: base.clone() };
+        let limits = Limits {
+            memory: Some(64 << 20),
+            cpu: Some(1.5),
+        };
+        let cg = Cgroup::create_in(&layout, "api", "api-2-ff", limits)
+            .expect("create")
+            .expect("a group");
+        let dir = base.join("api/api-2-ff");
+        assert_eq!(cg.dirs(), std::slice::from_ref(&dir));
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(
+            read(base.join("api/cgroup.subtree_control")),
+            "+memory +cpu"
+        );
+        assert_eq!(read(dir.join("memory.max")), "67108864");
+        assert_eq!(read(dir.join("cpu.max")), "150000 100000");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+        )
+        .expect("write");
+        assert!(cg.oom_killed());
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .expect("write");
+        assert_eq!(cg.cpu_usage(), Some(Duration::from_millis(2500)));
     }
 
     #[test]

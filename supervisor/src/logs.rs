@@ -135,7 +135,7 @@ pub fn spawn_rotator(dir: PathBuf, limits: LogLimits) -> tokio::task::JoinHandle
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let (dir, limits) = (dir.clone(), limits.clone());
+            let dir = dir.clone();
             let _ = tokio::task::spawn_blocking(move || rotate_all(&dir, &limits)).await;
         }
     })
