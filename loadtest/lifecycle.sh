@@ -4,13 +4,14 @@
 #  2. cold-start overhead: a request that wakes an idled app through the edge vs the same app's
 #     own boot (`node server.js` to its first answer), median of 10 each;
 #  3. memory per idle app: SpinForge's RSS with 0 and with $IDLE_APPS idle apps (no spinlet runs).
-# Usage: loadtest/lifecycle.sh   (needs wrk: apt-get install wrk)
+# Usage: loadtest/lifecycle.sh   (needs wrk: apt-get install wrk; IDLE_APPS=200 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 IDLE_APPS=${IDLE_APPS:-200}
-cargo build --release --locked -q
-bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/spinforge
+# SPINFORGE_BIN: a release binary built already (else this builds one).
+if [ -z "${SPINFORGE_BIN:-}" ]; then cargo build --release --locked -q; fi
+bin=${SPINFORGE_BIN:-$(realpath "${CARGO_TARGET_DIR:-target}")/release/spinforge}
 work=$(mktemp -d /tmp/spinforge-lifecycle.XXXX)
 trap 'pkill -f "$work/" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 port=18480
