@@ -27,6 +27,7 @@ fn versioned_app(dir: &Path, version: &str, broken: bool) -> PathBuf {
     } else {
         format!(
             r#"const http = require("http");
+let sick = false;
 http.createServer((req, res) => {{
   const url = new URL(req.url, "http://x");
   const answer = () => {{
@@ -34,6 +35,8 @@ http.createServer((req, res) => {{
     res.end(JSON.stringify({{ version: "{version}", pid: process.pid, env: process.env.GREETING || null }}));
   }};
   if (url.pathname === "/slow") setTimeout(answer, Number(url.searchParams.get("ms") || 500));
+  else if (url.pathname === "/sick") {{ sick = true; answer(); }}
+  else if (url.pathname === "/health") {{ res.statusCode = sick ? 500 : 200; res.end(sick ? "sick" : "ok"); }}
   else answer();
 }}).listen(Number(process.env.PORT), process.env.HOST);
 "#
@@ -177,6 +180,62 @@ async fn three_instances_share_the_load_and_a_killed_one_is_skipped() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_serves() {
+    let ws = Workspace::new();
+    let src = versioned_app(&ws.path().join("v1"), "1", false);
+    let port = free_port();
+    let block = format!(
+        "  duo:\n    domains: [duo.test]\n    source: {}\n    idle_timeout: 0\n    instances: 2\n    health_check: {{ path: /health, timeout: 5s }}\n",
+        src.display()
+    );
+    let config = ws.write("spinforge.yaml", &yaml(port, "", "", &block));
+    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
+    let http = sf.client();
+    eventually(Duration::from_secs(30), "duo serves", || async {
+        version_of(&http, "duo.test").await
+    })
+    .await;
+    let load = Load::start(sf.http.expect("edge"), "duo.test", 2);
+    // One instance turns sick: it still answers `/`, but its health check fails from now on.
+    let sick = http.fetch("duo.test", "/sick").await.json()["pid"]
+        .as_i64()
+        .expect("pid");
+    eventually(
+        Duration::from_secs(30),
+        "the sick instance is replaced",
+        || async {
+            sf.log_text()
+                .contains("replacing an unhealthy spinlet")
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "two healthy instances again",
+        || async {
+            let replies = futures::future::join_all(
+                (0..8).map(|_| http.get("duo.test", "/slow?ms=200").send()),
+            )
+            .await;
+            let mut pids = BTreeSet::new();
+            for r in replies.into_iter().flatten() {
+                if let Ok(v) = r.json::<serde_json::Value>().await
+                    && let Some(pid) = v["pid"].as_i64()
+                {
+                    pids.insert(pid);
+                }
+            }
+            (pids.len() == 2 && !pids.contains(&sick)).then_some(())
+        },
+    )
+    .await;
+    let (answered, failed) = load.finish().await;
+    assert!(answered > 10, "{answered}");
+    assert!(failed.is_empty(), "{failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

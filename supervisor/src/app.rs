@@ -43,6 +43,12 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const STORE_DEADLINE: Duration = Duration::from_secs(5);
 /// Log lines quoted with a failure.
 const TAIL_LINES: usize = 10;
+/// Running spinlets are health-checked this often...
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// ...each probe within this...
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and one that fails this many in a row is replaced.
+const CHECK_FAILURES: u32 = 3;
 /// Commands put aside while spinlets start; more are dropped (wakes and checks come again).
 const PENDING_MAX: usize = 32;
 
@@ -104,6 +110,8 @@ struct Instance {
     /// Limits it (`memory`, `cpu`); removed once it has exited.
     cgroup: Option<Cgroup>,
     since: Instant,
+    /// Health checks failed in a row while running.
+    failed_checks: u32,
 }
 
 #[derive(Debug)]
@@ -157,6 +165,7 @@ enum Woke {
     Exited(Exit),
     Built(Box<Finished>),
     Retry,
+    HealthCheck,
     Command(Option<Command>),
 }
 
@@ -236,6 +245,8 @@ impl AppTask {
         self.republish().await;
         let first = self.app.clone();
         self.start_build(Builder::new_id(&first.name), first);
+        let mut checks = tokio::time::interval(CHECK_EVERY);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(cmd) = self.pending.pop_front() {
                 if matches!(self.handle(cmd).await, Flow::Exit) {
@@ -251,6 +262,7 @@ impl AppTask {
                 Some(exit) = self.exits.recv() => Woke::Exited(exit),
                 Some(finished) = self.built.recv() => Woke::Built(Box::new(finished)),
                 _ = sleep_until(retry_at), if retry_at.is_some() => Woke::Retry,
+                _ = checks.tick(), if !self.running.is_empty() => Woke::HealthCheck,
                 cmd = self.rx.recv() => Woke::Command(cmd),
             };
             let flow = match woke {
@@ -260,6 +272,10 @@ impl AppTask {
                 }
                 Woke::Built(finished) => self.on_built(*finished).await,
                 Woke::Retry => self.fill().await,
+                Woke::HealthCheck => {
+                    self.check_running().await;
+                    Flow::Continue
+                }
                 Woke::Command(Some(cmd)) => self.handle(cmd).await,
                 Woke::Command(None) => {
                     // The supervisor is gone: leave nothing running.
@@ -721,7 +737,67 @@ impl AppTask {
             proc,
             cgroup,
             since: Instant::now(),
+            failed_checks: 0,
         })
+    }
+
+    /// Probes every running spinlet; one that fails [`CHECK_FAILURES`] checks in a row is taken
+    /// out of routing, stopped and replaced, while the others serve.
+    async fn check_running(&mut self) {
+        let path = self.app.health_check.path.clone();
+        let results = futures::future::join_all(self.running.iter().map(|i| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], i.spinlet.port));
+            let path = path.clone();
+            async move {
+                match tokio::time::timeout(
+                    CHECK_TIMEOUT,
+                    process::probe_addr(addr, "localhost", &path),
+                )
+                .await
+                {
+                    Ok(Ok(status)) if status < 500 => Ok(()),
+                    Ok(Ok(status)) => Err(format!("answered {status}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 2 s".to_string()),
+                }
+            }
+        }))
+        .await;
+        let mut sick = Vec::new();
+        for (i, result) in self.running.iter_mut().zip(results) {
+            match result {
+                Ok(()) => i.failed_checks = 0,
+                Err(why) => {
+                    i.failed_checks += 1;
+                    if i.failed_checks >= CHECK_FAILURES {
+                        sick.push((i.spinlet.id.clone(), why));
+                    }
+                }
+            }
+        }
+        for (id, why) in sick {
+            let Some(at) = self.running.iter().position(|i| i.spinlet.id == id) else {
+                continue;
+            };
+            let gone = self.running.remove(at);
+            self.withdraw(&gone).await;
+            let reason =
+                format!("failed {CHECK_FAILURES} health checks in a row ({why} at {path})");
+            tracing::warn!(app = %self.app.name, spinlet = %id, %reason, "replacing an unhealthy spinlet");
+            gone.proc.stop(Instant::now() + STOP_GRACE).await;
+            remove_cgroup(&gone.cgroup).await;
+            self.put_spinlet(&Spinlet {
+                state: SpinletState::Crashed,
+                reason: Some(reason),
+                ..gone.spinlet.clone()
+            })
+            .await;
+            self.forget(&gone.spinlet).await;
+            let retry_at = self.backoff();
+            if let Mode::Active { crashed } = &mut self.mode {
+                crashed.push(retry_at);
+            }
+        }
     }
 
     /// A spinlet exited on its own (or was killed by someone else).
@@ -940,6 +1016,7 @@ impl AppTask {
                         proc,
                         cgroup,
                         since: Instant::now(),
+                        failed_checks: 0,
                     });
                 }
                 Some(proc) => {
