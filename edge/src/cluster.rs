@@ -135,8 +135,9 @@ pub async fn exchange(
     // During a store outage every exchange fails: say so once per [`FAILURE_LOG_EVERY`].
     let mut failure_logged: Option<tokio::time::Instant> = None;
     let mut failures = 0u64;
+    // Absolute, so that a steady stream of notes cannot keep pushing the tick away.
+    let mut next_tick = tokio::time::Instant::now() + until_next_window(SystemTime::now());
     loop {
-        let wait = until_next_window(SystemTime::now());
         tokio::select! {
             note = notes.recv() => match note {
                 Some(key) => {
@@ -147,9 +148,10 @@ pub async fn exchange(
                 }
                 None => return,
             },
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(next_tick) => {}
             _ = stop.changed() => return,
         }
+        next_tick = tokio::time::Instant::now() + until_next_window(SystemTime::now());
         let now = window_of(SystemTime::now());
         if now == last_tick || now < 2 {
             continue;
