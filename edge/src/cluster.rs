@@ -34,6 +34,9 @@ const WINDOW_TTL: Duration = Duration::from_secs(5);
 /// No exchange waits longer than this; the counts of a failed one are dropped (lenient).
 const EXCHANGE_DEADLINE: Duration = Duration::from_millis(1000);
 
+/// How often a failing exchange is logged.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Whose budget a request used: the app-wide cap or one client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Who {
@@ -129,8 +132,12 @@ pub async fn exchange(
     let mut written: [Window; 2] = Default::default();
     let mut last_tick = 0;
     let mut reported_drops = 0;
+    // During a store outage every exchange fails: say so once per [`FAILURE_LOG_EVERY`].
+    let mut failure_logged: Option<tokio::time::Instant> = None;
+    let mut failures = 0u64;
+    // Absolute, so that a steady stream of notes cannot keep pushing the tick away.
+    let mut next_tick = tokio::time::Instant::now() + until_next_window(SystemTime::now());
     loop {
-        let wait = until_next_window(SystemTime::now());
         tokio::select! {
             note = notes.recv() => match note {
                 Some(key) => {
@@ -141,9 +148,10 @@ pub async fn exchange(
                 }
                 None => return,
             },
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(next_tick) => {}
             _ = stop.changed() => return,
         }
+        next_tick = tokio::time::Instant::now() + until_next_window(SystemTime::now());
         let now = window_of(SystemTime::now());
         if now == last_tick || now < 2 {
             continue;
@@ -198,8 +206,18 @@ pub async fn exchange(
                         .filter(|(_, n)| *n > 0);
                     charge(&snapshot, &client_rates, others);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cluster rate limits: exchange failed"),
-                Err(_) => tracing::warn!("cluster rate limits: exchange timed out"),
+                failed => {
+                    failures += 1;
+                    if failure_logged.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {EXCHANGE_DEADLINE:?}"),
+                        };
+                        tracing::warn!(%error, failures, "cluster rate limits: exchange failed; counting locally meanwhile");
+                        failure_logged = Some(tokio::time::Instant::now());
+                        failures = 0;
+                    }
+                }
             }
         }
         // Keep the last two windows written: the next tick reads the newer one.

@@ -276,8 +276,10 @@ impl ConnectionCounts {
                 let mut current = cell.load(Ordering::Relaxed);
                 loop {
                     let mine = current & !0xffff_ffff == tag && current & 0xffff_ffff > 0;
-                    // First pass: only the IP's own slot; second: an empty one.
-                    let usable = if pass == 0 { mine } else { current == 0 };
+                    // First pass: only the IP's own slot; second: an empty one — or its own,
+                    // when another connection of the IP took that slot meanwhile (else one IP
+                    // could end up counted in two slots, each under the cap).
+                    let usable = mine || (pass == 1 && current == 0);
                     if !usable {
                         break;
                     }
