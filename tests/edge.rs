@@ -28,7 +28,10 @@ fn up(ws: &Workspace, edge_extra: &str, apps: &str) -> Spinforge {
 /// the connection or goes quiet for a second.
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
+    // A connection the edge refuses may be reset before the request is written: no answer.
+    if s.write_all(request).await.is_err() {
+        return String::new();
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -414,13 +417,21 @@ async fn connections_per_ip_are_capped() {
         "the fourth connection is closed without an answer"
     );
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ok = raw(
-        addr,
-        b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&ok), 200, "{ok}");
+    // Once the edge has seen them close (soon, but a loaded machine may take a moment), a new
+    // connection is served again.
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if !last.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status_of(&last), 200, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
