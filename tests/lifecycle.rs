@@ -136,17 +136,7 @@ async fn three_instances_share_the_load_and_a_killed_one_is_skipped() {
 
     // Concurrent slow requests spread over all three (least in flight first).
     let pids = eventually(Duration::from_secs(30), "three spinlets answer", || async {
-        let replies =
-            futures::future::join_all((0..9).map(|_| http.get("trio.test", "/slow?ms=300").send()))
-                .await;
-        let mut pids = BTreeSet::new();
-        for r in replies.into_iter().flatten() {
-            if let Ok(v) = r.json::<serde_json::Value>().await
-                && let Some(pid) = v["pid"].as_i64()
-            {
-                pids.insert(pid);
-            }
-        }
+        let pids = pids_of(&http, "trio.test", 9, 300).await;
         (pids.len() == 3).then_some(pids)
     })
     .await;
@@ -164,18 +154,7 @@ async fn three_instances_share_the_load_and_a_killed_one_is_skipped() {
         Duration::from_secs(20),
         "the killed instance is replaced",
         || async {
-            let replies = futures::future::join_all(
-                (0..9).map(|_| http.get("trio.test", "/slow?ms=300").send()),
-            )
-            .await;
-            let mut now = BTreeSet::new();
-            for r in replies.into_iter().flatten() {
-                if let Ok(v) = r.json::<serde_json::Value>().await
-                    && let Some(pid) = v["pid"].as_i64()
-                {
-                    now.insert(pid);
-                }
-            }
+            let now = pids_of(&http, "trio.test", 9, 300).await;
             (now.len() == 3 && !now.contains(&i64::from(victim))).then_some(())
         },
     )
@@ -217,18 +196,7 @@ async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_se
         Duration::from_secs(20),
         "two healthy instances again",
         || async {
-            let replies = futures::future::join_all(
-                (0..8).map(|_| http.get("duo.test", "/slow?ms=200").send()),
-            )
-            .await;
-            let mut pids = BTreeSet::new();
-            for r in replies.into_iter().flatten() {
-                if let Ok(v) = r.json::<serde_json::Value>().await
-                    && let Some(pid) = v["pid"].as_i64()
-                {
-                    pids.insert(pid);
-                }
-            }
+            let pids = pids_of(&http, "duo.test", 8, 200).await;
             (pids.len() == 2 && !pids.contains(&sick)).then_some(())
         },
     )
@@ -555,10 +523,11 @@ async fn a_killed_supervisor_is_replaced_and_readopts_its_spinlets_with_no_faile
     assert_eq!(spinlet_pids(&http).await, pids);
 }
 
-async fn spinlet_pids(http: &Http) -> BTreeSet<i64> {
-    let replies =
-        futures::future::join_all((0..8).map(|_| http.get("steady.test", "/slow?ms=200").send()))
-            .await;
+/// The pids that answer `n` concurrent slow requests for `host` (least-in-flight spreads them
+/// over every instance).
+async fn pids_of(http: &Http, host: &str, n: usize, slow_ms: u32) -> BTreeSet<i64> {
+    let path = format!("/slow?ms={slow_ms}");
+    let replies = futures::future::join_all((0..n).map(|_| http.get(host, &path).send())).await;
     let mut pids = BTreeSet::new();
     for r in replies.into_iter().flatten() {
         if let Ok(v) = r.json::<serde_json::Value>().await
@@ -568,4 +537,8 @@ async fn spinlet_pids(http: &Http) -> BTreeSet<i64> {
         }
     }
     pids
+}
+
+async fn spinlet_pids(http: &Http) -> BTreeSet<i64> {
+    pids_of(http, "steady.test", 8, 200).await
 }

@@ -274,20 +274,7 @@ impl Query {
 
 /// Checks an app name from a path (they end up in paths and keys).
 pub(crate) fn app_name(name: &str) -> Result<(), Problem> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Problem::bad_request(format!(
-            "`{name}` is not a valid app name: use 1-63 lowercase letters, digits and -, not starting or ending with -"
-        )))
-    }
+    spinforge_state::config::check_app_name(name).map_err(Problem::bad_request)
 }
 
 /// The request's media type, lowercase, without parameters.

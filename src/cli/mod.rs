@@ -127,18 +127,5 @@ pub fn run(cmd: ClientCmd) -> ExitCode {
 
 /// Checks an app name before it goes into a URL.
 fn app_name(name: &str) -> Result<(), Failure> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::usage(format!(
-            "`{name}` is not a valid app name: use 1-63 lowercase letters, digits and -"
-        )))
-    }
+    spinforge_state::config::check_app_name(name).map_err(Failure::usage)
 }

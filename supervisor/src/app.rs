@@ -932,8 +932,10 @@ impl AppTask {
                     state: SpinletState::Stopping,
                     ..i.spinlet.clone()
                 };
-                let write = ctx.store.put_spinlet(&stopping);
-                let _ = tokio::time::timeout(STORE_DEADLINE, write).await;
+                store_write(&ctx.store, &app, "recording spinlet", |s| async move {
+                    s.put_spinlet(&stopping).await
+                })
+                .await;
             }
             futures::future::join_all(old.iter().map(|i| i.proc.stop(kill_at))).await;
             for i in &old {
@@ -943,10 +945,11 @@ impl AppTask {
                     state: SpinletState::Stopped,
                     ..i.spinlet.clone()
                 };
-                let write = ctx.store.put_spinlet(&stopped);
-                let _ = tokio::time::timeout(STORE_DEADLINE, write).await;
-                let delete = ctx.store.delete_spinlet(&i.spinlet.id);
-                let _ = tokio::time::timeout(STORE_DEADLINE, delete).await;
+                store_write(&ctx.store, &app, "recording spinlet", |s| async move {
+                    s.put_spinlet(&stopped).await?;
+                    s.delete_spinlet(&stopped.id).await
+                })
+                .await;
                 ctx.ports.release(i.spinlet.port);
             }
         });
@@ -1174,20 +1177,12 @@ impl AppTask {
         .await;
     }
 
-    /// Runs a store call with a deadline; failures are logged, not fatal: the next resync
-    /// republishes everything.
     async fn store_call<F, Fut>(&self, what: &str, call: F)
     where
         F: FnOnce(Store) -> Fut,
         Fut: Future<Output = Result<(), StoreError>>,
     {
-        match tokio::time::timeout(STORE_DEADLINE, call(self.ctx.store.clone())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(app = %self.app.name, error = %e, "store write failed while {what}")
-            }
-            Err(_) => tracing::warn!(app = %self.app.name, "store write timed out while {what}"),
-        }
+        store_write(&self.ctx.store, &self.app.name, what, call).await
     }
 
     /// `"; log: a | b | c"` with the app log's last lines, or nothing.
@@ -1199,6 +1194,20 @@ impl AppTask {
         } else {
             format!("; log: {tail}")
         }
+    }
+}
+
+/// Runs a store write for `app` with a deadline; failures are logged, not fatal: the next resync
+/// republishes everything. Shared by app tasks, external tasks and drains.
+pub(crate) async fn store_write<F, Fut>(store: &Store, app: &str, what: &str, call: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    match tokio::time::timeout(STORE_DEADLINE, call(store.clone())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%app, error = %e, "store write failed while {what}"),
+        Err(_) => tracing::warn!(%app, "store write timed out while {what}"),
     }
 }
 

@@ -23,8 +23,6 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Failed probes in a row that take an address out of routing; one success puts it back.
 pub const FAILS_TO_REMOVE: u32 = 2;
-/// No store call waits longer than this.
-const STORE_DEADLINE: Duration = Duration::from_secs(5);
 
 type Probe = Pin<Box<dyn Future<Output = Result<Vec<(SocketAddr, bool)>, String>> + Send>>;
 
@@ -218,13 +216,7 @@ impl ExternalTask {
         F: FnOnce(Store) -> Fut,
         Fut: Future<Output = Result<(), StoreError>>,
     {
-        match tokio::time::timeout(STORE_DEADLINE, call(self.ctx.store.clone())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(app = %self.app.name, error = %e, "store write failed while {what}")
-            }
-            Err(_) => tracing::warn!(app = %self.app.name, "store write timed out while {what}"),
-        }
+        crate::app::store_write(&self.ctx.store, &self.app.name, what, call).await
     }
 }
 

@@ -389,7 +389,7 @@ impl Supervisor {
             .is_some_and(|e| e.app.config.external().is_some() != app.config.external().is_some());
         if external_changed {
             // Running it and routing to something else are different tasks: replace the task.
-            self.remove_task(&name).await;
+            let _ = self.remove_task(&name).await; // logged there
         }
         match self.apps.get_mut(&name) {
             Some(e) => {
@@ -416,22 +416,21 @@ impl Supervisor {
                 self.config.file.display()
             )));
         }
-        self.remove_task(name).await;
         managed::remove(&self.ctx.data_dir, name);
-        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
-        self.reconcile_routes_for(&all)
+        self.remove_task(name)
             .await
-            .map_err(|e| ControlError::Internal(format!("cannot remove routes: {e}")))?;
-        Ok(())
+            .map_err(|e| ControlError::Internal(format!("cannot remove routes: {e}")))
     }
 
-    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it.
-    async fn remove_task(&mut self, name: &str) {
+    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it. The
+    /// task goes even when the store refused the route change (the next resync removes them).
+    async fn remove_task(&mut self, name: &str) -> Result<(), StoreError> {
         let Some(e) = self.apps.remove(name) else {
-            return;
+            return Ok(());
         };
         let rest: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
-        if let Err(err) = self.reconcile_routes_for(&rest).await {
+        let routes = self.reconcile_routes_for(&rest).await;
+        if let Err(err) = &routes {
             tracing::warn!(app = %name, error = %err, "cannot remove routes yet; the next resync will");
         }
         let (done, wait) = oneshot::channel();
@@ -444,6 +443,7 @@ impl Supervisor {
             let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await;
         }
         tracing::info!(app = %name, "app removed");
+        routes
     }
 
     fn deploy(&mut self, name: &str, source: Option<AppSource>) -> Result<String, ControlError> {
@@ -522,7 +522,7 @@ impl Supervisor {
             .map(|e| e.app.config.name.clone())
             .collect();
         for name in removed {
-            self.remove_task(&name).await;
+            let _ = self.remove_task(&name).await; // logged there
         }
         for app in new.apps.values() {
             if self
@@ -531,7 +531,7 @@ impl Supervisor {
                 .is_some_and(|e| e.app.origin != Origin::Config)
             {
                 tracing::warn!(app = %app.name, "the config file now defines an app created through the API; the config file wins");
-                self.remove_task(&app.name).await;
+                let _ = self.remove_task(&app.name).await; // logged there
                 managed::remove(&self.ctx.data_dir, &app.name);
             }
             self.apply(ManagedApp {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use parse::parse_app;
+pub use parse::{app_name as check_app_name, parse_app};
 pub use units::{parse_duration, parse_size};
 
 /// A validated config.

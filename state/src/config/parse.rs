@@ -1259,8 +1259,9 @@ fn port_range(s: &str) -> Result<PortRange, String> {
     PortRange::new(first, last)
 }
 
-/// App names end up in paths, store keys and process names: keep them plain.
-fn app_name(name: &str) -> Result<(), String> {
+/// App names end up in paths, store keys and process names: keep them plain. The one check for
+/// every place a name comes in (config, admin API, CLI).
+pub fn app_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
