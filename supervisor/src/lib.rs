@@ -422,8 +422,10 @@ impl Supervisor {
             .map_err(|e| ControlError::Internal(format!("cannot remove routes: {e}")))
     }
 
-    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it. The
-    /// task goes even when the store refused the route change (the next resync removes them).
+    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it; the
+    /// routes are reconciled before (no request meets a stopping spinlet) and after (nothing the
+    /// task wrote meanwhile survives). The task goes even when the store refused the route change
+    /// (the next resync removes them).
     async fn remove_task(&mut self, name: &str) -> Result<(), StoreError> {
         let Some(e) = self.apps.remove(name) else {
             return Ok(());
@@ -442,6 +444,12 @@ impl Supervisor {
         {
             let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await;
         }
+        // Again once the task has stopped: it may have republished its routes in between (a
+        // task that had just started writes them on its own).
+        let routes = match routes {
+            Ok(()) => self.reconcile_routes_for(&rest).await,
+            failed => failed,
+        };
         tracing::info!(app = %name, "app removed");
         routes
     }
