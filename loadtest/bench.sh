@@ -95,6 +95,7 @@ $(printf '%b' "${EDGE_EXTRA:-}")
 supervisor:
   data_dir: $work/data-$name
   port_range: $((18910 + 20 * i))-$((18929 + 20 * i))
+  admin_listen: 127.0.0.1:$((18990 + i))
 apps:
   bench:
     domains: [$HOST_HEADER]

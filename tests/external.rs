@@ -122,3 +122,58 @@ async fn an_external_upstream_that_never_answers_gets_502_not_a_wait() {
     );
     assert!(r.body.contains("health check"), "{}", r.body);
 }
+
+/// An upstream that closes idle keep-alive connections sooner than the edge's pool drops them:
+/// a GET that meets a closed pooled connection is sent again on a new one, a POST never goes out
+/// on one (the edge checks first), and each request reaches the upstream exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_not_used_for_requests() {
+    let service = Upstream::start_closing_idle("brief", Duration::from_millis(100)).await;
+    let ws = Workspace::new();
+    let apps = format!(
+        "  brief:\n    domains: [brief.test]\n    upstream: {}\n    health_check: {{ path: /healthz }}\n",
+        service.addr
+    );
+    let sf = up(&ws, &apps);
+    let http = sf.client();
+    eventually(
+        Duration::from_secs(10),
+        "the upstream is routed",
+        || async { (http.fetch("brief.test", "/warm").await.status == 200).then_some(()) },
+    )
+    .await;
+    let before = service.requests();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("http://{}", sf.http.expect("addr"));
+    for i in 0..6 {
+        // Past the upstream's 100 ms idle close, well within the edge's 4 s pool time.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let req = if i % 2 == 0 {
+            client.get(format!("{url}/get{i}"))
+        } else {
+            client.post(format!("{url}/post{i}")).body("x=1")
+        };
+        let resp = req
+            .header("host", "brief.test")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.text().await.expect("body");
+        assert!(
+            body.contains(&format!(
+                "saw /{}{i}",
+                if i % 2 == 0 { "get" } else { "post" }
+            )),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        service.requests() - before,
+        6,
+        "each request reached the upstream once"
+    );
+}

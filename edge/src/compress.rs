@@ -167,6 +167,9 @@ pub fn decide(
     let enc = accepted?;
     let _ = resp.insert_header(header::CONTENT_ENCODING, enc.token());
     resp.remove_header(&header::CONTENT_LENGTH);
+    // Without a length the body must be chunked, or HTTP/1.1 clients read it until the
+    // connection closes (and lose keep-alive). HTTP/2 drops the header and frames it itself.
+    let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
     resp.remove_header(&header::ACCEPT_RANGES);
     if let Some(etag) = resp.headers.get(header::ETAG).cloned()
         && !etag.as_bytes().starts_with(b"W/")

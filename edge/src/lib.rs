@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod compress;
 pub mod connections;
 pub mod errors;
+pub mod fast;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
@@ -27,8 +28,9 @@ pub mod tls;
 pub mod upgrade;
 
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::protocols::Stream;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
@@ -278,6 +280,10 @@ impl Edge {
             )))
         });
         let layout = RuntimeLayout::from_env();
+        // The fast path's upstream pool is per thread: it needs connections that stay on theirs.
+        // `SPINFORGE_EDGE_FAST=0` turns it off (to compare the two in loadtest/bench.sh).
+        let fast_path = matches!(layout, RuntimeLayout::PerThread(_))
+            && std::env::var("SPINFORGE_EDGE_FAST").as_deref() != Ok("0");
         let server_conf = Arc::new(ServerConf {
             threads: layout.threads(),
             ..ServerConf::default()
@@ -305,6 +311,11 @@ impl Edge {
                     inner: Arc::new(Counted {
                         inner: Arc::new(http),
                         metrics: metrics.clone(),
+                        fast: fast_path.then(|| fast::FastPath {
+                            proxy: proxy.clone(),
+                            header_timeout: self.config.header_timeout,
+                            closing: watch::channel(false).0,
+                        }),
                     }),
                     counts: connection_counts.clone(),
                     max_per_ip: self.config.max_connections_per_ip,
@@ -329,6 +340,7 @@ impl Edge {
                 let app = Arc::new(Counted {
                     inner: Arc::new(http),
                     metrics: metrics.clone(),
+                    fast: None,
                 });
                 let guard = tls::listener::Guard {
                     counts: connection_counts.clone(),
@@ -487,27 +499,46 @@ impl RuntimeLayout {
 
 /// Wraps the proxy to count open downstream connections: it runs the keep-alive loop that
 /// Pingora would run around the proxy itself, holding a gauge for the connection's life.
+/// With a fast path, each request is offered to it first; one it leaves is served by the proxy
+/// (Pingora's full path), and the connection comes back for the next request.
 struct Counted<A> {
     inner: Arc<A>,
     metrics: Arc<metrics::Metrics>,
+    fast: Option<fast::FastPath>,
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.metrics.connection();
-        let mut next = self.inner.process_new(stream, shutdown).await;
-        while let Some(stream) = next {
-            next = self.inner.process_new(stream, shutdown).await;
+        let Some(fast) = &self.fast else {
+            // Pingora's own loop serves every request of the connection.
+            return self.inner.process_new(stream, shutdown).await;
+        };
+        loop {
+            // Boxed: the fast path's future is large and would otherwise be moved whole into
+            // this one's state.
+            match Box::pin(fast.serve(stream, shutdown)).await {
+                fast::Served::Closed => return None,
+                fast::Served::Fallback(s) => stream = s,
+                fast::Served::Handover(s) => return self.inner.process_new(s, shutdown).await,
+            }
+            let mut session = ServerSession::new_http1(stream);
+            // As Pingora's loop does (the proxy's early filter sets the configured timeout).
+            session.set_keepalive((!*shutdown.borrow()).then_some(60));
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            stream = reused.consume().0;
         }
-        None
     }
 
     async fn cleanup(&self) {
+        if let Some(fast) = &self.fast {
+            fast.closing.send_replace(true);
+        }
         self.inner.cleanup().await;
     }
 }

@@ -163,6 +163,8 @@ pub struct Metrics {
     open_websockets: AtomicI64,
     /// Requests no app took (unknown host, no Host), by status class.
     unrouted: [AtomicU64; CLASSES.len()],
+    /// Requests the HTTP/1.1 fast path proxied (the rest took Pingora's full path).
+    fast_path: AtomicU64,
     /// The certificates served, for their expiry (set once when the edge starts).
     pub tls: std::sync::OnceLock<Arc<crate::tls::TlsState>>,
 }
@@ -170,6 +172,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn unrouted(&self, status: u16) {
         self.unrouted[class_index(status)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fast_path_request(&self) {
+        self.fast_path.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A downstream connection, counted as open until the guard drops.
@@ -275,6 +281,11 @@ impl Metrics {
             out,
             "# HELP spinforge_open_connections Open downstream connections.\n# TYPE spinforge_open_connections gauge\nspinforge_open_connections {}",
             self.open_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spinforge_fast_path_requests_total Requests proxied by the HTTP/1.1 fast path; the others (HTTPS, HTTP/2, upgrades, compressed answers, cold starts, the edge's own pages) took the full path.\n# TYPE spinforge_fast_path_requests_total counter\nspinforge_fast_path_requests_total {}",
+            self.fast_path.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

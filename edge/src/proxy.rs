@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Spinlets are on loopback: a connect that takes this long is not going to work.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled upstream connections are dropped before Node's default 5 s keep-alive closes them.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Retry-After for 503s.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). Pingora itself
@@ -86,7 +86,14 @@ pub struct RequestCtx {
 
 /// Counts a request as in flight until dropped; shutdown waits for the count to reach zero.
 #[derive(Debug)]
-struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(crate) fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -97,9 +104,9 @@ impl Drop for InFlight {
 impl EdgeProxy {
     /// `Some(wait)` when this request is over the app's rate limit (the app-wide cap first, then
     /// the client's own budget).
-    fn rate_limited(
+    pub(crate) fn rate_limited(
         &self,
-        session: &Session,
+        client_ip: Option<std::net::IpAddr>,
         app: &AppEntry,
         limit: &RateLimit,
     ) -> Option<Duration> {
@@ -118,8 +125,7 @@ impl EdgeProxy {
                 c.app_passed(&app.name);
             }
         }
-        let ip = session.client_addr()?.as_inet()?.ip();
-        let client = limits::client_key(ip);
+        let client = limits::client_key(client_ip?);
         let rates = self.client_rates.get_or_init(ClientRates::default);
         match rates.check(&app.name, client, Gcra::new(limit.rps, limit.burst), now) {
             Verdict::Allow => {
@@ -158,6 +164,31 @@ impl EdgeProxy {
             }
         }
     }
+}
+
+/// The upstream for attempt `attempt` (0 first) of a request whose rotation starts at `first`
+/// (`app.runtime.next_upstream()`). The app must have at least one upstream.
+///
+/// First attempt: of the upstreams whose breaker is closed, the one with the fewest requests in
+/// flight (scanned from the rotating start, so ties take turns). A retry moves on to the next
+/// one. If all breakers are open, the next one anyway (a probe beats a certain error).
+pub(crate) fn choose_upstream(app: &AppEntry, first: usize, attempt: usize) -> SocketAddr {
+    let n = app.upstreams.len();
+    let now = now_ms();
+    let pick = |i: usize| app.upstreams[(first + attempt + i) % n];
+    let closed = (0..n)
+        .map(pick)
+        .filter(|a| !app.runtime.breakers.is_open(*a, now));
+    let chosen = if attempt == 0 && n > 1 {
+        app.runtime.loads.least_loaded(closed)
+    } else {
+        closed.into_iter().next()
+    };
+    chosen.unwrap_or_else(|| pick(0))
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    Some(session.client_addr()?.as_inet()?.ip())
 }
 
 /// Answers with one of the edge's own pages.
@@ -261,7 +292,10 @@ fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
 
 /// A client's X-Request-Id is kept when it is short and plain; otherwise we make one.
 fn sane_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+    sane_request_id_bytes(v.as_bytes())
+}
+
+pub(crate) fn sane_request_id_bytes(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && b.iter()
@@ -269,6 +303,11 @@ fn sane_request_id(v: &HeaderValue) -> bool {
 }
 
 fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_hex()).expect("hex is a valid header value")
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+pub(crate) fn new_request_id_hex() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     let mut buf = [0u8; 32];
@@ -276,7 +315,7 @@ fn new_request_id() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    buf
 }
 
 /// One access-log event (target `spinforge::access`) at a level; fields are built only if enabled.
@@ -309,7 +348,6 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestCtx {
             app: None,
             first_upstream: 0,
@@ -324,7 +362,7 @@ impl ProxyHttp for EdgeProxy {
             open_stream: None,
             started: Instant::now(),
             websocket: None,
-            _in_flight: InFlight(self.in_flight.clone()),
+            _in_flight: InFlight::start(&self.in_flight),
         }
     }
 
@@ -383,7 +421,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         if let Some(limit) = &policy.rate_limit
-            && let Some(wait) = self.rate_limited(session, &entry, limit)
+            && let Some(wait) = self.rate_limited(client_ip(session), &entry, limit)
         {
             tracing::debug!(%host, app = %entry.name, "rate limited");
             entry.runtime.metrics().rate_limited();
@@ -476,20 +514,7 @@ impl ProxyHttp for EdgeProxy {
         if ctx.attempts == 0 {
             ctx.first_upstream = app.runtime.next_upstream();
         }
-        // First attempt: of the upstreams whose breaker is closed, the one with the fewest requests
-        // in flight (scanned from a rotating start, so ties take turns). A retry moves on to the
-        // next one. If all breakers are open, the next one anyway (a probe beats a certain error).
-        let now = now_ms();
-        let pick = |i: usize| app.upstreams[(ctx.first_upstream + ctx.attempts + i) % n];
-        let closed = (0..n)
-            .map(pick)
-            .filter(|a| !app.runtime.breakers.is_open(*a, now));
-        let chosen = if ctx.attempts == 0 && n > 1 {
-            app.runtime.loads.least_loaded(closed)
-        } else {
-            closed.into_iter().next()
-        };
-        let addr = chosen.unwrap_or_else(|| pick(0));
+        let addr = choose_upstream(app, ctx.first_upstream, ctx.attempts);
         ctx.attempts += 1;
         ctx.upstream = Some(addr);
         ctx.upstream_load = None; // a failed attempt's count ends before the next one's starts

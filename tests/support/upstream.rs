@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,6 +20,16 @@ pub struct Upstream {
 impl Upstream {
     /// Listens on 127.0.0.1 (ephemeral port), healthy.
     pub async fn start(name: &'static str) -> Upstream {
+        Self::start_with(name, None).await
+    }
+
+    /// Like [`Upstream::start`], but closes a connection once it has been idle for
+    /// `idle_close` (a server with a short keep-alive timeout).
+    pub async fn start_closing_idle(name: &'static str, idle_close: Duration) -> Upstream {
+        Self::start_with(name, Some(idle_close)).await
+    }
+
+    async fn start_with(name: &'static str, idle_close: Option<Duration>) -> Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind the test upstream");
@@ -28,7 +39,7 @@ impl Upstream {
         let (h, r) = (healthy.clone(), requests.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, name, h.clone(), r.clone()));
+                tokio::spawn(serve(stream, name, h.clone(), r.clone(), idle_close));
             }
         });
         Upstream {
@@ -61,6 +72,7 @@ async fn serve(
     name: &'static str,
     healthy: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
+    idle_close: Option<Duration>,
 ) {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -69,13 +81,39 @@ async fn serve(
                 break i + 4;
             }
             let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
+            let read = stream.read(&mut chunk);
+            let read = match idle_close.filter(|_| buf.is_empty()) {
+                Some(idle) => match tokio::time::timeout(idle, read).await {
+                    Ok(r) => r,
+                    Err(_) => return, // idle too long: close
+                },
+                None => read.await,
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_string();
         buf.drain(..end);
+        // Skip a request body (Content-Length only).
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..length);
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, body) = if path == "/healthz" {
             if healthy.load(Ordering::SeqCst) {
