@@ -17,9 +17,10 @@ struct Slot {
     in_flight: AtomicUsize,
 }
 
+/// Allocated on the app's first request: with 10,000 routes most apps may never see one.
 #[derive(Debug, Default)]
 pub struct Loads {
-    slots: [Slot; SLOTS],
+    slots: std::sync::OnceLock<Box<[Slot; SLOTS]>>,
 }
 
 fn key(addr: SocketAddr) -> u64 {
@@ -30,13 +31,16 @@ fn key(addr: SocketAddr) -> u64 {
 }
 
 impl Loads {
-    fn slot(&self, addr: SocketAddr) -> &Slot {
-        &self.slots[(key(addr) as usize >> 1) % SLOTS]
+    fn slots(&self) -> &[Slot; SLOTS] {
+        self.slots.get_or_init(Default::default)
     }
 
     /// Requests in flight to `addr` (0 for an address never used).
     pub fn in_flight(&self, addr: SocketAddr) -> usize {
-        let slot = self.slot(addr);
+        let Some(slots) = self.slots.get() else {
+            return 0;
+        };
+        let slot = &slots[(key(addr) as usize >> 1) % SLOTS];
         if slot.addr.load(Ordering::Relaxed) == key(addr) {
             slot.in_flight.load(Ordering::Relaxed)
         } else {
@@ -47,7 +51,7 @@ impl Loads {
     /// Counts a request to `addr` until the guard is dropped.
     pub fn start(self: &Arc<Self>, addr: SocketAddr) -> UpstreamLoad {
         let index = (key(addr) as usize >> 1) % SLOTS;
-        let slot = &self.slots[index];
+        let slot = &self.slots()[index];
         slot.addr.store(key(addr), Ordering::Relaxed);
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         UpstreamLoad {
@@ -72,7 +76,7 @@ pub struct UpstreamLoad {
 
 impl Drop for UpstreamLoad {
     fn drop(&mut self) {
-        self.loads.slots[self.index]
+        self.loads.slots()[self.index]
             .in_flight
             .fetch_sub(1, Ordering::AcqRel);
     }

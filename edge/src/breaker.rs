@@ -20,9 +20,10 @@ struct Slot {
     open_until_ms: AtomicU64,
 }
 
+/// Allocated on the first failure: most apps never have one.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    slots: [Slot; SLOTS],
+    slots: std::sync::OnceLock<Box<[Slot; SLOTS]>>,
 }
 
 fn key(addr: SocketAddr) -> u64 {
@@ -33,21 +34,25 @@ fn key(addr: SocketAddr) -> u64 {
 }
 
 impl Breakers {
-    fn slot(&self, addr: SocketAddr) -> (&Slot, u64) {
+    /// The upstream's slot, once any upstream of the app has failed.
+    fn slot(&self, addr: SocketAddr) -> Option<(&Slot, u64)> {
         let k = key(addr);
-        (&self.slots[(k as usize >> 1) % SLOTS], k)
+        Some((&self.slots.get()?[(k as usize >> 1) % SLOTS], k))
     }
 
     /// True when the upstream should not be tried now.
     pub fn is_open(&self, addr: SocketAddr, now_ms: u64) -> bool {
-        let (slot, k) = self.slot(addr);
+        let Some((slot, k)) = self.slot(addr) else {
+            return false;
+        };
         slot.addr.load(Ordering::Relaxed) == k
             && slot.open_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     /// A failure to connect to or hear from the upstream. Returns true when this one tripped it.
     pub fn failure(&self, addr: SocketAddr, now_ms: u64) -> bool {
-        let (slot, k) = self.slot(addr);
+        let k = key(addr);
+        let slot = &self.slots.get_or_init(Default::default)[(k as usize >> 1) % SLOTS];
         if slot.addr.swap(k, Ordering::Relaxed) != k {
             slot.failures.store(0, Ordering::Relaxed);
         }
@@ -63,7 +68,9 @@ impl Breakers {
 
     /// An answer came back: the upstream works.
     pub fn success(&self, addr: SocketAddr) {
-        let (slot, k) = self.slot(addr);
+        let Some((slot, k)) = self.slot(addr) else {
+            return;
+        };
         if slot.addr.load(Ordering::Relaxed) == k {
             slot.failures.store(0, Ordering::Relaxed);
             slot.open_until_ms.store(0, Ordering::Relaxed);

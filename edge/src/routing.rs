@@ -169,6 +169,9 @@ impl RoutingTable {
         previous: &RoutingTable,
     ) -> RoutingTable {
         let mut table = RoutingTable::default();
+        // Apps mostly share a few policies (the default above all): one Arc for each distinct
+        // one, or the previous table's when unchanged, instead of one copy per app.
+        let mut distinct: Vec<Arc<EdgePolicy>> = Vec::new();
         for (domain, app, policy, external) in routes {
             let entry = match table.apps.get(app) {
                 Some(e) => e.clone(),
@@ -182,10 +185,25 @@ impl RoutingTable {
                     let mut addrs = upstreams.get(app).cloned().unwrap_or_default();
                     addrs.sort();
                     addrs.dedup();
+                    let shared = previous
+                        .apps
+                        .get(app)
+                        .map(|e| &e.policy)
+                        .into_iter()
+                        .chain(distinct.iter())
+                        .find(|p| ***p == *policy)
+                        .cloned();
+                    let policy = shared.unwrap_or_else(|| {
+                        let p = Arc::new(policy.clone());
+                        if distinct.len() < 8 {
+                            distinct.push(p.clone());
+                        }
+                        p
+                    });
                     let e = Arc::new(AppEntry {
                         name: name.clone(),
                         upstreams: addrs.into(),
-                        policy: Arc::new(policy.clone()),
+                        policy,
                         external,
                         runtime,
                     });
@@ -293,6 +311,46 @@ mod tests {
         assert_eq!(&*t.lookup("x.b.test").expect("wildcard").name, "b");
         assert!(t.lookup("b.test").is_none());
         assert!(t.lookup("y.x.b.test").is_none());
+    }
+
+    #[test]
+    fn apps_with_equal_policies_share_one() {
+        let default = EdgePolicy::default();
+        let strict = EdgePolicy {
+            max_body_bytes: 1024,
+            ..EdgePolicy::default()
+        };
+        let copy = default.clone();
+        let t = RoutingTable::build(
+            [
+                ("a.test", "a", &default, false),
+                ("b.test", "b", &strict, false),
+                ("c.test", "c", &copy, false),
+            ],
+            &HashMap::new(),
+            &RoutingTable::default(),
+        );
+        let policy = |h: &str| t.lookup(h).expect("routed").policy.clone();
+        assert!(Arc::ptr_eq(&policy("a.test"), &policy("c.test")));
+        assert!(!Arc::ptr_eq(&policy("a.test"), &policy("b.test")));
+        assert_eq!(policy("b.test").max_body_bytes, 1024);
+        // A rebuild keeps an unchanged app's policy, and a changed one gets its new one.
+        let t2 = RoutingTable::build(
+            [
+                ("a.test", "a", &default, false),
+                ("b.test", "b", &default, false),
+            ],
+            &HashMap::new(),
+            &t,
+        );
+        assert!(Arc::ptr_eq(
+            &t2.lookup("a.test").expect("a").policy,
+            &policy("a.test")
+        ));
+        assert_eq!(
+            t2.lookup("b.test").expect("b").policy.max_body_bytes,
+            default.max_body_bytes
+        );
     }
 
     #[test]
