@@ -648,6 +648,12 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Ve
     (status, head, body)
 }
 
+/// Writes one request on a kept-alive connection and reads its answer (see [`read_response`]).
+async fn ask(s: &mut TcpStream, buf: &mut Vec<u8>, request: &[u8]) -> (u16, String, Vec<u8>) {
+    s.write_all(request).await.expect("write");
+    read_response(s, buf).await
+}
+
 /// The HTTP/1.1 fast path (plain listener, running app, no compression asked for): pipelined
 /// requests, bodies both ways, chunked answers, and requests on the same connection that need
 /// the full path (an unknown host, a compressed answer) answered by it in between.
@@ -662,16 +668,9 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
     );
     warm(&sf, "alpha.test").await;
     let fast_count = || async {
-        let text = reqwest::get(format!("http://{metrics}/metrics"))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        text.lines()
-            .find_map(|l| l.strip_prefix("spinforge_fast_path_requests_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-            .expect("the fast path counter")
+        let text = support::scrape(&metrics).await;
+        support::metric_value(&text, "spinforge_fast_path_requests_total")
+            .expect("the fast path counter") as u64
     };
     let before = fast_count().await;
 
@@ -714,10 +713,12 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_slice(&body).expect("echo json");
     assert_eq!(seen["headers"]["content-length"], "11");
-    s.write_all(b"GET /text?n=70000&chunked=1 HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
-        .await
-        .expect("write");
-    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    let (status, head, body) = ask(
+        &mut s,
+        &mut buf,
+        b"GET /text?n=70000&chunked=1 HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(head.contains("vary: accept-encoding"), "{head}");
@@ -731,23 +732,29 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
 
     // The full path in between: an unknown host (its 404 page), a compressed answer; then the
     // fast path again, all on the same connection.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\nAccept: application/json\r\n\r\n")
-        .await
-        .expect("write");
-    let (status, _, body) = read_response(&mut s, &mut buf).await;
+    let (status, _, body) = ask(
+        &mut s,
+        &mut buf,
+        b"GET / HTTP/1.1\r\nHost: nobody.test\r\nAccept: application/json\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(String::from_utf8_lossy(&body).contains("\"status\":404"));
-    s.write_all(b"GET /text?n=3000 HTTP/1.1\r\nHost: alpha.test\r\nAccept-Encoding: gzip\r\n\r\n")
-        .await
-        .expect("write");
-    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    let (status, head, body) = ask(
+        &mut s,
+        &mut buf,
+        b"GET /text?n=3000 HTTP/1.1\r\nHost: alpha.test\r\nAccept-Encoding: gzip\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(head.contains("content-encoding: gzip"), "{head}");
     assert_eq!(decode("gzip", &body).len(), 3000);
-    s.write_all(b"GET /five HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    let (status, head, _) = ask(
+        &mut s,
+        &mut buf,
+        b"GET /five HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(head.contains("connection: close"), "{head}");
     let mut rest = Vec::new();

@@ -336,20 +336,11 @@ async fn a_domain_that_cannot_be_validated_does_not_hold_up_others() {
     })
     .await;
     // /metrics counts the order that succeeded and the one that failed.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = support::scrape(&format!("127.0.0.1:{metrics_port}")).await;
     let orders = |result: &str| -> u64 {
-        let prefix = format!("spinforge_acme_orders_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
-            .parse()
-            .expect("a count")
+        let series = format!("spinforge_acme_orders_total{{result=\"{result}\"}}");
+        support::metric_value(&metrics, &series)
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}")) as u64
     };
     assert_eq!(orders("succeeded"), 1, "{metrics}");
     assert!(orders("failed") >= 1, "{metrics}");

@@ -7,27 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 use support::spinforge::{Spinforge, Workspace, echo_app, port_block};
 use support::upstream::Upstream;
-use support::{eventually, free_port};
-
-/// The value of the series `name{labels}` exactly as written, if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn scrape(addr: &str) -> String {
-    let r = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape /metrics");
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/plain; version=0.0.4")
-    );
-    r.text().await.expect("body")
-}
+use support::{eventually, free_port, metric_value as value, scrape};
 
 /// Waits until `series` reads `expected` (counters move just after a response is sent).
 async fn settled(addr: &str, series: &str, expected: f64) {

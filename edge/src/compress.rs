@@ -140,26 +140,19 @@ pub fn decide(
     head_request: bool,
 ) -> Option<Encoding> {
     let h = &resp.headers;
-    let ct_ok = h
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| compressible(v.as_bytes()));
-    if !ct_ok {
+    let allowed = may_compress(
+        resp.status.as_u16(),
+        h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
+        h.get(header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+        h.get_all(header::CACHE_CONTROL)
+            .iter()
+            .any(|v| is_no_transform(v.as_bytes())),
+        h.contains_key(header::CONTENT_RANGE),
+    );
+    if !allowed {
         return None;
     }
-    let status = resp.status.as_u16();
-    let already = h
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let no_transform = h.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .to_ascii_lowercase()
-            .contains("no-transform")
-    });
     let tiny = content_length(h).is_some_and(|n| n < MIN_LENGTH);
-    let ranged = status == 206 || h.contains_key(header::CONTENT_RANGE);
-    if already || no_transform || ranged || !(200..300).contains(&status) || status == 204 {
-        return None;
-    }
     add_vary(resp);
     if tiny || head_request {
         return None;
@@ -183,12 +176,46 @@ pub fn decide(
     Some(enc)
 }
 
+/// Whether an answer may be compressed at all, whatever the client accepts — and so whether it
+/// varies by Accept-Encoding: a 2xx (not 204, not a range) of a compressible type, not already
+/// encoded, not marked `no-transform`.
+pub fn may_compress(
+    status: u16,
+    content_type: Option<&[u8]>,
+    content_encoding: Option<&[u8]>,
+    no_transform: bool,
+    ranged: bool,
+) -> bool {
+    let encoded = content_encoding.is_some_and(|v| !v.eq_ignore_ascii_case(b"identity"));
+    content_type.is_some_and(compressible)
+        && !encoded
+        && !no_transform
+        && !ranged
+        && status != 206
+        && (200..300).contains(&status)
+        && status != 204
+}
+
+/// A Cache-Control value with `no-transform`.
+pub fn is_no_transform(cache_control: &[u8]) -> bool {
+    cache_control
+        .split(|&b| b == b',')
+        .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
+}
+
+/// A Vary value that already covers Accept-Encoding.
+pub fn varies_by_encoding(vary: &[u8]) -> bool {
+    vary.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| t.eq_ignore_ascii_case(b"accept-encoding") || t == b"*")
+}
+
 fn add_vary(resp: &mut ResponseHeader) {
-    let present = resp.headers.get_all(header::VARY).iter().any(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
-    });
+    let present = resp
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| varies_by_encoding(v.as_bytes()));
     if !present {
         let _ = resp.append_header(header::VARY, "Accept-Encoding");
     }

@@ -29,8 +29,9 @@ pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Retry-After for 503s.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). Pingora itself
-/// handles `Connection`, `Transfer-Encoding` and `Upgrade`, which frame the message.
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
+/// handles `Connection`, `Transfer-Encoding` and `Upgrade`, which frame the message (the fast
+/// path adds those it must drop itself).
+pub(crate) const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -318,29 +319,52 @@ pub(crate) fn new_request_id_hex() -> [u8; 32] {
     buf
 }
 
-/// One access-log event (target `spinforge::access`) at a level; fields are built only if enabled.
-macro_rules! access_line {
-    ($level:expr, $session:expr, $e:expr, $ctx:expr, $status:expr, $took:expr) => {
-        if tracing::enabled!(target: "spinforge::access", $level) {
-            let req = $session.req_header();
-            tracing::event!(
-                target: "spinforge::access",
-                $level,
-                request_id = $ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-                app = $ctx.app.as_ref().map(|a| &*a.name).unwrap_or(""),
-                client = %$session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-                host = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
-                method = %req.method,
-                path = %req.uri.path(),
-                status = $status,
-                duration_ms = $took.as_secs_f64() * 1000.0,
-                body_bytes = $session.body_bytes_sent(),
-                cold_start_ms = $ctx.cold_start.map(|d| d.as_millis() as u64),
-                error = $e.map(|e| e.to_string()),
-                "request"
-            );
-        }
-    };
+/// One request's access-log line (target `spinforge::access`), from either request path.
+pub(crate) struct AccessLine<'a> {
+    pub request_id: &'a str,
+    pub app: &'a str,
+    pub client: Option<&'a dyn std::fmt::Display>,
+    pub host: &'a str,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub took: Duration,
+    pub body_bytes: u64,
+    pub cold_start: Option<Duration>,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+/// Logs a request at info with `edge.access_log: json` (`info`), else at debug; `line` is only
+/// called when that level is enabled, so a disabled log costs nothing on the request path.
+pub(crate) fn log_access<'a>(info: bool, line: impl FnOnce() -> AccessLine<'a>) {
+    macro_rules! at {
+        ($level:expr) => {
+            if tracing::enabled!(target: "spinforge::access", $level) {
+                let l = line();
+                tracing::event!(
+                    target: "spinforge::access",
+                    $level,
+                    request_id = l.request_id,
+                    app = l.app,
+                    client = %l.client.map(|c| c.to_string()).unwrap_or_default(),
+                    host = l.host,
+                    method = %l.method,
+                    path = l.path,
+                    status = l.status,
+                    duration_ms = l.took.as_secs_f64() * 1000.0,
+                    body_bytes = l.body_bytes,
+                    cold_start_ms = l.cold_start.map(|d| d.as_millis() as u64),
+                    error = l.error.map(|e| e.to_string()),
+                    "request"
+                );
+            }
+        };
+    }
+    if info {
+        at!(tracing::Level::INFO);
+    } else {
+        at!(tracing::Level::DEBUG);
+    }
 }
 
 #[async_trait]
@@ -723,11 +747,30 @@ impl ProxyHttp for EdgeProxy {
             None => self.metrics.unrouted(status),
         }
         ctx.websocket = None;
-        if self.settings.access_log {
-            access_line!(tracing::Level::INFO, session, e, ctx, status, took);
-        } else {
-            access_line!(tracing::Level::DEBUG, session, e, ctx, status, took);
-        }
+        log_access(self.settings.access_log, || {
+            let req = session.req_header();
+            AccessLine {
+                request_id: ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                app: ctx.app.as_ref().map(|a| &*a.name).unwrap_or(""),
+                client: session.client_addr().map(|a| a as &dyn std::fmt::Display),
+                host: req
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(""),
+                method: &req.method,
+                path: req.uri.path(),
+                status,
+                took,
+                body_bytes: session.body_bytes_sent() as u64,
+                cold_start: ctx.cold_start,
+                error: e.map(|e| e as &dyn std::fmt::Display),
+            }
+        });
     }
 }
 

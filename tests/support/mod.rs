@@ -295,3 +295,24 @@ where
         Err(_) => panic!("not true after {timeout:?}: {what}"),
     }
 }
+
+/// `/metrics` of an edge (`edge.metrics` at `addr`), checked to be Prometheus text.
+pub async fn scrape(addr: &str) -> String {
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape /metrics");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    r.text().await.expect("body")
+}
+
+/// The value of the series `name{labels}` exactly as written, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

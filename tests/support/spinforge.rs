@@ -166,10 +166,7 @@ impl Spinforge {
             .arg(config)
             .env("SPINFORGE_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("SF_TEST_LOG").unwrap_or_else(|_| "info,spinforge=debug".into()),
-            )
+            .env("RUST_LOG", "info,spinforge=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log"))
             .stderr(out)

@@ -2,6 +2,8 @@
 //! and the headers the edge rewrites, read in one pass over httparse's output, and the heads the
 //! edge writes on (hop-by-hop headers dropped, forwarding headers set) built into a reused buffer.
 
+use crate::compress;
+use crate::proxy::HOP_BY_HOP;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -40,7 +42,12 @@ pub struct RequestHead {
 }
 
 /// Finds one complete request head at the start of `buf`. `Ok(None)`: more bytes are needed.
-pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Unfit> {
+///
+/// In the same pass it writes the start of the upstream's request head into `out` (replacing
+/// what was there): the request line and the client's headers less hop-by-hop and forwarding
+/// ones. [`finish_upstream_request`] adds the edge's own.
+pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, Unfit> {
+    out.clear();
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -57,6 +64,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Unfit> {
     if method == "CONNECT" {
         return Err(Unfit::Shape);
     }
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut head = RequestHead {
         len,
         method: range_of(buf, method.as_bytes()),
@@ -72,6 +83,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Unfit> {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
+        if !dropped_from_request(name) {
+            push_header(out, name, value);
+        }
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 if head.host.is_some() {
@@ -113,50 +127,26 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Unfit> {
 
 /// Headers that describe one connection (RFC 9110 §7.6.1), or that the edge sets itself.
 fn dropped_from_request(name: &[u8]) -> bool {
-    const NAMES: &[&[u8]] = &[
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-request-id",
+    const OURS: &[&str] = &[
+        "connection",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
     ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+    OURS.iter()
+        .chain(HOP_BY_HOP)
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
-/// Writes the request head for the upstream into `out`: the request line and the client's
-/// headers, less hop-by-hop ones, plus X-Forwarded-For/Proto/Host and X-Request-Id.
-pub fn write_upstream_request(
+/// Ends the upstream request head [`parse_request`] began: X-Forwarded-For/Proto/Host (`host`:
+/// the client's Host, as sent) and X-Request-Id.
+pub fn finish_upstream_request(
     out: &mut Vec<u8>,
-    buf: &[u8],
     client_ip: Option<IpAddr>,
+    host: &[u8],
     request_id: &[u8],
 ) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    // Parsed once already; this second pass over a few hundred bytes is cheaper than keeping
-    // every header's position.
-    if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
-        return;
-    }
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host: &[u8] = b"";
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host") {
-            host = h.value;
-        }
-        if dropped_from_request(name) {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
     if let Some(ip) = client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
         let _ = write!(out, "{ip}");
@@ -243,8 +233,8 @@ pub fn rewrite_response(
     let mut event_stream = false;
     let mut named_by_connection = false;
     let mut present = [false; 3];
-    let mut compressible = false;
-    let mut encoded = false;
+    let mut content_type = None;
+    let mut content_encoding = None;
     let mut no_transform = false;
     let mut ranged = false;
     let mut varies = false;
@@ -276,18 +266,15 @@ pub fn rewrite_response(
             }
         } else if name.eq_ignore_ascii_case(b"content-type") {
             event_stream = v.starts_with(b"text/event-stream");
-            compressible = crate::compress::compressible(v);
+            content_type = Some(v);
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
-            encoded = !v.eq_ignore_ascii_case(b"identity");
+            content_encoding = Some(v);
         } else if name.eq_ignore_ascii_case(b"cache-control") {
-            no_transform |= contains_ignore_case(v, b"no-transform");
+            no_transform |= compress::is_no_transform(v);
         } else if name.eq_ignore_ascii_case(b"content-range") {
             ranged = true;
         } else if name.eq_ignore_ascii_case(b"vary") {
-            varies |= v
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .any(|t| t.eq_ignore_ascii_case(b"accept-encoding") || t == b"*");
+            varies |= compress::varies_by_encoding(v);
         }
         for (i, (sec, _)) in rules.security.iter().enumerate() {
             present[i] |= name.eq_ignore_ascii_case(sec.as_bytes());
@@ -321,18 +308,12 @@ pub fn rewrite_response(
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        let hop = [
-            &b"connection"[..],
-            b"keep-alive",
-            b"proxy-connection",
-            b"te",
-            b"trailer",
-            b"upgrade",
-            b"x-request-id",
-        ]
-        .iter()
-        .chain(connection_named.iter())
-        .any(|n| name.eq_ignore_ascii_case(n));
+        let hop = ["connection", "upgrade", "x-request-id"]
+            .iter()
+            .chain(HOP_BY_HOP)
+            .map(|n| n.as_bytes())
+            .chain(connection_named.iter().copied())
+            .any(|n| name.eq_ignore_ascii_case(n));
         // A length beside chunked framing is dropped (RFC 9112 §6.3); the body passes as chunks.
         let stale_length = chunked && name.eq_ignore_ascii_case(b"content-length");
         if hop || stale_length {
@@ -351,13 +332,8 @@ pub fn rewrite_response(
     // As `compress::decide` does when the client accepts no encoding we use: the answer
     // depended on Accept-Encoding all the same.
     if rules.compression
-        && compressible
-        && !encoded
-        && !no_transform
-        && !ranged
-        && (200..300).contains(&status)
-        && status != 204
         && !varies
+        && compress::may_compress(status, content_type, content_encoding, no_transform, ranged)
     {
         out.extend_from_slice(b"vary: Accept-Encoding\r\n");
     }
@@ -388,11 +364,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Where `part` (a subslice of `buf`) sits in `buf`.
@@ -533,12 +504,17 @@ mod tests {
     #[test]
     fn requests_with_framing_only_pingora_checks_are_left_to_it() {
         let ok = b"GET /a?b HTTP/1.1\r\nHost: x.test\r\nContent-Length: 3\r\nX-Request-Id: r1\r\n\r\nabc";
-        let head = parse_request(ok).expect("fits").expect("complete");
+        let head = parse_request(ok, &mut Vec::new())
+            .expect("fits")
+            .expect("complete");
         assert_eq!(&ok[head.path.clone()], b"/a?b");
         assert_eq!(&ok[head.host.clone().expect("host")], b"x.test");
         assert_eq!(head.content_length, 3);
         assert_eq!(head.len, ok.len() - 3);
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: x"), Ok(None));
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x", &mut Vec::new()),
+            Ok(None)
+        );
         for bad in [
             &b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
@@ -548,14 +524,17 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-secret\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
         ] {
-            assert_eq!(parse_request(bad).map(|_| ()), Err(Unfit::Framing));
+            assert_eq!(
+                parse_request(bad, &mut Vec::new()).map(|_| ()),
+                Err(Unfit::Framing)
+            );
         }
         assert_eq!(
-            parse_request(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").map(|_| ()),
+            parse_request(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", &mut Vec::new()).map(|_| ()),
             Err(Unfit::Shape)
         );
         assert_eq!(
-            parse_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").map(|_| ()),
+            parse_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut Vec::new()).map(|_| ()),
             Err(Unfit::Head)
         );
     }
@@ -564,7 +543,16 @@ mod tests {
     fn upstream_requests_carry_forwarding_headers_and_no_hop_by_hop_ones() {
         let req = b"POST /x HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Forwarded-For: 6.6.6.6\r\nX-Request-Id: fake\r\nContent-Length: 2\r\n\r\n";
         let mut out = Vec::new();
-        write_upstream_request(&mut out, req, Some("10.0.0.1".parse().expect("ip")), b"rid");
+        let head = parse_request(req, &mut out)
+            .expect("fits")
+            .expect("complete");
+        let host = &req[head.host.expect("host")];
+        finish_upstream_request(
+            &mut out,
+            Some("10.0.0.1".parse().expect("ip")),
+            host,
+            b"rid",
+        );
         let text = String::from_utf8(out).expect("ascii");
         assert_eq!(
             text,

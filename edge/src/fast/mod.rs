@@ -22,7 +22,7 @@ mod pool;
 
 use crate::errors::EdgeError;
 use crate::metrics::method_index;
-use crate::proxy::{EdgeProxy, InFlight, choose_upstream};
+use crate::proxy::{AccessLine, EdgeProxy, InFlight, choose_upstream, log_access};
 use crate::routing::{AppEntry, normalize_host};
 use head::{BodyLength, Chunks, RequestHead, ResponseRules};
 use pingora_core::protocols::Stream;
@@ -77,6 +77,8 @@ pub enum Served {
 /// A client connection while the fast path has it.
 struct Conn {
     client: Box<L4Stream>,
+    /// The client's address (logged) and IP (forwarded, limited).
+    peer: Option<pingora_core::protocols::l4::socket::SocketAddr>,
     ip: Option<IpAddr>,
     /// Bytes read from the client and not yet used: the current request's head first.
     buf: Vec<u8>,
@@ -166,11 +168,13 @@ impl FastPath {
             return Served::Closed; // checked just above
         };
         use pingora_core::protocols::GetSocketDigest;
-        let ip = client
+        let peer = client
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            .and_then(|d| d.peer_addr().cloned());
+        let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         let mut conn = Conn {
             client,
+            peer,
             ip,
             buf: Vec::with_capacity(SMALL_BUF),
             out: Vec::with_capacity(1024),
@@ -203,7 +207,7 @@ impl FastPath {
         let mut head_deadline = None;
         loop {
             if !conn.buf.is_empty() {
-                match head::parse_request(&conn.buf) {
+                match head::parse_request(&conn.buf, &mut conn.out) {
                     Ok(Some(head)) => return Some(Ok(head)),
                     Ok(None) if conn.buf.len() >= READ_BUF => {
                         return Some(Err(head::Unfit::Head));
@@ -313,8 +317,9 @@ impl FastPath {
             };
         }
 
-        conn.out.clear();
-        head::write_upstream_request(&mut conn.out, &conn.buf[..head.len], conn.ip, id.as_bytes());
+        // `conn.out` holds the upstream head as `next_head` began it.
+        let host = head.host.clone().map_or(&[][..], |r| &conn.buf[r]);
+        head::finish_upstream_request(&mut conn.out, conn.ip, host, id.as_bytes());
         conn.out
             .extend_from_slice(&conn.buf[head.len..head.len + body_here]);
         let rules = ResponseRules {
@@ -607,42 +612,30 @@ impl FastPath {
         app.runtime
             .metrics()
             .request(method_index(method), status, took);
-        let level = if self.proxy.settings.access_log {
-            tracing::Level::INFO
-        } else {
-            tracing::Level::DEBUG
-        };
-        macro_rules! line {
-            ($level:expr) => {
-                if tracing::enabled!(target: "spinforge::access", $level) {
-                    let text = |r: Option<std::ops::Range<usize>>| {
-                        r.and_then(|r| std::str::from_utf8(&conn.buf[r]).ok())
-                            .unwrap_or("")
-                    };
-                    let path = text(Some(head.path.clone()));
-                    tracing::event!(
-                        target: "spinforge::access",
-                        $level,
-                        request_id = id.as_str(),
-                        app = &*app.name,
-                        client = %conn.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                        host = text(head.host.clone()),
-                        method = %method,
-                        path = path.split('?').next().unwrap_or(""),
-                        status,
-                        duration_ms = took.as_secs_f64() * 1000.0,
-                        body_bytes = sent.unwrap_or(0),
-                        error = sent.is_none().then_some("the answer could not be completed"),
-                        "request"
-                    );
-                }
+        log_access(self.proxy.settings.access_log, || {
+            let text = |r: Option<std::ops::Range<usize>>| {
+                r.and_then(|r| std::str::from_utf8(&conn.buf[r]).ok())
+                    .unwrap_or("")
             };
-        }
-        if level == tracing::Level::INFO {
-            line!(tracing::Level::INFO);
-        } else {
-            line!(tracing::Level::DEBUG);
-        }
+            AccessLine {
+                request_id: id.as_str(),
+                app: &app.name,
+                client: conn.peer.as_ref().map(|a| a as &dyn std::fmt::Display),
+                host: text(head.host.clone()),
+                method,
+                path: text(Some(head.path.clone()))
+                    .split('?')
+                    .next()
+                    .unwrap_or(""),
+                status,
+                took,
+                body_bytes: sent.unwrap_or(0),
+                cold_start: None,
+                error: sent
+                    .is_none()
+                    .then_some(&"the answer could not be completed" as &dyn std::fmt::Display),
+            }
+        });
     }
 }
 
