@@ -34,8 +34,13 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const MAX_STREAMS: usize = 32;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
-/// How long a client has to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one client address (IPv6: one /64) may hold at once, so that one address cannot
+/// take all of [`MAX_CONNECTIONS`]: a CLI or a CI job needs a few, a dashboard a few log streams
+/// (at most [`MAX_STREAMS`] in all). More are answered 503 and closed at once.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+/// How long a client has to send its request head. Heads of the API are small and sent at once:
+/// a slow one is a client holding a connection, not a slow network.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -80,6 +85,8 @@ pub struct AdminApi {
     data_dir: PathBuf,
     max_upload: u64,
     token: Option<auth::Token>,
+    /// `supervisor.logs`: audit.log is rotated like the spinlet logs.
+    log_limits: spinforge_state::config::LogLimits,
 }
 
 impl AdminApi {
@@ -120,6 +127,7 @@ impl AdminApi {
             data_dir: s.data_dir.clone(),
             max_upload: s.builds.max_archive_size,
             token,
+            log_limits: s.logs,
         })
     }
 
@@ -135,7 +143,7 @@ impl AdminApi {
         let addr = self.local_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ctx = Arc::new(Ctx {
-            audit: audit::Audit::new(self.data_dir.join("audit.log")),
+            audit: audit::Audit::new(self.data_dir.join("audit.log"), self.log_limits),
             store: self.store,
             handle,
             data_dir: self.data_dir,
@@ -147,6 +155,7 @@ impl AdminApi {
         });
         tracing::info!(%addr, "admin API listening");
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_client = connections::PerClient::new(MAX_CONNECTIONS_PER_CLIENT);
         let mut conns = tokio::task::JoinSet::new();
         loop {
             let permit = tokio::select! {
@@ -164,10 +173,16 @@ impl AdminApi {
                 },
                 _ = stopped(&mut stop) => break,
             };
+            let Some(client_slot) = per_client.admit(peer.ip()) else {
+                tracing::debug!(%peer, "admin API: too many connections from this address");
+                connections::refuse(stream);
+                continue;
+            };
             let ctx = ctx.clone();
             while conns.try_join_next().is_some() {}
             conns.spawn(async move {
                 let _permit = permit;
+                let _client_slot = client_slot;
                 let service = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move {
@@ -196,4 +211,139 @@ impl AdminApi {
 /// Resolves once `rx` turns true (or its sender is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The per-client connection cap of the admin listener.
+mod connections {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+
+    /// Open connections per client address.
+    #[derive(Debug)]
+    pub(crate) struct PerClient {
+        max: usize,
+        /// Only addresses with open connections: at most `MAX_CONNECTIONS` entries.
+        open: Mutex<HashMap<IpAddr, usize>>,
+    }
+
+    /// One admitted connection; gives its place back when dropped.
+    #[derive(Debug)]
+    pub(crate) struct Slot {
+        owner: Arc<PerClient>,
+        client: IpAddr,
+    }
+
+    impl PerClient {
+        pub fn new(max: usize) -> Arc<PerClient> {
+            Arc::new(PerClient {
+                max,
+                open: Mutex::new(HashMap::new()),
+            })
+        }
+
+        /// A place for a connection from `ip`, or `None` when its address holds `max` already.
+        pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+            let client = client_of(ip);
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let n = open.entry(client).or_insert(0);
+            if *n >= self.max {
+                return None;
+            }
+            *n += 1;
+            Some(Slot {
+                owner: self.clone(),
+                client,
+            })
+        }
+
+        #[cfg(test)]
+        fn open(&self, ip: IpAddr) -> usize {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.get(&client_of(ip)).copied().unwrap_or(0)
+        }
+    }
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.client);
+                }
+            }
+        }
+    }
+
+    /// Who a connection counts against: an IPv4 address (also when mapped into IPv6), or an
+    /// IPv6 /64 (one subscriber's network: its addresses cost nothing to change).
+    fn client_of(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+                }
+            },
+        }
+    }
+
+    /// Answers a connection over the cap with 503 and closes it, without waiting for anything:
+    /// what the client already sent is read away first, so the close is a FIN the client can
+    /// read the answer before, not a reset.
+    pub(crate) fn refuse(stream: tokio::net::TcpStream) {
+        let mut sink = [0u8; 4096];
+        for _ in 0..4 {
+            match stream.try_read(&mut sink) {
+                Ok(n) if n == sink.len() => continue,
+                _ => break,
+            }
+        }
+        let _ = stream.try_write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\ntoo many connections from your address\r\n",
+        );
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_address_has_its_own_cap() {
+            let cap = PerClient::new(2);
+            let a: IpAddr = "192.0.2.1".parse().expect("ip");
+            let b: IpAddr = "192.0.2.2".parse().expect("ip");
+            let one = cap.admit(a).expect("first");
+            let two = cap.admit(a).expect("second");
+            assert!(cap.admit(a).is_none());
+            assert!(cap.admit(b).is_some());
+            // The same address mapped into IPv6 is the same client.
+            assert!(cap.admit("::ffff:192.0.2.1".parse().expect("ip")).is_none());
+            drop(one);
+            assert_eq!(cap.open(a), 1);
+            let three = cap.admit(a).expect("a place again");
+            drop((two, three));
+            assert_eq!(cap.open(a), 0);
+            assert!(
+                cap.open.lock().expect("lock").is_empty(),
+                "no entry left behind"
+            );
+        }
+
+        #[test]
+        fn an_ipv6_network_is_one_client() {
+            let cap = PerClient::new(1);
+            let _held = cap
+                .admit("2001:db8:1:2::1".parse().expect("ip"))
+                .expect("first");
+            assert!(
+                cap.admit("2001:db8:1:2:ffff::9".parse().expect("ip"))
+                    .is_none()
+            );
+            assert!(cap.admit("2001:db8:1:3::1".parse().expect("ip")).is_some());
+        }
+    }
 }

@@ -6,7 +6,7 @@ use crate::problem::Problem;
 use crate::router::{Resp, app_name, json};
 use http::StatusCode;
 use serde_json::{Value, json};
-use spinforge_state::config::AppSource;
+use spinforge_state::config::{AppSource, redact_userinfo};
 use spinforge_state::records::AppRecord;
 use spinforge_supervisor::control::ManagedApp;
 
@@ -17,7 +17,7 @@ pub(crate) fn app_view(app: &ManagedApp, record: Option<&AppRecord>) -> Value {
         "name": c.name,
         "origin": app.origin.as_str(),
         "domains": c.domains,
-        // GitUrl's Display hides a password.
+        // GitUrl's Display hides credentials.
         "source": c.source.to_string(),
         "external": matches!(c.source, AppSource::External(_)),
         "framework": c.framework.as_str(),
@@ -77,7 +77,8 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
             "release": n,
             "current": Some(*n) == current,
             "framework": field("framework"),
-            "source": field("source"),
+            // Releases built before credentials were redacted may still hold them.
+            "source": field("source").as_str().map(|s| redact_userinfo(s).into_owned()),
             "source_commit": field("source_commit"),
             "build_id": field("build_id"),
             "created_ms": field("created_ms"),
@@ -109,7 +110,7 @@ pub(crate) fn build_view(b: &spinforge_state::records::BuildStatus) -> Value {
         "started_ms": b.started,
         "finished_ms": b.finished,
         "release": b.release,
-        "error": b.error,
+        "error": b.error.as_deref().map(redact_userinfo),
     })
 }
 

@@ -159,11 +159,11 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         match auth::check(ctx.token.as_ref(), req.headers().get(header::AUTHORIZATION)) {
             Ok(c) => c,
             Err(why) => {
-                tracing::info!(%peer, %method, %path, "admin API: refused: {why}");
+                tracing::info!(%peer, %method, path = %shown_path(&path), "admin API: refused: {why}");
                 let resp = Problem::new(StatusCode::UNAUTHORIZED, why)
                     .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"spinforge\"")
                     .into_response();
-                finish(&ctx, route, &method, &path, "unauthenticated", &resp, why);
+                finish(&ctx, route, &method, &path, peer, None, &resp, why);
                 return resp;
             }
         }
@@ -176,17 +176,39 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
             (p.into_response(), detail)
         }
     };
-    finish(&ctx, route, &method, &path, caller.id(), &resp, &note);
+    finish(
+        &ctx,
+        route,
+        &method,
+        &path,
+        peer,
+        Some(caller.id()),
+        &resp,
+        &note,
+    );
     resp
 }
 
-/// Counts the answer, and records a change (anything but GET) in the audit log.
+/// A request path for a log line: a client chooses its length.
+fn shown_path(path: &str) -> &str {
+    const MAX: usize = 256;
+    let mut cut = path.len().min(MAX);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &path[..cut]
+}
+
+/// Counts the answer, and records a change (anything but GET) in the audit log. `caller` is the
+/// token's id, `None` for a request without a valid token.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     ctx: &Ctx,
     route: Route<'_>,
     method: &Method,
     path: &str,
-    caller: &str,
+    peer: SocketAddr,
+    caller: Option<&str>,
     resp: &Resp,
     note: &str,
 ) {
@@ -194,7 +216,8 @@ fn finish(
     ctx.metrics.count(route.name(), status);
     if *method != Method::GET && !route.public() {
         ctx.audit.record(&crate::audit::Entry {
-            token: caller,
+            token: caller.unwrap_or("unauthenticated"),
+            client: peer.ip(),
             method: method.as_str(),
             path,
             app: route.app(),
@@ -204,6 +227,7 @@ fn finish(
             } else {
                 note
             },
+            unauthenticated: caller.is_none(),
         });
     }
 }

@@ -31,26 +31,51 @@ const TAIL_MAX: usize = 10_000;
 /// Bytes read from a log file at once while following.
 const READ_CHUNK: usize = 64 << 10;
 
-/// One event on the wire: every line of `data` becomes a `data:` line.
+/// One event on the wire, the only place frames are built: every line of `data` becomes a
+/// `data:` line. Lines end at CRLF, LF or a lone CR, as an EventSource reads them, so text from a
+/// log cannot start a field of its own (`event: end`) or end the event early. `id` and `name`
+/// are ours; a line end in them is dropped all the same.
 fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 32);
-    if let Some(name) = name {
-        out.push_str("event: ");
-        out.push_str(name);
-        out.push('\n');
+    for (field, value) in [("event", name), ("id", id)] {
+        if let Some(value) = value {
+            out.push_str(field);
+            out.push_str(": ");
+            out.extend(value.chars().filter(|c| !matches!(c, '\r' | '\n')));
+            out.push('\n');
+        }
     }
-    if let Some(id) = id {
-        out.push_str("id: ");
-        out.push_str(id);
-        out.push('\n');
-    }
-    for line in data.split('\n') {
+    // A CRLF-terminated line read up to its LF keeps no empty line for the CR.
+    for line in data_lines(data.trim_end_matches('\r')) {
         out.push_str("data: ");
-        out.push_str(line.trim_end_matches('\r'));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
     Bytes::from(out)
+}
+
+/// `text` split at every line end an EventSource knows: CRLF, LF and a lone CR.
+fn data_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match t.find(['\r', '\n']) {
+            Some(i) => {
+                let next = if t[i..].starts_with("\r\n") {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                rest = Some(&t[next..]);
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
 }
 
 /// The sending half of a stream; `send` is false once the client is gone.
@@ -341,4 +366,39 @@ fn read_more(path: &PathBuf, pos: Pos) -> (Vec<u8>, Pos) {
         restarted,
     };
     (buf, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_line_end_starts_a_new_data_line() {
+        assert_eq!(
+            wire(event(None, None, "before\revent: end\rdata: x")),
+            "data: before\ndata: event: end\ndata: data: x\n\n"
+        );
+        assert_eq!(
+            wire(event(None, None, "a\r\nb\nc\r\rd")),
+            "data: a\ndata: b\ndata: c\ndata: \ndata: d\n\n"
+        );
+        assert_eq!(wire(event(None, None, "")), "data: \n\n");
+        assert_eq!(wire(event(None, None, "x\r")), "data: x\n\n");
+        assert_eq!(
+            wire(event(Some("1-0\r\nevent: x"), Some("end"), "{}")),
+            "event: end\nid: 1-0event: x\ndata: {}\n\n"
+        );
+        // What goes out has no CR at all, and every line is a field we wrote.
+        let out = wire(event(Some("7"), None, "\r\revent: end\n\r\nid: 9\r"));
+        assert!(!out.contains('\r'));
+        assert!(
+            out.lines()
+                .all(|l| l.is_empty() || l.starts_with("data: ") || l == "id: 7"),
+            "{out:?}"
+        );
+    }
 }

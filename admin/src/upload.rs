@@ -1,13 +1,16 @@
-//! Uploaded `.tar.gz` sources: streamed to `data_dir/uploads/` under a size cap, then checked
-//! entry by entry with the builder's own unpacking rules (no absolute paths, `..`, links out of
-//! the root, devices, or more than the size limit unpacked) before the supervisor sees them.
-//! Anything refused is removed: a hostile upload leaves nothing behind.
+//! Uploaded `.tar.gz` sources: streamed to `data_dir/uploads/` under a size cap, then checked by
+//! unpacking them with the builder's own extractor (`spinforge_unpack`, through
+//! `build::source::extract_tarball`: written beneath a directory handle, never through a link; no
+//! absolute paths, `..`, links out of the root, hard links to anything but a file inside,
+//! devices, decompression bombs, or more than the size limit unpacked) before the supervisor sees
+//! them. Anything refused is removed: a hostile upload leaves nothing behind.
 
 use crate::Ctx;
 use crate::problem::Problem;
 use crate::router::{Req, too_large};
 use http::StatusCode;
 use http_body_util::BodyExt;
+use spinforge_supervisor::build::BuildError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -115,10 +118,11 @@ pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, P
         let why = e
             .to_string()
             .replace(&partial.display().to_string(), "the upload");
-        let status = if why.contains("unpacks to more than") {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match e {
+            // Our disk, not the upload: say so rather than blame the archive.
+            BuildError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ if why.contains("unpacks to more than") => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
         };
         return Err(Problem::new(status, why));
     }

@@ -1,6 +1,9 @@
 //! The hot deploy folder (`supervisor.deploy_dir`): an app folder (with a `spinforge.yaml` that
 //! holds its app section) or a `.tar.gz` of one dropped there is built and deployed as the app
 //! named after it; `<name>.deployed` or `<name>.failed` (with the reason) is written beside it.
+//! Either is first written into `data_dir/deploys/<name>` by the builder's extractor (nothing
+//! followed through a link, links out of it refused) and built from there; links dropped in the
+//! folder itself are ignored.
 //!
 //! The folder is polled. Something is picked up only once it has stopped changing for
 //! [`SETTLE`] (a folder still being copied keeps changing), and again whenever it changes after
@@ -23,6 +26,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const MAX_IN_FLIGHT: usize = 4;
 /// The app section inside a dropped folder or archive.
 const APP_FILE: &str = "spinforge.yaml";
+/// Bytes of it read at most.
+const MAX_APP_FILE: u64 = 1 << 20;
 
 /// What an entry looked like: file count, bytes and newest change. Equal stamps: unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +139,11 @@ fn scan(dir: &Path) -> std::io::Result<Vec<(PathBuf, Stamp)>> {
             continue;
         }
         let meta = entry.metadata()?;
+        if meta.file_type().is_symlink() {
+            continue; // a link to what its dropper may not read: never followed
+        }
         if meta.is_dir() {
-            if path.join(APP_FILE).is_file() {
+            if std::fs::symlink_metadata(path.join(APP_FILE)).is_ok_and(|m| m.is_file()) {
                 out.push((path, tree_stamp(&entry.path())?));
             }
         } else if archive_name(name).is_some() {
@@ -247,27 +255,29 @@ impl Job {
         let name = app_name(&self.path)
             .ok_or("the entry has no usable name")?
             .to_string();
-        let folder = if self.path.is_dir() {
-            self.path.clone()
-        } else {
-            // Unpacked (with the builder's checks) so that its spinforge.yaml can be read; the
-            // unpacked folder is what gets built.
-            let into = self.data_dir.join("deploys").join(&name);
-            let _ = std::fs::remove_dir_all(&into);
-            let (archive, to, max) = (
-                self.path.clone(),
-                into.clone(),
-                self.limits.max_archive_size,
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::build::source::extract_tarball(&archive, &to, max)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            into
-        };
-        let section = std::fs::read_to_string(folder.join(APP_FILE))
+        // Written by the builder's own extractor (spinforge_unpack) into a folder of ours — a
+        // folder copied, an archive unpacked — so that its spinforge.yaml can be read and what
+        // gets built no longer changes under the build. That copy is the app's source.
+        let folder = self.data_dir.join("deploys").join(&name);
+        let _ = std::fs::remove_dir_all(&folder);
+        let is_folder = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir());
+        let (from, to, max) = (
+            self.path.clone(),
+            folder.clone(),
+            self.limits.max_archive_size,
+        );
+        tokio::task::spawn_blocking(move || {
+            if is_folder {
+                crate::build::source::copy_dropped_folder(&from, &to)
+            } else {
+                crate::build::source::extract_tarball(&from, &to, max)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        // Not through a link: `spinforge.yaml -> /etc/shadow` would quote its lines in errors.
+        let section = spinforge_unpack::read_small(&folder, APP_FILE, MAX_APP_FILE)
             .map_err(|e| format!("cannot read {APP_FILE}: {e}"))?;
         let app = self
             .handle

@@ -133,17 +133,9 @@ fn hand_release_over(dir: &Path, user: Option<RunAs>) -> std::io::Result<()> {
     if std::fs::metadata(dir)?.uid() == u.uid {
         return Ok(());
     }
-    fn walk(p: &Path, u: RunAs) -> std::io::Result<()> {
-        std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid))?;
-        if std::fs::symlink_metadata(p)?.is_dir() {
-            for e in std::fs::read_dir(p)? {
-                walk(&e?.path(), u)?;
-            }
-        }
-        Ok(())
-    }
     tracing::info!(release = %dir.display(), uid = u.uid, "handing the release to the app's user");
-    walk(dir, u)
+    // No link followed, no file with other hard links changed (see chown_tree).
+    spinforge_unpack::chown_tree(dir, u.uid, u.gid).map_err(std::io::Error::other)
 }
 
 /// Between fork and exec, in the child: a session of its own (so its process group is its own

@@ -78,13 +78,11 @@ fn system_has(id: u32) -> bool {
         || matches!(Group::from_gid(Gid::from_raw(id)), Ok(Some(_)))
 }
 
-/// Makes `path` the app's alone: owner `user`, mode `mode` (0700 folders, 0600 files).
+/// Makes `path` the app's alone: owner `user`, mode `mode` (0700 folders, 0600 files). Through a
+/// descriptor opened without following a link: `home` and the like sit in the app's own folder,
+/// where its code could have put a link to a system file in their place.
 pub fn hand_over(path: &Path, user: Option<RunAs>, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(u) = user {
-        std::os::unix::fs::lchown(path, Some(u.uid), Some(u.gid))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    spinforge_unpack::hand_over(path, user.map(|u| (u.uid, u.gid)), mode)
 }
 
 #[cfg(test)]

@@ -326,8 +326,8 @@ impl fmt::Display for AppSource {
     }
 }
 
-/// A git URL. It may carry a token (`https://user:token@host/...`), so `Debug` and `Display`
-/// hide the password.
+/// A git URL. It may carry credentials (`https://TOKEN@host/...`, `https://user:token@host/...`),
+/// so `Debug` and `Display` show it through [`redact_userinfo`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct GitUrl(String);
 
@@ -335,30 +335,21 @@ impl GitUrl {
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
     }
-    /// The full URL, for `git clone` only.
+    /// The full URL, for `git` only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+    /// The credentials in the URL (`user`, or `user:password`), if any: what a log must never
+    /// show, wherever a tool prints it.
+    pub fn userinfo(&self) -> Option<&str> {
+        let (start, end) = userinfo_span(&self.0, self.0.find("://")? + 3)?;
+        Some(&self.0[start..end])
     }
 }
 
 impl fmt::Display for GitUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at))
-                if at > scheme_end && self.0[scheme_end..at].contains(':') =>
-            {
-                let userinfo = &self.0[scheme_end + 3..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                write!(
-                    f,
-                    "{}{}:***{}",
-                    &self.0[..scheme_end + 3],
-                    user,
-                    &self.0[at..]
-                )
-            }
-            _ => f.write_str(&self.0),
-        }
+        f.write_str(&redact_userinfo(&self.0))
     }
 }
 
@@ -366,6 +357,44 @@ impl fmt::Debug for GitUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GitUrl({self})")
     }
+}
+
+/// `text` with the userinfo of every URL in it (`scheme://userinfo@host`) replaced by `***`,
+/// whether it is a user name alone (a token, as GitHub documents it) or `user:password`: a user
+/// name cannot be told from a token, so neither is shown. For anything that shows or stores a
+/// source for people to read: the API, logs, release.json, error messages.
+pub fn redact_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let authority = from + found + 3;
+        from = authority;
+        if let Some((start, end)) = userinfo_span(text, authority) {
+            out.push_str(&text[copied..start]);
+            out.push_str("***");
+            copied = end;
+            from = end;
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where the userinfo of the URL whose authority starts at `authority` lies: up to its last `@`
+/// before the path. As git reads a URL, the authority ends at the first `/` (a `?` or `#` before
+/// the `@` still belongs to the user name); in free text (a log line) it also ends at white space
+/// or a quote. `None` when there is no userinfo, or it is empty.
+fn userinfo_span(text: &str, authority: usize) -> Option<(usize, usize)> {
+    let rest = &text[authority..];
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '\'' | '"' | '<' | '>' | '`'))
+        .unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    (at > 0).then_some((authority, authority + at))
 }
 
 /// `upstream: host:port` of an app SpinForge does not run.
@@ -610,5 +639,74 @@ impl Config {
         self.apps
             .values()
             .find(|a| a.domains.iter().any(|d| d == domain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_urls_never_show_their_credentials() {
+        for (url, shown) in [
+            // A token as the user name, as GitHub documents it.
+            (
+                "https://ghp_abc123@github.com/o/r.git",
+                "https://***@github.com/o/r.git",
+            ),
+            (
+                "https://user:s3cret@github.com/o/r.git",
+                "https://***@github.com/o/r.git",
+            ),
+            ("https://x-access-token:t@h:8443/r", "https://***@h:8443/r"),
+            ("ssh://git@host/r.git", "ssh://***@host/r.git"),
+            // A password holding `@`, `?` or `#` unencoded: all of it up to the last `@`.
+            ("https://u:p@ss?#x@host/r", "https://***@host/r"),
+            // An `@` in the path is not userinfo.
+            (
+                "https://github.com/o/r@v1.git",
+                "https://github.com/o/r@v1.git",
+            ),
+            ("https://github.com/o/r.git", "https://github.com/o/r.git"),
+            ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+            ("/srv/repos/app.git", "/srv/repos/app.git"),
+            ("https://@host/r", "https://@host/r"),
+        ] {
+            let git = GitUrl::new(url);
+            assert_eq!(git.to_string(), shown, "{url}");
+            assert_eq!(format!("{git:?}"), format!("GitUrl({shown})"));
+            assert_eq!(redact_userinfo(url), shown);
+        }
+        let source = AppSource::Git {
+            url: GitUrl::new("https://TOKEN@github.com/o/r.git"),
+            reference: Some("main".into()),
+        };
+        assert_eq!(source.to_string(), "https://***@github.com/o/r.git#main");
+        assert_eq!(
+            GitUrl::new("https://TOKEN@github.com/o/r.git").userinfo(),
+            Some("TOKEN")
+        );
+        assert_eq!(GitUrl::new("https://u:p@h/r").userinfo(), Some("u:p"));
+        assert_eq!(GitUrl::new("https://h/r").userinfo(), None);
+    }
+
+    #[test]
+    fn urls_in_free_text_are_redacted() {
+        for (text, shown) in [
+            (
+                "fatal: could not read Password for 'https://TOKEN@github.com': terminal prompts disabled",
+                "fatal: could not read Password for 'https://***@github.com': terminal prompts disabled",
+            ),
+            (
+                "a https://u:p@h/x and http://t@k/y",
+                "a https://***@h/x and http://***@k/y",
+            ),
+            ("from https://***@h/x", "from https://***@h/x"),
+            ("mail me@example.com", "mail me@example.com"),
+            ("odd :// @", "odd :// @"),
+            ("end with https://tok@", "end with https://***@"),
+        ] {
+            assert_eq!(redact_userinfo(text), shown, "{text}");
+        }
     }
 }

@@ -140,8 +140,13 @@ fn join(path: &str, name: &str) -> String {
 
 impl Walker<'_> {
     fn error(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        // Quoted in logs and API answers: a git URL on the line keeps its token to itself.
         let source_line = (pos.line >= 1)
-            .then(|| self.lines.get(pos.line as usize - 1).map(|l| l.to_string()))
+            .then(|| {
+                self.lines
+                    .get(pos.line as usize - 1)
+                    .map(|l| super::redact_userinfo(l).into_owned())
+            })
             .flatten();
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
@@ -1123,7 +1128,8 @@ fn source(text: &str, base: &Path) -> Result<AppSource, String> {
     let archive = text.ends_with(".tar.gz") || text.ends_with(".tgz");
     if archive && text.contains("://") {
         return Err(format!(
-            "`{text}`: downloading archives is not supported; give a local .tar.gz, a git URL or a folder"
+            "`{}`: downloading archives is not supported; give a local .tar.gz, a git URL or a folder",
+            super::redact_userinfo(text)
         ));
     }
     let (url, reference) = match text.rsplit_once('#') {

@@ -6,7 +6,7 @@
 //! `node_modules`, links `prod` and skips the prune as well. One key per app is kept.
 
 use super::package_manager::PackageManager;
-use super::source::link_tree;
+use spinforge_unpack::link_tree;
 use std::path::{Path, PathBuf};
 
 /// The cache key of an install.
@@ -92,7 +92,7 @@ impl NodeModulesCache {
         let set = set.to_string();
         let from = release.join("node_modules");
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if !from.is_dir() {
+            if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
                 return Ok(());
             }
             if set == FULL {
@@ -100,7 +100,9 @@ impl NodeModulesCache {
             }
             let target = dir.join(&key).join(&set);
             let _ = std::fs::remove_dir_all(&target);
-            link_tree(&from, &target.join("node_modules"))?;
+            // `from` is what the app's install left: link_tree does not follow its name or any
+            // link inside, so a `node_modules` turned into a link to elsewhere is refused.
+            link_tree(&from, &target.join("node_modules")).map_err(std::io::Error::other)?;
             std::fs::write(target.join(COMPLETE), b"")?;
             Ok(())
         })

@@ -137,13 +137,7 @@ pub async fn prepare(
                 return Ok(reuse(runner, r));
             }
             let (from, to) = (dir.clone(), staging.clone());
-            blocking(move || source::copy_tree(&from, &to))
-                .await
-                .map_err(io(format!(
-                    "copying {} into {}",
-                    dir.display(),
-                    staging.display()
-                )))?;
+            blocking_build(move || source::copy_tree(&from, &to)).await?;
             (sum, None)
         }
         AppSource::Tarball(file) => {
@@ -160,14 +154,8 @@ pub async fn prepare(
                 .log
                 .line(format!("[spinforge] unpacking {}", file.display()));
             let (from, to, max) = (file.clone(), staging.clone(), ctx.limits.max_archive_size);
-            let unpacked =
-                tokio::task::spawn_blocking(move || source::extract_tarball(&from, &to, max))
-                    .await
-                    .map_err(|e| BuildError::Source(format!("unpacking task failed: {e}")))?;
-            if let Err(e) = unpacked {
-                let _ = tokio::fs::remove_dir_all(&staging).await;
-                return Err(e);
-            }
+            // A refused archive leaves no staging folder behind (the extractor removes it).
+            blocking_build(move || source::extract_tarball(&from, &to, max)).await?;
             (sum, None)
         }
         AppSource::Git { url, reference } => {
@@ -186,7 +174,16 @@ pub async fn prepare(
                 &staging,
             )
             .await;
-            let commit = match result {
+            let checked = match result {
+                Ok(c) => {
+                    let (dir, shown) = (staging.clone(), url.to_string());
+                    blocking_build(move || source::check_checkout(&dir, &shown))
+                        .await
+                        .map(|()| c)
+                }
+                Err(e) => Err(e),
+            };
+            let commit = match checked {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tokio::fs::remove_dir_all(&staging).await;
@@ -227,7 +224,17 @@ pub async fn prepare(
         created_ms: spinforge_state::now_ms(),
     };
     let json = serde_json::to_vec_pretty(&info).expect("release info serializes");
-    tokio::fs::write(staging.join("release.json"), json)
+    // The source may hold a release.json of its own, or a link by that name: replace it, never
+    // write through it.
+    let release_json = staging.join("release.json");
+    let _ = tokio::fs::remove_file(&release_json).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&release_json)
+        .await
+        .map_err(io("writing release.json"))?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, &json)
         .await
         .map_err(io("writing release.json"))?;
     // The rename makes a release appear whole or not at all.
@@ -264,6 +271,14 @@ fn reuse(runner: &Runner, r: &Release) -> Outcome {
         release: r.clone(),
         reused: true,
     }
+}
+
+async fn blocking_build<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(BuildError::Source(format!("task failed: {e}"))))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -416,7 +431,9 @@ async fn build_in(
         }
         if detected.build_script {
             if detected.framework == Framework::Next {
-                restore_build_cache(runner, previous, dir, ".next/cache", ctx.run_as).await?;
+                let app_dir = ctx.data_dir.join("apps").join(&app.name);
+                restore_build_cache(runner, previous, &app_dir, dir, ".next/cache", ctx.run_as)
+                    .await;
             }
             let args: Vec<&str> = lead.iter().copied().chain(pm.run_args("build")).collect();
             runner.run(&program, &args, dir, &[]).await?;
@@ -482,42 +499,48 @@ async fn build_in(
 
 /// Copies a framework's build cache (e.g. Next's `.next/cache`) from the previous release, so an
 /// unchanged part of the app is not compiled again. A copy, not links: the build rewrites these
-/// files in place, and the previous release must not change.
+/// files in place, and the previous release must not change. Both releases are the app's (its
+/// code ran in them), so both are reached from `app_dir` without following a link, and the copy
+/// is handed to the app's user as it is made. Any failure only costs the reuse.
 async fn restore_build_cache(
     runner: &Runner,
     previous: Option<&Release>,
+    app_dir: &Path,
     dir: &Path,
     rel: &str,
     run_as: Option<RunAs>,
-) -> Result<(), BuildError> {
-    let Some(previous) = previous else {
-        return Ok(());
-    };
-    let from = previous.dir.join(rel);
-    if !from.is_dir() || dir.join(rel).exists() {
-        return Ok(());
+) {
+    let Some(previous) = previous else { return };
+    let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !is_dir(&previous.dir.join(rel)) || std::fs::symlink_metadata(dir.join(rel)).is_ok() {
+        return;
     }
-    let to = dir.join(rel);
-    let copied = blocking({
-        let (from, to) = (from.clone(), to.clone());
-        move || source::copy_tree(&from, &to)
+    let (Ok(from), Ok(to)) = (
+        previous
+            .dir
+            .join(rel)
+            .strip_prefix(app_dir)
+            .map(Path::to_path_buf),
+        dir.join(rel).strip_prefix(app_dir).map(Path::to_path_buf),
+    ) else {
+        return;
+    };
+    let anchor = app_dir.to_path_buf();
+    let owner = run_as.map(|u| (u.uid, u.gid));
+    let copied = tokio::task::spawn_blocking(move || {
+        spinforge_unpack::copy_tree_beneath(&anchor, &from, &to, source::SKIPPED, owner)
+            .map_err(|e| e.to_string())
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     match copied {
-        Ok(()) => {
-            runner.log.line(format!(
-                "[spinforge] {rel} reused from release {}",
-                previous.info.number
-            ));
-            chown_tree(&to, run_as, false).await
-        }
-        Err(e) => {
-            runner.log.line(format!(
-                "[spinforge] note: cannot reuse {rel} ({e}); building without it"
-            ));
-            let _ = tokio::fs::remove_dir_all(&to).await;
-            Ok(())
-        }
+        Ok(()) => runner.log.line(format!(
+            "[spinforge] {rel} reused from release {}",
+            previous.info.number
+        )),
+        Err(e) => runner.log.line(format!(
+            "[spinforge] note: cannot reuse {rel} ({e}); building without it"
+        )),
     }
 }
 
@@ -529,15 +552,18 @@ fn static_root(dir: &Path, has_manifest: bool, built: bool) -> Result<String, Bu
     } else {
         &[".", "public"]
     };
+    // A served folder that is a link could lead out of the release: only real folders.
+    let real_dir =
+        |c: &str| c == "." || std::fs::symlink_metadata(dir.join(c)).is_ok_and(|m| m.is_dir());
     for c in candidates {
-        if dir.join(c).join("index.html").is_file() {
+        if real_dir(c) && dir.join(c).join("index.html").is_file() {
             return Ok((*c).to_string());
         }
     }
     for c in candidates {
         let p = dir.join(c);
         if *c != "."
-            && p.is_dir()
+            && real_dir(c)
             && std::fs::read_dir(&p)
                 .map(|mut r| r.next().is_some())
                 .unwrap_or(false)
@@ -584,12 +610,14 @@ fn build_env(
         cache.join("pnpm-store"),
         home.clone(),
     ] {
-        if !d.is_dir() {
-            std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
-            if let Some(u) = ctx.run_as {
-                chown_one(&d, u)
-                    .map_err(io(format!("handing {} to the build user", d.display())))?;
+        match (ctx.run_as, d.strip_prefix(&app_dir)) {
+            // The app's own folder (its code may have put links there): created beneath it
+            // without following one, each new folder handed to the app's user.
+            (Some(u), Ok(rel)) => {
+                spinforge_unpack::create_owned_dirs(&app_dir, rel, Some((u.uid, u.gid)))
+                    .map_err(io(format!("creating {} for the app's user", d.display())))?;
             }
+            _ => std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?,
         }
     }
     let mut env: Vec<(OsString, OsString)> = Vec::new();
@@ -624,7 +652,9 @@ fn build_env(
     Ok(env)
 }
 
-/// Hands `path` (and everything under it) to the build user; nothing without `run_as`.
+/// Hands `path` (and everything under it) to the build user; nothing without `run_as`. Through
+/// [`spinforge_unpack::chown_tree`]: no link is followed, and a file with other hard links is
+/// left as it is (one of them may be a file outside the tree).
 async fn chown_tree(path: &Path, run_as: Option<RunAs>, create: bool) -> Result<(), BuildError> {
     let Some(user) = run_as else { return Ok(()) };
     let path = path.to_path_buf();
@@ -633,23 +663,8 @@ async fn chown_tree(path: &Path, run_as: Option<RunAs>, create: bool) -> Result<
         if create {
             std::fs::create_dir_all(&path)?;
         }
-        chown_walk(&path, user)
+        spinforge_unpack::chown_tree(&path, user.uid, user.gid).map_err(std::io::Error::other)
     })
     .await
     .map_err(io(format!("handing {shown} to the build user")))
-}
-
-fn chown_walk(path: &Path, user: RunAs) -> std::io::Result<()> {
-    chown_one(path, user)?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_walk(&entry?.path(), user)?;
-        }
-    }
-    Ok(())
-}
-
-fn chown_one(path: &Path, user: RunAs) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
 }

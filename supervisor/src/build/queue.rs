@@ -230,13 +230,15 @@ impl Builder {
     }
 }
 
-/// What must never show in a build log: the app's env values and a git URL's password.
+/// What must never show in a build log: the app's env values and a git URL's credentials (a
+/// token may be the user name), also where a tool prints them outside a URL (ssh: `TOKEN@host`).
 fn secrets_of(app: &AppConfig) -> Vec<String> {
     let mut out: Vec<String> = app.env.values().map(|v| v.expose().to_string()).collect();
     if let spinforge_state::config::AppSource::Git { url, .. } = &app.source {
-        let raw = url.expose();
-        if let (Some(scheme), Some(at)) = (raw.find("://"), raw.rfind('@')) {
-            if let Some((_, password)) = raw[scheme + 3..at.max(scheme + 3)].split_once(':') {
+        if let Some(userinfo) = url.userinfo() {
+            // `user:password`, or a user name alone that is the token.
+            out.push(userinfo.to_string());
+            if let Some((_, password)) = userinfo.split_once(':') {
                 out.push(password.to_string());
             }
         }

@@ -35,7 +35,7 @@ pub struct BuildLog {
     file: Mutex<Option<std::fs::File>>,
     tail: Mutex<VecDeque<String>>,
     store: Option<mpsc::Sender<String>>,
-    /// Values shown as `***` wherever they appear (env values, a git URL's password).
+    /// Values shown as `***` wherever they appear (env values, a git URL's credentials).
     secrets: Vec<String>,
 }
 
@@ -72,6 +72,10 @@ impl BuildLog {
     /// Appends one line.
     pub fn line(&self, text: impl Into<String>) {
         let mut text: String = text.into();
+        // Credentials in any URL a tool prints (git names the URL it could not authenticate).
+        if let std::borrow::Cow::Owned(redacted) = spinforge_state::config::redact_userinfo(&text) {
+            text = redacted;
+        }
         for secret in &self.secrets {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), "***");

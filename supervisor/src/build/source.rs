@@ -1,17 +1,16 @@
 //! Sources: a local folder copied, a git repository cloned shallowly at a ref, or a `.tar.gz`
-//! unpacked — refusing entries that escape the root, links out of it, device files and archives
-//! over the size limit. Each gives an identity (tree checksum, commit, archive checksum) that
-//! tells whether the newest release already is this source.
+//! unpacked. Every untrusted tree is written by [`spinforge_unpack`] (beneath a directory handle,
+//! never through a link; entries that escape the root, links out of it, devices and archives over
+//! the limits refused). Each source gives an identity (tree checksum, commit, archive checksum)
+//! that tells whether the newest release already is this source.
 
 use super::BuildError;
 use super::runner::Runner;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Entries never copied from a source folder.
 pub const SKIPPED: &[&str] = &["node_modules", ".git"];
-/// Entries an archive may hold at most.
-const MAX_ENTRIES: u64 = 200_000;
 
 /// A checksum of every file's relative path and content (symlinks by target), skipping
 /// [`SKIPPED`].
@@ -60,43 +59,39 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Copies a source folder (without [`SKIPPED`]) into `to`.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut files = Vec::new();
-    walk(from, Path::new(""), &mut files)?;
-    std::fs::create_dir_all(to)?;
-    for rel in files {
-        let (src, dst) = (from.join(&rel), to.join(&rel));
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let meta = std::fs::symlink_metadata(&src)?;
-        if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst)?;
-        }
-    }
-    Ok(())
+/// Copies a source folder (without [`SKIPPED`]) into `to`, through [`spinforge_unpack`]: no
+/// symlink is read through, and one that points outside the folder refuses the copy (a release
+/// must not carry a way out of itself).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+    spinforge_unpack::copy_tree(from, to, SKIPPED).map_err(refusing(from.display()))
 }
 
-/// Copies a tree with hard links for files (symlinks as links): fast, and shares no directory,
-/// so files added or removed in one copy never show in the other.
-pub fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            link_tree(&src, &dst)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst)?;
+/// Copies a folder dropped in the deploy folder into `to` like [`copy_tree`], without following
+/// the folder's own name (whoever drops folders there can drop links too).
+pub fn copy_dropped_folder(path: &Path, to: &Path) -> Result<(), BuildError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(BuildError::Source(format!(
+            "{} is not a folder",
+            path.display()
+        )));
+    };
+    spinforge_unpack::copy_entry(parent, name, to, SKIPPED).map_err(refusing(path.display()))
+}
+
+/// Refuses a git checkout holding a symlink that resolves outside it (git can commit
+/// `leak -> /etc/shadow`), or anything but files, folders and links.
+pub fn check_checkout(dir: &Path, shown_url: &str) -> Result<(), BuildError> {
+    spinforge_unpack::check_links(dir, "the checkout").map_err(refusing(shown_url))
+}
+
+/// The builder's error for a tree (`what`) that `spinforge_unpack` refused or failed to write.
+fn refusing(what: impl std::fmt::Display) -> impl FnOnce(spinforge_unpack::Error) -> BuildError {
+    move |e| match e {
+        spinforge_unpack::Error::Refused(why) => {
+            BuildError::Source(format!("refusing {what}: {why}"))
         }
+        spinforge_unpack::Error::Io { what, source } => BuildError::Io { what, source },
     }
-    Ok(())
 }
 
 /// Clones `url` at `reference` (branch, tag or commit; `None`: the default branch) into `into`
@@ -197,207 +192,12 @@ async fn run_quiet(
     }
 }
 
-/// Unpacks a `.tar.gz` into `into` (created), refusing anything unsafe; a single top-level
-/// folder holding everything is unwrapped.
+/// Unpacks a `.tar.gz` into `into` (created, or an empty folder) with [`spinforge_unpack`],
+/// refusing anything unsafe; a single top-level folder holding everything is unwrapped. The
+/// builder, the deploy folder and the admin API's upload check all unpack through here.
 pub fn extract_tarball(archive: &Path, into: &Path, max_bytes: u64) -> Result<(), BuildError> {
-    let shown = archive.display().to_string();
-    let refuse = |why: String| BuildError::Source(format!("refusing {shown}: {why}"));
-    // First pass: check every entry before anything is written.
-    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<std::fs::File>>, BuildError> {
-        let file = std::fs::File::open(archive).map_err(super::io(format!("opening {shown}")))?;
-        Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
-    };
-    let mut total: u64 = 0;
-    let mut count: u64 = 0;
-    let mut tops = std::collections::BTreeSet::new();
-    let mut top_is_dir = true;
-    {
-        let mut ar = open()?;
-        let entries = ar
-            .entries()
-            .map_err(|e| refuse(format!("not a .tar.gz archive ({e})")))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| refuse(format!("unreadable archive ({e})")))?;
-            count += 1;
-            if count > MAX_ENTRIES {
-                return Err(refuse(format!("more than {MAX_ENTRIES} entries")));
-            }
-            let path = entry
-                .path()
-                .map_err(|e| refuse(format!("an entry with an unreadable name ({e})")))?
-                .into_owned();
-            let name = path.display().to_string();
-            let rel = safe_relative(&path).ok_or_else(|| {
-                refuse(format!("entry `{name}` points outside the archive's root"))
-            })?;
-            let kind = entry.header().entry_type();
-            use tar::EntryType as T;
-            match kind {
-                T::Regular | T::Continuous | T::GNUSparse => {
-                    total = total.saturating_add(entry.header().size().unwrap_or(u64::MAX));
-                    if total > max_bytes {
-                        return Err(refuse(format!(
-                            "it unpacks to more than {} MiB (supervisor.builds.max_archive_size)",
-                            max_bytes >> 20
-                        )));
-                    }
-                }
-                T::Directory => {}
-                T::Symlink | T::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| {
-                            refuse(format!("link `{name}` has an unreadable target ({e})"))
-                        })?
-                        .ok_or_else(|| refuse(format!("link `{name}` has no target")))?
-                        .into_owned();
-                    let resolved = if kind == T::Symlink {
-                        if target.is_absolute() {
-                            None
-                        } else {
-                            safe_relative(&rel.parent().unwrap_or(Path::new("")).join(&target))
-                        }
-                    } else {
-                        safe_relative(&target)
-                    };
-                    if resolved.is_none() {
-                        return Err(refuse(format!(
-                            "link `{name}` points outside the archive's root (to `{}`)",
-                            target.display()
-                        )));
-                    }
-                }
-                T::Char | T::Block | T::Fifo => {
-                    return Err(refuse(format!(
-                        "entry `{name}` is a device or FIFO; an app's source holds files, folders and links"
-                    )));
-                }
-                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-                other => {
-                    return Err(refuse(format!(
-                        "entry `{name}` has an unsupported type ({other:?})"
-                    )));
-                }
-            }
-            let mut comps = rel.components();
-            if let Some(first) = comps.next() {
-                tops.insert(first.as_os_str().to_owned());
-                if comps.next().is_none() && kind != T::Directory {
-                    top_is_dir = false;
-                }
-            }
-        }
-    }
-    // `app/package.json`, `app/src/...`: unwrap `app/`.
-    let strip = if tops.len() == 1 && top_is_dir {
-        tops.into_iter().next()
-    } else {
-        None
-    };
-    std::fs::create_dir_all(into).map_err(super::io(format!("creating {}", into.display())))?;
-    let mut ar = open()?;
-    ar.set_preserve_permissions(false);
-    ar.set_preserve_ownerships(false);
-    ar.set_unpack_xattrs(false);
-    ar.set_overwrite(true);
-    let entries = ar
-        .entries()
-        .map_err(|e| refuse(format!("not a .tar.gz archive ({e})")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| refuse(format!("unreadable archive ({e})")))?;
-        let path = entry
-            .path()
-            .map_err(|e| refuse(format!("unreadable name ({e})")))?
-            .into_owned();
-        let Some(rel) = safe_relative(&path) else {
-            return Err(refuse(format!(
-                "entry `{}` points outside the archive's root",
-                path.display()
-            )));
-        };
-        if rel.as_os_str().is_empty() {
-            continue; // `./`, the root itself (`tar -C dir .` writes it)
-        }
-        let rel = match &strip {
-            Some(top) => match rel.strip_prefix(top) {
-                Ok(r) if r.as_os_str().is_empty() => continue,
-                Ok(r) => r.to_path_buf(),
-                Err(_) => rel,
-            },
-            None => rel,
-        };
-        let kind = entry.header().entry_type();
-        if kind == tar::EntryType::Link {
-            // Hard links name their target from the archive root: map it like the entry.
-            let target = entry
-                .link_name()
-                .ok()
-                .flatten()
-                .and_then(|t| safe_relative(&t))
-                .ok_or_else(|| refuse(format!("bad hard link `{}`", path.display())))?;
-            let target = match &strip {
-                Some(top) => target
-                    .strip_prefix(top)
-                    .map(Path::to_path_buf)
-                    .unwrap_or(target),
-                None => target,
-            };
-            let dst = into.join(&rel);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent).map_err(super::io("creating a folder"))?;
-            }
-            let src = into.join(&target);
-            if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst).map_err(|e| {
-                    refuse(format!(
-                        "hard link `{}` to a missing file ({e})",
-                        path.display()
-                    ))
-                })?;
-            }
-            continue;
-        }
-        let dst = into.join(&rel);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(super::io("creating a folder"))?;
-            // Never write through a link placed by an earlier entry.
-            let canon = parent
-                .canonicalize()
-                .map_err(super::io("resolving a folder"))?;
-            let root = into
-                .canonicalize()
-                .map_err(super::io("resolving the root"))?;
-            if !canon.starts_with(&root) {
-                return Err(refuse(format!(
-                    "entry `{}` would be written through a link out of the root",
-                    path.display()
-                )));
-            }
-        }
-        entry
-            .unpack(&dst)
-            .map_err(|e| refuse(format!("cannot unpack `{}` ({e})", path.display())))?;
-    }
-    Ok(())
-}
-
-/// `path` as a plain relative path that stays inside the root (`a/./b` → `a/b`, `a/../b` → `b`);
-/// `None` for absolute paths or ones that climb above the root.
-fn safe_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
+    let limits = spinforge_unpack::Limits::new(max_bytes);
+    spinforge_unpack::unpack_tar_gz(archive, into, &limits).map_err(refusing(archive.display()))
 }
 
 /// Reads at most `limit` bytes of a small text file.
