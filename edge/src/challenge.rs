@@ -21,18 +21,22 @@ pub fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
-/// Whether a plain-HTTP request is ours to answer: an ACME token, or a redirect to HTTPS.
-/// `host` is the normalized Host.
-pub fn wants(tls: &TlsState, session: &Session, host: &str) -> bool {
-    !is_tls(session)
-        && (session.req_header().uri.path().starts_with(CHALLENGE_PATH)
-            || tls.has_trusted_cert(host))
+/// Whether a plain-HTTP request is ours to answer: an ACME token (`acme`, as the request policy
+/// read the target), or a redirect to HTTPS. `host` is the normalized host it is for.
+pub fn wants(tls: &TlsState, session: &Session, host: &str, acme: bool) -> bool {
+    !is_tls(session) && (acme || tls.has_trusted_cert(host))
 }
 
 /// Answers a request [`wants`] took: the token's key authorization (or 404), or a 308 to HTTPS
-/// with path and query kept.
-pub async fn answer(tls: &TlsState, session: &mut Session, host: &str) -> Result<()> {
-    let path = session.req_header().uri.path();
+/// with path and query kept. `path_and_query`: the target in origin form.
+pub async fn answer(
+    tls: &TlsState,
+    session: &mut Session,
+    host: &str,
+    path_and_query: &[u8],
+) -> Result<()> {
+    let path_and_query = String::from_utf8_lossy(path_and_query);
+    let path = path_and_query.split('?').next().unwrap_or("");
     if let Some(token) = path.strip_prefix(CHALLENGE_PATH) {
         return match tls.http_challenge(token, host) {
             Some(answer) => {
@@ -46,8 +50,6 @@ pub async fn answer(tls: &TlsState, session: &mut Session, host: &str) -> Result
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
     };
-    let uri = &session.req_header().uri;
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let location = format!("https://{host}{port}{path_and_query}");
     respond(session, 308, None, Some(location)).await
 }

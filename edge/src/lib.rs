@@ -21,6 +21,7 @@ pub mod errors;
 pub mod fast;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod sync;
@@ -337,10 +338,16 @@ impl Edge {
                 let mut options = HttpServerOptions::default();
                 options.h2_idle_timeout = Some(self.config.keepalive_timeout);
                 http.server_options = Some(options);
+                // HTTP/1.1 over TLS reads its heads through the fast path too (its memory bound
+                // and its proxying); HTTP/2 goes to Pingora.
                 let app = Arc::new(Counted {
                     inner: Arc::new(http),
                     metrics: metrics.clone(),
-                    fast: None,
+                    fast: fast_path.then(|| fast::FastPath {
+                        proxy: proxy.clone(),
+                        header_timeout: self.config.header_timeout,
+                        closing: watch::channel(false).0,
+                    }),
                 });
                 let guard = tls::listener::Guard {
                     counts: connection_counts.clone(),

@@ -5,7 +5,8 @@ use crate::compress::{self, Encoder};
 use crate::errors::EdgeError;
 use crate::limits::{self, ClientRates, Gcra, Verdict};
 use crate::metrics::{Gauge, Metrics, method_index};
-use crate::routing::{AppEntry, OpenStream, normalize_host};
+use crate::policy;
+use crate::routing::{AppEntry, OpenStream};
 use crate::sync::Snapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,10 +29,6 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Retry-After for 503s.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). Pingora itself
-/// handles `Connection`, `Transfer-Encoding` and `Upgrade`, which frame the message (the fast
-/// path adds those it must drop itself).
-pub(crate) const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer"];
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -71,6 +68,16 @@ pub struct RequestCtx {
     /// Counts this request against its upstream's load while it lives.
     upstream_load: Option<crate::balance::UpstreamLoad>,
     request_id: Option<HeaderValue>,
+    /// The authority of an absolute-form target (it wins over Host; the app gets it as Host).
+    target_authority: Option<HeaderValue>,
+    /// Idempotent and bodiless: the policy lets a failed exchange be sent again.
+    replayable: bool,
+    /// An upgrade (WebSocket) as the policy reads it: `Upgrade` listed in `Connection`.
+    upgrade: bool,
+    /// Sends left on a fresh connection after a pooled one failed (the policy allows one).
+    replays_left: u8,
+    /// The next attempt goes to the same upstream on a fresh connection ([`policy::Retry::Fresh`]).
+    same_upstream: bool,
     cold_start: Option<Duration>,
     /// Request body bytes seen so far (for the body limit on chunked uploads).
     body_bytes: u64,
@@ -212,25 +219,46 @@ async fn answer(session: &mut Session, ctx: &RequestCtx, error: EdgeError) -> Re
     session.write_response_body(Some(body), true).await
 }
 
-/// Request smuggling shapes that Pingora tolerates but an edge must not: both Content-Length
-/// and Transfer-Encoding (Pingora drops the length and goes on), or several Content-Lengths.
-fn smuggling_shape(session: &Session) -> Option<&'static str> {
-    let headers = &session.req_header().headers;
-    if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Some("more than one Content-Length");
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if let Some(h1) = session.as_downstream().as_http1() {
-            let raw = h1.get_headers_raw_bytes();
-            if raw
+/// Reads the request head with the one request policy. Pingora drops a Content-Length sent
+/// beside Transfer-Encoding (and goes on): the raw head is looked at for that one shape, so
+/// that the policy refuses it as the fast path does.
+fn read_request(session: &Session) -> std::result::Result<policy::RequestFacts<'_>, EdgeError> {
+    let req = session.req_header();
+    let headers = &req.headers;
+    let hidden_length = headers.contains_key(header::TRANSFER_ENCODING)
+        && session.as_downstream().as_http1().is_some_and(|h1| {
+            h1.get_headers_raw_bytes()
                 .split(|&b| b == b'\n')
                 .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-            {
-                return Some("both Content-Length and Transfer-Encoding");
-            }
+        });
+    let extra_length = hidden_length.then_some((&b"content-length"[..], &b"0"[..]));
+    let (version, target): (_, &[u8]) = match req.version {
+        http::Version::HTTP_2 | http::Version::HTTP_3 => (
+            policy::Version::Http2,
+            req.uri
+                .path_and_query()
+                .map_or(b"/", |p| p.as_str().as_bytes()),
+        ),
+        http::Version::HTTP_10 | http::Version::HTTP_09 => {
+            (policy::Version::Http10, req.raw_path())
         }
-    }
-    None
+        _ => (policy::Version::Http11, req.raw_path()),
+    };
+    // HTTP/2 names the authority in `:authority`; Host, when sent too, must agree with it.
+    let authority = (version == policy::Version::Http2 && !headers.contains_key(header::HOST))
+        .then(|| req.uri.authority())
+        .flatten()
+        .map(|a| (&b"host"[..], a.as_str().as_bytes()));
+    policy::read_request(
+        req.method.as_str().as_bytes(),
+        target,
+        version,
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .chain(extra_length)
+            .chain(authority),
+    )
 }
 
 /// The size of the request head as the client sent it.
@@ -253,41 +281,27 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Strips hop-by-hop headers, including any the `Connection` header names (but not the ones
-/// Pingora needs to frame the message or pass a WebSocket upgrade on).
-/// Allocates only when there is something to strip (nearly never: the fixed names are checked in
-/// place, and only a `Connection` header can name others).
-fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = HOP_BY_HOP
-        .iter()
-        .filter(|n| headers.contains_key(**n))
-        .map(|n| n.to_string())
-        .collect();
+/// The headers of a message the policy drops (`request`: on the way to the app, else on the
+/// way to the client). Pingora writes the framing headers itself. Allocates only when there is
+/// something to drop.
+fn dropped_headers(headers: &http::HeaderMap, request: bool) -> Vec<http::HeaderName> {
+    let mut connection = policy::ConnectionHeaders::default();
+    let mut too_many = false;
     for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            // The usual `keep-alive`/`close`/`upgrade` are Pingora's to handle: no allocation.
-            let ours = [
-                "close",
-                "keep-alive",
-                "upgrade",
-                "transfer-encoding",
-                "content-length",
-                "host",
-            ]
-            .iter()
-            .any(|n| token.eq_ignore_ascii_case(n.as_bytes()));
-            if token.is_empty() || ours {
-                continue;
-            }
-            let Ok(t) = std::str::from_utf8(token).map(str::to_ascii_lowercase) else {
-                continue;
-            };
-            if headers.contains_key(t.as_str()) && !names.contains(&t) {
-                names.push(t);
-            }
+        too_many |= connection.push_value(v.as_bytes()).is_err();
+    }
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let rule = if request {
+            policy::request_header(name.as_str().as_bytes(), &connection)
+        } else {
+            policy::response_header(name.as_str().as_bytes(), &connection)
+        };
+        if rule == policy::Forward::Drop && !names.contains(name) {
+            names.push(name.clone());
         }
     }
+    let _ = too_many; // the request was refused already; an answer's extra lists name nothing new
     names
 }
 
@@ -379,6 +393,11 @@ impl ProxyHttp for EdgeProxy {
             upstream: None,
             upstream_load: None,
             request_id: None,
+            target_authority: None,
+            replayable: false,
+            upgrade: false,
+            replays_left: 1,
+            same_upstream: false,
             cold_start: None,
             body_bytes: 0,
             accept_encoding: None,
@@ -395,7 +414,9 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if session.as_downstream().as_http1().is_some() {
+        // Our idle timeout, unless Pingora already decided to close (HTTP/1.0, `close`, or a
+        // framing it found doubtful): never turn keep-alive back on.
+        if session.as_downstream().as_http1().is_some() && session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.settings.keepalive.as_secs().max(1)));
         }
         Ok(())
@@ -407,23 +428,38 @@ impl ProxyHttp for EdgeProxy {
             Some(v) if sane_request_id(v) => v.clone(),
             _ => new_request_id(),
         });
-        if let Some(shape) = smuggling_shape(session) {
-            tracing::debug!(shape, "refusing an ambiguous request");
-            answer(session, ctx, EdgeError::BadRequest).await?;
-            return Ok(true);
-        }
-        let req = session.req_header();
-        let raw_host = match req.headers.get(header::HOST) {
-            Some(h) => h.as_bytes(),
-            None => req.uri.host().map(str::as_bytes).unwrap_or_default(),
+        let facts = match read_request(session) {
+            Ok(f) => f,
+            Err(refused) => {
+                tracing::debug!(
+                    status = refused.status(),
+                    "refusing a request the policy does not accept"
+                );
+                // Its framing is in doubt: nothing more is read from this connection.
+                session.set_keepalive(None);
+                answer(session, ctx, refused).await?;
+                return Ok(true);
+            }
         };
-        let Some(host) = normalize_host(raw_host) else {
+        let Some(host) = facts.host().map(|h| h.into_owned()) else {
+            session.set_keepalive(None);
             answer(session, ctx, EdgeError::NoHost).await?;
             return Ok(true);
         };
-        if crate::challenge::wants(&self.tls, session, &host) {
-            let host = host.into_owned();
-            crate::challenge::answer(&self.tls, session, &host).await?;
+        let acme = facts.is_acme_challenge();
+        let path = facts.path.clone().into_owned();
+        let close = facts.close;
+        ctx.replayable = facts.replayable(session.req_header().method.as_str().as_bytes());
+        ctx.upgrade = facts.upgrade;
+        if facts.from_target {
+            ctx.target_authority = HeaderValue::from_bytes(facts.authority).ok();
+        }
+        if close {
+            // Any `Connection: close` the client sent, not only the first header's.
+            session.set_keepalive(None);
+        }
+        if crate::challenge::wants(&self.tls, session, &host, acme) {
+            crate::challenge::answer(&self.tls, session, &host, &path).await?;
             return Ok(true);
         }
         let entry = match self.snapshot.load().lookup(&host) {
@@ -433,7 +469,6 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         };
-        let host = host.into_owned();
         let policy = entry.policy.clone();
         if head_size(session) as u64 > policy.max_header_bytes {
             answer(session, ctx, EdgeError::HeadersTooLarge).await?;
@@ -538,8 +573,13 @@ impl ProxyHttp for EdgeProxy {
         if ctx.attempts == 0 {
             ctx.first_upstream = app.runtime.next_upstream();
         }
-        let addr = choose_upstream(app, ctx.first_upstream, ctx.attempts);
-        ctx.attempts += 1;
+        let addr = match ctx.upstream {
+            Some(same) if std::mem::take(&mut ctx.same_upstream) => same,
+            _ => {
+                ctx.attempts += 1;
+                choose_upstream(app, ctx.first_upstream, ctx.attempts - 1)
+            }
+        };
         ctx.upstream = Some(addr);
         ctx.upstream_load = None; // a failed attempt's count ends before the next one's starts
         ctx.upstream_load = Some(app.runtime.loads.start(addr));
@@ -549,6 +589,35 @@ impl ProxyHttp for EdgeProxy {
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         // No read or write timeouts: WebSockets and event streams may sit quiet for hours.
         Ok(Box::new(peer))
+    }
+
+    /// A failure once the request went out: sent again only where the policy says it is safe
+    /// (the same rule as the fast path's).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstreams = ctx.app.as_ref().map_or(0, |a| a.upstreams.len());
+        let retry = policy::retry_after(
+            reused,
+            ctx.replayable,
+            &mut ctx.replays_left,
+            ctx.attempts.saturating_sub(1),
+            upstreams,
+        );
+        ctx.same_upstream = retry == policy::Retry::Fresh;
+        if retry == policy::Retry::Next
+            && let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream)
+        {
+            app.runtime.breakers.failure(addr, now_ms());
+        }
+        e.set_retry(retry != policy::Retry::No);
+        e
     }
 
     fn fail_to_connect(
@@ -584,10 +653,28 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in strip_hop_by_hop(&upstream.headers) {
-            upstream.remove_header(name.as_str());
+        for name in dropped_headers(&upstream.headers, true) {
+            upstream.remove_header(&name);
         }
-        // We are the edge: what the client claims in X-Forwarded-* is not to be trusted, replace it.
+        if !ctx.upgrade {
+            // Not listed in Connection: not an upgrade (RFC 9110 §7.8), whatever Pingora made of
+            // it (it would add `Connection: Upgrade` of its own).
+            upstream.remove_header(&header::UPGRADE);
+            upstream.remove_header(&header::CONNECTION);
+        }
+        // An absolute-form target: the app gets the origin form, and the target's authority as
+        // Host (RFC 9112 §3.2.2).
+        if let Some(authority) = ctx.target_authority.clone() {
+            let path = upstream
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            upstream.set_raw_path(path.as_bytes())?;
+            upstream.insert_header(header::HOST, authority)?;
+        }
+        // We are the edge: the forwarding headers are ours (`policy::FORWARDING`), the client's
+        // were dropped above.
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -601,7 +688,7 @@ impl ProxyHttp for EdgeProxy {
             "http"
         };
         upstream.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+        if let Some(host) = upstream.headers.get(header::HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         if let Some(id) = &ctx.request_id {
@@ -616,11 +703,42 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let upgrade_asked = ctx.upgrade;
+        let version = match resp.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => policy::Version::Http10,
+            _ => policy::Version::Http11,
+        };
+        if let Err(policy::BadResponse(why)) = policy::read_response(
+            resp.status.as_u16(),
+            version,
+            head_request,
+            upgrade_asked,
+            resp.headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        ) {
+            return Err(Error::explain(ErrorType::InvalidHTTPHeader, why).into_up());
+        }
         if let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream) {
             app.runtime.breakers.success(addr);
         }
-        for name in strip_hop_by_hop(&resp.headers) {
-            resp.remove_header(name.as_str());
+        for name in dropped_headers(&resp.headers, false) {
+            resp.remove_header(&name);
+        }
+        if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            resp.remove_header(&header::UPGRADE);
+        }
+        if resp.status == http::StatusCode::NO_CONTENT {
+            // A 204 has no body (RFC 9110 §15.3.5): it announces none either.
+            resp.remove_header(&header::CONTENT_LENGTH);
+            resp.remove_header(&header::TRANSFER_ENCODING);
+        }
+        // We speak HTTP/1.1 to the client whatever the app spoke (RFC 9110 §2.5).
+        if version == policy::Version::Http10
+            && session.req_header().version == http::Version::HTTP_11
+        {
+            resp.set_version(http::Version::HTTP_11);
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
@@ -634,33 +752,18 @@ impl ProxyHttp for EdgeProxy {
         let Some(app) = ctx.app.clone() else {
             return Ok(());
         };
-        let sec = &app.policy.security_headers;
         // HSTS only over HTTPS, for names with a trusted certificate.
         let tls = crate::challenge::hsts_applies(&self.tls, session);
-        for (name, value) in [
-            (
-                "strict-transport-security",
-                sec.hsts.as_deref().filter(|_| tls),
-            ),
-            (
-                "x-content-type-options",
-                sec.content_type_options.as_deref(),
-            ),
-            ("referrer-policy", sec.referrer_policy.as_deref()),
-            ("x-frame-options", sec.frame_options.as_deref()),
-        ] {
-            if let Some(v) = value
-                && !resp.headers.contains_key(name)
-            {
-                resp.insert_header(name, v)?;
+        for (name, value) in policy::security_headers(&app.policy, tls) {
+            if !resp.headers.contains_key(name) {
+                resp.insert_header(name, value)?;
             }
         }
         if resp.status.as_u16() == 101 || is_event_stream(resp) {
             ctx.open_stream = Some(app.runtime.open_stream());
         }
         if app.policy.compression {
-            let head = session.req_header().method == http::Method::HEAD;
-            if let Some(enc) = compress::decide(resp, ctx.accept_encoding, head) {
+            if let Some(enc) = compress::decide(resp, ctx.accept_encoding, head_request) {
                 ctx.encoder = Some(
                     Encoder::new(enc)
                         .map_err(|e| Error::because(ErrorType::InternalError, "compressor", e))?,

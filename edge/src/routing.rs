@@ -13,6 +13,9 @@ use std::sync::{Arc, OnceLock};
 pub struct RoutingTable {
     hosts: HashMap<Box<str>, Arc<AppEntry>>,
     apps: HashMap<Arc<str>, Arc<AppEntry>>,
+    /// The largest request head any app accepts (`limits.headers`): no connection buffers a
+    /// longer one, whichever app it turns out to be for.
+    max_header_bytes: u64,
 }
 
 /// An app as the request path sees it.
@@ -211,9 +214,19 @@ impl RoutingTable {
                     e
                 }
             };
+            table.max_header_bytes = table.max_header_bytes.max(entry.policy.max_header_bytes);
             table.hosts.insert(domain.into(), entry);
         }
         table
+    }
+
+    /// The largest request head any app accepts; the default limit when there is no app.
+    pub fn max_header_bytes(&self) -> u64 {
+        if self.hosts.is_empty() {
+            EdgePolicy::default().max_header_bytes
+        } else {
+            self.max_header_bytes
+        }
     }
 
     /// The app for a normalized host: the exact name, else the wildcard one label up.

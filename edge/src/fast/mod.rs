@@ -3,14 +3,19 @@
 //! allocations), which cost about twice NGINX's CPU per request on the bench.
 //!
 //! A connection on the plain listener starts here. Each request head is read into the
-//! connection's buffer and parsed once; a request the fast path takes is written to a pooled
-//! upstream connection with its head rewritten (hop-by-hop headers dropped, X-Forwarded-* and
-//! X-Request-Id set) and the answer passed back with the same rules the full path applies
-//! (X-Request-Id, security headers, `Vary`). Anything else ([`head::Unfit`], an unknown host,
-//! a stopped app, an ACME token or an HTTPS redirect, a body over the limit, a client that
-//! accepts compression for an app that compresses) is handed to Pingora with the bytes read so
-//! far put back, and that path answers it exactly as before; the connection comes back here
-//! after it.
+//! connection's buffer (never more than the largest `limits.headers` of any app: a longer head
+//! is answered 431 here) and parsed once; the one request policy ([`crate::policy`]) reads it;
+//! a request the fast path takes is written to a pooled upstream connection with its head
+//! rewritten by that policy and the answer passed back under the same policy. Anything else
+//! ([`head::Unfit`], an unknown host, a stopped app, an ACME token or an HTTPS redirect, a body
+//! over the limit, a client that accepts compression for an app that compresses) is handed to
+//! Pingora with its complete head put back, and that path answers it from the same policy; the
+//! connection comes back here after it. Pingora never reads a request head from the network
+//! on this listener (but an h2c connection's, which HTTP/2's own limits bound).
+//!
+//! An upstream connection is reused only when proven clean: its answer was framed and read to
+//! its exact end with nothing after it, the policy found no reason to doubt that end, and when
+//! taken from the pool it is neither readable nor closed (one non-blocking peek).
 //!
 //! The same rules hold as on the full path: no lock or store call (the routing snapshot, atomics,
 //! a thread-local pool); rate limits, per-upstream load counts, breakers and metrics are shared;
@@ -19,15 +24,18 @@
 
 pub mod head;
 mod pool;
+pub mod rewound;
 
 use crate::errors::EdgeError;
 use crate::metrics::method_index;
+use crate::policy::{ResponseBody, Retry, retry_after};
 use crate::proxy::{AccessLine, EdgeProxy, InFlight, choose_upstream, log_access};
 use crate::routing::{AppEntry, normalize_host};
-use head::{BodyLength, Chunks, RequestHead, ResponseRules};
+use head::{Chunks, Parsed, RequestHead, ResponseRules};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
+use rewound::Rewound;
 use spinforge_state::now_ms;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,9 +44,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A request head (with whatever body bytes came along) must fit in this; larger ones go to
-/// Pingora, which applies the app's header limit.
-const READ_BUF: usize = 16 * 1024;
 /// What a connection's buffers start with (and go back to between requests, for the upstream
 /// side): most heads are well under this, and idle keep-alive connections should cost little.
 const SMALL_BUF: usize = 4 * 1024;
@@ -61,6 +66,22 @@ pub struct FastPath {
     pub closing: watch::Sender<bool>,
 }
 
+/// What reading the next request head found.
+enum Next {
+    Head(RequestHead),
+    /// HTTP/2's prior-knowledge preface: the connection is Pingora's (h2c).
+    Http2,
+    /// Not a request, or a head longer than any app accepts: answered here, then closed.
+    Refuse(EdgeError),
+}
+
+/// A connection as the fast path finds it.
+enum Kind {
+    Plain(Box<L4Stream>),
+    Tls(Box<Rewound>),
+    Other(Stream),
+}
+
 /// How a connection left the fast path.
 #[derive(Debug)]
 pub enum Served {
@@ -69,14 +90,52 @@ pub enum Served {
     /// The next request is the full path's (its bytes are put back into the stream); the
     /// connection comes back afterwards.
     Fallback(Stream),
-    /// The connection is the full path's from here on: not HTTP/1.1 as the fast path reads it
-    /// (HTTP/1.0, HTTP/2's prior-knowledge preface, garbage).
+    /// The connection is the full path's from here on: HTTP/2's prior-knowledge preface.
     Handover(Stream),
 }
 
+/// A client connection the fast path serves: read, written, and given bytes back for the full
+/// path to read again.
+trait Client:
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + pingora_core::protocols::GetSocketDigest
+    + Unpin
+    + Send
+    + Sync
+    + 'static
+{
+    fn put_back(&mut self, bytes: &[u8]);
+    fn into_stream(self: Box<Self>) -> Stream;
+}
+
+/// Plain TCP.
+impl Client for L4Stream {
+    fn put_back(&mut self, bytes: &[u8]) {
+        self.rewind(bytes);
+    }
+
+    fn into_stream(self: Box<Self>) -> Stream {
+        self
+    }
+}
+
+/// TLS (HTTP/1.1 over it).
+impl Client for Rewound {
+    fn put_back(&mut self, bytes: &[u8]) {
+        self.rewind(bytes);
+    }
+
+    fn into_stream(self: Box<Self>) -> Stream {
+        self
+    }
+}
+
 /// A client connection while the fast path has it.
-struct Conn {
-    client: Box<L4Stream>,
+struct Conn<C> {
+    client: Box<C>,
+    /// Over TLS (HTTPS).
+    tls: bool,
     /// The client's address (logged) and IP (forwarded, limited).
     peer: Option<pingora_core::protocols::l4::socket::SocketAddr>,
     ip: Option<IpAddr>,
@@ -88,15 +147,15 @@ struct Conn {
     up_buf: Vec<u8>,
 }
 
-impl Conn {
+impl<C: Client> Conn<C> {
     fn fallback(mut self, whole_connection: bool) -> Served {
         if !self.buf.is_empty() {
-            self.client.rewind(&self.buf);
+            self.client.put_back(&self.buf);
         }
         if whole_connection {
-            Served::Handover(self.client)
+            Served::Handover(self.client.into_stream())
         } else {
-            Served::Fallback(self.client)
+            Served::Fallback(self.client.into_stream())
         }
     }
 }
@@ -106,6 +165,8 @@ struct Plan {
     app: Arc<AppEntry>,
     /// Over the app's rate limit: answer 429 after this wait.
     limited: Option<Duration>,
+    /// Answers get the app's HSTS header (HTTPS, a trusted certificate).
+    hsts: bool,
 }
 
 /// How a request ended for its connection.
@@ -160,20 +221,50 @@ enum Failed {
 impl FastPath {
     /// Serves `stream`'s requests until it closes or a request needs the full path.
     pub async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Served {
-        // Only plain TCP connections (HTTPS has its own accept loop and goes to Pingora).
-        if !stream.as_any().is::<L4Stream>() {
-            return Served::Handover(stream);
+        match Self::classify(stream) {
+            Kind::Plain(plain) => self.serve_on(plain, false, shutdown).await,
+            Kind::Tls(tls) => self.serve_on(tls, true, shutdown).await,
+            Kind::Other(other) => Served::Handover(other),
         }
-        let Ok(client) = stream.into_any().downcast::<L4Stream>() else {
-            return Served::Closed; // checked just above
-        };
-        use pingora_core::protocols::GetSocketDigest;
+    }
+
+    /// Plain TCP, or HTTP/1.1 over TLS (wrapped, on its first request, so that it can be put
+    /// back into), or something for Pingora alone (HTTP/2 over TLS).
+    fn classify(stream: Stream) -> Kind {
+        use pingora_core::protocols::ALPN;
+        if stream.as_any().is::<L4Stream>() {
+            return match stream.into_any().downcast::<L4Stream>() {
+                Ok(plain) => Kind::Plain(plain),
+                Err(_) => unreachable!("checked just above"),
+            };
+        }
+        if stream.as_any().is::<Rewound>() {
+            return match stream.into_any().downcast::<Rewound>() {
+                Ok(tls) => Kind::Tls(tls),
+                Err(_) => unreachable!("checked just above"),
+            };
+        }
+        if stream.get_ssl_digest().is_some()
+            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+        {
+            return Kind::Tls(Box::new(Rewound::new(stream)));
+        }
+        Kind::Other(stream)
+    }
+
+    async fn serve_on<C: Client>(
+        &self,
+        client: Box<C>,
+        tls: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Served {
         let peer = client
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let ip = peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip());
         let mut conn = Conn {
             client,
+            tls,
             peer,
             ip,
             buf: Vec::with_capacity(SMALL_BUF),
@@ -183,10 +274,22 @@ impl FastPath {
         let mut closing = self.closing.subscribe();
         loop {
             let head = match self.next_head(&mut conn, &mut closing).await {
-                Some(Ok(head)) => head,
-                Some(Err(unfit)) => return conn.fallback(unfit != head::Unfit::Framing),
+                Some(Next::Head(head)) => head,
+                Some(Next::Http2) => return conn.fallback(true),
+                Some(Next::Refuse(error)) => {
+                    let id = RequestId::for_request(None);
+                    let sent = self.answer(&mut conn, None, error, &id, true).await;
+                    self.proxy.metrics.unrouted(error.status());
+                    if sent.is_none() {
+                        tracing::debug!("could not send the error page");
+                    }
+                    return Served::Closed;
+                }
                 None => return Served::Closed,
             };
+            if head.unfit.is_some() {
+                return conn.fallback(false);
+            }
             let Some(plan) = self.plan(&conn, &head) else {
                 return conn.fallback(false);
             };
@@ -199,21 +302,29 @@ impl FastPath {
 
     /// Reads until the buffer starts with a complete request head. `None`: the connection is
     /// done (closed, idle too long, slow head, or the service is closing while it idles).
-    async fn next_head(
+    async fn next_head<C: Client>(
         &self,
-        conn: &mut Conn,
+        conn: &mut Conn<C>,
         closing: &mut watch::Receiver<bool>,
-    ) -> Option<Result<RequestHead, head::Unfit>> {
+    ) -> Option<Next> {
         let mut head_deadline = None;
+        // No app takes a longer head: reading more would only cost memory.
+        let max_head = self.proxy.snapshot.load().max_header_bytes() as usize;
         loop {
             if !conn.buf.is_empty() {
                 match head::parse_request(&conn.buf, &mut conn.out) {
-                    Ok(Some(head)) => return Some(Ok(head)),
-                    Ok(None) if conn.buf.len() >= READ_BUF => {
-                        return Some(Err(head::Unfit::Head));
+                    Parsed::Head(head) if head.len > max_head => {
+                        return Some(Next::Refuse(EdgeError::HeadersTooLarge));
                     }
-                    Ok(None) => {}
-                    Err(unfit) => return Some(Err(unfit)),
+                    Parsed::Head(head) => return Some(Next::Head(head)),
+                    Parsed::Partial if conn.buf.len() > max_head => {
+                        return Some(Next::Refuse(EdgeError::HeadersTooLarge));
+                    }
+                    Parsed::Partial => {}
+                    Parsed::Unparsable if conn.buf.starts_with(b"PRI * HTTP/2.0") => {
+                        return Some(Next::Http2);
+                    }
+                    Parsed::Unparsable => return Some(Next::Refuse(EdgeError::BadRequest)),
                 }
             }
             let deadline = if conn.buf.is_empty() {
@@ -222,13 +333,15 @@ impl FastPath {
                 *head_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.header_timeout)
             };
-            // Grows up to READ_BUF when a head needs it (then parse says Unfit::Head).
+            // Grows only as a head needs it, to one byte past the largest allowed.
             if conn.buf.capacity() - conn.buf.len() < 1024 {
-                conn.buf.reserve(SMALL_BUF.min(READ_BUF - conn.buf.len()));
+                conn.buf
+                    .reserve(SMALL_BUF.min((max_head + 1).saturating_sub(conn.buf.len()).max(1)));
             }
+            let room = (max_head + 1).saturating_sub(conn.buf.len()).max(1);
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, conn.client.read_buf(&mut conn.buf)) => r,
+                r = tokio::time::timeout_at(deadline, read_at_most(&mut *conn.client, &mut conn.buf, room)) => r,
                 _ = closing.wait_for(|c| *c), if conn.buf.is_empty() => return None,
             };
             match read {
@@ -239,14 +352,11 @@ impl FastPath {
     }
 
     /// Whether the fast path takes this request, and for which app.
-    fn plan(&self, conn: &Conn, head: &RequestHead) -> Option<Plan> {
+    fn plan<C: Client>(&self, conn: &Conn<C>, head: &RequestHead) -> Option<Plan> {
         let buf = &conn.buf;
-        let host = normalize_host(&buf[head.host.clone()?])?;
-        let path = &buf[head.path.clone()];
-        let tls = &self.proxy.tls;
-        if path.starts_with(crate::challenge::CHALLENGE_PATH.as_bytes())
-            || tls.has_trusted_cert(&host)
-        {
+        let host = normalize_host(&buf[head.authority.clone()])?;
+        let trusted = self.proxy.tls.has_trusted_cert(&host);
+        if !conn.tls && (head.acme || trusted) {
             return None; // an ACME token or a redirect to HTTPS
         }
         let app = self.proxy.snapshot.load().lookup(&host)?.clone();
@@ -270,13 +380,17 @@ impl FastPath {
             .rate_limit
             .as_ref()
             .and_then(|limit| self.proxy.rate_limited(conn.ip, &app, limit));
-        Some(Plan { app, limited })
+        Some(Plan {
+            app,
+            limited,
+            hsts: conn.tls && trusted,
+        })
     }
 
     /// Proxies one request (or answers it with 429 or 502).
-    async fn proxy_one(
+    async fn proxy_one<C: Client>(
         &self,
-        conn: &mut Conn,
+        conn: &mut Conn<C>,
         head: &RequestHead,
         plan: Plan,
         shutdown: &ShutdownWatch,
@@ -298,7 +412,7 @@ impl FastPath {
             let error = EdgeError::RateLimited { retry_after: wait };
             // An unread body would be taken for the next request: close instead.
             let close = close || body_left > 0;
-            let sent = self.answer(conn, head, error, &id, close).await;
+            let sent = self.answer(conn, Some(head), error, &id, close).await;
             self.finish(
                 conn,
                 head,
@@ -318,28 +432,19 @@ impl FastPath {
         }
 
         // `conn.out` holds the upstream head as `next_head` began it.
-        let host = head.host.clone().map_or(&[][..], |r| &conn.buf[r]);
-        head::finish_upstream_request(&mut conn.out, conn.ip, host, id.as_bytes());
+        let host = &conn.buf[head.authority.clone()];
+        let proto = if conn.tls { "https" } else { "http" };
+        head::finish_upstream_request(&mut conn.out, conn.ip, proto, host, id.as_bytes());
         conn.out
             .extend_from_slice(&conn.buf[head.len..head.len + body_here]);
         let rules = ResponseRules {
             request_id: id.as_bytes(),
             head_request: method == http::Method::HEAD,
-            compression: app.policy.compression,
-            security: {
-                let sec = &app.policy.security_headers;
-                [
-                    (
-                        "x-content-type-options",
-                        sec.content_type_options.as_deref(),
-                    ),
-                    ("referrer-policy", sec.referrer_policy.as_deref()),
-                    ("x-frame-options", sec.frame_options.as_deref()),
-                ]
-            },
+            policy: &app.policy,
+            hsts: plan.hsts,
             close,
         };
-        let replayable = method.is_idempotent() && head.content_length == 0;
+        let replayable = head.replayable;
         let result = self
             .exchange(conn, &app, &rules, body_left, replayable)
             .await;
@@ -348,7 +453,7 @@ impl FastPath {
             Err(Failed::BeforeResponse) => {
                 app.runtime.metrics().upstream_error();
                 let sent = self
-                    .answer(conn, head, EdgeError::BadGateway, &id, true)
+                    .answer(conn, Some(head), EdgeError::BadGateway, &id, true)
                     .await;
                 (502, sent, false)
             }
@@ -369,9 +474,9 @@ impl FastPath {
     /// Sends the request (its head and body already in `conn.out`, `body_left` bytes of body
     /// still to come from the client) and passes the answer back. `Ok((status, body bytes sent,
     /// whether the client connection can take another request))`.
-    async fn exchange(
+    async fn exchange<C: Client>(
         &self,
-        conn: &mut Conn,
+        conn: &mut Conn<C>,
         app: &AppEntry,
         rules: &ResponseRules<'_>,
         body_left: u64,
@@ -387,11 +492,16 @@ impl FastPath {
             let pooled = if fresh_only { None } else { pool::take(addr) };
             let reused = pooled.is_some();
             let mut up = match pooled {
-                Some(up) if replayable || still_open(&up) => up,
-                Some(_) => {
+                Some((up, pool::Idle::Clean)) => up,
+                Some((_, pool::Idle::Closed)) => {
                     // Closed while idle: so probably are the others; the next try connects anew.
                     pool::forget(addr);
                     fresh_only = true;
+                    continue;
+                }
+                Some((_, pool::Idle::Stray)) => {
+                    // Bytes nobody asked for: not an answer to give anyone. Dropped.
+                    tracing::debug!(upstream = %addr, "an idle upstream connection had stray bytes; closed");
                     continue;
                 }
                 None => match connect(addr).await {
@@ -441,7 +551,7 @@ impl FastPath {
                 failed_before_answer!();
             }
             if body_left > 0 {
-                copy_body(&mut conn.client, &mut up, &mut conn.up_buf, body_left).await?;
+                copy_body(&mut *conn.client, &mut up, &mut conn.up_buf, body_left).await?;
             }
             // Interim (1xx) answers pass on as they come; then the final head.
             conn.up_buf.clear();
@@ -450,8 +560,8 @@ impl FastPath {
                 if !conn.up_buf.is_empty() {
                     conn.out.clear();
                     match head::rewrite_response(&conn.up_buf, &mut conn.out, rules) {
-                        Ok(Some(h)) if h.status < 200 => {
-                            write_client(&mut conn.client, &conn.out).await?;
+                        Ok(Some(h)) if h.interim => {
+                            write_client(&mut *conn.client, &conn.out).await?;
                             conn.up_buf.drain(..h.len);
                             interim_sent = true;
                             continue;
@@ -489,32 +599,33 @@ impl FastPath {
         let mut upstream_reusable = h.upstream_keepalive;
         let mut client_reusable = true;
         match h.body {
-            BodyLength::None => {
+            ResponseBody::None => {
                 upstream_reusable &= body.is_empty();
-                write_client(&mut conn.client, &conn.out).await?;
+                write_client(&mut *conn.client, &conn.out).await?;
             }
-            BodyLength::Exactly(len) => {
+            ResponseBody::Length(len) => {
                 let here = (body.len() as u64).min(len) as usize;
                 upstream_reusable &= body.len() as u64 <= len;
                 conn.out.extend_from_slice(&body[..here]);
-                write_client(&mut conn.client, &conn.out).await?;
+                write_client(&mut *conn.client, &conn.out).await?;
                 sent += here as u64;
                 let mut left = len - here as u64;
                 while left > 0 {
                     let n = read_some(&mut up, &mut conn.up_buf, left).await?;
-                    write_client(&mut conn.client, &conn.up_buf[..n]).await?;
+                    write_client(&mut *conn.client, &conn.up_buf[..n]).await?;
                     left -= n as u64;
                     sent += n as u64;
                 }
             }
-            BodyLength::Chunked => {
+            ResponseBody::Chunked => {
                 let mut chunks = Chunks::new();
+                // Nothing was sent yet: a body that starts malformed gets a 502 page.
                 let used = chunks
                     .feed(body)
-                    .map_err(|head::Malformed| Failed::Midway)?;
+                    .map_err(|head::Malformed| Failed::BeforeResponse)?;
                 upstream_reusable &= used == body.len();
                 conn.out.extend_from_slice(&body[..used]);
-                write_client(&mut conn.client, &conn.out).await?;
+                write_client(&mut *conn.client, &conn.out).await?;
                 sent += used as u64;
                 while !chunks.done() {
                     let n = read_some(&mut up, &mut conn.up_buf, BODY_CHUNK as u64).await?;
@@ -522,15 +633,15 @@ impl FastPath {
                         .feed(&conn.up_buf[..n])
                         .map_err(|head::Malformed| Failed::Midway)?;
                     upstream_reusable &= used == n;
-                    write_client(&mut conn.client, &conn.up_buf[..used]).await?;
+                    write_client(&mut *conn.client, &conn.up_buf[..used]).await?;
                     sent += used as u64;
                 }
             }
-            BodyLength::UntilClose => {
+            ResponseBody::UntilClose => {
                 upstream_reusable = false;
                 client_reusable = false;
                 conn.out.extend_from_slice(body);
-                write_client(&mut conn.client, &conn.out).await?;
+                write_client(&mut *conn.client, &conn.out).await?;
                 sent += body.len() as u64;
                 loop {
                     conn.up_buf.clear();
@@ -538,7 +649,7 @@ impl FastPath {
                     match up.read_buf(&mut conn.up_buf).await {
                         Ok(0) => break,
                         Ok(n) => {
-                            write_client(&mut conn.client, &conn.up_buf[..n]).await?;
+                            write_client(&mut *conn.client, &conn.up_buf[..n]).await?;
                             sent += n as u64;
                         }
                         Err(_) => return Err(Failed::Midway),
@@ -557,15 +668,15 @@ impl FastPath {
     }
 
     /// Writes one of the edge's own pages. `Some(body bytes)` when it was sent.
-    async fn answer(
+    async fn answer<C: Client>(
         &self,
-        conn: &mut Conn,
-        head: &RequestHead,
+        conn: &mut Conn<C>,
+        head: Option<&RequestHead>,
         error: EdgeError,
         id: &RequestId,
         close: bool,
     ) -> Option<u64> {
-        let accept = head.accept.clone().map(|r| &conn.buf[r]);
+        let accept = head.and_then(|h| h.accept.clone()).map(|r| &conn.buf[r]);
         let (page, body) = error.render(accept, id.as_str()).ok()?;
         let out = &mut conn.out;
         out.clear();
@@ -589,15 +700,15 @@ impl FastPath {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
-        write_client(&mut conn.client, &conn.out).await.ok()?;
+        write_client(&mut *conn.client, &conn.out).await.ok()?;
         Some(body.len() as u64)
     }
 
     /// Counts and logs a finished request (`sent`: body bytes, `None` when the answer failed).
     #[allow(clippy::too_many_arguments)]
-    fn finish(
+    fn finish<C: Client>(
         &self,
-        conn: &Conn,
+        conn: &Conn<C>,
         head: &RequestHead,
         app: &AppEntry,
         id: &RequestId,
@@ -621,7 +732,7 @@ impl FastPath {
                 request_id: id.as_str(),
                 app: &app.name,
                 client: conn.peer.as_ref().map(|a| a as &dyn std::fmt::Display),
-                host: text(head.host.clone()),
+                host: text(Some(head.authority.clone())),
                 method,
                 path: text(Some(head.path.clone()))
                     .split('?')
@@ -639,38 +750,6 @@ impl FastPath {
     }
 }
 
-/// Where to send a request again whose exchange failed before any byte of an answer.
-enum Retry {
-    /// A new connection to the same upstream: the pooled one had been closed by it.
-    Fresh,
-    /// The next upstream.
-    Next,
-    No,
-}
-
-/// As NGINX's `proxy_next_upstream error`: only a request that is idempotent and has no body is
-/// sent again once its bytes went out — once more on a fresh connection if it went out on a
-/// pooled one (the upstream had closed it while idle), else to the next upstream (this one is
-/// failing, or its process died with the request in its accept queue). Others get a 502.
-fn retry_after(
-    reused: bool,
-    replayable: bool,
-    replays_left: &mut u8,
-    attempt: usize,
-    upstreams: usize,
-) -> Retry {
-    if !replayable {
-        Retry::No
-    } else if reused && *replays_left > 0 {
-        *replays_left -= 1;
-        Retry::Fresh
-    } else if attempt + 1 < upstreams {
-        Retry::Next
-    } else {
-        Retry::No
-    }
-}
-
 async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let up = tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -679,15 +758,9 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(up)
 }
 
-/// Whether a pooled connection is still open (a read that would block), for requests that must
-/// not be replayed. One non-blocking read: no bytes are expected from an idle upstream.
-fn still_open(up: &TcpStream) -> bool {
-    matches!(up.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
 /// Moves `len` body bytes from the client to the upstream (never reading past the body).
-async fn copy_body(
-    client: &mut L4Stream,
+async fn copy_body<C: Client>(
+    client: &mut C,
     up: &mut TcpStream,
     scratch: &mut Vec<u8>,
     mut len: u64,
@@ -709,6 +782,16 @@ async fn copy_body(
     Ok(())
 }
 
+/// Reads at most `limit` more bytes from the client into `buf`'s spare capacity (appended).
+async fn read_at_most<C: Client>(
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    use bytes::BufMut;
+    client.read_buf(&mut buf.limit(limit)).await
+}
+
 /// Reads at most `limit` bytes from the upstream into `buf` (replacing its contents).
 async fn read_some(up: &mut TcpStream, buf: &mut Vec<u8>, limit: u64) -> Result<usize, Failed> {
     buf.clear();
@@ -720,7 +803,7 @@ async fn read_some(up: &mut TcpStream, buf: &mut Vec<u8>, limit: u64) -> Result<
     }
 }
 
-async fn write_client(client: &mut L4Stream, bytes: &[u8]) -> Result<(), Failed> {
+async fn write_client<C: Client>(client: &mut C, bytes: &[u8]) -> Result<(), Failed> {
     let write = async {
         client.write_all(bytes).await?;
         client.flush().await

@@ -15,20 +15,31 @@ const MAX_IDLE: usize = 512;
 const SWEEP_EVERY: u32 = 1024;
 
 #[derive(Default)]
-struct Idle {
+struct Lists {
     by_upstream: HashMap<SocketAddr, Vec<(TcpStream, Instant)>>,
     count: usize,
     returns: u32,
 }
 
 thread_local! {
-    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
+    static IDLE: RefCell<Lists> = RefCell::new(Lists::default());
+}
+
+/// What an idle connection held when it was taken from the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing to read and still open: it can carry a request.
+    Clean,
+    /// The upstream closed it (or it broke).
+    Closed,
+    /// Bytes arrived that no request asked for: a stray answer, never to be passed on.
+    Stray,
 }
 
 /// The most recently used idle connection to `addr` that is younger than
-/// [`crate::proxy::UPSTREAM_IDLE`]; older ones are closed on the way.
-pub fn take(addr: SocketAddr) -> Option<TcpStream> {
-    IDLE.with_borrow_mut(|idle| {
+/// [`crate::proxy::UPSTREAM_IDLE`] (older ones are closed on the way), with what it holds.
+pub fn take(addr: SocketAddr) -> Option<(TcpStream, Idle)> {
+    let conn = IDLE.with_borrow_mut(|idle| {
         let list = idle.by_upstream.get_mut(&addr)?;
         let now = Instant::now();
         while let Some((conn, since)) = list.pop() {
@@ -38,7 +49,21 @@ pub fn take(addr: SocketAddr) -> Option<TcpStream> {
             }
         }
         None
-    })
+    })?;
+    let state = inspect(&conn);
+    Some((conn, state))
+}
+
+/// One non-blocking peek at the socket itself (a system call, not the runtime's cached
+/// readiness, which may not have seen bytes that just arrived).
+fn inspect(conn: &TcpStream) -> Idle {
+    use rustix::net::{RecvFlags, recv};
+    let mut byte = [0u8; 1];
+    match recv(conn, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Err(e) if e == rustix::io::Errno::AGAIN => Idle::Clean,
+        Ok((0, _)) | Err(_) => Idle::Closed,
+        Ok(_) => Idle::Stray,
+    }
 }
 
 /// Keeps `conn` for the next request to `addr` (or closes it when the pool is full).
@@ -69,7 +94,7 @@ pub fn forget(addr: SocketAddr) {
     });
 }
 
-fn sweep(idle: &mut Idle) {
+fn sweep(idle: &mut Lists) {
     let now = Instant::now();
     let mut count = 0;
     idle.by_upstream.retain(|_, list| {
