@@ -896,3 +896,93 @@ async fn cli_deploy_packs_the_folder_and_uploads_it() {
         );
     }
 }
+
+/// Issue 15: the id a deploy answers names a build that already exists, even when the app's task
+/// is busy (here: starting spinlets that take 3 s to listen) and cannot look at the deploy yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_id_is_known_as_soon_as_the_deploy_answers() {
+    let ws = Workspace::new();
+    let sf = up(&ws, "");
+    let api = api(&sf);
+    let r = api
+        .send(
+            api.req("PUT", "/api/v1/apps/slowboot", Some(ADMIN_TOKEN))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"domains": ["slowboot.test"], "source": "{}", "idle_timeout": 0, "env": {{"BOOT_DELAY_MS": "3000"}}, "health_check": {{"timeout": "20s"}}}}"#,
+                    fixture("echo").display()
+                )),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    eventually(Duration::from_secs(30), "slowboot runs", || async {
+        let list = api.get("/api/v1/spinlets").await.json();
+        list.as_array()?
+            .iter()
+            .any(|s| s["app"] == "slowboot" && s["state"] == "running")
+            .then_some(())
+    })
+    .await;
+    // A restart keeps the app's task busy until the new spinlet listens.
+    let restart = {
+        let api = Api::new(sf.admin.unwrap());
+        tokio::spawn(async move {
+            api.send(api.req("POST", "/api/v1/apps/slowboot/restart", Some(ADMIN_TOKEN)))
+                .await
+        })
+    };
+    eventually(Duration::from_secs(10), "a spinlet is starting", || async {
+        let list = api.get("/api/v1/spinlets").await.json();
+        list.as_array()?
+            .iter()
+            .any(|s| s["app"] == "slowboot" && s["state"] == "starting")
+            .then_some(())
+    })
+    .await;
+    let echo = |f: &str| std::fs::read(fixture("echo").join(f)).unwrap().leak();
+    let body = tarball(&[
+        (
+            "package.json",
+            tar::EntryType::Regular,
+            echo("package.json"),
+        ),
+        ("server.js", tar::EntryType::Regular, echo("server.js")),
+    ]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = api
+            .send(
+                api.req("POST", "/api/v1/apps/slowboot/deploy", Some(ADMIN_TOKEN))
+                    .header("content-type", "application/gzip")
+                    .body(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let build = r.json()["build"].as_str().unwrap().to_string();
+        let status = api.get(&format!("/api/v1/builds/{build}")).await;
+        assert_eq!(status.status, 200, "{}", status.body);
+        let log = api.get(&format!("/api/v1/builds/{build}/log")).await;
+        assert_eq!(log.status, 200, "{}", log.body);
+        ids.push(build);
+    }
+    let r = restart.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Each ends: the last builds (the same files: its release is reused); the others were
+    // replaced by a newer deploy (cancelled), or their upload by a newer one (failed).
+    for (i, id) in ids.iter().enumerate() {
+        let end = api.get(&format!("/api/v1/builds/{id}/log?follow=1")).await;
+        let state = end
+            .body
+            .split("event: end\ndata: ")
+            .nth(1)
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+            .and_then(|v| v["state"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let want: &[&str] = if i + 1 == ids.len() {
+            &["succeeded"]
+        } else {
+            &["cancelled", "failed"]
+        };
+        assert!(want.contains(&state.as_str()), "{id}: {}", end.body);
+    }
+}

@@ -542,3 +542,101 @@ async fn pids_of(http: &Http, host: &str, n: usize, slow_ms: u32) -> BTreeSet<i6
 async fn spinlet_pids(http: &Http) -> BTreeSet<i64> {
     pids_of(http, "steady.test", 8, 200).await
 }
+
+/// A copy of the echo fixture in `dir` (the same files, so the same source checksum).
+fn echo_copy(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("app dir");
+    for f in ["package.json", "server.js"] {
+        std::fs::copy(support::spinforge::fixture("echo").join(f), dir.join(f)).expect("copy");
+    }
+    dir.to_path_buf()
+}
+
+fn web_block(source: &Path, name: &str) -> String {
+    format!(
+        "  web:\n    domains: [web.test]\n    source: {}\n    idle_timeout: 0\n    env: {{ APP_NAME: {name} }}\n",
+        source.display()
+    )
+}
+
+/// `APP_NAME` of the spinlet that answers `web.test`.
+async fn web_name(http: &Http) -> Option<String> {
+    let r = http.get("web.test", "/").send().await.ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["app"].as_str().map(str::to_string)
+}
+
+/// Issue 15: moving an app to an identical copy of its source (the build reuses the release)
+/// while changing its env must still roll out the new env, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_reuses_its_release_still_rolls_out_the_new_env() {
+    let ws = Workspace::new();
+    let (a1, a2) = (
+        echo_copy(&ws.path().join("a1")),
+        echo_copy(&ws.path().join("a2")),
+    );
+    let port = free_port();
+    let config = ws.write("spinforge.yaml", &yaml(port, "", "", &web_block(&a1, "a1")));
+    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
+    let http = sf.client();
+    eventually(Duration::from_secs(30), "web serves a1", || async {
+        (web_name(&http).await.as_deref() == Some("a1")).then_some(())
+    })
+    .await;
+
+    let load = Load::start(sf.http.expect("edge"), "web.test", 4);
+    ws.write("spinforge.yaml", &yaml(port, "", "", &web_block(&a2, "a2")));
+    eventually(Duration::from_secs(30), "web serves a2", || async {
+        (web_name(&http).await.as_deref() == Some("a2")).then_some(())
+    })
+    .await;
+    let (answered, failed) = load.finish().await;
+    assert!(answered > 0);
+    assert!(failed.is_empty(), "{failed:?}");
+    let releases = std::fs::read_dir(ws.data_dir().join("apps/web/releases"))
+        .expect("releases")
+        .count();
+    assert_eq!(releases, 1, "the release is reused, not built again");
+}
+
+/// Issue 15: an edit made while the supervisor was down is applied by the next one, which
+/// adopts the running spinlets and then rolls out the new env (the release is reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_while_the_supervisor_was_down_is_applied_after_adoption() {
+    let redis = RedisServer::start();
+    let ws = Workspace::new();
+    let (a1, a2) = (
+        echo_copy(&ws.path().join("a1")),
+        echo_copy(&ws.path().join("a2")),
+    );
+    let port = free_port();
+    let state = format!("state:\n  redis: {}\n", redis.url());
+    let config = ws.write(
+        "spinforge.yaml",
+        &yaml(port, &state, "", &web_block(&a1, "a1")),
+    );
+    let mut supervisor = Spinforge::start(&ws, "supervisor", &config, None);
+    let edge = Spinforge::start(&ws, "edge", &config, Some(([127, 0, 0, 1], port).into()));
+    let http = edge.client();
+    eventually(Duration::from_secs(30), "web serves a1", || async {
+        (web_name(&http).await.as_deref() == Some("a1")).then_some(())
+    })
+    .await;
+    supervisor.kill();
+    ws.write(
+        "spinforge.yaml",
+        &yaml(port, &state, "", &web_block(&a2, "a2")),
+    );
+    let load = Load::start(edge.http.expect("edge"), "web.test", 4);
+    let _second = Spinforge::start(&ws, "supervisor", &config, None);
+    eventually(Duration::from_secs(30), "web serves a2", || async {
+        (web_name(&http).await.as_deref() == Some("a2")).then_some(())
+    })
+    .await;
+    let (answered, failed) = load.finish().await;
+    assert!(answered > 0);
+    assert!(failed.is_empty(), "{failed:?}");
+}

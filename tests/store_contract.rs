@@ -125,6 +125,7 @@ fn spinlet(id: &str, app: &str, state: SpinletState, port: u16) -> Spinlet {
         restarts: 1,
         proc_start: 12345,
         reason: Some("out of memory".into()),
+        settings: Some("5e771n95".into()),
     }
 }
 

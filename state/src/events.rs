@@ -16,6 +16,13 @@ pub enum Event {
         app: String,
         state: String,
     },
+    /// A build moved to another state: `queued`, `running`, then exactly one of `succeeded`,
+    /// `failed` or `cancelled` (its `build:status:{id}` has the details).
+    BuildState {
+        id: String,
+        app: String,
+        state: String,
+    },
     /// An edge wants `app` running: it holds requests for it.
     Wake { app: String },
     /// `certs:{domain}` was written or deleted: edges reload that certificate.

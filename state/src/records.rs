@@ -104,6 +104,10 @@ pub struct Spinlet {
     pub proc_start: u64,
     /// Why the spinlet failed or crashed (with the log's last lines), when it did.
     pub reason: Option<String>,
+    /// A keyed fingerprint of what it was started with besides its release (env, limits, health
+    /// check), so that a supervisor adopting it knows whether it still matches its app's
+    /// definition. `None`: not known (a record of an older supervisor).
+    pub settings: Option<String>,
 }
 
 impl Spinlet {
@@ -119,6 +123,7 @@ impl Spinlet {
             ("restarts", self.restarts.to_string()),
             ("proc_start", self.proc_start.to_string()),
             ("reason", self.reason.clone().unwrap_or_default()),
+            ("settings", self.settings.clone().unwrap_or_default()),
         ])
     }
 
@@ -139,6 +144,7 @@ impl Spinlet {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             reason: f.get("reason").filter(|r| !r.is_empty()).cloned(),
+            settings: f.get("settings").filter(|s| !s.is_empty()).cloned(),
         })
     }
 

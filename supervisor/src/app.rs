@@ -8,25 +8,30 @@
 //! release (deploy, rollback, restart) starts the new spinlets beside the old ones, flips the
 //! upstreams to them in one write once all are healthy, and drains the old ones in the
 //! background; new spinlets that never get healthy are stopped and the old ones keep serving.
+//!
+//! Whatever a build ends with (a new release, a reused one), and after any edit that needs no
+//! build, the task converges: it serves the wanted release with spinlets started with the app's
+//! current settings (their fingerprint, [`crate::settings`], is in each spinlet's record, so
+//! adopted spinlets are judged too), `instances` of them.
 
-use crate::build::queue::{Builder, Finished};
+use crate::build::queue::{Builder, Finished, Ticket};
 use crate::build::runner::RunAs;
 use crate::cgroup::Cgroup;
 use crate::control::{ControlError, Lifecycle};
 use crate::ports::PortAllocator;
 use crate::process;
-use crate::release::{self, Release, Toolchain};
+use crate::release::{self, Pins, Release, Toolchain};
 use crate::spinlet::{Exit, Proc};
 use spinforge_state::config::{AppConfig, AppSource};
 use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
 use spinforge_state::{Store, StoreError, now_ms};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Start attempts that may fail in a row before the app is `Failed`.
@@ -49,8 +54,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// ...and one that fails this many in a row is replaced.
 const CHECK_FAILURES: u32 = 3;
-/// Commands put aside while spinlets start; more are dropped (wakes and checks come again).
+/// Commands put aside while spinlets start; more are dropped (wakes and checks come again; a
+/// dropped deploy's build ends as cancelled).
 const PENDING_MAX: usize = 32;
+/// How long a detaching app task waits for its cancelled builds to end.
+const DETACH_BUILDS: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub enum Command {
@@ -63,9 +71,10 @@ pub enum Command {
     /// The app's definition changed (a config edit, the admin API): rebuild, restart, rescale or
     /// just republish, whichever the change needs.
     Update(Box<AppConfig>),
-    /// Build `app` (its source may be new) under `build_id` and roll the result out.
+    /// Build `app` (its source may be new) under `ticket` (already queued: its id is out) and
+    /// roll the result out.
     Deploy {
-        build_id: String,
+        ticket: Box<Ticket>,
         app: Box<AppConfig>,
     },
     /// Serve a kept release again (`None`: the one before the current).
@@ -100,6 +109,8 @@ pub struct AppContext {
     /// How long replaced spinlets keep running after the upstreams flip away from them, for the
     /// requests they still serve (`edge.grace`).
     pub drain: Duration,
+    /// Keys the fingerprint of what spinlets run with (see [`crate::settings`]).
+    pub settings_key: crate::settings::Key,
 }
 
 /// A healthy spinlet, published in `upstreams:{app}`.
@@ -191,12 +202,18 @@ pub struct AppTask {
     restarts: u32,
     /// Start attempts that failed in a row.
     start_failures: u32,
-    /// The build in progress, if any; its result arrives on `built`.
-    build: Option<JoinHandle<()>>,
+    /// The id of the build whose result the app waits for; results of others (replaced,
+    /// cancelled) are ignored.
+    build: Option<String>,
+    /// Every build task of this app still running (the current one and cancelled ones ending);
+    /// each sends its [`Finished`] on `built`.
+    builds: JoinSet<()>,
     built_tx: mpsc::UnboundedSender<Finished>,
     built: mpsc::UnboundedReceiver<Finished>,
     /// Replaced spinlets, each drained and stopped by its own task.
     draining: JoinSet<()>,
+    /// Releases draining spinlets still run: pruning spares them.
+    pins: Pins,
     /// Tells draining spinlets to stop by this deadline (supervisor shutdown).
     drain_stop: watch::Sender<Option<Instant>>,
     pending: VecDeque<Command>,
@@ -229,9 +246,11 @@ impl AppTask {
             restarts: 0,
             start_failures: 0,
             build: None,
+            builds: JoinSet::new(),
             built_tx,
             built,
             draining: JoinSet::new(),
+            pins: Pins::default(),
             drain_stop: watch::channel(None).0,
             pending: VecDeque::new(),
         }
@@ -243,8 +262,10 @@ impl AppTask {
         self.adopt(adopted).await;
         self.wanted = self.app.idle_timeout.is_none(); // never-idle apps run from the start
         self.republish().await;
+        // A check build: it reuses the release when the source is unchanged, and its end makes
+        // what runs match the definition (adopted spinlets may predate an edit).
         let first = self.app.clone();
-        self.start_build(Builder::new_id(&first.name), first);
+        self.start_build(None, first).await;
         let mut checks = tokio::time::interval(CHECK_EVERY);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -316,10 +337,10 @@ impl AppTask {
             Command::IdleCheck { last_access_ms } => self.idle_check(last_access_ms).await,
             Command::Republish => self.republish().await,
             Command::Update(app) => return self.update(*app).await,
-            Command::Deploy { build_id, app } => {
+            Command::Deploy { ticket, app } => {
                 self.app = *app;
                 let app = self.app.clone();
-                self.start_build(build_id, app);
+                self.start_build(Some(*ticket), app).await;
             }
             Command::Rollback { release, reply } => {
                 let target = self.rollback_target(release).await;
@@ -346,9 +367,7 @@ impl AppTask {
                 return Flow::Exit;
             }
             Command::Detach { done } => {
-                if let Some(build) = self.build.take() {
-                    build.abort();
-                }
+                self.stop_builds(Instant::now() + DETACH_BUILDS).await;
                 // Their records stay `running`: the next supervisor adopts them.
                 tracing::info!(app = %self.app.name, spinlets = self.running.len(), "leaving spinlets running");
                 let _ = done.send(());
@@ -393,78 +412,88 @@ impl AppTask {
         self.fill().await
     }
 
-    /// Applies a changed definition with as little disruption as it needs.
+    /// Applies a changed definition with as little disruption as it needs: a new source or
+    /// build settings build (and the build's end converges); anything else converges now.
     async fn update(&mut self, new: AppConfig) -> Flow {
         let old = std::mem::replace(&mut self.app, new);
-        let new = self.app.clone();
-        let rebuild =
-            old.source != new.source || old.framework != new.framework || old.spa != new.spa;
-        let restart = old.env != new.env
-            || old.memory != new.memory
-            || old.cpu != new.cpu
-            || old.health_check != new.health_check;
+        let rebuild = old.source != self.app.source
+            || old.framework != self.app.framework
+            || old.spa != self.app.spa;
         self.republish().await;
         if rebuild {
-            tracing::info!(app = %new.name, "app source or build settings changed: rebuilding");
-            self.start_build(Builder::new_id(&new.name), new);
+            tracing::info!(app = %self.app.name, "app source or build settings changed: rebuilding");
+            let app = self.app.clone();
+            self.start_build(None, app).await;
             return Flow::Continue;
         }
-        if restart && let Some(release) = self.release.clone() {
-            tracing::info!(app = %self.app.name, "app settings changed: replacing its spinlets");
-            return self.roll_to(release).await.flow();
+        match self.release.clone() {
+            Some(release) => self.converge(release).await,
+            None => Flow::Continue,
         }
-        if old.instances != self.app.instances && matches!(self.mode, Mode::Active { .. }) {
-            let wanted = self.app.instances as usize;
-            while self.running.len() > wanted {
-                if let Some(extra) = self.running.pop() {
-                    self.withdraw(&extra).await;
-                    self.drain(vec![extra]);
-                }
-            }
-            return self.fill().await;
-        }
-        Flow::Continue
     }
 
-    fn start_build(&mut self, id: String, app: AppConfig) {
-        if let Some(previous) = self.build.take() {
-            // The newer build wins; the older one is cancelled (dropping it stops its processes).
-            previous.abort();
-        }
+    /// Builds `app` under `ticket` (a deploy's) or a new one. A newer build replaces the one in
+    /// progress, which is cancelled: it ends on its own, recorded, and its result is ignored.
+    async fn start_build(&mut self, ticket: Option<Ticket>, app: AppConfig) {
         if let AppSource::Tarball(path) = &app.source
             && !path.exists()
         {
             tracing::info!(app = %app.name, "no source yet: waiting for a deploy");
+            if let Some(ticket) = ticket {
+                self.builds.spawn(async move {
+                    let reason = "there is no source to build: the archive was never uploaded, or a newer upload replaced it";
+                    let _ = ticket.fail(reason).await;
+                });
+            }
             return;
         }
-        let builder = self.ctx.builder.clone();
+        let ticket = match ticket {
+            Some(t) => t,
+            None => self.ctx.builder.enqueue(&app).await,
+        };
+        if let Some(previous) = self.build.replace(ticket.id().to_string()) {
+            self.ctx.builder.cancel(&previous);
+        }
         let done = self.built_tx.clone();
-        self.build = Some(tokio::spawn(async move {
-            let _ = done.send(builder.build(&app, id).await);
-        }));
+        self.builds.spawn(async move {
+            let _ = done.send(ticket.run(&app).await);
+        });
+        // Reap the ended ones so the set does not grow.
+        while self.builds.try_join_next().is_some() {}
+    }
+
+    /// Cancels every build of the app and waits for them to end until `deadline`; one still
+    /// running then is dropped, which records it as cancelled.
+    async fn stop_builds(&mut self, deadline: Instant) {
+        if let Some(current) = self.build.take() {
+            self.ctx.builder.cancel(&current);
+        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            while self.builds.join_next().await.is_some() {}
+        })
+        .await;
+        self.builds.abort_all();
     }
 
     async fn on_built(&mut self, finished: Finished) -> Flow {
+        let id = finished.id().to_string();
+        if self.build.as_deref() != Some(id.as_str()) {
+            tracing::debug!(app = %self.app.name, build = %id, "a replaced build ended");
+            return Flow::Continue;
+        }
         self.build = None;
         let name = self.app.name.clone();
-        match finished.result {
+        match finished.into_result() {
             Ok(outcome) => {
-                let new = outcome.release;
-                match &self.release {
-                    Some(current) if current.info.number == new.info.number => Flow::Continue,
-                    Some(_) => {
-                        tracing::info!(app = %name, build = %finished.id, release = new.info.number, "deploying");
-                        self.roll_to(new).await.flow()
-                    }
-                    None => {
-                        self.release = Some(new);
-                        self.after_first_release().await
-                    }
+                let flow = self.converge(outcome.release).await;
+                if matches!(flow, Flow::Continue) {
+                    self.prune().await;
                 }
+                flow
             }
             Err(e) if self.release.is_some() => {
                 let serving = self.release.as_ref().map_or(0, |r| r.info.number);
-                tracing::error!(app = %name, build = %finished.id, error = %e, release = serving, "build failed; the running release keeps serving");
+                tracing::error!(app = %name, build = %id, error = %e, release = serving, "build failed; the running release keeps serving");
                 Flow::Continue
             }
             Err(e) => {
@@ -473,12 +502,12 @@ impl AppTask {
                 let releases = self.releases_dir();
                 match release::list_releases(&releases).await.pop() {
                     Some(previous) => {
-                        tracing::error!(app = %name, build = %finished.id, error = %e, release = previous.info.number, "build failed; serving the previous release");
+                        tracing::error!(app = %name, build = %id, error = %e, release = previous.info.number, "build failed; serving the previous release");
                         self.release = Some(previous);
                         self.after_first_release().await
                     }
                     None => {
-                        tracing::error!(app = %name, build = %finished.id, error = %e, "build failed; the app will answer 503");
+                        tracing::error!(app = %name, build = %id, error = %e, "build failed; the app will answer 503");
                         self.mode = Mode::Failed {
                             reason: e.to_string(),
                             since: Instant::now(),
@@ -488,6 +517,66 @@ impl AppTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Makes what runs what is asked for: `target`, started with the app's current settings,
+    /// `instances` of it. Another release, or spinlets started with other settings (an env or
+    /// limit edit, an edit made while no supervisor ran), roll out new spinlets with no
+    /// downtime; otherwise only the count is corrected.
+    async fn converge(&mut self, target: Release) -> Flow {
+        let Some(current) = self.release.as_ref().map(|r| r.info.number) else {
+            self.release = Some(target);
+            return self.after_first_release().await;
+        };
+        let number = target.info.number;
+        if current != number {
+            tracing::info!(app = %self.app.name, release = number, "deploying");
+            return self.roll_to(target).await.flow();
+        }
+        let settings = self.settings();
+        let stale = self
+            .running
+            .iter()
+            .filter(|i| i.spinlet.settings.as_deref() != Some(settings.as_str()))
+            .count();
+        if stale > 0 {
+            tracing::info!(app = %self.app.name, release = number, spinlets = stale, "app settings changed: replacing its spinlets");
+            return self.roll_to(target).await.flow();
+        }
+        self.rescale().await
+    }
+
+    /// `instances` spinlets for an active app: extra ones drain, missing ones start.
+    async fn rescale(&mut self) -> Flow {
+        if !matches!(self.mode, Mode::Active { .. }) {
+            return Flow::Continue;
+        }
+        let wanted = self.app.instances as usize;
+        while self.running.len() > wanted {
+            if let Some(extra) = self.running.pop() {
+                self.withdraw(&extra).await;
+                self.drain(vec![extra]).await;
+            }
+        }
+        self.fill().await
+    }
+
+    /// The fingerprint of what this app's spinlets are to be started with.
+    fn settings(&self) -> String {
+        self.ctx.settings_key.fingerprint(&self.app)
+    }
+
+    /// Removes releases beyond `keep_releases`, sparing the one that serves, the one a rollback
+    /// would pick, and any a spinlet still runs.
+    async fn prune(&self) {
+        let mut in_use: BTreeSet<u64> = self.running.iter().map(|i| i.spinlet.release).collect();
+        in_use.extend(self.pins.pinned());
+        let keep = self.ctx.builder.context().limits.keep_releases;
+        let serving = self.release.as_ref().map(|r| r.info.number);
+        let removed = release::prune_releases(&self.releases_dir(), keep, serving, &in_use).await;
+        if !removed.is_empty() {
+            tracing::info!(app = %self.app.name, ?removed, "removed old releases");
         }
     }
 
@@ -534,7 +623,7 @@ impl AppTask {
                 // One write: the edges go from the old set straight to the new one.
                 self.republish().await;
                 tracing::info!(app = %self.app.name, release = number, replaced = old.len(), "release live; draining the previous spinlets");
-                self.drain(old);
+                self.drain(old).await;
                 Rolled::Live
             }
             Started::Unhealthy(reason) => {
@@ -729,6 +818,7 @@ impl AppTask {
             restarts: self.restarts,
             proc_start: proc.start_ticks,
             reason: None,
+            settings: Some(self.settings()),
         };
         tracing::info!(app = %name, spinlet = %spinlet.id, pid = spinlet.pid, port, release = release.info.number, "starting spinlet");
         self.put_spinlet(&spinlet).await;
@@ -900,8 +990,9 @@ impl AppTask {
 
     /// Shutdown: the build, the running spinlets and the draining ones, all by `deadline`.
     async fn stop_everything(&mut self, deadline: Instant) {
-        if let Some(build) = self.build.take() {
-            build.abort();
+        if let Some(current) = &self.build {
+            // Its processes stop while the spinlets do; `stop_builds` waits for its end.
+            self.ctx.builder.cancel(current);
         }
         let running = std::mem::take(&mut self.running);
         // Out of routing first, so that no new request meets a stopping process.
@@ -912,31 +1003,36 @@ impl AppTask {
             while self.draining.join_next().await.is_some() {}
         })
         .await;
+        self.stop_builds(deadline).await;
     }
 
     /// Replaced spinlets keep serving what they have in flight for `ctx.drain`, then stop.
-    fn drain(&mut self, old: Vec<Instance>) {
+    /// They are recorded as `stopping` at once: a supervisor that takes over meanwhile must not
+    /// adopt them as serving (it stops them instead).
+    async fn drain(&mut self, old: Vec<Instance>) {
         if old.is_empty() {
             return;
+        }
+        for i in &old {
+            self.put_spinlet(&Spinlet {
+                state: SpinletState::Stopping,
+                ..i.spinlet.clone()
+            })
+            .await;
         }
         let ctx = self.ctx.clone();
         let mut shutdown = self.drain_stop.subscribe();
         let app = self.app.name.clone();
+        let pins: Vec<_> = old
+            .iter()
+            .map(|i| self.pins.pin(i.spinlet.release))
+            .collect();
         self.draining.spawn(async move {
+            let _pins = pins;
             let kill_at = tokio::select! {
                 _ = tokio::time::sleep(ctx.drain) => Instant::now() + STOP_GRACE,
                 d = shutdown.wait_for(Option::is_some) => d.ok().and_then(|d| *d).unwrap_or_else(Instant::now),
             };
-            for i in &old {
-                let stopping = Spinlet {
-                    state: SpinletState::Stopping,
-                    ..i.spinlet.clone()
-                };
-                store_write(&ctx.store, &app, "recording spinlet", |s| async move {
-                    s.put_spinlet(&stopping).await
-                })
-                .await;
-            }
             futures::future::join_all(old.iter().map(|i| i.proc.stop(kill_at))).await;
             for i in &old {
                 remove_cgroup(&i.cgroup).await;
@@ -961,13 +1057,12 @@ impl AppTask {
     async fn rollback_target(&self, wanted: Option<u64>) -> Result<Release, ControlError> {
         let releases = release::list_releases(&self.releases_dir()).await;
         let current = self.release.as_ref().map(|r| r.info.number);
-        let found = match wanted {
-            Some(n) => releases.into_iter().find(|r| r.info.number == n),
-            None => releases
-                .into_iter()
-                .rev()
-                .find(|r| current.is_some_and(|c| r.info.number < c)),
-        };
+        let numbers: Vec<u64> = releases.iter().map(|r| r.info.number).collect();
+        // The same choice pruning spares (`release::prunable`).
+        let wanted_number = wanted.or_else(|| release::previous(&numbers, current));
+        let found = releases
+            .into_iter()
+            .find(|r| Some(r.info.number) == wanted_number);
         found.ok_or_else(|| match wanted {
             Some(n) => ControlError::UnknownRelease(self.app.name.clone(), n),
             None => ControlError::Conflict(format!(
@@ -1148,6 +1243,7 @@ impl AppTask {
             restarts: self.restarts,
             proc_start: 0,
             reason: Some(reason.to_string()),
+            settings: None,
         };
         self.put_spinlet(&failed).await;
         // The record carried the event; the reason stays in the app record and the log.

@@ -17,6 +17,7 @@ mod managed;
 pub mod ports;
 pub mod process;
 pub mod release;
+pub mod settings;
 pub mod spinlet;
 pub mod static_site;
 pub mod users; // one uid per app under run_as (issue #6 item 2)
@@ -117,6 +118,12 @@ impl Supervisor {
             source,
         })?;
         let run_as = resolve_run_as(config.supervisor.run_as.as_deref())?;
+        let settings_key = settings::Key::load_or_create(&data_dir).map_err(|source| {
+            SupervisorError::DataDir {
+                path: data_dir.join("settings.key").display().to_string(),
+                source,
+            }
+        })?;
 
         // Spinlet logs are rotated in the background (issue #6 item 8).
         logs::spawn_rotator(data_dir.join("logs"), config.supervisor.logs);
@@ -137,6 +144,7 @@ impl Supervisor {
             builder,
             run_as,
             drain: config.edge.grace,
+            settings_key,
         });
         let (handle, requests) = control::SupervisorHandle::new();
         let mut sup = Supervisor {
@@ -284,7 +292,7 @@ impl Supervisor {
                 let _ = reply.send(self.delete_app(&name).await);
             }
             Request::Deploy { app, source, reply } => {
-                let _ = reply.send(self.deploy(&app, source));
+                let _ = reply.send(self.deploy(&app, source).await);
             }
             Request::Rollback {
                 app,
@@ -454,7 +462,13 @@ impl Supervisor {
         routes
     }
 
-    fn deploy(&mut self, name: &str, source: Option<AppSource>) -> Result<String, ControlError> {
+    /// Queues a build of `name` (recorded before its id is returned, so the id is known to every
+    /// reader at once) and hands it to the app's task.
+    async fn deploy(
+        &mut self,
+        name: &str,
+        source: Option<AppSource>,
+    ) -> Result<String, ControlError> {
         let Some(e) = self.apps.get_mut(name) else {
             return Err(ControlError::UnknownApp(name.to_string()));
         };
@@ -478,16 +492,14 @@ impl Supervisor {
                 e.app.config = config.clone();
             }
         }
-        let build_id = build::queue::Builder::new_id(name);
-        if e.tx
-            .try_send(Command::Deploy {
-                build_id: build_id.clone(),
-                app: Box::new(config),
-            })
-            .is_err()
-        {
-            return Err(ControlError::Busy);
-        }
+        let ticket = self.ctx.builder.enqueue(&config).await;
+        let build_id = ticket.id().to_string();
+        // Refused: the command, and the ticket in it, drop here, which ends the build as cancelled.
+        e.tx.try_send(Command::Deploy {
+            ticket: Box::new(ticket),
+            app: Box::new(config),
+        })
+        .map_err(|_| ControlError::Busy)?;
         Ok(build_id)
     }
 

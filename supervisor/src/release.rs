@@ -3,7 +3,9 @@
 //! toolchain builds and spinlets use.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// `release.json`: what a release is and how to start it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,21 +133,151 @@ pub async fn list_releases(releases: &Path) -> Vec<Release> {
     out
 }
 
-/// Deletes all but the newest `keep` releases (never fewer than one).
-pub async fn prune_releases(releases: &Path, keep: usize) -> Vec<u64> {
+/// The release a rollback without a number goes to: the newest one older than `current`.
+pub fn previous(numbers: &[u64], current: Option<u64>) -> Option<u64> {
+    let current = current?;
+    numbers.iter().copied().filter(|n| *n < current).max()
+}
+
+/// The releases pruning removes: all but the newest `keep` (at least one), and never the one
+/// that serves, the one a rollback from it would pick ([`previous`]), or one in `in_use`
+/// (releases spinlets still run, draining ones included).
+pub fn prunable(
+    numbers: &[u64],
+    keep: usize,
+    serving: Option<u64>,
+    in_use: &BTreeSet<u64>,
+) -> Vec<u64> {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    let old = sorted.len().saturating_sub(keep.max(1));
+    let rollback = previous(&sorted, serving);
+    sorted[..old]
+        .iter()
+        .copied()
+        .filter(|n| Some(*n) != serving && Some(*n) != rollback && !in_use.contains(n))
+        .collect()
+}
+
+/// Removes what [`prunable`] names. Each release is renamed out of the list first (instant, so
+/// it is gone whole for every reader), then deleted.
+pub async fn prune_releases(
+    releases: &Path,
+    keep: usize,
+    serving: Option<u64>,
+    in_use: &BTreeSet<u64>,
+) -> Vec<u64> {
+    sweep_pruned(releases).await;
     let all = list_releases(releases).await;
-    let keep = keep.max(1);
+    let numbers: Vec<u64> = all.iter().map(|r| r.info.number).collect();
     let mut removed = Vec::new();
-    if all.len() <= keep {
-        return removed;
-    }
-    for old in &all[..all.len() - keep] {
-        match tokio::fs::remove_dir_all(&old.dir).await {
-            Ok(()) => removed.push(old.info.number),
+    for number in prunable(&numbers, keep, serving, in_use) {
+        let dir = releases.join(number.to_string());
+        let doomed = releases.join(format!(".pruned-{number}"));
+        let gone = match tokio::fs::rename(&dir, &doomed).await {
+            Ok(()) => tokio::fs::remove_dir_all(&doomed).await,
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(()) => removed.push(number),
             Err(e) => {
-                tracing::warn!(release = %old.dir.display(), error = %e, "cannot remove an old release")
+                tracing::warn!(release = %dir.display(), error = %e, "cannot remove an old release")
             }
         }
     }
     removed
+}
+
+/// Folders a prune renamed but did not get to delete (the supervisor stopped in between).
+async fn sweep_pruned(releases: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(releases).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if entry.file_name().to_string_lossy().starts_with(".pruned-") {
+            let _ = tokio::fs::remove_dir_all(entry.path()).await;
+        }
+    }
+}
+
+/// Releases that spinlets outside an app task's own list still run (replaced ones, draining):
+/// each [`Pin`] holds its release until dropped, and pruning spares what is pinned.
+#[derive(Debug, Clone, Default)]
+pub struct Pins(Arc<Mutex<BTreeMap<u64, usize>>>);
+
+/// Holds one release against pruning; see [`Pins`].
+#[derive(Debug)]
+pub struct Pin {
+    pins: Pins,
+    release: u64,
+}
+
+impl Pins {
+    pub fn pin(&self, release: u64) -> Pin {
+        *self.lock().entry(release).or_default() += 1;
+        Pin {
+            pins: self.clone(),
+            release,
+        }
+    }
+
+    pub fn pinned(&self) -> BTreeSet<u64> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.release) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.release);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_never_what_serves_or_a_rollback_would_pick() {
+        let none = BTreeSet::new();
+        let all = [1, 2, 3, 4, 5, 6];
+        assert_eq!(prunable(&all, 3, Some(6), &none), [1, 2, 3]);
+        // Rolled back to 1, then 6 was built (and did not get healthy): 1 serves.
+        assert_eq!(prunable(&all, 3, Some(1), &none), [2, 3]);
+        // Serving 2: a rollback goes to 1.
+        assert_eq!(prunable(&all, 3, Some(2), &none), [3]);
+        // keep 1: the one a rollback would pick stays.
+        assert_eq!(prunable(&[1, 2], 1, Some(2), &none), Vec::<u64>::new());
+        assert_eq!(prunable(&[1, 2, 3], 1, Some(3), &none), [1]);
+        // keep 0 means 1; nothing serves yet.
+        assert_eq!(prunable(&[1, 2], 0, None, &none), [1]);
+        // In use by draining spinlets.
+        assert_eq!(prunable(&all, 2, Some(6), &BTreeSet::from([2])), [1, 3, 4]);
+        assert_eq!(previous(&all, Some(4)), Some(3));
+        assert_eq!(previous(&all, Some(1)), None);
+        assert_eq!(previous(&all, None), None);
+    }
+
+    #[test]
+    fn a_pin_holds_its_release_until_dropped() {
+        let pins = Pins::default();
+        let a = pins.pin(3);
+        let b = pins.pin(3);
+        let c = pins.pin(4);
+        assert_eq!(pins.pinned(), BTreeSet::from([3, 4]));
+        drop(a);
+        drop(c);
+        assert_eq!(pins.pinned(), BTreeSet::from([3]));
+        drop(b);
+        assert!(pins.pinned().is_empty());
+    }
 }

@@ -86,20 +86,17 @@ async fn one_at_a_time_and_cancellable_queued_or_running() {
         slow_app(dir.path(), "first", 60),
         slow_app(dir.path(), "second", 60),
     );
-    let (id_a, id_c) = (Builder::new_id("first"), Builder::new_id("second"));
-    let run_a = tokio::spawn({
-        let (b, id) = (b.clone(), id_a.clone());
-        async move { b.build(&a, id).await }
-    });
+    let ticket_a = b.enqueue(&a).await;
+    let id_a = ticket_a.id().to_string();
+    let run_a = tokio::spawn(async move { ticket_a.run(&a).await });
     let pid_a = dir.path().join("first.pid");
     until("the first build runs its script", || {
         pid_alive(&pid_a) == Some(true)
     })
     .await;
-    let run_c = tokio::spawn({
-        let (b, id) = (b.clone(), id_c.clone());
-        async move { b.build(&c, id).await }
-    });
+    let ticket_c = b.enqueue(&c).await;
+    let id_c = ticket_c.id().to_string();
+    let run_c = tokio::spawn(async move { ticket_c.run(&c).await });
     // The second waits: queued, in build:queue, its script not started.
     let mut queued = false;
     for _ in 0..100 {
@@ -125,9 +122,9 @@ async fn one_at_a_time_and_cancellable_queued_or_running() {
     assert!(b.cancel(&id_c), "a queued build can be cancelled");
     let done = run_c.await.expect("join");
     assert!(
-        matches!(done.result, Err(BuildError::Cancelled)),
+        matches!(done.result(), Err(BuildError::Cancelled)),
         "{:?}",
-        done.result
+        done.result()
     );
     assert!(
         !dir.path().join("second.pid").exists(),
@@ -137,9 +134,9 @@ async fn one_at_a_time_and_cancellable_queued_or_running() {
     assert!(b.cancel(&id_a), "a running build can be cancelled");
     let done = run_a.await.expect("join");
     assert!(
-        matches!(done.result, Err(BuildError::Cancelled)),
+        matches!(done.result(), Err(BuildError::Cancelled)),
         "{:?}",
-        done.result
+        done.result()
     );
     until("the build script is killed", || {
         pid_alive(&pid_a) == Some(false)
@@ -174,13 +171,14 @@ async fn a_build_past_its_time_limit_fails_and_is_killed() {
     let store = Store::embedded();
     let b = builder(dir.path(), &store, Duration::from_secs(3));
     let app = slow_app(dir.path(), "slow", 60);
-    let id = Builder::new_id("slow");
+    let ticket = b.enqueue(&app).await;
+    let id = ticket.id().to_string();
     let t = Instant::now();
-    let done = b.build(&app, id.clone()).await;
+    let done = ticket.run(&app).await;
     assert!(
-        matches!(done.result, Err(BuildError::TimedOut { .. })),
+        matches!(done.result(), Err(BuildError::TimedOut { .. })),
         "{:?}",
-        done.result
+        done.result()
     );
     assert!(t.elapsed() < Duration::from_secs(30));
     let s = store.build(&id).await.expect("read").expect("status");
@@ -193,4 +191,80 @@ async fn a_build_past_its_time_limit_fails_and_is_killed() {
         pid_alive(&dir.path().join("slow.pid")) == Some(false)
     })
     .await;
+}
+
+/// A build is recorded as queued before its id is known to anyone, and a build whose task is
+/// dropped — queued or mid-command — still ends: `cancelled`, with its event and a log line, its
+/// script killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_build_ends_cancelled_and_its_script_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::embedded();
+    let mut events = store.subscribe();
+    let b = builder(dir.path(), &store, Duration::from_secs(120));
+
+    // Queued, never run.
+    let app = slow_app(dir.path(), "never", 60);
+    let ticket = b.enqueue(&app).await;
+    let id = ticket.id().to_string();
+    assert_eq!(
+        store.build(&id).await.expect("read").map(|s| s.state),
+        Some(BuildState::Queued),
+        "recorded before enqueue returns"
+    );
+    drop(ticket);
+    until_state(&store, &id, BuildState::Cancelled).await;
+
+    // Running its script when the task is aborted.
+    let app = slow_app(dir.path(), "aborted", 60);
+    let ticket = b.enqueue(&app).await;
+    let id2 = ticket.id().to_string();
+    let task = tokio::spawn(async move { ticket.run(&app).await });
+    let pid = dir.path().join("aborted.pid");
+    until("the build script runs", || pid_alive(&pid) == Some(true)).await;
+    task.abort();
+    until_state(&store, &id2, BuildState::Cancelled).await;
+    until("the build script is killed", || {
+        pid_alive(&pid) == Some(false)
+    })
+    .await;
+    let log = store.build_log(&id2, None, 100).await.expect("log");
+    assert!(
+        log.iter().any(|l| l.line == "[spinforge] build cancelled"),
+        "{log:?}"
+    );
+
+    // Each went queued → (running →) cancelled, one event per state.
+    let mut states: Vec<(String, String)> = Vec::new();
+    while let Some(signal) = events.try_next() {
+        if let spinforge_state::Signal::Event(spinforge_state::Event::BuildState {
+            id,
+            state,
+            ..
+        }) = signal
+        {
+            states.push((id, state));
+        }
+    }
+    let of = |id: &str| -> Vec<&str> {
+        states
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    assert_eq!(of(&id), ["queued", "cancelled"]);
+    assert_eq!(of(&id2), ["queued", "running", "cancelled"]);
+}
+
+async fn until_state(store: &Store, id: &str, want: BuildState) {
+    let t = Instant::now();
+    loop {
+        let state = store.build(id).await.expect("read").map(|s| s.state);
+        if state == Some(want) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{id}: {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -247,12 +247,7 @@ pub async fn prepare(
         info.framework,
         info.start.join(" ")
     ));
-    let removed = release::prune_releases(&releases, ctx.limits.keep_releases).await;
-    if !removed.is_empty() {
-        runner
-            .log
-            .line(format!("[spinforge] removed old releases {removed:?}"));
-    }
+    // Old releases are pruned by the app's task, which knows which one serves.
     Ok(Outcome {
         release: Release {
             dir: final_dir,

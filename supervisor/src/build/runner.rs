@@ -56,13 +56,25 @@ impl BuildLog {
             .mode(0o600)
             .open(path)?;
         Ok(BuildLog {
-            path: path.to_path_buf(),
             file: Mutex::new(Some(file)),
+            ..BuildLog::without_file(path, store, secrets)
+        })
+    }
+
+    /// A log whose file could not be created: lines go to the store (and the tail) only.
+    pub fn without_file(
+        path: &Path,
+        store: Option<mpsc::Sender<String>>,
+        secrets: Vec<String>,
+    ) -> BuildLog {
+        BuildLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
             tail: Mutex::new(VecDeque::new()),
             store,
             // Short values would blank out ordinary words.
             secrets: secrets.into_iter().filter(|s| s.len() >= 6).collect(),
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -198,11 +210,16 @@ impl Runner {
         };
         let mut cancel = self.cancel.clone();
         let began = Instant::now();
+        let mut group = GroupKill(pid);
         let outcome = tokio::select! {
             (status, ()) = async { tokio::join!(child.wait(), pump) } => Ok(status),
             _ = tokio::time::sleep_until(self.deadline) => Err(BuildError::TimedOut { limit: self.limit }),
             _ = cancelled(&mut cancel) => Err(BuildError::Cancelled),
         };
+        if outcome.is_ok() {
+            // Reaped: from here on its pid may name another process.
+            group.disarm();
+        }
         match outcome {
             Ok(Ok(status)) if status.success() => {
                 self.log.line(format!(
@@ -222,12 +239,7 @@ impl Runner {
                 source,
             }),
             Err(e) => {
-                if let Some(pid) = pid {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                drop(group); // kills the group
                 let _ = child.wait().await;
                 self.log.line(format!("[spinforge] `{shown}` stopped: {e}"));
                 Err(e)
@@ -255,6 +267,29 @@ impl Runner {
                     self.log.line(text.to_string());
                 }
             }
+        }
+    }
+}
+
+/// SIGKILLs a running command's whole process group when dropped: also when the build's future
+/// is dropped mid-command (`kill_on_drop` reaches only the direct child, and `npm run build` runs
+/// the script as a grandchild).
+struct GroupKill(Option<u32>);
+
+impl GroupKill {
+    /// The command was reaped: nothing to kill.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
