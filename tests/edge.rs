@@ -730,8 +730,8 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
         "all four took the fast path"
     );
 
-    // The full path in between: an unknown host (its 404 page), a compressed answer; then the
-    // fast path again, all on the same connection.
+    // The full path in between: an unknown host (its 404 page), a chunked upload; then the
+    // fast path again (a compressed answer, then a close), all on the same connection.
     let (status, _, body) = ask(
         &mut s,
         &mut buf,
@@ -740,6 +740,20 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
     .await;
     assert_eq!(status, 404);
     assert!(String::from_utf8_lossy(&body).contains("\"status\":404"));
+    let (status, _, body) = ask(
+        &mut s,
+        &mut buf,
+        b"POST /chunked HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).expect("echo json");
+    assert_eq!(seen["path"], "/chunked");
+    assert_eq!(
+        fast_count().await - before,
+        4,
+        "the unknown host and the chunked upload took the full path"
+    );
     let (status, head, body) = ask(
         &mut s,
         &mut buf,
@@ -765,7 +779,7 @@ async fn keep_alive_connections_mix_fast_and_full_path_requests() {
     assert_eq!(n, 0);
     assert_eq!(
         fast_count().await - before,
-        5,
-        "the last one took the fast path again"
+        6,
+        "the compressed answer and the last one took the fast path again"
     );
 }

@@ -131,6 +131,45 @@ pub fn compressible(content_type: &[u8]) -> bool {
         )
 }
 
+/// What an answer's head says about compressing it, read by either front end.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerFacts<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a [u8]>,
+    pub content_encoding: Option<&'a [u8]>,
+    pub no_transform: bool,
+    pub ranged: bool,
+    /// The body's length, when the answer says it.
+    pub length: Option<u64>,
+    pub head_request: bool,
+}
+
+/// The one compression rule of both front ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The answer depends on Accept-Encoding (`Vary: Accept-Encoding` belongs on it).
+    pub vary: bool,
+    /// Compress the body with this.
+    pub encode: Option<Encoding>,
+}
+
+/// Whether to compress an answer, given what the client accepts: only answers that
+/// [`may_compress`] allows, not tiny ones, never for HEAD.
+pub fn decision(answer: &AnswerFacts<'_>, accepted: Option<Encoding>) -> Decision {
+    let allowed = may_compress(
+        answer.status,
+        answer.content_type,
+        answer.content_encoding,
+        answer.no_transform,
+        answer.ranged,
+    );
+    let tiny = answer.length.is_some_and(|n| n < MIN_LENGTH);
+    Decision {
+        vary: allowed,
+        encode: accepted.filter(|_| allowed && !tiny && !answer.head_request),
+    }
+}
+
 /// Whether to compress this response, given the encoding the client accepts. Adjusts the headers
 /// when it says yes (Content-Encoding, no Content-Length, a weak ETag) and adds `Vary` whenever
 /// the answer depended on Accept-Encoding.
@@ -140,24 +179,23 @@ pub fn decide(
     head_request: bool,
 ) -> Option<Encoding> {
     let h = &resp.headers;
-    let allowed = may_compress(
-        resp.status.as_u16(),
-        h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
-        h.get(header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
-        h.get_all(header::CACHE_CONTROL)
+    let facts = AnswerFacts {
+        status: resp.status.as_u16(),
+        content_type: h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
+        content_encoding: h.get(header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+        no_transform: h
+            .get_all(header::CACHE_CONTROL)
             .iter()
             .any(|v| is_no_transform(v.as_bytes())),
-        h.contains_key(header::CONTENT_RANGE),
-    );
-    if !allowed {
-        return None;
+        ranged: h.contains_key(header::CONTENT_RANGE),
+        length: content_length(h),
+        head_request,
+    };
+    let d = decision(&facts, accepted);
+    if d.vary {
+        add_vary(resp);
     }
-    let tiny = content_length(h).is_some_and(|n| n < MIN_LENGTH);
-    add_vary(resp);
-    if tiny || head_request {
-        return None;
-    }
-    let enc = accepted?;
+    let enc = d.encode?;
     let _ = resp.insert_header(header::CONTENT_ENCODING, enc.token());
     resp.remove_header(&header::CONTENT_LENGTH);
     // Without a length the body must be chunked, or HTTP/1.1 clients read it until the
@@ -255,6 +293,27 @@ impl Encoder {
             ))),
             Encoding::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
         })
+    }
+
+    /// Compresses `chunk` (at the end of the body, finishing the stream) and appends what came
+    /// out to `out` as HTTP/1.1 chunks, the last chunk included at the end.
+    pub fn encode_chunked(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let bytes = self.encode(chunk, end)?;
+        if !bytes.is_empty() {
+            use std::io::Write as _;
+            let _ = write!(out, "{:x}\r\n", bytes.len());
+            out.extend_from_slice(&bytes);
+            out.extend_from_slice(b"\r\n");
+        }
+        if end {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Ok(())
     }
 
     /// Compresses `chunk`; at the end of the body, finishes the stream.

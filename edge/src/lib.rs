@@ -329,43 +329,44 @@ impl Edge {
             fds.lock().add(key.clone(), fd);
             (service, fds)
         };
-        // HTTPS: our own accept loop (rustls, SNI, ACME TLS-ALPN-01) on the shared runtime, with
-        // the same proxy behind it.
-        let https_task = match (self.https, tls_config) {
+        // HTTPS: our own accept loop (rustls, SNI, ACME TLS-ALPN-01) with the same proxy behind
+        // it; HTTP/1.1 over TLS reads its heads through the fast path too (its memory bound and
+        // its proxying), HTTP/2 goes to Pingora. One loop per proxy thread, on a copy of the
+        // listening socket, as for plain HTTP.
+        let https_for = |listener: std::net::TcpListener, config: Arc<rustls::ServerConfig>| {
+            let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
+            let mut options = HttpServerOptions::default();
+            options.h2_idle_timeout = Some(self.config.keepalive_timeout);
+            http.server_options = Some(options);
+            let app = Arc::new(Counted {
+                inner: Arc::new(http),
+                metrics: metrics.clone(),
+                fast: fast_path.then(|| fast::FastPath {
+                    proxy: proxy.clone(),
+                    header_timeout: self.config.header_timeout,
+                    closing: watch::channel(false).0,
+                }),
+            });
+            let guard = tls::listener::Guard {
+                counts: connection_counts.clone(),
+                max_per_ip: self.config.max_connections_per_ip,
+                first_byte_timeout: self.config.header_timeout,
+            };
+            tls::listener::serve(listener, config, app, guard, service_stop_rx.clone())
+        };
+        let https = match (self.https, tls_config) {
             (Some((listener, addr)), Some(config)) => {
                 tracing::info!(https = %addr, "HTTPS listening");
-                let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
-                let mut options = HttpServerOptions::default();
-                options.h2_idle_timeout = Some(self.config.keepalive_timeout);
-                http.server_options = Some(options);
-                // HTTP/1.1 over TLS reads its heads through the fast path too (its memory bound
-                // and its proxying); HTTP/2 goes to Pingora.
-                let app = Arc::new(Counted {
-                    inner: Arc::new(http),
-                    metrics: metrics.clone(),
-                    fast: fast_path.then(|| fast::FastPath {
-                        proxy: proxy.clone(),
-                        header_timeout: self.config.header_timeout,
-                        closing: watch::channel(false).0,
-                    }),
-                });
-                let guard = tls::listener::Guard {
-                    counts: connection_counts.clone(),
-                    max_per_ip: self.config.max_connections_per_ip,
-                    first_byte_timeout: self.config.header_timeout,
-                };
-                Some(tokio::spawn(tls::listener::serve(
-                    listener,
-                    config,
-                    app,
-                    guard,
-                    service_stop_rx.clone(),
-                )))
+                Some((listener, config))
             }
             _ => None,
         };
+        let mut https_task = None;
         let service_task = match layout {
             RuntimeLayout::Shared => {
+                if let Some((listener, config)) = https {
+                    https_task = Some(tokio::spawn(https_for(listener, config)));
+                }
                 let (mut service, fds) = service_for(self.listener.into_raw_fd());
                 let running = services_running.clone();
                 running.fetch_add(1, Ordering::AcqRel);
@@ -388,7 +389,19 @@ impl Edge {
                     }
                 }
                 fds.push(self.listener.into_raw_fd());
-                for (i, fd) in fds.into_iter().enumerate() {
+                let mut https_loops: Vec<_> = (0..fds.len()).map(|_| None).collect();
+                if let Some((listener, config)) = https {
+                    for slot in https_loops.iter_mut().skip(1) {
+                        match listener.try_clone() {
+                            Ok(l) => *slot = Some(https_for(l, config.clone())),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot share the HTTPS listener with another proxy thread")
+                            }
+                        }
+                    }
+                    https_loops[0] = Some(https_for(listener, config));
+                }
+                for ((i, fd), https_loop) in fds.into_iter().enumerate().zip(https_loops) {
                     let (mut service, fds) = service_for(fd);
                     let (stop, mut release) = (service_stop_rx.clone(), release_rx.clone());
                     let running = services_running.clone();
@@ -407,6 +420,9 @@ impl Edge {
                                 }
                             };
                             runtime.block_on(async move {
+                                if let Some(https_loop) = https_loop {
+                                    tokio::spawn(https_loop);
+                                }
                                 service.start_service(Some(fds), stop, 1).await;
                                 running.fetch_sub(1, Ordering::AcqRel);
                                 let _ = release.wait_for(|r| *r).await;

@@ -217,6 +217,8 @@ pub struct ResponseHead {
     /// The upstream connection can carry another request once this answer is read whole.
     pub upstream_keepalive: bool,
     pub event_stream: bool,
+    /// The edge compresses the body with this (it goes out chunked).
+    pub encode: Option<compress::Encoding>,
 }
 
 /// Per-app response rules the rewrite applies.
@@ -227,6 +229,8 @@ pub struct ResponseRules<'a> {
     pub policy: &'a spinforge_state::policy::EdgePolicy,
     /// Add the app's HSTS header (HTTPS, a name with a trusted certificate).
     pub hsts: bool,
+    /// The encoding the client accepts and the app's policy allows (`None`: send as is).
+    pub accepted: Option<compress::Encoding>,
     /// Ask the client to close (`Connection: close`).
     pub close: bool,
 }
@@ -271,17 +275,56 @@ pub fn rewrite_response(
             body: ResponseBody::None,
             upstream_keepalive: true,
             event_stream: false,
+            encode: None,
         }));
     }
+    // First pass: what the rewrite depends on (compression, Vary, Date, security headers).
+    let mut answer = compress::AnswerFacts {
+        status,
+        length: match facts.body {
+            ResponseBody::Length(n) => Some(n),
+            _ => None,
+        },
+        head_request: rules.head_request,
+        ..compress::AnswerFacts::default()
+    };
     let mut event_stream = false;
-    let mut content_type = None;
-    let mut content_encoding = None;
-    let mut no_transform = false;
-    let mut ranged = false;
     let mut varies = false;
     let mut dated = false;
     let security = policy::security_headers(rules.policy, rules.hsts);
     let mut present = [false; 4];
+    for h in resp.headers.iter() {
+        let (name, v) = (h.name.as_bytes(), h.value);
+        if name.eq_ignore_ascii_case(b"content-type") {
+            event_stream = v.starts_with(b"text/event-stream");
+            answer.content_type = Some(v);
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            answer.content_encoding = Some(v);
+        } else if name.eq_ignore_ascii_case(b"cache-control") {
+            answer.no_transform |= compress::is_no_transform(v);
+        } else if name.eq_ignore_ascii_case(b"content-range") {
+            answer.ranged = true;
+        } else if name.eq_ignore_ascii_case(b"vary") {
+            varies |= compress::varies_by_encoding(v);
+        } else if name.eq_ignore_ascii_case(b"date") {
+            dated = true;
+        }
+        for (i, (sec, _)) in security.clone().enumerate() {
+            present[i] |= name.eq_ignore_ascii_case(sec.as_bytes());
+        }
+    }
+    // The same rule as the full path's (`compress::decide`).
+    let compression = if rules.policy.compression {
+        compress::decision(&answer, rules.accepted)
+    } else {
+        compress::Decision {
+            vary: false,
+            encode: None,
+        }
+    };
+    let encode = compression
+        .encode
+        .filter(|_| facts.body != ResponseBody::None);
 
     let _ = write!(out, "HTTP/1.1 {status} ");
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
@@ -295,28 +338,29 @@ pub fn rewrite_response(
             Forward::Framing => {
                 let length = name.eq_ignore_ascii_case(b"content-length");
                 let chunked = name.eq_ignore_ascii_case(b"transfer-encoding");
-                if !(length || chunked) || (status == 204 && facts.body == ResponseBody::None) {
-                    continue; // Connection, Upgrade; a 204's announced body that is not sent
+                if !(length || chunked)
+                    || (status == 204 && facts.body == ResponseBody::None)
+                    || encode.is_some()
+                {
+                    // Connection, Upgrade; a 204's announced body that is not sent; the framing
+                    // of a body the edge compresses (it is chunked anew).
+                    continue;
                 }
             }
             Forward::Keep => {}
         }
-        if name.eq_ignore_ascii_case(b"content-type") {
-            event_stream = v.starts_with(b"text/event-stream");
-            content_type = Some(v);
-        } else if name.eq_ignore_ascii_case(b"content-encoding") {
-            content_encoding = Some(v);
-        } else if name.eq_ignore_ascii_case(b"cache-control") {
-            no_transform |= compress::is_no_transform(v);
-        } else if name.eq_ignore_ascii_case(b"content-range") {
-            ranged = true;
-        } else if name.eq_ignore_ascii_case(b"vary") {
-            varies |= compress::varies_by_encoding(v);
-        } else if name.eq_ignore_ascii_case(b"date") {
-            dated = true;
-        }
-        for (i, (sec, _)) in security.clone().enumerate() {
-            present[i] |= name.eq_ignore_ascii_case(sec.as_bytes());
+        if encode.is_some() {
+            // A compressed body is another representation: no byte ranges of it, and its
+            // validator is weak (RFC 9110 §8.8.1).
+            if name.eq_ignore_ascii_case(b"accept-ranges") {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"etag") && !v.starts_with(b"W/") {
+                out.extend_from_slice(b"etag: W/");
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
         }
         push_header(out, name, v);
     }
@@ -330,13 +374,12 @@ pub fn rewrite_response(
             push_header(out, name.as_bytes(), value.as_bytes());
         }
     }
-    // As `compress::decide` does when the client accepts no encoding we use: the answer
-    // depended on Accept-Encoding all the same.
-    if rules.policy.compression
-        && !varies
-        && compress::may_compress(status, content_type, content_encoding, no_transform, ranged)
-    {
+    if compression.vary && !varies {
         out.extend_from_slice(b"vary: Accept-Encoding\r\n");
+    }
+    if let Some(enc) = encode {
+        push_header(out, b"content-encoding", enc.token().as_bytes());
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if rules.close || facts.body == ResponseBody::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
@@ -349,6 +392,7 @@ pub fn rewrite_response(
         body: facts.body,
         upstream_keepalive: facts.reusable,
         event_stream,
+        encode,
     }))
 }
 
@@ -444,6 +488,15 @@ impl Chunks {
     /// Follows `bytes`; returns how many belong to the body (all of them, unless it ended
     /// inside). `Err` on malformed framing.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        self.feed_with(bytes, |_| {})
+    }
+
+    /// As [`Chunks::feed`], handing each piece of chunk data to `data` (decoding the body).
+    pub fn feed_with(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             match self {
@@ -451,6 +504,7 @@ impl Chunks {
                 Chunks::Data(left) => {
                     let take = (*left).min((bytes.len() - i) as u64);
                     *left -= take;
+                    data(&bytes[i..i + take as usize]);
                     i += take as usize;
                     if *left == 0 {
                         *self = Chunks::DataCr;
@@ -666,6 +720,7 @@ mod tests {
             head_request: false,
             policy,
             hsts: false,
+            accepted: None,
             close: false,
         }
     }

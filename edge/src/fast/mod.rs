@@ -167,6 +167,8 @@ struct Plan {
     limited: Option<Duration>,
     /// Answers get the app's HSTS header (HTTPS, a trusted certificate).
     hsts: bool,
+    /// The encoding the client accepts, when the app compresses.
+    accepted: Option<crate::compress::Encoding>,
 }
 
 /// How a request ended for its connection.
@@ -367,15 +369,13 @@ impl FastPath {
         {
             return None; // wake-and-hold, or an error page with its own wording
         }
-        if policy.compression
-            && head
-                .accept_encoding
+        let accepted = if policy.compression {
+            head.accept_encoding
                 .clone()
                 .and_then(|r| crate::compress::negotiate(&buf[r]))
-                .is_some()
-        {
-            return None; // the answer may be compressed: the full path's encoders do that
-        }
+        } else {
+            None
+        };
         let limited = policy
             .rate_limit
             .as_ref()
@@ -384,6 +384,7 @@ impl FastPath {
             app,
             limited,
             hsts: conn.tls && trusted,
+            accepted,
         })
     }
 
@@ -442,6 +443,7 @@ impl FastPath {
             head_request: method == http::Method::HEAD,
             policy: &app.policy,
             hsts: plan.hsts,
+            accepted: plan.accepted,
             close,
         };
         let replayable = head.replayable;
@@ -594,6 +596,16 @@ impl FastPath {
         app.runtime.breakers.success(addr);
         let h = status_head;
         let _stream = h.event_stream.then(|| app.runtime.open_stream());
+        if let Some(enc) = h.encode {
+            let (sent, upstream_reusable) = pass_compressed(conn, &mut up, &h, enc).await?;
+            if upstream_reusable {
+                pool::put(addr, up);
+            }
+            if conn.up_buf.capacity() > 2 * SMALL_BUF {
+                conn.up_buf = Vec::new();
+            }
+            return Ok((h.status, sent, !matches!(h.body, ResponseBody::UntilClose)));
+        }
         let body = &conn.up_buf[h.len..];
         let mut sent = 0u64;
         let mut upstream_reusable = h.upstream_keepalive;
@@ -756,6 +768,90 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     up.set_nodelay(true)?;
     Ok(up)
+}
+
+/// Passes an answer's body on compressed with `enc`, as HTTP/1.1 chunks: the head is in
+/// `conn.out`, the upstream's bytes so far in `conn.up_buf` (head first). Returns the body bytes
+/// sent and whether the upstream connection ended clean (its body ended where its framing said,
+/// nothing after it).
+async fn pass_compressed<C: Client>(
+    conn: &mut Conn<C>,
+    up: &mut TcpStream,
+    h: &head::ResponseHead,
+    enc: crate::compress::Encoding,
+) -> Result<(u64, bool), Failed> {
+    let mut encoder = crate::compress::Encoder::new(enc).map_err(|_| Failed::BeforeResponse)?;
+    let mut head_left = conn.out.len(); // not body bytes: not counted as sent
+    let mut sent = 0u64;
+    let mut reusable = h.upstream_keepalive && !matches!(h.body, ResponseBody::UntilClose);
+    let mut chunks = Chunks::new();
+    let mut left = match h.body {
+        ResponseBody::Length(n) => n,
+        _ => 0,
+    };
+    // What the upstream sent beyond the head, then each read; `eof`: it closed.
+    let mut start = h.len;
+    let mut eof = false;
+    loop {
+        let bytes = &conn.up_buf[start..];
+        let mut failed = false;
+        let end = match h.body {
+            ResponseBody::Length(_) => {
+                let here = (bytes.len() as u64).min(left) as usize;
+                reusable &= bytes.len() == here;
+                left -= here as u64;
+                failed |= encoder
+                    .encode_chunked(&bytes[..here], left == 0, &mut conn.out)
+                    .is_err();
+                left == 0
+            }
+            ResponseBody::Chunked => {
+                let (out, encoder) = (&mut conn.out, &mut encoder);
+                let nothing_sent = sent == 0 && out.len() == head_left;
+                let used = chunks
+                    .feed_with(bytes, |data| {
+                        failed |= encoder.encode_chunked(data, false, out).is_err();
+                    })
+                    .map_err(|head::Malformed| {
+                        if nothing_sent {
+                            Failed::BeforeResponse // a 502 page can still be sent
+                        } else {
+                            Failed::Midway
+                        }
+                    })?;
+                reusable &= used == bytes.len();
+                if chunks.done() {
+                    failed |= encoder.encode_chunked(b"", true, out).is_err();
+                }
+                chunks.done()
+            }
+            ResponseBody::UntilClose => {
+                failed |= encoder.encode_chunked(bytes, eof, &mut conn.out).is_err();
+                eof
+            }
+            ResponseBody::None => unreachable!("only answers with a body are compressed"),
+        };
+        if failed {
+            return Err(Failed::Midway);
+        }
+        if !conn.out.is_empty() {
+            write_client(&mut *conn.client, &conn.out).await?;
+            sent += (conn.out.len() - head_left) as u64;
+            head_left = 0;
+            conn.out.clear();
+        }
+        if end {
+            return Ok((sent, reusable));
+        }
+        conn.up_buf.clear();
+        start = 0;
+        conn.up_buf.reserve(BODY_CHUNK);
+        match up.read_buf(&mut conn.up_buf).await {
+            Ok(0) if matches!(h.body, ResponseBody::UntilClose) => eof = true,
+            Ok(0) | Err(_) => return Err(Failed::Midway),
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Moves `len` body bytes from the client to the upstream (never reading past the body).
