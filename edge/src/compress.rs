@@ -136,7 +136,9 @@ pub fn compressible(content_type: &[u8]) -> bool {
 pub struct AnswerFacts<'a> {
     pub status: u16,
     pub content_type: Option<&'a [u8]>,
-    pub content_encoding: Option<&'a [u8]>,
+    /// The body is encoded already: a `Content-Encoding` line (any of them) names a coding
+    /// other than `identity` ([`names_a_coding`]).
+    pub encoded: bool,
     pub no_transform: bool,
     pub ranged: bool,
     /// The body's length, when the answer says it.
@@ -159,7 +161,7 @@ pub fn decision(answer: &AnswerFacts<'_>, accepted: Option<Encoding>) -> Decisio
     let allowed = may_compress(
         answer.status,
         answer.content_type,
-        answer.content_encoding,
+        answer.encoded,
         answer.no_transform,
         answer.ranged,
     );
@@ -182,7 +184,10 @@ pub fn decide(
     let facts = AnswerFacts {
         status: resp.status.as_u16(),
         content_type: h.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes),
-        content_encoding: h.get(header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+        encoded: h
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| names_a_coding(v.as_bytes())),
         no_transform: h
             .get_all(header::CACHE_CONTROL)
             .iter()
@@ -220,11 +225,10 @@ pub fn decide(
 pub fn may_compress(
     status: u16,
     content_type: Option<&[u8]>,
-    content_encoding: Option<&[u8]>,
+    encoded: bool,
     no_transform: bool,
     ranged: bool,
 ) -> bool {
-    let encoded = content_encoding.is_some_and(|v| !v.eq_ignore_ascii_case(b"identity"));
     content_type.is_some_and(compressible)
         && !encoded
         && !no_transform
@@ -232,6 +236,15 @@ pub fn may_compress(
         && status != 206
         && (200..300).contains(&status)
         && status != 204
+}
+
+/// Whether a `Content-Encoding` line names a coding other than `identity` (each line is part of
+/// one list, RFC 9110 §8.4: every line counts, not only the first or the last).
+pub fn names_a_coding(content_encoding: &[u8]) -> bool {
+    content_encoding
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
 }
 
 /// A Cache-Control value with `no-transform`.

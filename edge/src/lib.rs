@@ -10,13 +10,13 @@
 //! the listener can be bound before start (port 0 in tests, the bound address reported) and
 //! shutdown ends as soon as requests have drained rather than after a fixed grace sleep.
 
+pub mod accept;
 pub mod background;
 pub mod balance;
 pub mod breaker;
 pub mod challenge;
 pub mod cluster;
 pub mod compress;
-pub mod connections;
 pub mod errors;
 pub mod fast;
 pub mod limits;
@@ -34,14 +34,10 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{Fds, ListenFds};
-use pingora_core::services::Service as _;
-use pingora_core::services::listening::Service;
 use spinforge_state::Store;
 use spinforge_state::config::AccessLog;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -292,53 +288,25 @@ impl Edge {
         let (service_stop_tx, service_stop_rx) = watch::channel(false);
         // Per-thread runtimes live until this says so (after the drain), then drop their tasks.
         let (release_tx, release_rx) = watch::channel(false);
-        let key = self.http_addr.to_string();
         // Shared by every proxy thread: one count of connections per client IP, one linger.
-        let connection_counts = Arc::new(limits::ConnectionCounts::default());
-        let linger = Arc::new(connections::Linger::default());
-        // Services still running (their cleanup, with the linger, included).
+        let guard = accept::Guard {
+            counts: Arc::new(limits::ConnectionCounts::default()),
+            max_per_ip: self.config.max_connections_per_ip,
+            first_byte_timeout: self.config.header_timeout,
+        };
+        let linger = Arc::new(accept::Linger::default());
+        // Threads still serving (their cleanup, with the linger, included).
         let services_running = Arc::new(AtomicUsize::new(0));
-        // One proxy service for one copy of the listening socket, under the address string
-        // Pingora will look it up by.
-        let service_for = |fd: RawFd| {
+        // One app per proxy thread, for plain and HTTPS connections alike: the fast path in
+        // front (HTTP/1.1), Pingora's proxy behind it (HTTP/2, and what the fast path leaves),
+        // with its own upstream pool.
+        let app_for = || {
             let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
             let mut options = HttpServerOptions::default();
             options.h2c = self.config.h2c;
             options.h2_idle_timeout = Some(self.config.keepalive_timeout);
             http.server_options = Some(options);
-            let mut service = Service::new(
-                "spinforge-edge".to_string(),
-                connections::PerIpCap {
-                    inner: Arc::new(Counted {
-                        inner: Arc::new(http),
-                        metrics: metrics.clone(),
-                        fast: fast_path.then(|| fast::FastPath {
-                            proxy: proxy.clone(),
-                            header_timeout: self.config.header_timeout,
-                            closing: watch::channel(false).0,
-                        }),
-                    }),
-                    counts: connection_counts.clone(),
-                    max_per_ip: self.config.max_connections_per_ip,
-                    linger: linger.clone(),
-                    first_byte_timeout: self.config.header_timeout,
-                },
-            );
-            service.add_tcp(&key);
-            let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
-            fds.lock().add(key.clone(), fd);
-            (service, fds)
-        };
-        // HTTPS: our own accept loop (rustls, SNI, ACME TLS-ALPN-01) with the same proxy behind
-        // it; HTTP/1.1 over TLS reads its heads through the fast path too (its memory bound and
-        // its proxying), HTTP/2 goes to Pingora. One loop per proxy thread, on a copy of the
-        // listening socket, as for plain HTTP.
-        let https_for = |listener: std::net::TcpListener, config: Arc<rustls::ServerConfig>| {
-            let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
-            let mut options = HttpServerOptions::default();
-            options.h2_idle_timeout = Some(self.config.keepalive_timeout);
-            http.server_options = Some(options);
-            let app = Arc::new(Counted {
+            Arc::new(Counted {
                 inner: Arc::new(http),
                 metrics: metrics.clone(),
                 fast: fast_path.then(|| fast::FastPath {
@@ -346,66 +314,70 @@ impl Edge {
                     header_timeout: self.config.header_timeout,
                     closing: watch::channel(false).0,
                 }),
-            });
-            let guard = tls::listener::Guard {
-                counts: connection_counts.clone(),
-                max_per_ip: self.config.max_connections_per_ip,
-                first_byte_timeout: self.config.header_timeout,
-            };
-            tls::listener::serve(listener, config, app, guard, service_stop_rx.clone())
+            })
         };
-        let https = match (self.https, tls_config) {
-            (Some((listener, addr)), Some(config)) => {
-                tracing::info!(https = %addr, "HTTPS listening");
-                Some((listener, config))
-            }
-            _ => None,
+        let acceptor = tls_config.map(|config| {
+            Arc::new(pingora_core::listeners::tls::Acceptor::from_server_config(
+                config,
+            ))
+        });
+        if let Some((_, addr)) = &self.https {
+            tracing::info!(https = %addr, "HTTPS listening");
+        }
+        // Every thread accepts from its own copy of each listening socket (see `accept`).
+        let n = match layout {
+            RuntimeLayout::Shared => 1,
+            RuntimeLayout::PerThread(n) => n,
         };
-        let mut https_task = None;
-        let service_task = match layout {
-            RuntimeLayout::Shared => {
-                if let Some((listener, config)) = https {
-                    https_task = Some(tokio::spawn(https_for(listener, config)));
+        let (threads, inboxes) = accept::Threads::new(n);
+        let mut listeners: Vec<Vec<accept::Listener>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut mine = Vec::new();
+            match self.listener.try_clone() {
+                Ok(socket) => mine.push(accept::Listener { socket, tls: None }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot share the listener with a proxy thread")
                 }
-                let (mut service, fds) = service_for(self.listener.into_raw_fd());
-                let running = services_running.clone();
-                running.fetch_add(1, Ordering::AcqRel);
-                Some(tokio::spawn(async move {
-                    service.start_service(Some(fds), service_stop_rx, 1).await;
-                    running.fetch_sub(1, Ordering::AcqRel);
-                }))
             }
-            RuntimeLayout::PerThread(n) => {
-                // Each thread accepts from its own copy of the socket (one accept queue) and
-                // serves its connections start to end, with its own upstream pool: no task
-                // migrates between threads, no cross-thread wake-ups on the request path.
-                let mut fds = Vec::with_capacity(n);
-                for _ in 1..n {
-                    match self.listener.try_clone() {
-                        Ok(l) => fds.push(l.into_raw_fd()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot share the listener with another proxy thread")
-                        }
+            if let (Some((l, _)), Some(acceptor)) = (&self.https, &acceptor) {
+                match l.try_clone() {
+                    Ok(socket) => mine.push(accept::Listener {
+                        socket,
+                        tls: Some(acceptor.clone()),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot share the HTTPS listener with a proxy thread")
                     }
                 }
-                fds.push(self.listener.into_raw_fd());
-                let mut https_loops: Vec<_> = (0..fds.len()).map(|_| None).collect();
-                if let Some((listener, config)) = https {
-                    for slot in https_loops.iter_mut().skip(1) {
-                        match listener.try_clone() {
-                            Ok(l) => *slot = Some(https_for(l, config.clone())),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot share the HTTPS listener with another proxy thread")
-                            }
-                        }
-                    }
-                    https_loops[0] = Some(https_for(listener, config));
+            }
+            listeners.push(mine);
+        }
+        // The threads hold their copies; the handover to a successor has its own (`handoff`).
+        drop(self.listener);
+        drop(self.https);
+        let server_for = || accept::ThreadServer {
+            app: app_for(),
+            guard: guard.clone(),
+            threads: threads.clone(),
+            linger: linger.clone(),
+        };
+        let mut service_task = None;
+        for ((i, mine), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
+            let server = server_for();
+            let (stop, running) = (service_stop_rx.clone(), services_running.clone());
+            running.fetch_add(1, Ordering::AcqRel);
+            match layout {
+                RuntimeLayout::Shared => {
+                    service_task = Some(tokio::spawn(async move {
+                        server.run(mine, inbox, stop).await;
+                        running.fetch_sub(1, Ordering::AcqRel);
+                    }));
                 }
-                for ((i, fd), https_loop) in fds.into_iter().enumerate().zip(https_loops) {
-                    let (mut service, fds) = service_for(fd);
-                    let (stop, mut release) = (service_stop_rx.clone(), release_rx.clone());
-                    let running = services_running.clone();
-                    running.fetch_add(1, Ordering::AcqRel);
+                RuntimeLayout::PerThread(_) => {
+                    // Each thread serves its connections start to end, with its own upstream
+                    // pool: no task migrates between threads, no cross-thread wake-ups on the
+                    // request path.
+                    let mut release = release_rx.clone();
                     let spawned = std::thread::Builder::new()
                         .name(format!("spinforge-edge-{i}"))
                         .spawn(move || {
@@ -420,10 +392,7 @@ impl Edge {
                                 }
                             };
                             runtime.block_on(async move {
-                                if let Some(https_loop) = https_loop {
-                                    tokio::spawn(https_loop);
-                                }
-                                service.start_service(Some(fds), stop, 1).await;
+                                server.run(mine, inbox, stop).await;
                                 running.fetch_sub(1, Ordering::AcqRel);
                                 let _ = release.wait_for(|r| *r).await;
                             });
@@ -433,9 +402,8 @@ impl Edge {
                         tracing::error!(error = %e, "cannot start a proxy thread");
                     }
                 }
-                None
             }
-        };
+        }
         tracing::info!(http = %self.http_addr, metrics = ?metrics_addr, store = self.store.kind(), "edge serving");
 
         let stop = match shutdown.wait_for(Option::is_some).await {
@@ -472,7 +440,7 @@ impl Edge {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
-        for t in [tls_task, https_task, cluster_task].into_iter().flatten() {
+        for t in [tls_task, cluster_task].into_iter().flatten() {
             t.abort();
         }
         wake_task.abort();

@@ -296,10 +296,13 @@ pub fn rewrite_response(
     for h in resp.headers.iter() {
         let (name, v) = (h.name.as_bytes(), h.value);
         if name.eq_ignore_ascii_case(b"content-type") {
-            event_stream = v.starts_with(b"text/event-stream");
-            answer.content_type = Some(v);
+            // The first, as the full path reads it (a second one makes the answer invalid).
+            if answer.content_type.is_none() {
+                event_stream = v.starts_with(b"text/event-stream");
+                answer.content_type = Some(v);
+            }
         } else if name.eq_ignore_ascii_case(b"content-encoding") {
-            answer.content_encoding = Some(v);
+            answer.encoded |= compress::names_a_coding(v);
         } else if name.eq_ignore_ascii_case(b"cache-control") {
             answer.no_transform |= compress::is_no_transform(v);
         } else if name.eq_ignore_ascii_case(b"content-range") {
@@ -351,8 +354,11 @@ pub fn rewrite_response(
         }
         if encode.is_some() {
             // A compressed body is another representation: no byte ranges of it, and its
-            // validator is weak (RFC 9110 §8.8.1).
-            if name.eq_ignore_ascii_case(b"accept-ranges") {
+            // validator is weak (RFC 9110 §8.8.1). Its coding is ours alone (the app's lines
+            // could only say `identity`).
+            if name.eq_ignore_ascii_case(b"accept-ranges")
+                || name.eq_ignore_ascii_case(b"content-encoding")
+            {
                 continue;
             }
             if name.eq_ignore_ascii_case(b"etag") && !v.starts_with(b"W/") {
@@ -381,7 +387,9 @@ pub fn rewrite_response(
         push_header(out, b"content-encoding", enc.token().as_bytes());
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if rules.close || facts.body == ResponseBody::UntilClose {
+    // A body delimited by the upstream's close ends the client's connection too, unless the
+    // edge frames it anew (compressed: chunked).
+    if rules.close || (facts.body == ResponseBody::UntilClose && encode.is_none()) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");

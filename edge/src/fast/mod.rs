@@ -1,17 +1,17 @@
-//! The fast path: plain HTTP/1.1 requests to a running app, proxied without Pingora's per-request
-//! machinery (its session objects, body tasks and channels, header maps, per-request
-//! allocations), which cost about twice NGINX's CPU per request on the bench.
+//! The fast path: HTTP/1.1 requests to a running app, plain or over TLS, proxied without
+//! Pingora's per-request machinery (its session objects, body tasks and channels, header maps,
+//! per-request allocations), which cost about twice NGINX's CPU per request on the bench.
 //!
-//! A connection on the plain listener starts here. Each request head is read into the
-//! connection's buffer (never more than the largest `limits.headers` of any app: a longer head
-//! is answered 431 here) and parsed once; the one request policy ([`crate::policy`]) reads it;
-//! a request the fast path takes is written to a pooled upstream connection with its head
-//! rewritten by that policy and the answer passed back under the same policy. Anything else
+//! Every HTTP/1 connection starts here. Each request head is read into the connection's buffer
+//! (never more than the largest `limits.headers` of any app: a longer head is answered 431 here)
+//! and parsed once; the one request policy ([`crate::policy`]) reads it; a request the fast path
+//! takes is written to a pooled upstream connection with its head rewritten by that policy, and
+//! the answer passed back under the same policy — compressed here when the client and the app's
+//! policy call for it ([`crate::compress::decision`], the full path's rule). Anything else
 //! ([`head::Unfit`], an unknown host, a stopped app, an ACME token or an HTTPS redirect, a body
-//! over the limit, a client that accepts compression for an app that compresses) is handed to
-//! Pingora with its complete head put back, and that path answers it from the same policy; the
-//! connection comes back here after it. Pingora never reads a request head from the network
-//! on this listener (but an h2c connection's, which HTTP/2's own limits bound).
+//! over the limit) is handed to Pingora with its complete head put back, and that path answers
+//! it from the same policy; the connection comes back here after it. Pingora never reads an
+//! HTTP/1 request head from the network (only HTTP/2's, which its own limits bound).
 //!
 //! An upstream connection is reused only when proven clean: its answer was framed and read to
 //! its exact end with nothing after it, the policy found no reason to doubt that end, and when
@@ -604,7 +604,8 @@ impl FastPath {
             if conn.up_buf.capacity() > 2 * SMALL_BUF {
                 conn.up_buf = Vec::new();
             }
-            return Ok((h.status, sent, !matches!(h.body, ResponseBody::UntilClose)));
+            // Chunked anew: the client's connection carries on whatever the upstream's framing.
+            return Ok((h.status, sent, true));
         }
         let body = &conn.up_buf[h.len..];
         let mut sent = 0u64;
