@@ -447,6 +447,31 @@ const ALLOWED: &[Allowed] = &[
         why: REFRAMED,
     },
     Allowed {
+        case: "gz/req/gzip-close-mid-body",
+        check: Check::Client,
+        why: WHOLE_BODY_CUT,
+    },
+    Allowed {
+        case: "gz/req/br-close-mid-body",
+        check: Check::Client,
+        why: WHOLE_BODY_CUT,
+    },
+    Allowed {
+        case: "gz/req/zstd-close-mid-body",
+        check: Check::Client,
+        why: WHOLE_BODY_CUT,
+    },
+    Allowed {
+        case: "gz/ans/close-mid-body-cl",
+        check: Check::Client,
+        why: WHOLE_BODY_CUT,
+    },
+    Allowed {
+        case: "gz/ans/close-after-head",
+        check: Check::Client,
+        why: WHOLE_BODY_CUT,
+    },
+    Allowed {
         case: "gz/ans/1xx-*",
         check: Check::Client,
         why: "as ans/1xx-*: headers on an interim answer before a compressed one",
@@ -473,6 +498,10 @@ const ALLOWED: &[Allowed] = &[
     },
 ];
 
+const WHOLE_BODY_CUT: &str = "the upstream closes before the end of a body of known length that \
+     would be compressed: the fast path compresses such bodies whole (up to 128 KiB), so it has \
+     sent nothing yet and answers 502 and closes; Pingora streams, so it has sent the head and \
+     part of the body and then closes. Either way no complete-looking answer reaches the client";
 const PIPELINING: &str = "bytes after a complete request in the same read (pipelined requests, a \
      body longer than its Content-Length, body bytes sent without a length, a body completed by \
      a later write): Pingora answers the first request and closes (it does not reuse a session \
@@ -3795,7 +3824,15 @@ fn judge_client(case: &Case, id: usize, t: &Transcript) -> (String, String, Vec<
     let own_case = format!("case {id} #");
     let mut final_index = 0;
     for m in &parsed.msgs {
-        let (headers, ids) = normalised(&m.headers, http11_only);
+        let (mut headers, ids) = normalised(&m.headers, http11_only);
+        // Compressed bodies are compared decoded (see [`normalised`]).
+        let (decoded, coding) = decoded_body(m);
+        if coding.is_some() {
+            // A compressed body may go out with its length (compressed whole, as the fast
+            // path does up to 128 KiB) or chunked (as it streams): both frame it exactly, and
+            // the absolute checks still see every answer's framing. Compared: the content.
+            headers.retain(|(k, _)| k != "content-length" && k != "transfer-encoding");
+        }
         let _ = writeln!(
             out,
             "< {}{}",
@@ -3809,11 +3846,9 @@ fn judge_client(case: &Case, id: usize, t: &Transcript) -> (String, String, Vec<
         for (k, v) in &headers {
             let _ = writeln!(out, "<   {k}: {v}");
         }
-        // Compressed bodies are compared decoded (see [`normalised`]).
-        let (decoded, coding) = decoded_body(m);
         let body = replace_all(&decoded, &ids);
         let framing = match &coding {
-            Some(c) => format!("{:?}, {c}", m.framing),
+            Some(c) => format!("framed, {c}"),
             None => format!("{:?}", m.framing),
         };
         let _ = writeln!(out, "<   body ({framing}): {}", esc_cap(&body, 120));

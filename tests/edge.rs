@@ -269,7 +269,9 @@ async fn compresses_text_by_accept_encoding() {
     let http = sf.client();
     let expected = "spinforge ".repeat(400)[..4000].to_string();
     for (accept, want) in [
-        ("gzip, deflate, br, zstd", Some("br")),
+        ("gzip, deflate, br, zstd", Some("zstd")),
+        ("gzip, deflate, br", Some("gzip")),
+        ("br", Some("br")),
         ("gzip", Some("gzip")),
         ("br;q=0.5, zstd;q=0.9, gzip;q=0.1", Some("zstd")),
         ("br;q=0, gzip;q=0", None),

@@ -763,9 +763,10 @@ impl ProxyHttp for EdgeProxy {
             ctx.open_stream = Some(app.runtime.open_stream());
         }
         if app.policy.compression {
+            let length = compress::content_length(&resp.headers);
             if let Some(enc) = compress::decide(resp, ctx.accept_encoding, head_request) {
                 ctx.encoder = Some(
-                    Encoder::new(enc)
+                    Encoder::for_length(enc, length)
                         .map_err(|e| Error::because(ErrorType::InternalError, "compressor", e))?,
                 );
             }

@@ -383,16 +383,18 @@ pub fn rewrite_response(
     if compression.vary && !varies {
         out.extend_from_slice(b"vary: Accept-Encoding\r\n");
     }
-    if let Some(enc) = encode {
-        push_header(out, b"content-encoding", enc.token().as_bytes());
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
     // A body delimited by the upstream's close ends the client's connection too, unless the
     // edge frames it anew (compressed: chunked).
     if rules.close || (facts.body == ResponseBody::UntilClose && encode.is_none()) {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    if let Some(enc) = encode {
+        push_header(out, b"content-encoding", enc.token().as_bytes());
+        // Last, so that [`frame_by_length`] can replace it once a whole body is compressed.
+        out.extend_from_slice(CHUNKED_END);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
     Ok(Some(ResponseHead {
         len,
         status,
@@ -402,6 +404,20 @@ pub fn rewrite_response(
         event_stream,
         encode,
     }))
+}
+
+/// How the head of an answer the edge compresses ends.
+const CHUNKED_END: &[u8] = b"transfer-encoding: chunked\r\n\r\n";
+
+/// Turns the head in `out` (as [`rewrite_response`] wrote it for a compressed answer) from
+/// chunked framing to `Content-Length: len`. `false`: it was not such a head (left as it is).
+pub fn frame_by_length(out: &mut Vec<u8>, len: usize) -> bool {
+    if !out.ends_with(CHUNKED_END) {
+        return false;
+    }
+    out.truncate(out.len() - CHUNKED_END.len());
+    let _ = write!(out, "content-length: {len}\r\n\r\n");
+    true
 }
 
 /// The current HTTP date, formatted once a second per thread.

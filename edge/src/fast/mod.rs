@@ -781,6 +781,11 @@ async fn pass_compressed<C: Client>(
     h: &head::ResponseHead,
     enc: crate::compress::Encoding,
 ) -> Result<(u64, bool), Failed> {
+    if let ResponseBody::Length(len) = h.body
+        && len <= crate::compress::WHOLE_MAX
+    {
+        return pass_compressed_whole(conn, up, h, enc, len).await;
+    }
     let mut encoder = crate::compress::Encoder::new(enc).map_err(|_| Failed::BeforeResponse)?;
     let mut head_left = conn.out.len(); // not body bytes: not counted as sent
     let mut sent = 0u64;
@@ -853,6 +858,42 @@ async fn pass_compressed<C: Client>(
             Ok(_) => {}
         }
     }
+}
+
+/// [`pass_compressed`] for a body of known length up to [`crate::compress::WHOLE_MAX`]: read
+/// whole, compressed in one call, sent with its length in one write.
+async fn pass_compressed_whole<C: Client>(
+    conn: &mut Conn<C>,
+    up: &mut TcpStream,
+    h: &head::ResponseHead,
+    enc: crate::compress::Encoding,
+    len: u64,
+) -> Result<(u64, bool), Failed> {
+    let end = h.len + len as usize;
+    while conn.up_buf.len() < end {
+        conn.up_buf.reserve(end - conn.up_buf.len());
+        match up.read_buf(&mut conn.up_buf).await {
+            Ok(0) | Err(_) => return Err(Failed::BeforeResponse), // nothing sent yet: a 502
+            Ok(_) => {}
+        }
+    }
+    let reusable = h.upstream_keepalive && conn.up_buf.len() == end;
+    let head_len = conn.out.len();
+    crate::compress::compress_whole(enc, &conn.up_buf[h.len..end], &mut conn.out)
+        .map_err(|_| Failed::BeforeResponse)?;
+    let body = conn.out.split_off(head_len);
+    if head::frame_by_length(&mut conn.out, body.len()) {
+        conn.out.extend_from_slice(&body);
+    } else {
+        // (Not reached: the head ends as `rewrite_response` wrote it.) Chunked as announced.
+        use std::io::Write as _;
+        let _ = write!(conn.out, "{:x}\r\n", body.len());
+        conn.out.extend_from_slice(&body);
+        conn.out.extend_from_slice(b"\r\n0\r\n\r\n");
+    }
+    write_client(&mut *conn.client, &conn.out).await?;
+    conn.out.clear();
+    Ok((body.len() as u64, reusable))
 }
 
 /// Moves `len` body bytes from the client to the upstream (never reading past the body).
