@@ -3,18 +3,17 @@
 //! that answer; it never starts, wakes or idles anything. A name is resolved here, on each check,
 //! so that the edge only ever sees IP addresses (it never waits on DNS).
 
-use crate::app::{AppContext, Command};
+use crate::app::publish::Publisher;
+use crate::app::{AppContext, Command, Inbox};
 use crate::process;
 use spinforge_state::config::{AppConfig, ExternalUpstream};
 use spinforge_state::records::{AppRecord, Route};
-use spinforge_state::{Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How often the service is probed.
@@ -30,8 +29,9 @@ type Probe = Pin<Box<dyn Future<Output = Result<Vec<(SocketAddr, bool)>, String>
 pub struct ExternalTask {
     app: AppConfig,
     upstream: ExternalUpstream,
-    ctx: Arc<AppContext>,
-    rx: mpsc::Receiver<Command>,
+    inbox: Inbox,
+    /// Writes its record, routes and upstreams (the only writer of them).
+    publisher: Publisher,
     /// Addresses published to `upstreams:{app}`.
     healthy: BTreeSet<SocketAddr>,
     /// Failed probes in a row, per address seen.
@@ -49,22 +49,19 @@ impl std::fmt::Debug for ExternalTask {
 }
 
 impl ExternalTask {
-    /// The task for `app` if it has `upstream:`; else the receiver back, for an [`AppTask`].
+    /// The task for the app if it has `upstream:`; else the inbox back, for an [`AppTask`].
     ///
     /// [`AppTask`]: crate::app::AppTask
-    pub fn new(
-        app: AppConfig,
-        ctx: Arc<AppContext>,
-        rx: mpsc::Receiver<Command>,
-    ) -> Result<Self, mpsc::Receiver<Command>> {
+    pub fn new(ctx: Arc<AppContext>, mut inbox: Inbox) -> Result<Self, Inbox> {
+        let app = (*inbox.definition.borrow_and_update().config).clone();
         let Some(upstream) = app.external().cloned() else {
-            return Err(rx);
+            return Err(inbox);
         };
         Ok(Self {
+            publisher: Publisher::new(ctx.store.clone(), &app.name),
             app,
             upstream,
-            ctx,
-            rx,
+            inbox,
             healthy: BTreeSet::new(),
             fails: BTreeMap::new(),
         })
@@ -73,8 +70,10 @@ impl ExternalTask {
     pub async fn run(mut self) {
         // Nothing is known healthy until it answers.
         self.republish().await;
+        self.acknowledge();
         let mut next_check = Instant::now();
         let mut probe: Option<Probe> = None;
+        let mut definition_open = true;
         loop {
             tokio::select! {
                 result = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
@@ -89,17 +88,22 @@ impl ExternalTask {
                         self.app.health_check.timeout.min(PROBE_TIMEOUT),
                     )));
                 }
-                cmd = self.rx.recv() => match cmd {
-                    // Never started, never idled: SpinForge does not run it.
-                    Some(Command::Wake | Command::IdleCheck { .. }) => {}
-                    Some(Command::Republish) => self.republish().await,
-                    Some(Command::Update(app)) => {
+                changed = self.inbox.definition.changed(), if definition_open => match changed {
+                    Ok(()) => {
+                        let app = (*self.inbox.definition.borrow_and_update().config).clone();
                         if let Some(upstream) = app.external().cloned() {
                             self.upstream = upstream;
                         }
-                        self.app = *app;
+                        self.app = app;
                         self.republish().await;
+                        self.acknowledge();
                     }
+                    Err(_) => definition_open = false,
+                },
+                () = self.inbox.republish.notified() => self.republish().await,
+                cmd = self.inbox.commands.recv() => match cmd {
+                    // Never started, never idled: SpinForge does not run it.
+                    Some(Command::Wake | Command::IdleCheck { .. }) => {}
                     // The supervisor refuses deploys of an external app; nothing to build.
                     Some(Command::Deploy { .. }) => {}
                     Some(Command::Rollback { reply, .. }) => {
@@ -112,7 +116,11 @@ impl ExternalTask {
                         let _ = done.send(());
                         return;
                     }
-                    Some(Command::Shutdown { done, .. }) => {
+                    Some(Command::Shutdown { done, forget, .. }) => {
+                        if forget {
+                            let domains = self.app.domains.clone();
+                            self.publisher.unpublish(&domains).await;
+                        }
                         let _ = done.send(());
                         return;
                     }
@@ -166,17 +174,23 @@ impl ExternalTask {
         self.publish_upstreams().await;
     }
 
+    /// Says the current definition is published (see [`crate::app::Outbox::published`]).
+    fn acknowledge(&self) {
+        let version = self.inbox.definition.borrow().version;
+        self.inbox.published.send_if_modified(|v| {
+            let newer = *v < version;
+            *v = (*v).max(version);
+            newer
+        });
+    }
+
     async fn publish_upstreams(&self) {
         let addrs: Vec<String> = self.healthy.iter().map(SocketAddr::to_string).collect();
-        let name = self.app.name.clone();
-        self.store_call("publishing upstreams", |s| async move {
-            s.set_upstreams(&name, &addrs).await
-        })
-        .await;
+        self.publisher.upstreams(&addrs).await;
     }
 
     /// Writes the app's record, its routes (marked external) and its healthy upstreams.
-    async fn republish(&self) {
+    async fn republish(&mut self) {
         let record = AppRecord {
             name: self.app.name.clone(),
             domains: self.app.domains.clone(),
@@ -200,23 +214,8 @@ impl ExternalTask {
                 external: true,
             })
             .collect();
-        self.store_call("republishing", |s| async move {
-            s.put_app(&record).await?;
-            for route in &routes {
-                s.put_route(route).await?;
-            }
-            Ok(())
-        })
-        .await;
+        self.publisher.external(&record, &routes).await;
         self.publish_upstreams().await;
-    }
-
-    async fn store_call<F, Fut>(&self, what: &str, call: F)
-    where
-        F: FnOnce(Store) -> Fut,
-        Fut: Future<Output = Result<(), StoreError>>,
-    {
-        crate::app::store_write(&self.ctx.store, &self.app.name, what, call).await
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! For each app a task ([`app::AppTask`]) builds a release ([`release`]) and, on a `wake` from an
 //! edge, starts a spinlet ([`process`]) on a port from [`ports`], health-checks it and publishes it
-//! to `upstreams:{app}`; it restarts crashed spinlets with backoff and stops idle ones. This module
-//! wires the tasks to the store: routes in, wake events and activity to the tasks, and a
-//! republish of everything whenever the store may have lost it (a Redis restart).
+//! to `upstreams:{app}`; it restarts crashed spinlets with backoff and stops idle ones. Each task
+//! writes its own app's routes, record and upstreams (see [`app::publish`]). This module wires the
+//! tasks to the rest: definitions, wake events, activity and control requests to the tasks, a
+//! republish request whenever the store may have lost what they wrote (a Redis restart), and a
+//! sweep of routes no app claims.
 
 pub mod app;
 pub mod build;
@@ -22,7 +24,7 @@ pub mod spinlet;
 pub mod static_site;
 pub mod users; // one uid per app under run_as (issue #6 item 2)
 
-use app::{AppContext, AppTask, Command};
+use app::{AppContext, AppTask, Command, Outbox};
 use control::{ControlError, ManagedApp, Origin};
 use spinforge_state::config::{AppConfig, AppSource, Config};
 use spinforge_state::records::Spinlet;
@@ -31,20 +33,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 /// After a resync the store refused, try again this soon.
 const RESYNC_RETRY: Duration = Duration::from_millis(500);
-
-/// Messages queued per app task; wakes beyond it are dropped (edges repeat them every second).
-const APP_QUEUE: usize = 64;
 
 /// How often the config file is checked for edits.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// A removed app's spinlets get this long to stop.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the supervisor waits for an app task to publish a definition (its first, at start;
+/// one that takes a domain away from it, before another app may claim the domain).
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -83,11 +86,12 @@ pub fn resolve_run_as(name: Option<&str>) -> Result<Option<build::runner::RunAs>
     }))
 }
 
-/// An app the supervisor runs: its definition, where it came from, and its task's queue.
+/// An app the supervisor runs: its definition, where it came from, and its task's channels.
 #[derive(Debug)]
 struct Entry {
     app: ManagedApp,
-    tx: mpsc::Sender<Command>,
+    outbox: Outbox,
+    task: AbortHandle,
 }
 
 /// A supervisor whose routes are in the store and whose app tasks are running.
@@ -107,9 +111,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Writes the config's routes to the store, removes routes of apps no longer configured, and
-    /// starts one task per app (which builds its release in the background). Spinlets a previous
-    /// supervisor left running are adopted by their app's task.
+    /// Removes routes of apps no longer configured, starts one task per app (which writes its
+    /// routes, then builds its release in the background) and returns once every task has
+    /// written its routes. Spinlets a previous supervisor left running are adopted by their
+    /// app's task.
     pub async fn start(config: &Config, store: Store) -> Result<Supervisor, SupervisorError> {
         let tools = release::Toolchain::discover().map_err(SupervisorError::Toolchain)?;
         let data_dir = config.supervisor.data_dir.clone();
@@ -136,14 +141,19 @@ impl Supervisor {
                 run_as,
             },
         );
+        let spawner = app::spawner::ProcessSpawner {
+            tools,
+            data_dir: data_dir.clone(),
+            run_as,
+        };
         let ctx = Arc::new(AppContext {
             store: store.clone(),
-            tools,
             ports: ports::PortAllocator::new(config.supervisor.port_range),
             data_dir: data_dir.clone(),
-            builder,
-            run_as,
-            drain: config.edge.grace,
+            builds: Arc::new(builder),
+            spawner: Arc::new(spawner),
+            // Replaced spinlets drain for `edge.grace`.
+            timing: app::Timing::new(config.edge.grace),
             settings_key,
         });
         let (handle, requests) = control::SupervisorHandle::new();
@@ -173,10 +183,18 @@ impl Supervisor {
             }
             wanted.push(app);
         }
-        sup.reconcile_routes_for(&wanted).await?;
+        // What a previous run left for apps gone since; every other route is its app's to write.
+        let configs: Vec<&AppConfig> = wanted.iter().map(|a| &a.config).collect();
+        app::publish::sweep(&store, &configs).await?;
         sup.adoptable = adoptable_spinlets(&wanted, &store).await?;
         for app in wanted {
             sup.spawn_app(app);
+        }
+        // Each task's first step writes its routes: once they all have, the routes are in.
+        for (name, e) in &sup.apps {
+            if !e.outbox.published(1, PUBLISH_WAIT).await {
+                tracing::warn!(app = %name, "the app task has not published its routes yet");
+            }
         }
         tracing::info!(
             apps = sup.apps.len(),
@@ -192,17 +210,17 @@ impl Supervisor {
     }
 
     fn spawn_app(&mut self, app: ManagedApp) {
-        let (tx, rx) = mpsc::channel(APP_QUEUE);
+        let (outbox, inbox) = app::command::channel(app.config.clone());
         let name = app.config.name.clone();
-        match external::ExternalTask::new(app.config.clone(), self.ctx.clone(), rx) {
+        let task = match external::ExternalTask::new(self.ctx.clone(), inbox) {
             Ok(task) => self.tasks.spawn(task.run()),
-            Err(rx) => {
+            Err(inbox) => {
                 let adopted = self.adoptable.remove(&name).unwrap_or_default();
                 self.tasks
-                    .spawn(AppTask::new(app.config.clone(), self.ctx.clone(), rx).run(adopted))
+                    .spawn(AppTask::new(self.ctx.clone(), inbox).run(adopted))
             }
         };
-        self.apps.insert(name, Entry { app, tx });
+        self.apps.insert(name, Entry { app, outbox, task });
     }
 
     /// Routes wakes, idle checks, control requests and config edits until `shutdown` carries a
@@ -299,11 +317,11 @@ impl Supervisor {
                 release,
                 reply,
             } => match self.apps.get(&app) {
-                Some(e) => forward(&e.tx, Command::Rollback { release, reply }),
+                Some(e) => forward(&e.outbox, Command::Rollback { release, reply }),
                 None => drop(reply.send(Err(ControlError::UnknownApp(app)))),
             },
             Request::Lifecycle { app, action, reply } => match self.apps.get(&app) {
-                Some(e) => forward(&e.tx, Command::Lifecycle { action, reply }),
+                Some(e) => forward(&e.outbox, Command::Lifecycle { action, reply }),
                 None => drop(reply.send(Err(ControlError::UnknownApp(app)))),
             },
             // Handled by `run`, which ends after it.
@@ -319,7 +337,12 @@ impl Supervisor {
         );
         for e in self.apps.values() {
             let (done, wait) = oneshot::channel();
-            if e.tx.send(Command::Detach { done }).await.is_ok() {
+            if e.outbox
+                .commands
+                .send(Command::Detach { done })
+                .await
+                .is_ok()
+            {
                 let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
             }
         }
@@ -388,7 +411,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts a new app, or hands a changed definition to its task; then fixes the routes.
+    /// Starts a new app, or hands a changed definition to its task (which publishes its routes).
+    /// A definition that takes domains away from an app is waited for: only once that app has
+    /// deleted their routes may another claim them.
     async fn apply(&mut self, app: ManagedApp) {
         let name = app.config.name.clone();
         let external_changed = self
@@ -402,15 +427,20 @@ impl Supervisor {
         match self.apps.get_mut(&name) {
             Some(e) => {
                 if e.app.config != app.config {
-                    forward(&e.tx, Command::Update(Box::new(app.config.clone())));
+                    let loses_domains = e
+                        .app
+                        .config
+                        .domains
+                        .iter()
+                        .any(|d| !app.config.domains.contains(d));
+                    let version = e.outbox.define(app.config.clone());
+                    if loses_domains && !e.outbox.published(version, PUBLISH_WAIT).await {
+                        tracing::warn!(app = %name, "the app task has not published its new domains yet");
+                    }
                 }
                 e.app = app;
             }
             None => self.spawn_app(app),
-        }
-        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
-        if let Err(e) = self.reconcile_routes_for(&all).await {
-            tracing::warn!(error = %e, "cannot update routes yet; the next resync will");
         }
     }
 
@@ -430,36 +460,32 @@ impl Supervisor {
             .map_err(|e| ControlError::Internal(format!("cannot remove routes: {e}")))
     }
 
-    /// Takes an app's routes away, then stops its task (and its spinlets) and forgets it; the
-    /// routes are reconciled before (no request meets a stopping spinlet) and after (nothing the
-    /// task wrote meanwhile survives). The task goes even when the store refused the route change
-    /// (the next resync removes them).
+    /// Stops an app's task, which takes its routes away first (no request meets a stopping
+    /// spinlet), then stops its spinlets and deletes its record. A task that does not answer by
+    /// the deadline is aborted and what it left is swept.
     async fn remove_task(&mut self, name: &str) -> Result<(), StoreError> {
         let Some(e) = self.apps.remove(name) else {
             return Ok(());
         };
-        let rest: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
-        let routes = self.reconcile_routes_for(&rest).await;
-        if let Err(err) = &routes {
-            tracing::warn!(app = %name, error = %err, "cannot remove routes yet; the next resync will");
-        }
         let (done, wait) = oneshot::channel();
         let deadline = Instant::now() + STOP_DEADLINE;
-        if e.tx
-            .send(Command::Shutdown { deadline, done })
-            .await
-            .is_ok()
-        {
-            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await;
-        }
-        // Again once the task has stopped: it may have republished its routes in between (a
-        // task that had just started writes them on its own).
-        let routes = match routes {
-            Ok(()) => self.reconcile_routes_for(&rest).await,
-            failed => failed,
+        let command = Command::Shutdown {
+            deadline,
+            forget: true,
+            done,
         };
+        let answered = e.outbox.commands.send(command).await.is_ok()
+            && tokio::time::timeout_at(deadline + Duration::from_secs(1), wait)
+                .await
+                .is_ok_and(|r| r.is_ok());
+        let mut result = Ok(());
+        if !answered {
+            tracing::warn!(app = %name, "the app task did not stop in time; sweeping its routes");
+            e.task.abort();
+            result = self.sweep().await;
+        }
         tracing::info!(app = %name, "app removed");
-        routes
+        result
     }
 
     /// Queues a build of `name` (recorded before its id is returned, so the id is known to every
@@ -492,14 +518,16 @@ impl Supervisor {
                 e.app.config = config.clone();
             }
         }
-        let ticket = self.ctx.builder.enqueue(&config).await;
+        let ticket = self.ctx.builds.enqueue(&config).await;
         let build_id = ticket.id().to_string();
         // Refused: the command, and the ticket in it, drop here, which ends the build as cancelled.
-        e.tx.try_send(Command::Deploy {
-            ticket: Box::new(ticket),
-            app: Box::new(config),
-        })
-        .map_err(|_| ControlError::Busy)?;
+        e.outbox
+            .commands
+            .try_send(Command::Deploy {
+                ticket,
+                app: Box::new(config),
+            })
+            .map_err(|_| ControlError::Busy)?;
         Ok(build_id)
     }
 
@@ -544,7 +572,19 @@ impl Supervisor {
         for name in removed {
             let _ = self.remove_task(&name).await; // logged there
         }
-        for app in new.apps.values() {
+        // Apps losing domains first: each deletes their routes before another claims them.
+        let mut changed: Vec<&AppConfig> = new.apps.values().collect();
+        changed.sort_by_key(|app| {
+            let loses = self.apps.get(&app.name).is_some_and(|e| {
+                e.app
+                    .config
+                    .domains
+                    .iter()
+                    .any(|d| !app.domains.contains(d))
+            });
+            !loses
+        });
+        for app in changed {
             if self
                 .apps
                 .get(&app.name)
@@ -567,7 +607,7 @@ impl Supervisor {
     fn send(&self, app: &str, cmd: Command) {
         match self.apps.get(app) {
             Some(e) => {
-                if e.tx.try_send(cmd).is_err() {
+                if e.outbox.commands.try_send(cmd).is_err() {
                     tracing::debug!(%app, "app task busy; dropping a message it will get again");
                 }
             }
@@ -579,15 +619,22 @@ impl Supervisor {
     /// False when the store refused the routes; the caller tries again shortly.
     async fn resync(&self) -> bool {
         tracing::info!("store resynced; republishing routes and spinlets");
-        let all: Vec<ManagedApp> = self.apps.values().map(|e| e.app.clone()).collect();
-        if let Err(e) = self.reconcile_routes_for(&all).await {
-            tracing::warn!(error = %e, "cannot republish routes yet; retrying");
+        // Each task writes its own again (a request that is never dropped)...
+        for e in self.apps.values() {
+            e.outbox.republish();
+        }
+        // ...and what no app claims goes.
+        if let Err(e) = self.sweep().await {
+            tracing::warn!(error = %e, "cannot sweep routes yet; retrying");
             return false;
         }
-        for e in self.apps.values() {
-            let _ = e.tx.try_send(Command::Republish);
-        }
         true
+    }
+
+    /// Deletes routes no app claims and records of apps that are gone (see [`app::publish`]).
+    async fn sweep(&self) -> Result<(), StoreError> {
+        let configs: Vec<&AppConfig> = self.apps.values().map(|e| &e.app.config).collect();
+        app::publish::sweep(&self.store, &configs).await
     }
 
     async fn idle_checks(&self) {
@@ -602,7 +649,7 @@ impl Supervisor {
             Err(_) => return tracing::debug!("reading activity timed out; skipping idle checks"),
         };
         for (name, e) in &self.apps {
-            let _ = e.tx.try_send(Command::IdleCheck {
+            let _ = e.outbox.commands.try_send(Command::IdleCheck {
                 last_access_ms: activity.get(name).copied(),
             });
         }
@@ -614,11 +661,12 @@ impl Supervisor {
         for e in self.apps.values() {
             let (done, wait) = oneshot::channel();
             // `send().await`, not `try_send`: a shutdown must not be dropped on a full queue.
-            if e.tx
-                .send(Command::Shutdown { deadline, done })
-                .await
-                .is_ok()
-            {
+            let command = Command::Shutdown {
+                deadline,
+                forget: false,
+                done,
+            };
+            if e.outbox.commands.send(command).await.is_ok() {
                 waits.push(wait);
             }
         }
@@ -633,17 +681,12 @@ impl Supervisor {
         self.tasks.abort_all();
         tracing::info!("supervisor stopped");
     }
-
-    /// Routes for every app's domains; routes for anything else are removed.
-    async fn reconcile_routes_for(&self, apps: &[ManagedApp]) -> Result<(), StoreError> {
-        reconcile_routes(apps, &self.store).await
-    }
 }
 
 /// Hands a command to an app task; a full queue answers the caller's reply as busy by dropping
 /// it (the handle turns a dropped reply into an error).
-fn forward(tx: &mpsc::Sender<Command>, cmd: Command) {
-    if tx.try_send(cmd).is_err() {
+fn forward(outbox: &Outbox, cmd: Command) {
+    if outbox.commands.try_send(cmd).is_err() {
         tracing::warn!("app task busy; a control request was refused");
     }
 }
@@ -679,53 +722,6 @@ fn reap_interval(apps: &[AppConfig]) -> Duration {
         .map_or(Duration::from_secs(5), |d| {
             (d / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
         })
-}
-
-/// Routes for every app's domains; routes for anything else are removed, and so are the
-/// records of apps that are gone.
-async fn reconcile_routes(apps: &[ManagedApp], store: &Store) -> Result<(), StoreError> {
-    let existing = store.routes().await?;
-    let wanted: HashMap<&str, &AppConfig> = apps
-        .iter()
-        .flat_map(|a| {
-            a.config
-                .domains
-                .iter()
-                .map(move |d| (d.as_str(), &a.config))
-        })
-        .collect();
-    for route in &existing {
-        if !wanted.contains_key(route.domain.as_str()) {
-            tracing::info!(domain = %route.domain, app = %route.app, "removing route of an app no longer configured");
-            store.delete_route(&route.domain).await?;
-        }
-    }
-    for (domain, app) in &wanted {
-        let external = app.external().is_some();
-        let current = existing.iter().find(|r| r.domain == *domain);
-        if current
-            .is_none_or(|r| r.app != app.name || r.policy != app.policy || r.external != external)
-        {
-            store
-                .put_route(&spinforge_state::records::Route {
-                    domain: domain.to_string(),
-                    app: app.name.clone(),
-                    release: current
-                        .filter(|r| r.app == app.name)
-                        .and_then(|r| r.release),
-                    policy: app.policy.clone(),
-                    external,
-                })
-                .await?;
-        }
-    }
-    let configured: BTreeSet<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
-    for record in store.apps().await? {
-        if !configured.contains(record.name.as_str()) {
-            store.delete_app(&record.name).await?;
-        }
-    }
-    Ok(())
 }
 
 /// Spinlet records of a previous run: those of apps still wanted are handed to their tasks

@@ -3,9 +3,8 @@
 //! toolchain builds and spinlets use.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 /// `release.json`: what a release is and how to start it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,48 +199,6 @@ async fn sweep_pruned(releases: &Path) {
     }
 }
 
-/// Releases that spinlets outside an app task's own list still run (replaced ones, draining):
-/// each [`Pin`] holds its release until dropped, and pruning spares what is pinned.
-#[derive(Debug, Clone, Default)]
-pub struct Pins(Arc<Mutex<BTreeMap<u64, usize>>>);
-
-/// Holds one release against pruning; see [`Pins`].
-#[derive(Debug)]
-pub struct Pin {
-    pins: Pins,
-    release: u64,
-}
-
-impl Pins {
-    pub fn pin(&self, release: u64) -> Pin {
-        *self.lock().entry(release).or_default() += 1;
-        Pin {
-            pins: self.clone(),
-            release,
-        }
-    }
-
-    pub fn pinned(&self) -> BTreeSet<u64> {
-        self.lock().keys().copied().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let mut pins = self.pins.lock();
-        if let Some(n) = pins.get_mut(&self.release) {
-            *n -= 1;
-            if *n == 0 {
-                pins.remove(&self.release);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,19 +222,5 @@ mod tests {
         assert_eq!(previous(&all, Some(4)), Some(3));
         assert_eq!(previous(&all, Some(1)), None);
         assert_eq!(previous(&all, None), None);
-    }
-
-    #[test]
-    fn a_pin_holds_its_release_until_dropped() {
-        let pins = Pins::default();
-        let a = pins.pin(3);
-        let b = pins.pin(3);
-        let c = pins.pin(4);
-        assert_eq!(pins.pinned(), BTreeSet::from([3, 4]));
-        drop(a);
-        drop(c);
-        assert_eq!(pins.pinned(), BTreeSet::from([3]));
-        drop(b);
-        assert!(pins.pinned().is_empty());
     }
 }
