@@ -235,11 +235,89 @@ pub struct ResponseRules<'a> {
     pub close: bool,
 }
 
+/// Where [`rewrite_response`] writes the head for the client: HTTP/1.1 bytes (`Vec<u8>`) or
+/// HTTP/2 fields ([`H2Head`]). The rules are the same; only the framing differs.
+pub trait HeadOut {
+    /// Whether the client's protocol frames bodies itself (HTTP/2): then no framing or
+    /// connection header is written, and a compressed body needs no chunking.
+    const FRAMES_ITSELF: bool;
+    fn status(&mut self, status: u16, reason: &[u8]);
+    fn header(&mut self, name: &[u8], value: &[u8]);
+    /// Ends the head. `close`: the client's connection closes after this answer; `chunked`:
+    /// the edge sends the body chunked (it compresses it).
+    fn end(&mut self, close: bool, chunked: bool);
+    /// An interim (1xx) answer, passed on as the upstream sent it.
+    fn interim(&mut self, raw: &[u8]);
+}
+
+impl HeadOut for Vec<u8> {
+    const FRAMES_ITSELF: bool = false;
+
+    fn status(&mut self, status: u16, reason: &[u8]) {
+        let _ = write!(self, "HTTP/1.1 {status} ");
+        self.extend_from_slice(reason);
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        push_header(self, name, value);
+    }
+
+    fn end(&mut self, close: bool, chunked: bool) {
+        if close {
+            self.extend_from_slice(b"connection: close\r\n");
+        }
+        if chunked {
+            // Last, so that [`frame_by_length`] can replace it once a whole body is compressed.
+            self.extend_from_slice(CHUNKED_END);
+        } else {
+            self.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn interim(&mut self, raw: &[u8]) {
+        self.extend_from_slice(raw);
+    }
+}
+
+/// An answer head for an HTTP/2 stream.
+#[derive(Debug, Default)]
+pub struct H2Head {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+}
+
+impl HeadOut for H2Head {
+    const FRAMES_ITSELF: bool = true;
+
+    fn status(&mut self, status: u16, _reason: &[u8]) {
+        self.status = status;
+        self.headers.clear();
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        // A field HTTP/2 cannot carry (a name with upper case or odd bytes; the policy has
+        // already dropped the connection-specific ones) is left out.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            self.headers.append(n, v);
+        }
+    }
+
+    fn end(&mut self, _close: bool, _chunked: bool) {}
+
+    fn interim(&mut self, _raw: &[u8]) {
+        // Interim answers are not passed on over HTTP/2 (as Pingora's full path does not).
+    }
+}
+
 /// Parses the response head at the start of `buf` and writes the head for the client into `out`.
 /// `Ok(None)`: incomplete. `Err(Malformed)`: not an answer the edge can pass on.
-pub fn rewrite_response(
+pub fn rewrite_response<O: HeadOut>(
     buf: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut O,
     rules: &ResponseRules<'_>,
 ) -> Result<Option<ResponseHead>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
@@ -267,7 +345,7 @@ pub fn rewrite_response(
     })?;
     if facts.interim {
         // An interim answer (103 Early Hints, …): passed on as it is; the caller reads on.
-        out.extend_from_slice(&buf[..len]);
+        out.interim(&buf[..len]);
         return Ok(Some(ResponseHead {
             len,
             status,
@@ -329,9 +407,7 @@ pub fn rewrite_response(
         .encode
         .filter(|_| facts.body != ResponseBody::None);
 
-    let _ = write!(out, "HTTP/1.1 {status} ");
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.status(status, resp.reason.unwrap_or("").as_bytes());
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let v = h.value;
@@ -344,9 +420,11 @@ pub fn rewrite_response(
                 if !(length || chunked)
                     || (status == 204 && facts.body == ResponseBody::None)
                     || encode.is_some()
+                    || (O::FRAMES_ITSELF && chunked)
                 {
                     // Connection, Upgrade; a 204's announced body that is not sent; the framing
-                    // of a body the edge compresses (it is chunked anew).
+                    // of a body the edge compresses (it is framed anew); chunking, which HTTP/2
+                    // does not have.
                     continue;
                 }
             }
@@ -362,39 +440,38 @@ pub fn rewrite_response(
                 continue;
             }
             if name.eq_ignore_ascii_case(b"etag") && !v.starts_with(b"W/") {
-                out.extend_from_slice(b"etag: W/");
-                out.extend_from_slice(v);
-                out.extend_from_slice(b"\r\n");
+                let mut weak = Vec::with_capacity(v.len() + 2);
+                weak.extend_from_slice(b"W/");
+                weak.extend_from_slice(v);
+                out.header(b"etag", &weak);
                 continue;
             }
         }
-        push_header(out, name, v);
+        out.header(name, v);
     }
-    push_header(out, b"x-request-id", rules.request_id);
+    out.header(b"x-request-id", rules.request_id);
     if !dated {
         // RFC 9110 §6.6.1: a recipient with a clock dates an answer it forwards undated.
-        DATE.with_borrow_mut(|d| push_header(out, b"date", d.now()));
+        DATE.with_borrow_mut(|d| out.header(b"date", d.now()));
     }
     for (i, (name, value)) in security.enumerate() {
         if !present[i] {
-            push_header(out, name.as_bytes(), value.as_bytes());
+            out.header(name.as_bytes(), value.as_bytes());
         }
     }
     if compression.vary && !varies {
-        out.extend_from_slice(b"vary: Accept-Encoding\r\n");
-    }
-    // A body delimited by the upstream's close ends the client's connection too, unless the
-    // edge frames it anew (compressed: chunked).
-    if rules.close || (facts.body == ResponseBody::UntilClose && encode.is_none()) {
-        out.extend_from_slice(b"connection: close\r\n");
+        out.header(b"vary", b"Accept-Encoding");
     }
     if let Some(enc) = encode {
-        push_header(out, b"content-encoding", enc.token().as_bytes());
-        // Last, so that [`frame_by_length`] can replace it once a whole body is compressed.
-        out.extend_from_slice(CHUNKED_END);
-    } else {
-        out.extend_from_slice(b"\r\n");
+        out.header(b"content-encoding", enc.token().as_bytes());
     }
+    // A body delimited by the upstream's close ends the client's connection too, unless the
+    // edge frames it anew (compressed: chunked; or the client's protocol frames it).
+    let until_close = facts.body == ResponseBody::UntilClose && encode.is_none();
+    out.end(
+        rules.close || (until_close && !O::FRAMES_ITSELF),
+        encode.is_some() && !O::FRAMES_ITSELF,
+    );
     Ok(Some(ResponseHead {
         len,
         status,

@@ -25,11 +25,12 @@
 pub mod head;
 mod pool;
 pub mod rewound;
+mod upstream;
 
 use crate::errors::EdgeError;
 use crate::metrics::method_index;
-use crate::policy::{ResponseBody, Retry, retry_after};
-use crate::proxy::{AccessLine, EdgeProxy, InFlight, choose_upstream, log_access};
+use crate::policy::ResponseBody;
+use crate::proxy::{AccessLine, EdgeProxy, InFlight, log_access};
 use crate::routing::{AppEntry, normalize_host};
 use head::{Chunks, Parsed, RequestHead, ResponseRules};
 use pingora_core::protocols::Stream;
@@ -37,7 +38,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use rewound::Rewound;
 use spinforge_state::now_ms;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -484,116 +485,17 @@ impl FastPath {
         body_left: u64,
         replayable: bool,
     ) -> Result<(u16, u64, bool), Failed> {
-        let n = app.upstreams.len();
-        let first = app.runtime.next_upstream();
-        let mut attempt = 0;
-        let mut replays_left = 1u8;
-        let mut fresh_only = false;
-        let (mut up, addr, _load, status_head) = 'attempts: loop {
-            let addr = choose_upstream(app, first, attempt);
-            let pooled = if fresh_only { None } else { pool::take(addr) };
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some((up, pool::Idle::Clean)) => up,
-                Some((_, pool::Idle::Closed)) => {
-                    // Closed while idle: so probably are the others; the next try connects anew.
-                    pool::forget(addr);
-                    fresh_only = true;
-                    continue;
-                }
-                Some((_, pool::Idle::Stray)) => {
-                    // Bytes nobody asked for: not an answer to give anyone. Dropped.
-                    tracing::debug!(upstream = %addr, "an idle upstream connection had stray bytes; closed");
-                    continue;
-                }
-                None => match connect(addr).await {
-                    Ok(up) => up,
-                    Err(e) => {
-                        tracing::debug!(upstream = %addr, error = %e, "connect to a spinlet failed");
-                        app.runtime.metrics().connect_failure();
-                        if app.runtime.breakers.failure(addr, now_ms()) {
-                            tracing::warn!(app = %app.name, upstream = %addr, "upstream failing; skipping it for a while");
-                        }
-                        attempt += 1;
-                        fresh_only = false;
-                        if attempt < n {
-                            continue; // nothing was sent: any method may try the next one
-                        }
-                        return Err(Failed::BeforeResponse);
-                    }
-                },
-            };
-            let load = app.runtime.loads.start(addr);
-            // Failed before any answer: try again where that is safe (see `retry_after`).
-            macro_rules! failed_before_answer {
-                () => {
-                    match retry_after(reused, replayable, &mut replays_left, attempt, n) {
-                        Retry::Fresh => {
-                            pool::forget(addr);
-                            fresh_only = true;
-                            continue 'attempts;
-                        }
-                        Retry::Next => {
-                            app.runtime.breakers.failure(addr, now_ms());
-                            attempt += 1;
-                            fresh_only = false;
-                            continue 'attempts;
-                        }
-                        Retry::No => {
-                            if reused {
-                                pool::forget(addr);
-                            }
-                            app.runtime.breakers.failure(addr, now_ms());
-                            return Err(Failed::BeforeResponse);
-                        }
-                    }
-                };
-            }
-            if up.write_all(&conn.out).await.is_err() {
-                failed_before_answer!();
-            }
-            if body_left > 0 {
-                copy_body(&mut *conn.client, &mut up, &mut conn.up_buf, body_left).await?;
-            }
-            // Interim (1xx) answers pass on as they come; then the final head.
-            conn.up_buf.clear();
-            let mut interim_sent = false;
-            loop {
-                if !conn.up_buf.is_empty() {
-                    conn.out.clear();
-                    match head::rewrite_response(&conn.up_buf, &mut conn.out, rules) {
-                        Ok(Some(h)) if h.interim => {
-                            write_client(&mut *conn.client, &conn.out).await?;
-                            conn.up_buf.drain(..h.len);
-                            interim_sent = true;
-                            continue;
-                        }
-                        Ok(Some(h)) => break 'attempts (up, addr, load, h),
-                        Ok(None) if conn.up_buf.len() < RESPONSE_HEAD_MAX => {}
-                        Ok(None) | Err(head::Malformed) => {
-                            tracing::debug!(upstream = %addr, "unreadable response head");
-                            return Err(Failed::BeforeResponse);
-                        }
-                    }
-                }
-                conn.up_buf.reserve(SMALL_BUF);
-                match up.read_buf(&mut conn.up_buf).await {
-                    Ok(0) | Err(_) if conn.up_buf.is_empty() && !interim_sent => {
-                        failed_before_answer!();
-                    }
-                    Ok(0) | Err(_) => {
-                        app.runtime.breakers.failure(addr, now_ms());
-                        return Err(if interim_sent {
-                            Failed::Midway
-                        } else {
-                            Failed::BeforeResponse
-                        });
-                    }
-                    Ok(_) => {}
-                }
-            }
+        let mut front = H1Front {
+            conn: &mut *conn,
+            rules,
+            body_left,
         };
-        app.runtime.breakers.success(addr);
+        let upstream::Answered {
+            mut up,
+            addr,
+            _load,
+            head: status_head,
+        } = upstream::exchange_head(app, replayable, &mut front).await?;
         let h = status_head;
         let _stream = h.event_stream.then(|| app.runtime.open_stream());
         if let Some(enc) = h.encode {
@@ -763,12 +665,45 @@ impl FastPath {
     }
 }
 
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let up = tokio::time::timeout(crate::proxy::CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    up.set_nodelay(true)?;
-    Ok(up)
+
+/// The HTTP/1.1 front end of [`upstream::exchange_head`]: the request is in `conn.out` (head and
+/// the body bytes read with it), the rest of the body comes from the client, the answer head is
+/// rewritten into `conn.out` and interim answers are written to the client as they come.
+struct H1Front<'a, C> {
+    conn: &'a mut Conn<C>,
+    rules: &'a ResponseRules<'a>,
+    body_left: u64,
+}
+
+impl<C: Client> upstream::Front for H1Front<'_, C> {
+    fn request(&self) -> &[u8] {
+        &self.conn.out
+    }
+
+    async fn send_body(&mut self, up: &mut TcpStream) -> Result<(), Failed> {
+        if self.body_left > 0 {
+            let conn = &mut *self.conn;
+            copy_body(&mut *conn.client, up, &mut conn.up_buf, self.body_left).await?;
+        }
+        Ok(())
+    }
+
+    fn answer_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.conn.up_buf
+    }
+
+    fn read_head(&mut self) -> Result<Option<head::ResponseHead>, head::Malformed> {
+        let conn = &mut *self.conn;
+        conn.out.clear();
+        head::rewrite_response(&conn.up_buf, &mut conn.out, self.rules)
+    }
+
+    async fn interim(&mut self, len: usize) -> Result<(), Failed> {
+        let conn = &mut *self.conn;
+        write_client(&mut *conn.client, &conn.out).await?;
+        conn.up_buf.drain(..len);
+        Ok(())
+    }
 }
 
 /// Passes an answer's body on compressed with `enc`, as HTTP/1.1 chunks: the head is in
