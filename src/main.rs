@@ -1,10 +1,12 @@
 //! `spinforge`: one binary that wires the crates together — `up` (edge and supervisor in one
-//! process), `edge` and `supervisor` apart over Redis, and `check` for configs.
+//! process), `edge` and `supervisor` apart over Redis, `check` and `schema` for configs, and
+//! `init` for a new app's first one.
 
 // The CLI's own output (`check`) goes to stdout on purpose; everything else goes through tracing.
 #![allow(clippy::print_stdout)]
 
 mod cli;
+mod init;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -52,6 +54,11 @@ enum Cmd {
     Supervisor(ConfigArg),
     /// Validate a config: print every error and exit 1, or exit 0.
     Check(ConfigArg),
+    /// Write a starter spinforge.yaml for the app in DIR (default: here) and print the command
+    /// that serves it. Never overwrites.
+    Init(init::InitArgs),
+    /// Print the config's JSON Schema (what conf/spinforge.schema.json holds), for editors.
+    Schema,
     /// List the certificates of the config's HTTPS domains and when they expire (from Redis
     /// when `state.redis` is set, else from the copies in `data_dir/certs/`).
     Certs(ConfigArg),
@@ -100,6 +107,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Cmd::Check(arg) => return check(&arg.config),
+        Cmd::Init(args) => return init::run(args),
+        Cmd::Schema => {
+            let schema = spinforge_state::config::schema::json_schema();
+            println!("{schema:#}");
+            return ExitCode::SUCCESS;
+        }
         Cmd::Client(c) => return cli::run(c),
         other => other,
     };
@@ -117,7 +130,9 @@ fn main() -> ExitCode {
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
                 Cmd::Certs(arg) => certs(load(&arg.config)?).await,
                 Cmd::StaticServe(arg) => static_serve(arg).await,
-                Cmd::Check(_) | Cmd::Client(_) => unreachable!("handled above"),
+                Cmd::Check(_) | Cmd::Init(_) | Cmd::Schema | Cmd::Client(_) => {
+                    unreachable!("handled above")
+                }
             }
         });
         // Everything that matters has stopped by now; don't wait on idle blocking threads.

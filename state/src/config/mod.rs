@@ -1,12 +1,14 @@
 //! The config file: one YAML document that declares the edge, the supervisor and the apps.
 //!
 //! Two layers, as in river: [`yaml`] reads the file into a tree of nodes that keep their line and
-//! column, and [`parse`] walks that tree against the schema, collecting *every* error (unknown key,
-//! wrong type, bad value) instead of stopping at the first. What comes out is a [`Config`] whose
+//! column, and [`parse`] walks that tree against the schema ([`schema`]: every key, its type,
+//! range and default, in one table that also gives the JSON Schema), collecting *every* error
+//! (unknown key, wrong type, bad value) instead of stopping at the first. What comes out is a [`Config`] whose
 //! values are already checked: durations are `Duration`s, addresses are `SocketAddr`s, and relative
 //! paths are resolved against the config file's folder.
 
 mod parse;
+pub mod schema;
 mod units;
 mod yaml;
 

@@ -1,6 +1,8 @@
-//! The schema walk: YAML nodes → [`Config`], every error collected with its place.
+//! The schema walk: YAML nodes → [`Config`], every error collected with its place. Which keys a
+//! mapping may hold, their types and ranges come from the table in [`super::schema`].
 
-use super::yaml::{self, Key, Node, Pos, Value};
+use super::schema::{self, Key, Ty, Zero};
+use super::yaml::{self, Node, Pos, Value};
 use super::{
     AccessLog, AcmeConfig, AppConfig, AppSource, AppTls, BuildLimits, ChallengeKind, Config,
     ConfigError, ConfigErrors, EdgeConfig, EnvValue, ExternalUpstream, Framework, GitUrl,
@@ -11,13 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Keys of design.md that later versions implement. Naming them gets a clearer error than
-/// "unknown key", and keeps the door open: each moves to the schema when it works.
-const PLANNED: &[&str] = &[];
-
-/// Keys about running an app's processes, refused for an app with `upstream:`.
-const RUN_KEYS: &[&str] = &["framework", "env", "instances", "memory", "idle_timeout"];
 
 /// Names SpinForge sets in every spinlet's environment.
 const RESERVED_ENV: &[&str] = &["PORT", "HOST"];
@@ -95,32 +90,41 @@ struct Walker<'a> {
 /// The entries of one mapping, handed out by name; whatever is left at `finish` is unknown.
 struct Fields<'n> {
     path: String,
-    entries: Vec<(&'n Key, &'n Node)>,
+    /// What this mapping may hold.
+    keys: &'static [Key],
+    entries: Vec<(&'n yaml::Key, &'n Node)>,
+}
+
+/// One entry taken from a mapping, with its schema entry.
+struct Field<'n> {
+    path: String,
+    node: &'n Node,
+    key: &'static Key,
 }
 
 impl<'n> Fields<'n> {
-    fn take(&mut self, name: &str) -> Option<(String, &'n Node)> {
+    /// The entry `name`, which must be a key of this mapping's schema.
+    fn take(&mut self, name: &str) -> Option<Field<'n>> {
+        let Some(key) = self.keys.iter().find(|k| k.name == name) else {
+            debug_assert!(false, "`{name}` is not in the schema of `{}`", self.path);
+            return None;
+        };
         let i = self.entries.iter().position(|(k, _)| k.name == name)?;
         let (_, node) = self.entries.remove(i);
-        Some((join(&self.path, name), node))
+        Some(Field {
+            path: join(&self.path, name),
+            node,
+            key,
+        })
     }
 
-    /// Reports the keys nobody took: planned ones as "not supported yet", others as unknown
-    /// with the closest known name.
-    fn finish(self, w: &mut Walker<'_>, known: &[&str], planned_prefix: &str) {
+    /// Reports the keys nobody took as unknown, with the closest known name.
+    fn finish(self, w: &mut Walker<'_>) {
+        let known = schema::names(self.keys);
         for (key, _) in self.entries {
             let path = join(&self.path, &key.name);
-            let planned_name = join(planned_prefix, &key.name);
-            if PLANNED.contains(&planned_name.as_str()) {
-                w.error(
-                    key.pos,
-                    &path,
-                    "not supported by this version of SpinForge yet; remove it for now",
-                );
-                continue;
-            }
             let mut message = "unknown key".to_string();
-            if let Some(best) = closest(&key.name, known) {
+            if let Some(best) = closest(&key.name, &known) {
                 message.push_str(&format!("; did you mean `{best}`?"));
             } else if !known.is_empty() {
                 message.push_str(&format!("; known keys here: {}", known.join(", ")));
@@ -136,6 +140,16 @@ fn join(path: &str, name: &str) -> String {
     } else {
         format!("{path}.{name}")
     }
+}
+
+/// `4096` → `4K`, for range messages.
+fn size_text(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 impl Walker<'_> {
@@ -158,15 +172,23 @@ impl Walker<'_> {
         });
     }
 
-    /// A mapping's fields; `null` (a key with nothing under it) is an empty mapping.
-    fn fields<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+    /// A mapping's fields against `keys`; `null` (a key with nothing under it) is an empty
+    /// mapping.
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        keys: &'static [Key],
+    ) -> Option<Fields<'n>> {
         match &node.value {
             Value::Map(entries) => Some(Fields {
                 path: path.to_string(),
+                keys,
                 entries: entries.iter().map(|(k, v)| (k, v)).collect(),
             }),
             Value::Null => Some(Fields {
                 path: path.to_string(),
+                keys,
                 entries: Vec::new(),
             }),
             other => {
@@ -178,6 +200,18 @@ impl Walker<'_> {
                 None
             }
         }
+    }
+
+    /// The fields of a nested section (`Ty::Section`, or the mapping of a `Ty::WordOrSection`).
+    fn section<'n>(&mut self, field: &Field<'n>) -> Option<Fields<'n>> {
+        let keys = match &field.key.ty {
+            Ty::Section(keys) | Ty::WordOrSection { keys, .. } => keys,
+            other => {
+                debug_assert!(false, "{} is {other:?}, not a section", field.path);
+                return None;
+            }
+        };
+        self.fields(field.node, &field.path, keys)
     }
 
     fn scalar<'n>(&mut self, node: &'n Node, path: &str, what: &str) -> Option<&'n str> {
@@ -195,25 +229,146 @@ impl Walker<'_> {
     }
 
     /// Reads a scalar and converts it; a conversion error is reported at the value.
-    fn value<T>(
+    fn convert<T>(
         &mut self,
-        field: Option<(String, &Node)>,
+        field: Option<Field<'_>>,
         what: &str,
         convert: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let (path, node) = field?;
-        let text = self.scalar(node, &path, what)?;
+        let field = field?;
+        let text = self.scalar(field.node, &field.path, what)?;
         match convert(text) {
             Ok(v) => Some(v),
             Err(message) => {
-                self.error(node.pos, &path, message);
+                self.error(field.node.pos, &field.path, message);
                 None
             }
         }
     }
 
-    fn duration(&mut self, field: Option<(String, &Node)>) -> Option<Duration> {
-        self.value(field, "a duration such as 30s", units::parse_duration)
+    /// A `Ty::Text` key, checked by `check`.
+    fn text<T>(
+        &mut self,
+        field: Option<Field<'_>>,
+        check: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let what = match field.as_ref().map(|f| &f.key.ty) {
+            Some(Ty::Text { what, .. }) => *what,
+            _ => "text",
+        };
+        self.convert(field, what, check)
+    }
+
+    /// A `Ty::Duration` key: zero refused or meaning "never", as the schema says.
+    fn duration(&mut self, field: Option<Field<'_>>) -> Option<Duration> {
+        let zero = match field.as_ref().map(|f| &f.key.ty) {
+            Some(Ty::Duration { zero }) => *zero,
+            _ => Zero::Refused,
+        };
+        self.convert(field, "a duration such as 30s", |s| {
+            let d = units::parse_duration(s)?;
+            if d.is_zero() && zero == Zero::Refused {
+                return Err("must be longer than 0".into());
+            }
+            Ok(d)
+        })
+    }
+
+    /// A `Ty::Size` key, within its range.
+    fn size(&mut self, field: Option<Field<'_>>) -> Option<u64> {
+        let (min, max) = match field.as_ref().map(|f| &f.key.ty) {
+            Some(Ty::Size { min, max }) => (*min, *max),
+            _ => (0, u64::MAX),
+        };
+        self.convert(field, "a size such as 256M", |s| {
+            let bytes = units::parse_size(s)?;
+            if (min..=max).contains(&bytes) {
+                Ok(bytes)
+            } else if max == u64::MAX {
+                Err(format!(
+                    "`{s}` is too small: give at least {}",
+                    size_text(min)
+                ))
+            } else {
+                Err(format!(
+                    "`{s}` is out of range: give between {} and {}",
+                    size_text(min),
+                    size_text(max)
+                ))
+            }
+        })
+    }
+
+    /// A `Ty::Int` key, within its range.
+    fn int(&mut self, field: Option<Field<'_>>) -> Option<u64> {
+        let (min, max) = match field.as_ref().map(|f| &f.key.ty) {
+            Some(Ty::Int { min, max }) => (*min, *max),
+            _ => (0, u64::MAX),
+        };
+        self.convert(field, "a whole number", |s| {
+            s.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| match (min, max) {
+                    (_, max) if max <= 1_000_000 => {
+                        format!("`{s}` is not a whole number from {min} to {max}")
+                    }
+                    (0, _) => format!("`{s}` is not a whole number"),
+                    (1, _) => format!("`{s}` is not a positive whole number"),
+                    _ => format!("`{s}` is not a whole number of at least {min}"),
+                })
+        })
+    }
+
+    /// A `Ty::Number` key, within its range.
+    fn number(&mut self, field: Option<Field<'_>>) -> Option<f64> {
+        let Some(Ty::Number {
+            min,
+            exclusive,
+            max,
+            what,
+        }) = field.as_ref().map(|f| &f.key.ty)
+        else {
+            debug_assert!(field.is_none(), "not a number key");
+            return None;
+        };
+        let (min, exclusive, max, what) = (*min, *exclusive, *max, *what);
+        self.convert(field, what, |s| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| {
+                    n.is_finite() && *n <= max && if exclusive { *n > min } else { *n >= min }
+                })
+                .ok_or_else(|| format!("`{s}` is not {what}"))
+        })
+    }
+
+    fn boolean(&mut self, field: Option<Field<'_>>) -> Option<bool> {
+        self.convert(field, "true or false", |s| match s {
+            "true" | "on" | "yes" => Ok(true),
+            "false" | "off" | "no" => Ok(false),
+            _ => Err(format!("`{s}` is not true or false")),
+        })
+    }
+
+    /// A `Ty::Choice` key: one of its words (`false` read as `off`, as YAML 1.1 writes it).
+    fn choice(&mut self, field: Option<Field<'_>>) -> Option<&'static str> {
+        let words: &'static [&'static str] = match field.as_ref().map(|f| &f.key.ty) {
+            Some(Ty::Choice(words)) => words,
+            _ => &[],
+        };
+        let name = field.as_ref().map(|f| f.key.name).unwrap_or_default();
+        self.convert(field, &format!("one of {}", words.join(", ")), |s| {
+            word(words, s)
+                .ok_or_else(|| format!("`{s}` is not a possible `{name}`: use {}", or_list(words)))
+        })
+    }
+
+    /// A `Ty::Address` key.
+    fn address(&mut self, field: Option<Field<'_>>) -> Option<SocketAddr> {
+        self.convert(field, "an address (IP:port)", socket_addr)
     }
 
     fn config(&mut self, root: &Node, base: &Path) -> Config {
@@ -225,33 +380,33 @@ impl Walker<'_> {
             tls: TlsConfig::default(),
             apps: BTreeMap::new(),
         };
-        let Some(mut top) = self.fields(root, "") else {
+        let Some(mut top) = self.fields(root, "", schema::ROOT) else {
             return config;
         };
-        if let Some((path, node)) = top.take("state") {
-            self.state(node, &path, &mut config.state);
+        if let Some(f) = top.take("state") {
+            self.state(&f, &mut config.state);
         }
-        if let Some((path, node)) = top.take("edge") {
-            self.edge(node, &path, base, &mut config.edge);
+        if let Some(f) = top.take("edge") {
+            self.edge(&f, base, &mut config.edge);
         }
-        if let Some((path, node)) = top.take("supervisor") {
-            self.supervisor(node, &path, base, &mut config.supervisor);
+        if let Some(f) = top.take("supervisor") {
+            self.supervisor(&f, base, &mut config.supervisor);
         }
-        if let Some((path, node)) = top.take("tls") {
-            self.tls(node, &path, base, &mut config.tls);
+        if let Some(f) = top.take("tls") {
+            self.tls(&f, base, &mut config.tls);
         }
-        if let Some((path, node)) = top.take("apps") {
-            config.apps = self.apps(node, &path, base);
+        if let Some(f) = top.take("apps") {
+            config.apps = self.apps(&f, base);
         }
-        top.finish(self, &["state", "edge", "supervisor", "tls", "apps"], "");
+        top.finish(self);
         config
     }
 
-    fn state(&mut self, node: &Node, path: &str, out: &mut StateConfig) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn state(&mut self, field: &Field<'_>, out: &mut StateConfig) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        out.redis = self.value(f.take("redis"), "a redis:// URL", |s| {
+        out.redis = self.text(f.take("redis"), |s| {
             if ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|scheme| s.starts_with(scheme))
@@ -264,48 +419,38 @@ impl Walker<'_> {
                 ))
             }
         });
-        f.finish(self, &["redis"], "state");
+        f.finish(self);
     }
 
-    fn edge(&mut self, node: &Node, path: &str, base: &Path, out: &mut EdgeConfig) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn edge(&mut self, field: &Field<'_>, base: &Path, out: &mut EdgeConfig) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        if let Some(a) = self.value(f.take("listen_http"), "an address", socket_addr) {
+        if let Some(a) = self.address(f.take("listen_http")) {
             out.listen_http = a;
         }
-        if let Some(d) = self.positive_duration(f.take("wake_timeout")) {
+        if let Some(d) = self.duration(f.take("wake_timeout")) {
             out.wake_timeout = d;
         }
-        if let Some(d) = self.positive_duration(f.take("grace")) {
+        if let Some(d) = self.duration(f.take("grace")) {
             out.grace = d;
         }
-        if let Some(n) = self.value(f.take("max_held_requests"), "a number", |s| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("`{s}` is not a positive whole number"))
-        }) {
-            out.max_held_requests = n;
+        if let Some(n) = self.int(f.take("max_held_requests")) {
+            out.max_held_requests = n as usize;
         }
-        if let Some(on) = self.value(f.take("h2c"), "true or false", boolean) {
+        if let Some(on) = self.boolean(f.take("h2c")) {
             out.h2c = on;
         }
-        if let Some(n) = self.value(f.take("max_connections_per_ip"), "a number", |s| {
-            s.parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("`{s}` is not a positive whole number"))
-        }) {
-            out.max_connections_per_ip = n;
+        if let Some(n) = self.int(f.take("max_connections_per_ip")) {
+            out.max_connections_per_ip = n as u32;
         }
-        if let Some(d) = self.positive_duration(f.take("keepalive_timeout")) {
+        if let Some(d) = self.duration(f.take("keepalive_timeout")) {
             out.keepalive_timeout = d;
         }
-        if let Some(d) = self.positive_duration(f.take("header_timeout")) {
+        if let Some(d) = self.duration(f.take("header_timeout")) {
             out.header_timeout = d;
         }
-        if let Some(p) = self.value(f.take("upgrade_sock"), "a file path", |s| {
+        if let Some(p) = self.text(f.take("upgrade_sock"), |s| {
             let p = base.join(s);
             // sockaddr_un holds 108 bytes, the terminating NUL included.
             if p.as_os_str().len() > 107 {
@@ -317,76 +462,44 @@ impl Walker<'_> {
         }) {
             out.upgrade_sock = p;
         }
-        if let Some(m) = self.value(f.take("metrics"), "an address or off", |s| match s {
-            "off" | "false" => Ok(None),
-            _ => socket_addr(s).map(Some),
+        if let Some(m) = self.convert(f.take("metrics"), "an address or off", |s| {
+            match word(schema::OFF, s) {
+                Some(_) => Ok(None),
+                None => socket_addr(s).map(Some),
+            }
         }) {
             out.metrics = m;
         }
-        if let Some(a) = self.value(f.take("access_log"), "off or json", |s| match s {
-            "off" | "false" => Ok(AccessLog::Off),
-            "json" => Ok(AccessLog::Json),
-            _ => Err(format!(
-                "`{s}` is not an access log format: use off or json"
-            )),
-        }) {
-            out.access_log = a;
+        if let Some(a) = self.choice(f.take("access_log")) {
+            out.access_log = match a {
+                "json" => AccessLog::Json,
+                _ => AccessLog::Off,
+            };
         }
-        if let Some(a) = self.value(f.take("listen_https"), "an address", socket_addr) {
+        if let Some(a) = self.address(f.take("listen_https")) {
             out.listen_https = Some(a);
         }
-        f.finish(
-            self,
-            &[
-                "listen_http",
-                "wake_timeout",
-                "grace",
-                "max_held_requests",
-                "h2c",
-                "max_connections_per_ip",
-                "keepalive_timeout",
-                "header_timeout",
-                "upgrade_sock",
-                "metrics",
-                "access_log",
-                "listen_https",
-            ],
-            "edge",
-        );
+        f.finish(self);
     }
 
-    fn positive_duration(&mut self, field: Option<(String, &Node)>) -> Option<Duration> {
-        let pos = field.as_ref().map(|(p, n)| (p.clone(), n.pos));
-        let d = self.duration(field)?;
-        if d.is_zero() {
-            let (path, pos) = pos?;
-            self.error(pos, &path, "must be longer than 0");
-            return None;
-        }
-        Some(d)
-    }
-
-    fn supervisor(&mut self, node: &Node, path: &str, base: &Path, out: &mut SupervisorConfig) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn supervisor(&mut self, field: &Field<'_>, base: &Path, out: &mut SupervisorConfig) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        if let Some(dir) = self.value(f.take("data_dir"), "a folder path", |s| {
+        let folder = |s: &str| {
             if s.trim().is_empty() {
-                Err("must not be empty".into())
+                Err("must not be empty".to_string())
             } else {
                 Ok(base.join(s))
             }
-        }) {
+        };
+        if let Some(dir) = self.text(f.take("data_dir"), folder) {
             out.data_dir = dir;
         }
-        if let Some(r) = self.value(
-            f.take("port_range"),
-            "a port range such as 30000-39999",
-            port_range,
-        ) {
+        if let Some(r) = self.text(f.take("port_range"), port_range) {
             out.port_range = r;
         }
-        out.run_as = self.value(f.take("run_as"), "a user name", |s| {
+        out.run_as = self.text(f.take("run_as"), |s| {
             let ok = !s.is_empty()
                 && s.len() <= 32
                 && s.bytes()
@@ -398,21 +511,14 @@ impl Walker<'_> {
                 Err(format!("`{s}` is not a user name"))
             }
         });
-        if let Some((p, n)) = f.take("builds") {
-            out.builds = self.builds(&p, n);
+        if let Some(b) = f.take("builds") {
+            out.builds = self.builds(&b);
         }
-        if let Some(addr) = self.value(
-            f.take("admin_listen"),
-            "an address such as 127.0.0.1:9000",
-            socket_addr,
-        ) {
+        if let Some(addr) = self.address(f.take("admin_listen")) {
             out.admin_listen = addr;
         }
-        if let Some(name) = self.value(f.take("admin_token_env"), "a variable name", |s| {
-            let ok = !s.is_empty()
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && !s.as_bytes()[0].is_ascii_digit();
-            if ok {
+        if let Some(name) = self.text(f.take("admin_token_env"), |s| {
+            if env_name_ok(s) {
                 Ok(s.to_string())
             } else {
                 Err(format!("`{s}` is not an environment variable name"))
@@ -420,101 +526,51 @@ impl Walker<'_> {
         }) {
             out.admin_token_env = name;
         }
-        out.deploy_dir = self.value(f.take("deploy_dir"), "a folder path", |s| {
-            if s.trim().is_empty() {
-                Err("must not be empty".into())
-            } else {
-                Ok(base.join(s))
-            }
-        });
-        if let Some((p, n)) = f.take("logs") {
-            out.logs = self.log_limits(&p, n);
+        out.deploy_dir = self.text(f.take("deploy_dir"), folder);
+        if let Some(l) = f.take("logs") {
+            out.logs = self.log_limits(&l);
         }
-        f.finish(
-            self,
-            &[
-                "data_dir",
-                "port_range",
-                "run_as",
-                "builds",
-                "admin_listen",
-                "admin_token_env",
-                "deploy_dir",
-                "logs",
-            ],
-            "supervisor",
-        );
+        f.finish(self);
     }
 
-    fn log_limits(&mut self, path: &str, node: &Node) -> LogLimits {
+    fn log_limits(&mut self, field: &Field<'_>) -> LogLimits {
         let mut l = LogLimits::default();
-        let Some(mut f) = self.fields(node, path) else {
+        let Some(mut f) = self.section(field) else {
             return l;
         };
-        if let Some(n) = self.value(f.take("max_size"), "a size such as 10M", |s| {
-            let bytes = units::parse_size(s)?;
-            if bytes < 4 << 10 {
-                return Err(format!("`{s}` is too small: give at least 4K"));
-            }
-            Ok(bytes)
-        }) {
+        if let Some(n) = self.size(f.take("max_size")) {
             l.max_size = n;
         }
-        if let Some(n) = self.value(f.take("keep"), "a number", |s| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|n| *n <= 100)
-                .ok_or_else(|| format!("`{s}` is not a whole number from 0 to 100"))
-        }) {
-            l.keep = n;
+        if let Some(n) = self.int(f.take("keep")) {
+            l.keep = n as usize;
         }
-        f.finish(self, &["max_size", "keep"], "supervisor.logs");
+        f.finish(self);
         l
     }
 
-    fn builds(&mut self, path: &str, node: &Node) -> BuildLimits {
+    fn builds(&mut self, field: &Field<'_>) -> BuildLimits {
         let mut b = BuildLimits::default();
-        let Some(mut f) = self.fields(node, path) else {
+        let Some(mut f) = self.section(field) else {
             return b;
         };
-        let count = |s: &str| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| format!("`{s}` is not a whole number from 1 to 64"))
-        };
-        if let Some(n) = self.value(f.take("concurrency"), "a number", count) {
-            b.concurrency = n;
+        if let Some(n) = self.int(f.take("concurrency")) {
+            b.concurrency = n as usize;
         }
-        if let Some(d) = self.positive_duration(f.take("timeout")) {
+        if let Some(d) = self.duration(f.take("timeout")) {
             b.timeout = d;
         }
-        if let Some(n) = self.value(f.take("keep_releases"), "a number", count) {
-            b.keep_releases = n;
+        if let Some(n) = self.int(f.take("keep_releases")) {
+            b.keep_releases = n as usize;
         }
-        if let Some(n) = self.value(f.take("max_archive_size"), "a size such as 1G", |s| {
-            let bytes = units::parse_size(s)?;
-            if bytes < 1 << 20 {
-                return Err(format!("`{s}` is too small: give at least 1M"));
-            }
-            Ok(bytes)
-        }) {
+        if let Some(n) = self.size(f.take("max_archive_size")) {
             b.max_archive_size = n;
         }
-        f.finish(
-            self,
-            &[
-                "concurrency",
-                "timeout",
-                "keep_releases",
-                "max_archive_size",
-            ],
-            "supervisor.builds",
-        );
+        f.finish(self);
         b
     }
 
-    fn apps(&mut self, node: &Node, path: &str, base: &Path) -> BTreeMap<String, AppConfig> {
+    fn apps(&mut self, field: &Field<'_>, base: &Path) -> BTreeMap<String, AppConfig> {
+        let (node, path) = (field.node, field.path.as_str());
         let mut apps = BTreeMap::new();
         let Value::Map(entries) = &node.value else {
             if !matches!(node.value, Value::Null) {
@@ -552,28 +608,29 @@ impl Walker<'_> {
         claimed: &mut HashMap<String, (String, u32)>,
     ) -> Option<AppConfig> {
         let errors_before = self.errors.len();
-        let mut f = self.fields(node, path)?;
+        let mut f = self.fields(node, path, schema::APP)?;
         let domains = self.domains(f.take("domains"), path, node.pos, name, claimed);
-        let source = match (f.take("source"), f.take("upstream")) {
-            (Some((p, n)), None) => self.source(&p, n, base),
-            (None, Some((p, n))) => {
-                let upstream = self.value(Some((p, n)), "host:port", external_upstream);
+        let [source_key, upstream_key] = schema::SOURCE_KEYS;
+        let source = match (f.take(source_key), f.take(upstream_key)) {
+            (Some(s), None) => self.source(&s, base),
+            (None, Some(u)) => {
+                let upstream = self.text(Some(u), external_upstream);
                 // SpinForge routes to that service but does not run it: run-time keys do not apply.
-                for key in RUN_KEYS {
-                    if let Some((p, n)) = f.take(key) {
+                for key in schema::RUN_KEYS {
+                    if let Some(run) = f.take(key) {
                         self.error(
-                            n.pos,
-                            &p,
+                            run.node.pos,
+                            &run.path,
                             format!("`{key}` does not apply to an app with `upstream:`: SpinForge routes to that service but does not run it; remove the key"),
                         );
                     }
                 }
                 upstream.map(AppSource::External)
             }
-            (Some(_), Some((p, n))) => {
+            (Some(_), Some(u)) => {
                 self.error(
-                    n.pos,
-                    &p,
+                    u.node.pos,
+                    &u.path,
                     "an app has either `source:` (code SpinForge runs) or `upstream:` (a service it only routes to), not both",
                 );
                 None
@@ -588,48 +645,21 @@ impl Walker<'_> {
                 None
             }
         };
-        let framework = self
-            .value(f.take("framework"), "a framework name", |s| match s {
-                "auto" => Ok(Framework::Auto),
-                "express" => Ok(Framework::Express),
-                "next" => Ok(Framework::Next),
-                "remix" => Ok(Framework::Remix),
-                "static" => Ok(Framework::Static),
-                "node" => Ok(Framework::Node),
-                _ => Err(format!(
-                    "`{s}` is not a framework: use auto, express, next, remix, static or node"
-                )),
-            })
-            .unwrap_or(Framework::Auto);
+        let framework = match self.choice(f.take("framework")) {
+            Some("express") => Framework::Express,
+            Some("next") => Framework::Next,
+            Some("remix") => Framework::Remix,
+            Some("static") => Framework::Static,
+            Some("node") => Framework::Node,
+            _ => Framework::Auto,
+        };
         let env = f
             .take("env")
-            .map(|(p, n)| self.env(&p, n))
+            .map(|e| self.env(&e.path, e.node))
             .unwrap_or_default();
-        let instances = self
-            .value(f.take("instances"), "a number", |s| {
-                s.parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| format!("`{s}` is not a whole number from 1 to 64"))
-            })
-            .unwrap_or(1);
-        let cpu = self.value(f.take("cpu"), "a number of cores such as 0.5", |s| {
-            s.parse::<f64>()
-                .ok()
-                .filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0)
-                .ok_or_else(|| {
-                    format!("`{s}` is not a number of cores from 0.01 up (0.5 = half a core)")
-                })
-        });
-        let memory = self.value(f.take("memory"), "a size such as 256M", |s| {
-            let bytes = units::parse_size(s)?;
-            if bytes < 32 << 20 {
-                return Err(format!(
-                    "`{s}` is too little for a Node process: give at least 32M"
-                ));
-            }
-            Ok(bytes)
-        });
+        let instances = self.int(f.take("instances")).map_or(1, |n| n as u32);
+        let cpu = self.number(f.take("cpu"));
+        let memory = self.size(f.take("memory"));
         let idle_timeout = match f.take("idle_timeout") {
             Some(field) => self
                 .duration(Some(field))
@@ -638,50 +668,27 @@ impl Walker<'_> {
         };
         let health_check = f
             .take("health_check")
-            .map(|(p, n)| self.health_check(&p, n))
+            .map(|h| self.health_check(&h))
             .unwrap_or_default();
         let mut policy = EdgePolicy::default();
-        if let Some((p, n)) = f.take("rate_limit") {
-            policy.rate_limit = self.rate_limit(&p, n);
+        if let Some(r) = f.take("rate_limit") {
+            policy.rate_limit = self.rate_limit(&r);
         }
-        if let Some((p, n)) = f.take("limits") {
-            self.limits(&p, n, &mut policy);
+        if let Some(l) = f.take("limits") {
+            self.limits(&l, &mut policy);
         }
-        if let Some(on) = self.value(f.take("compression"), "true or false", boolean) {
+        if let Some(on) = self.boolean(f.take("compression")) {
             policy.compression = on;
         }
-        if let Some((p, n)) = f.take("security_headers") {
-            policy.security_headers = self.security_headers(&p, n);
+        if let Some(s) = f.take("security_headers") {
+            policy.security_headers = self.security_headers(&s);
         }
         let tls = f
             .take("tls")
-            .map(|(p, n)| self.app_tls(&p, n, base))
+            .map(|t| self.app_tls(&t, base))
             .unwrap_or_default();
-        let spa = self
-            .value(f.take("spa"), "true or false", boolean)
-            .unwrap_or(false);
-        f.finish(
-            self,
-            &[
-                "domains",
-                "source",
-                "upstream",
-                "framework",
-                "env",
-                "instances",
-                "memory",
-                "cpu",
-                "idle_timeout",
-                "spa",
-                "health_check",
-                "rate_limit",
-                "limits",
-                "compression",
-                "security_headers",
-                "tls",
-            ],
-            "apps.*",
-        );
+        let spa = self.boolean(f.take("spa")).unwrap_or(false);
+        f.finish(self);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -710,13 +717,13 @@ impl Walker<'_> {
 
     fn domains(
         &mut self,
-        field: Option<(String, &Node)>,
+        field: Option<Field<'_>>,
         app_path: &str,
         app_pos: Pos,
         app: &str,
         claimed: &mut HashMap<String, (String, u32)>,
     ) -> Vec<String> {
-        let Some((path, node)) = field else {
+        let Some(Field { path, node, .. }) = field else {
             self.error(
                 app_pos,
                 app_path,
@@ -771,12 +778,13 @@ impl Walker<'_> {
         domains
     }
 
-    fn source(&mut self, path: &str, node: &Node, base: &Path) -> Option<AppSource> {
-        let text = self.scalar(node, path, "a folder, git URL or .tar.gz path")?;
+    fn source(&mut self, field: &Field<'_>, base: &Path) -> Option<AppSource> {
+        let what = "a folder, git URL or .tar.gz path";
+        let text = self.scalar(field.node, &field.path, what)?;
         match source(text, base) {
             Ok(s) => Some(s),
             Err(message) => {
-                self.error(node.pos, path, message);
+                self.error(field.node.pos, &field.path, message);
                 None
             }
         }
@@ -828,12 +836,12 @@ impl Walker<'_> {
         env
     }
 
-    fn health_check(&mut self, path: &str, node: &Node) -> HealthCheck {
+    fn health_check(&mut self, field: &Field<'_>) -> HealthCheck {
         let mut hc = HealthCheck::default();
-        let Some(mut f) = self.fields(node, path) else {
+        let Some(mut f) = self.section(field) else {
             return hc;
         };
-        if let Some(p) = self.value(f.take("path"), "a path", |s| {
+        if let Some(p) = self.text(f.take("path"), |s| {
             if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 Ok(s.to_string())
             } else {
@@ -844,50 +852,39 @@ impl Walker<'_> {
         }) {
             hc.path = p;
         }
-        if let Some(d) = self.positive_duration(f.take("timeout")) {
+        if let Some(d) = self.duration(f.take("timeout")) {
             hc.timeout = d;
         }
-        f.finish(self, &["path", "timeout"], "apps.*.health_check");
+        f.finish(self);
         hc
     }
 
-    fn rate_limit(&mut self, path: &str, node: &Node) -> Option<RateLimit> {
+    fn rate_limit(&mut self, field: &Field<'_>) -> Option<RateLimit> {
         let errors_before = self.errors.len();
-        let mut f = self.fields(node, path)?;
+        let mut f = self.section(field)?;
         let rps = match f.take("rps") {
-            Some(field) => self.value(Some(field), "requests per second", rate),
+            Some(rps) => self.number(Some(rps)),
             None => {
                 self.error(
-                    node.pos,
-                    path,
+                    field.node.pos,
+                    &field.path,
                     "a rate limit needs `rps:`, the requests per second each client IP may send",
                 );
                 None
             }
         };
-        let burst = self
-            .value(f.take("burst"), "a number of requests", count)
-            .unwrap_or(0);
-        let app_rps = self.value(f.take("app_rps"), "requests per second", rate);
-        let app_burst = self.value(f.take("app_burst"), "a number of requests", count);
-        let scope = self
-            .value(f.take("scope"), "local or cluster", |s| match s {
-                "local" => Ok(RateLimitScope::Local),
-                "cluster" => Ok(RateLimitScope::Cluster),
-                _ => Err(format!(
-                    "`{s}` is not a scope: use local (each edge counts alone) or cluster (edges share one budget through Redis)"
-                )),
-            })
-            .unwrap_or_default();
-        f.finish(
-            self,
-            &["rps", "burst", "app_rps", "app_burst", "scope"],
-            "apps.*.rate_limit",
-        );
+        let burst = self.int(f.take("burst")).map_or(0, |n| n as u32);
+        let app_rps = self.number(f.take("app_rps"));
+        let app_burst = self.int(f.take("app_burst")).map(|n| n as u32);
+        let scope = match self.choice(f.take("scope")) {
+            Some("cluster") => RateLimitScope::Cluster,
+            _ => RateLimitScope::Local,
+        };
+        f.finish(self);
         if app_burst.is_some() && app_rps.is_none() {
             self.error(
-                node.pos,
-                path,
+                field.node.pos,
+                &field.path,
                 "`app_burst` needs `app_rps`, the app-wide rate it adds to",
             );
         }
@@ -903,27 +900,21 @@ impl Walker<'_> {
         })
     }
 
-    fn limits(&mut self, path: &str, node: &Node, policy: &mut EdgePolicy) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn limits(&mut self, field: &Field<'_>, policy: &mut EdgePolicy) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        if let Some(b) = self.value(f.take("body"), "a size such as 10M", units::parse_size) {
+        if let Some(b) = self.size(f.take("body")) {
             policy.max_body_bytes = b;
         }
-        if let Some(b) = self.value(f.take("headers"), "a size such as 32K", |s| {
-            let b = units::parse_size(s)?;
-            if !(1024..=(1 << 20)).contains(&b) {
-                return Err(format!("`{s}`: give between 1K and 1M"));
-            }
-            Ok(b)
-        }) {
+        if let Some(b) = self.size(f.take("headers")) {
             policy.max_header_bytes = b;
         }
-        f.finish(self, &["body", "headers"], "apps.*.limits");
+        f.finish(self);
     }
 
-    fn security_headers(&mut self, path: &str, node: &Node) -> SecurityHeaders {
-        if let Value::Scalar(s) = &node.value {
+    fn security_headers(&mut self, field: &Field<'_>) -> SecurityHeaders {
+        if let Value::Scalar(s) = &field.node.value {
             match s.as_str() {
                 "off" | "false" => return SecurityHeaders::none(),
                 "on" | "true" => return SecurityHeaders::default(),
@@ -931,12 +922,12 @@ impl Walker<'_> {
             }
         }
         let mut out = SecurityHeaders::default();
-        let Some(mut f) = self.fields(node, path) else {
+        let Some(mut f) = self.section(field) else {
             return out;
         };
         // Each: a header value, or `off` to leave the header out.
-        let header = |w: &mut Self, field: Option<(String, &Node)>, slot: &mut Option<String>| {
-            if let Some(v) = w.value(field, "a header value, or off", |s| {
+        let header = |w: &mut Self, field: Option<Field<'_>>, slot: &mut Option<String>| {
+            if let Some(v) = w.text(field, |s| {
                 if s.bytes().any(|b| b.is_ascii_control()) {
                     return Err(format!(
                         "`{s}` has control characters; a header value cannot"
@@ -955,60 +946,49 @@ impl Walker<'_> {
         );
         header(self, f.take("referrer_policy"), &mut out.referrer_policy);
         header(self, f.take("frame_options"), &mut out.frame_options);
-        f.finish(
-            self,
-            &[
-                "hsts",
-                "content_type_options",
-                "referrer_policy",
-                "frame_options",
-            ],
-            "apps.*.security_headers",
-        );
+        f.finish(self);
         out
     }
 }
 
-fn boolean(s: &str) -> Result<bool, String> {
-    match s {
-        "true" | "on" | "yes" => Ok(true),
-        "false" | "off" | "no" => Ok(false),
-        _ => Err(format!("`{s}` is not true or false")),
-    }
+/// The word of `words` that `s` is; `false` counts as `off` (YAML 1.1 reads a bare `off` as
+/// false).
+fn word(words: &'static [&'static str], s: &str) -> Option<&'static str> {
+    let s = if s == "false" && words.contains(&"off") {
+        "off"
+    } else {
+        s
+    };
+    words.iter().find(|w| **w == s).copied()
 }
 
-fn rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
-        _ => Err(format!(
-            "`{s}` is not a rate: give requests per second, a number above 0 (e.g. 50 or 0.5)"
-        )),
+/// `a, b or c`.
+fn or_list(words: &[&str]) -> String {
+    match words.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
-}
-
-fn count(s: &str) -> Result<u32, String> {
-    s.parse::<u32>()
-        .map_err(|_| format!("`{s}` is not a whole number of requests"))
 }
 
 // --- automatic HTTPS ---
 
 impl Walker<'_> {
-    fn tls(&mut self, node: &Node, path: &str, base: &Path, out: &mut TlsConfig) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn tls(&mut self, field: &Field<'_>, base: &Path, out: &mut TlsConfig) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        if let Some((p, n)) = f.take("acme") {
-            self.acme(n, &p, base, &mut out.acme);
+        if let Some(acme) = f.take("acme") {
+            self.acme(&acme, base, &mut out.acme);
         }
-        f.finish(self, &["acme"], "tls");
+        f.finish(self);
     }
 
-    fn acme(&mut self, node: &Node, path: &str, base: &Path, out: &mut AcmeConfig) {
-        let Some(mut f) = self.fields(node, path) else {
+    fn acme(&mut self, field: &Field<'_>, base: &Path, out: &mut AcmeConfig) {
+        let Some(mut f) = self.section(field) else {
             return;
         };
-        if let Some(d) = self.value(f.take("directory"), "an https:// URL", |s| {
+        if let Some(d) = self.text(f.take("directory"), |s| {
             let s = s.trim();
             if s.starts_with("https://") && s.len() > "https://".len() && !s.contains(' ') {
                 Ok(s.to_string())
@@ -1021,7 +1001,7 @@ impl Walker<'_> {
         }) {
             out.directory = d;
         }
-        out.email = self.value(f.take("email"), "an email address", |s| {
+        out.email = self.text(f.take("email"), |s| {
             let s = s.trim();
             match s.split_once('@') {
                 Some((user, host))
@@ -1032,33 +1012,19 @@ impl Walker<'_> {
                 _ => Err(format!("`{s}` is not an email address")),
             }
         });
-        out.ca_bundle = self.value(f.take("ca_bundle"), "a file path", |s| {
-            let p = base.join(s);
-            if p.is_file() {
-                Ok(absolute(&p))
-            } else {
-                Err(format!("`{s}` is not a file (looked for {})", p.display()))
-            }
-        });
-        if let Some(c) = self.value(f.take("challenge"), "a challenge type", |s| match s {
-            "http-01" => Ok(ChallengeKind::Http01),
-            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            "dns-01" => Err("dns-01 is not supported by this version of SpinForge yet".into()),
-            _ => Err(format!(
-                "`{s}` is not a challenge type: use http-01 or tls-alpn-01"
-            )),
-        }) {
-            out.challenge = c;
+        out.ca_bundle = self.text(f.take("ca_bundle"), |s| existing_file(s, base));
+        if let Some(c) = self.choice(f.take("challenge")) {
+            out.challenge = match c {
+                "tls-alpn-01" => ChallengeKind::TlsAlpn01,
+                _ => ChallengeKind::Http01,
+            };
         }
-        f.finish(
-            self,
-            &["directory", "email", "ca_bundle", "challenge"],
-            "tls.acme",
-        );
+        f.finish(self);
     }
 
     /// `tls: auto | off | { cert: PATH, key: PATH }`.
-    fn app_tls(&mut self, path: &str, node: &Node, base: &Path) -> AppTls {
+    fn app_tls(&mut self, field: &Field<'_>, base: &Path) -> AppTls {
+        let (node, path) = (field.node, field.path.as_str());
         match &node.value {
             Value::Scalar(s) => match s.as_str() {
                 "auto" => AppTls::Auto,
@@ -1074,30 +1040,23 @@ impl Walker<'_> {
                 }
             },
             Value::Map(_) => {
-                let Some(mut f) = self.fields(node, path) else {
+                let Some(mut f) = self.section(field) else {
                     return AppTls::Auto;
                 };
                 let mut file = |w: &mut Self, name: &str| {
-                    let field = f.take(name);
-                    if field.is_none() {
+                    let file = f.take(name);
+                    if file.is_none() {
                         w.error(
                             node.pos,
                             path,
                             format!("`tls` with files needs both `cert:` and `key:`; `{name}:` is missing"),
                         );
                     }
-                    w.value(field, "a file path", |s| {
-                        let p = base.join(s);
-                        if p.is_file() {
-                            Ok(absolute(&p))
-                        } else {
-                            Err(format!("`{s}` is not a file (looked for {})", p.display()))
-                        }
-                    })
+                    w.text(file, |s| existing_file(s, base))
                 };
                 let cert = file(self, "cert");
                 let key = file(self, "key");
-                f.finish(self, &["cert", "key"], "apps.*.tls");
+                f.finish(self);
                 match (cert, key) {
                     (Some(cert), Some(key)) => AppTls::Files { cert, key },
                     _ => AppTls::Auto,
@@ -1115,6 +1074,16 @@ impl Walker<'_> {
                 AppTls::Auto
             }
         }
+    }
+}
+
+/// A file that must exist, resolved against the config's folder.
+fn existing_file(s: &str, base: &Path) -> Result<PathBuf, String> {
+    let p = base.join(s);
+    if p.is_file() {
+        Ok(absolute(&p))
+    } else {
+        Err(format!("`{s}` is not a file (looked for {})", p.display()))
     }
 }
 
@@ -1317,28 +1286,15 @@ fn env_name_ok(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The known name nearest to `name` (edit distance at most 2), for "did you mean".
+/// The known name nearest to `name` (at most 2 edits, a swap of two neighbours counting as
+/// one), for "did you mean".
 fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
-        .map(|k| (edit_distance(name, k), *k))
+        .map(|k| (strsim::osa_distance(name, k), *k))
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
