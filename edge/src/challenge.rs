@@ -35,23 +35,42 @@ pub async fn answer(
     host: &str,
     path_and_query: &[u8],
 ) -> Result<()> {
+    let (status, body, location) = plain_answer(tls, host, path_and_query);
+    respond(
+        session,
+        status,
+        Some(body).filter(|b| !b.is_empty()),
+        location,
+    )
+    .await
+}
+
+/// What [`answer`] says, for any front end: `(status, body, Location)`.
+pub fn plain_answer(
+    tls: &TlsState,
+    host: &str,
+    path_and_query: &[u8],
+) -> (u16, String, Option<String>) {
     let path_and_query = String::from_utf8_lossy(path_and_query);
     let path = path_and_query.split('?').next().unwrap_or("");
     if let Some(token) = path.strip_prefix(CHALLENGE_PATH) {
         return match tls.http_challenge(token, host) {
             Some(answer) => {
                 tracing::debug!(%host, "answered an HTTP-01 challenge");
-                respond(session, 200, Some(answer), None).await
+                (200, answer, None)
             }
-            None => respond(session, 404, None, None).await,
+            None => (404, String::new(), None),
         };
     }
     let port = match tls.https_port() {
         Some(443) | None => String::new(),
         Some(p) => format!(":{p}"),
     };
-    let location = format!("https://{host}{port}{path_and_query}");
-    respond(session, 308, None, Some(location)).await
+    (
+        308,
+        String::new(),
+        Some(format!("https://{host}{port}{path_and_query}")),
+    )
 }
 
 /// Whether an answer gets HSTS (the app's `security_headers.hsts`): over HTTPS, for a name with

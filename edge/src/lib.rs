@@ -313,6 +313,7 @@ impl Edge {
                     proxy: proxy.clone(),
                     header_timeout: self.config.header_timeout,
                     closing: watch::channel(false).0,
+                    h2c: self.config.h2c,
                 }),
             })
         };

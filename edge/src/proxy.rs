@@ -28,7 +28,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled upstream connections are dropped before Node's default 5 s keep-alive closes them.
 pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Retry-After for 503s.
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -147,7 +147,11 @@ impl EdgeProxy {
     }
 
     /// Holds the request until `host`'s app has an upstream or the wake timeout passes.
-    async fn wait_for_wake(&self, host: &str, entry: &AppEntry) -> Option<Arc<AppEntry>> {
+    pub(crate) async fn wait_for_wake(
+        &self,
+        host: &str,
+        entry: &AppEntry,
+    ) -> Option<Arc<AppEntry>> {
         let _held = entry.runtime.try_hold(self.settings.max_held_requests)?;
         let deadline = tokio::time::Instant::now() + self.settings.wake_timeout;
         let mut changes = self.snapshot.changes();

@@ -522,7 +522,7 @@ thread_local! {
     static DATE: std::cell::RefCell<CachedDate> = std::cell::RefCell::new(CachedDate::default());
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -23,6 +23,7 @@
 //! went out only when it is idempotent and bodiless (NGINX's `proxy_next_upstream error`).
 
 pub mod head;
+mod http2;
 mod pool;
 pub mod rewound;
 mod upstream;
@@ -65,6 +66,8 @@ pub struct FastPath {
     pub header_timeout: Duration,
     /// Set when the service's cleanup runs: idle keep-alive connections close.
     pub closing: watch::Sender<bool>,
+    /// `edge.h2c`: HTTP/2 with prior knowledge on plain connections.
+    pub h2c: bool,
 }
 
 /// What reading the next request head found.
@@ -80,6 +83,8 @@ enum Next {
 enum Kind {
     Plain(Box<L4Stream>),
     Tls(Box<Rewound>),
+    /// HTTP/2 over TLS (ALPN `h2`): served by [`http2`].
+    Http2(Stream),
     Other(Stream),
 }
 
@@ -227,6 +232,18 @@ impl FastPath {
         match Self::classify(stream) {
             Kind::Plain(plain) => self.serve_on(plain, false, shutdown).await,
             Kind::Tls(tls) => self.serve_on(tls, true, shutdown).await,
+            Kind::Http2(tls) => {
+                let addr = tls
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                let peer = http2::Peer {
+                    tls: true,
+                    ip: addr.map(|a| a.ip()),
+                    addr,
+                };
+                self.serve_h2(tls, peer, shutdown).await;
+                Served::Closed
+            }
             Kind::Other(other) => Served::Handover(other),
         }
     }
@@ -247,10 +264,11 @@ impl FastPath {
                 Err(_) => unreachable!("checked just above"),
             };
         }
-        if stream.get_ssl_digest().is_some()
-            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
-        {
-            return Kind::Tls(Box::new(Rewound::new(stream)));
+        if stream.get_ssl_digest().is_some() {
+            return match stream.selected_alpn_proto() {
+                Some(ALPN::H2) => Kind::Http2(stream),
+                _ => Kind::Tls(Box::new(Rewound::new(stream))),
+            };
         }
         Kind::Other(stream)
     }
@@ -278,6 +296,25 @@ impl FastPath {
         loop {
             let head = match self.next_head(&mut conn, &mut closing).await {
                 Some(Next::Head(head)) => head,
+                Some(Next::Http2) if self.h2c => {
+                    // h2c with prior knowledge: the preface read so far is put back.
+                    let Conn {
+                        mut client,
+                        buf,
+                        ip,
+                        peer,
+                        tls,
+                        ..
+                    } = conn;
+                    client.put_back(&buf);
+                    let peer = http2::Peer {
+                        tls,
+                        ip,
+                        addr: peer.as_ref().and_then(|a| a.as_inet()).copied(),
+                    };
+                    self.serve_h2(client, peer, shutdown).await;
+                    return Served::Closed;
+                }
                 Some(Next::Http2) => return conn.fallback(true),
                 Some(Next::Refuse(error)) => {
                     let id = RequestId::for_request(None);
@@ -664,7 +701,6 @@ impl FastPath {
         });
     }
 }
-
 
 /// The HTTP/1.1 front end of [`upstream::exchange_head`]: the request is in `conn.out` (head and
 /// the body bytes read with it), the rest of the body comes from the client, the answer head is
