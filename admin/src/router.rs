@@ -246,7 +246,7 @@ async fn dispatch(ctx: &Arc<Ctx>, route: Route<'_>, req: Req) -> Outcome {
         Route::Metrics => Ok((
             full(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                crate::metrics::CONTENT_TYPE,
                 ctx.metrics.render(),
             ),
             String::new(),

@@ -1,5 +1,5 @@
 //! The admin API as the CLI sees it: requests with the token, problems turned into errors that
-//! carry the exit code, and Server-Sent Events read line by line.
+//! carry the exit code, and Server-Sent Events.
 
 use super::Failure;
 use reqwest::{Method, Response, StatusCode};
@@ -128,55 +128,31 @@ pub async fn problem(resp: Response) -> Failure {
 /// One Server-Sent Event.
 #[derive(Debug, Default)]
 pub struct Event {
+    /// The `event:` field; `None` for a plain message.
     pub name: Option<String>,
     pub data: String,
 }
 
-/// Reads events from a `text/event-stream` answer and hands each to `on_event`, which says
-/// whether to go on. Returns when the stream ends.
+/// Reads events from a `text/event-stream` answer (framing by the `eventsource-stream` crate,
+/// as the WHATWG spec reads it) and hands each to `on_event`, which says whether to go on.
+/// Returns when the stream ends.
 pub async fn read_events(
-    mut resp: Response,
+    resp: Response,
     mut on_event: impl FnMut(Event) -> bool,
 ) -> Result<(), Failure> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut ev = Event::default();
-    let mut has_data = false;
-    loop {
-        let chunk = resp
-            .chunk()
-            .await
-            .map_err(|e| Failure::unreachable(format!("the event stream broke off: {e}")))?;
-        let Some(chunk) = chunk else { return Ok(()) };
-        buf.extend_from_slice(&chunk);
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
-            let line = line.trim_end_matches('\r');
-            if line.is_empty() {
-                if has_data || ev.name.is_some() {
-                    if !on_event(std::mem::take(&mut ev)) {
-                        return Ok(());
-                    }
-                    has_data = false;
-                }
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => ev.name = Some(value.to_string()),
-                "data" => {
-                    if has_data {
-                        ev.data.push('\n');
-                    }
-                    ev.data.push_str(value);
-                    has_data = true;
-                }
-                _ => {}
-            }
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event =
+            event.map_err(|e| Failure::unreachable(format!("the event stream broke off: {e}")))?;
+        let name = (event.event != "message").then_some(event.event);
+        if !on_event(Event {
+            name,
+            data: event.data,
+        }) {
+            return Ok(());
         }
     }
+    Ok(())
 }

@@ -7,7 +7,6 @@
 
 mod client;
 mod deploy;
-mod gitignore;
 mod pack;
 mod show;
 
