@@ -6,9 +6,11 @@
 #![allow(clippy::print_stdout)]
 
 mod cli;
+mod hints;
 mod init;
+mod preflight;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use spinforge_acme::AcmeJob;
 use spinforge_edge::tls::TlsPolicy;
@@ -215,9 +217,19 @@ fn load(path: &Path) -> Result<Config> {
 
 async fn store_for(config: &Config, role: &str) -> Result<Store> {
     match &config.state.redis {
-        Some(url) => Store::connect_redis(url, REDIS_WAIT)
-            .await
-            .context("cannot connect to the state store"),
+        Some(url) => {
+            // Redis not there at all: say so now, not after the whole wait.
+            if hints::redis_refuses(url).await {
+                tracing::warn!(
+                    "{}; waiting up to {} s for it",
+                    hints::redis(url, config, role),
+                    REDIS_WAIT.as_secs()
+                );
+            }
+            Store::connect_redis(url, REDIS_WAIT)
+                .await
+                .map_err(|e| anyhow!("{} ({e})", hints::redis(url, config, role)))
+        }
         None if role == "up" => Ok(Store::embedded()),
         None => bail!(
             "`spinforge {role}` shares state with the other parts through Redis: set `state.redis` in {}",
@@ -227,10 +239,12 @@ async fn store_for(config: &Config, role: &str) -> Result<Store> {
 }
 
 async fn up(config: Config) -> Result<()> {
+    preflight::check(&config)?;
     let store = store_for(&config, "up").await?;
     // Bind first: a taken port should fail before any build starts.
     let edge = bind_edge(&config, store.clone(), None)?;
     let admin = bind_admin(&config, store.clone()).await?;
+    preflight::spawn_registry_probe(&config);
     let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let admin = AdminHandle::start(admin, supervisor.handle());
@@ -312,8 +326,10 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
 }
 
 async fn supervisor(config: Config) -> Result<()> {
+    preflight::check(&config)?;
     let store = store_for(&config, "supervisor").await?;
     let admin = bind_admin(&config, store.clone()).await?;
+    preflight::spawn_registry_probe(&config);
     let acme = start_acme(&config, store.clone());
     let supervisor = Supervisor::start(&config, store).await?;
     let handle = supervisor.handle();
@@ -404,8 +420,21 @@ fn bind_edge(
     store: Store,
     inherited: Option<&mut spinforge_edge::upgrade::InheritedListeners>,
 ) -> Result<Edge> {
-    Ok(Edge::bind_or_inherit(&config.edge, store, inherited)?
-        .with_tls_policy(TlsPolicy::from_apps(config.apps.values())))
+    let edge = Edge::bind_or_inherit(&config.edge, store, inherited).map_err(|e| {
+        let hint = match &e {
+            spinforge_edge::EdgeError::Bind { addr, .. } => {
+                let key = if config.edge.listen_https == Some(*addr) {
+                    "edge.listen_https"
+                } else {
+                    "edge.listen_http"
+                };
+                hints::listen(&e, *addr, key, config)
+            }
+            _ => None,
+        };
+        hint.map_or_else(|| anyhow::Error::from(e), |h| anyhow!(h))
+    })?;
+    Ok(edge.with_tls_policy(TlsPolicy::from_apps(config.apps.values())))
 }
 
 /// The edge stopped on its own: only a setup failure does that.
@@ -420,7 +449,17 @@ fn edge_failed(
 }
 
 async fn bind_admin(config: &Config, store: Store) -> Result<spinforge_admin::AdminApi> {
-    Ok(spinforge_admin::AdminApi::bind(config, store).await?)
+    spinforge_admin::AdminApi::bind(config, store)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                spinforge_admin::AdminError::Bind { addr, .. } => {
+                    hints::listen(&e, *addr, "supervisor.admin_listen", config)
+                }
+                _ => None,
+            };
+            hint.map_or_else(|| anyhow::Error::from(e), |h| anyhow!(h))
+        })
 }
 
 /// The admin API, serving beside the supervisor.
