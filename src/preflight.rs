@@ -130,12 +130,31 @@ fn npm_version(npm: &Path) -> Option<String> {
     Some(json.get("version")?.as_str()?.to_string())
 }
 
-/// Where builds fetch packages from: `npm_config_registry` (passed on to builds), else npm's
-/// default.
+/// Where builds fetch packages from: `npm_config_registry` (passed on to builds), else a
+/// `registry=` of npm's global config files (builds have a home of their own, so a user's
+/// ~/.npmrc does not count), else npm's default.
 fn registry() -> String {
-    ["npm_config_registry", "NPM_CONFIG_REGISTRY"]
+    let from_env = ["npm_config_registry", "NPM_CONFIG_REGISTRY"]
         .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    let node_prefix = on_path("node")
+        .and_then(|n| std::fs::canonicalize(n).ok())
+        .and_then(|n| Some(n.parent()?.parent()?.to_path_buf()));
+    let global_files = node_prefix
+        .map(|p| p.join("etc/npmrc"))
+        .into_iter()
+        .chain([PathBuf::from("/etc/npmrc")]);
+    from_env
+        .or_else(|| {
+            global_files
+                .filter_map(|f| std::fs::read_to_string(f).ok())
+                .find_map(|text| {
+                    text.lines().find_map(|l| {
+                        let (k, v) = l.split_once('=')?;
+                        (k.trim() == "registry").then(|| v.trim().to_string())
+                    })
+                })
+        })
         .unwrap_or_else(|| "https://registry.npmjs.org/".into())
 }
 
