@@ -65,6 +65,7 @@ pub struct RequestHead {
 /// client's headers the policy forwards. [`finish_upstream_request`] adds the edge's own.
 pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Parsed {
     out.clear();
+    out.reserve(1024); // one allocation for most heads (an idle connection gave its buffer back)
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
