@@ -9,10 +9,11 @@ mod cli;
 mod hints;
 mod init;
 mod preflight;
+mod reload;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use spinforge_acme::AcmeJob;
+use spinforge_acme::AcmeService;
 use spinforge_edge::tls::TlsPolicy;
 use spinforge_edge::{Edge, Stop};
 use spinforge_state::Store;
@@ -239,15 +240,30 @@ async fn store_for(config: &Config, role: &str) -> Result<Store> {
 }
 
 async fn up(config: Config) -> Result<()> {
+    // Before anything else: SIGHUP's default action would end the process.
+    let hangup = reload::hangup()?;
     preflight::check(&config)?;
     let store = store_for(&config, "up").await?;
     // Bind first: a taken port should fail before any build starts.
     let edge = bind_edge(&config, store.clone(), None)?;
     let admin = bind_admin(&config, store.clone()).await?;
     preflight::spawn_registry_probe(&config);
-    let acme = start_acme(&config, store.clone());
-    let supervisor = Supervisor::start(&config, store).await?;
-    let admin = AdminHandle::start(admin, supervisor.handle());
+    let acme = AcmeService::start(&config, store.clone());
+    let mut supervisor = Supervisor::start(&config, store).await?;
+    let reloads = reload::start(
+        &config,
+        reload::Parts {
+            edge: Some(edge.control()),
+            supervisor: Some(supervisor.config_updates()),
+            acme: Some(acme),
+            admin: Some(admin.control()),
+        },
+        hangup,
+    );
+    let admin = AdminHandle::start(
+        admin.with_reloader(reloads.reloader.clone()),
+        supervisor.handle(),
+    );
     let (edge_stop, edge_rx) = watch::channel(None);
     let (supervisor_stop, supervisor_rx) = watch::channel(None);
     let mut edge_task = tokio::spawn(edge.serve(edge_rx));
@@ -256,7 +272,9 @@ async fn up(config: Config) -> Result<()> {
         r = shutdown_signal() => r?,
         r = &mut edge_task => return edge_failed(r),
     }
-    acme.stop();
+    // The config as last reloaded (its `edge.grace`); the certificate job stops with it.
+    let config = reloads.current();
+    reloads.stop().await;
     admin.stop().await;
     // Half the grace for requests to drain, the rest for spinlets to stop.
     let started = Instant::now();
@@ -273,8 +291,9 @@ async fn up(config: Config) -> Result<()> {
 
 async fn edge(config: Config, upgrade: bool) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    // Listen for SIGQUIT before anything else: its default action would kill us.
+    // Listen for SIGQUIT and SIGHUP before anything else: their default actions would kill us.
     let mut quit = signal(SignalKind::quit()).context("cannot listen for SIGQUIT")?;
+    let hangup = reload::hangup()?;
     let sock = config.edge.upgrade_sock.clone();
     let mut inherited = if upgrade {
         tracing::info!(socket = %sock.display(), "waiting for the running edge's sockets (send it SIGQUIT)");
@@ -285,9 +304,19 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
     };
     let store = store_for(&config, "edge").await?;
     let edge = bind_edge(&config, store, inherited.as_mut())?;
+    // Handed-over sockets the config no longer has close now, not when this edge exits.
+    drop(inherited);
     if upgrade {
         tracing::info!(http = %edge.http_addr(), "took the listening sockets over");
     }
+    let reloads = reload::start(
+        &config,
+        reload::Parts {
+            edge: Some(edge.control()),
+            ..reload::Parts::default()
+        },
+        hangup,
+    );
     let handoff = std::sync::Arc::new(
         edge.handoff()
             .context("cannot keep a copy of the listening socket")?,
@@ -300,6 +329,8 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
             r = shutdown_signal() => { r?; break; }
             r = &mut task => return edge_failed(r),
             _ = quit.recv() => {
+                // `edge.upgrade_sock` as last reloaded.
+                let sock = reloads.current().edge.upgrade_sock.clone();
                 tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new edge");
                 let path = sock.clone();
                 let handoff = handoff.clone();
@@ -317,8 +348,10 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
             }
         }
     }
+    let grace = reloads.current().edge.grace;
+    reloads.stop().await;
     let _ = stop.send(Some(Stop {
-        deadline: Instant::now() + config.edge.grace,
+        deadline: Instant::now() + grace,
         linger,
     }));
     let _ = task.await;
@@ -326,14 +359,29 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
 }
 
 async fn supervisor(config: Config) -> Result<()> {
+    // Before anything else: SIGHUP's default action would end the process.
+    let hangup = reload::hangup()?;
     preflight::check(&config)?;
     let store = store_for(&config, "supervisor").await?;
     let admin = bind_admin(&config, store.clone()).await?;
     preflight::spawn_registry_probe(&config);
-    let acme = start_acme(&config, store.clone());
-    let supervisor = Supervisor::start(&config, store).await?;
+    let acme = AcmeService::start(&config, store.clone());
+    let mut supervisor = Supervisor::start(&config, store).await?;
     let handle = supervisor.handle();
-    let admin = AdminHandle::start(admin, supervisor.handle());
+    let reloads = reload::start(
+        &config,
+        reload::Parts {
+            supervisor: Some(supervisor.config_updates()),
+            acme: Some(acme),
+            admin: Some(admin.control()),
+            ..reload::Parts::default()
+        },
+        hangup,
+    );
+    let admin = AdminHandle::start(
+        admin.with_reloader(reloads.reloader.clone()),
+        supervisor.handle(),
+    );
     let (stop, rx) = watch::channel(None);
     let task = tokio::spawn(supervisor.run(rx));
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
@@ -341,14 +389,15 @@ async fn supervisor(config: Config) -> Result<()> {
     tokio::select! {
         r = shutdown_signal() => {
             r?;
-            acme.stop();
+            let grace = reloads.current().edge.grace;
+            reloads.stop().await;
             admin.stop().await;
-            let _ = stop.send(Some(Instant::now() + config.edge.grace));
+            let _ = stop.send(Some(Instant::now() + grace));
         }
         _ = quit.recv() => {
             // A replacement supervisor adopts the spinlets: leave them running.
             tracing::info!("SIGQUIT received: exiting and leaving spinlets running");
-            acme.stop();
+            reloads.stop().await;
             admin.stop().await;
             if let Err(e) = handle.detach().await {
                 tracing::warn!(error = %e, "could not detach cleanly");
@@ -477,28 +526,6 @@ impl AdminHandle {
     async fn stop(self) {
         let _ = self.0.send(true);
         let _ = self.1.await;
-    }
-}
-
-/// The certificate job (automatic HTTPS), when the config has something for it to do.
-struct AcmeHandle(Option<watch::Sender<bool>>);
-
-impl AcmeHandle {
-    fn stop(self) {
-        if let Some(tx) = self.0 {
-            let _ = tx.send(true);
-        }
-    }
-}
-
-fn start_acme(config: &Config, store: Store) -> AcmeHandle {
-    match AcmeJob::new(config, store) {
-        Some(job) => {
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(job.run(rx));
-            AcmeHandle(Some(tx))
-        }
-        None => AcmeHandle(None),
     }
 }
 

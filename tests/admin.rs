@@ -712,7 +712,9 @@ async fn admin_bind_failures_are_clear() {
     assert!(!status.success());
     let log = sf.log_text();
     assert!(
-        log.contains(&format!("cannot listen for the admin API on {addr}")),
+        log.contains(&format!(
+            "cannot listen on {addr} (supervisor.admin_listen)"
+        )),
         "{log}"
     );
 

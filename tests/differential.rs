@@ -28,9 +28,30 @@
 //!   Vary, 1xx, bad chunks, early closes, stray bytes) to `Accept-Encoding: gzip`, on apps that
 //!   compress (the default) and on apps with `compression: false` ([`Case::yaml`]). Compressed
 //!   bodies are compared decoded ([`decoded_body`]); the absolute checks read them decoded too.
+//! - HTTP/2 (the `h2/` cases; issue 14, deliverable 3): both edges run with `edge.h2c: true`, so
+//!   the fast edge serves HTTP/2 with its own front end (edge/src/fast/http2.rs) and the other
+//!   with Pingora's h2 server. The client speaks h2c with prior knowledge at the frame level
+//!   ([`support::h2wire`]: it sends what the `h2` crate's client refuses to, and sees every frame
+//!   back); the fresh-connection victims use the `h2` crate's client. The cases
+//!   ([`h2_request_cases`], [`h2_answer_cases`]): pseudo-field oddities, connection-specific
+//!   fields, field syntax, forwarding claims, bodies with and without content-length (and ones
+//!   that break it), empty DATA frames, trailers, resets mid-body and mid-answer, small flow-control
+//!   windows, large heads, many streams at once, stream-id mistakes; and the *twin* of every
+//!   HTTP/1.1 upstream-answer case and `Accept-Encoding` case ([`h2_twins`]: the same request as
+//!   a stream, the same script). Then the probe on the same connection, and victims as later
+//!   streams on it and on fresh connections. What the client got is compared per stream (status,
+//!   fields as a multiset, decoded body, trailers, END_STREAM or RST_STREAM and its code) and
+//!   per connection (GOAWAY and its code, closed or open) ([`judge_h2_client`]); what the
+//!   upstream got as for HTTP/1.1, in any order (the streams are concurrent) and with chunked
+//!   bodies dechunked ([`render_h2_request`]). Absolute checks for HTTP/2 besides the ones
+//!   above: an answer's DATA agrees with its content-length, a bodiless answer has none, no
+//!   connection-specific field, no frames after a stream ended, an upstream answer cut short or
+//!   badly framed never ends with END_STREAM ([`Case::cut`]), a request the client abandoned
+//!   never reaches the upstream whole ([`Abs::Completed`]), cookie fields are joined for the
+//!   HTTP/1.1 hop ([`Abs::Cookies`]), and the upstream never reads a request no client sent.
 //! - Differences that are acceptable are listed in [`ALLOWED`] with the reason; results known to
-//!   be wrong today are listed in [`KNOWN_BUGS`] with the finding of issue 13. Anything else
-//!   fails the test with the case and both results side by side, and so does a listed bug that
+//!   be wrong today are listed in [`KNOWN_BUGS`] with the finding of issue 13 (0: found here).
+//!   Anything else fails the test with the case and both results side by side, and so does a listed bug that
 //!   no longer shows (the list must stay true: remove an entry when its fix lands).
 //!
 //! `DIFF_SHOW=<case name prefix>` prints both sides of the matching cases;
@@ -47,6 +68,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::free_port;
+use support::h2wire::{self, Frame, Next};
 use support::spinforge::{Spinforge, Workspace, port_block};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +114,12 @@ enum Abs {
     /// A forwarding header the client set (Forwarded, X-Forwarded-*, X-Real-IP) reached the
     /// upstream with the client's value.
     Spoofed,
+    /// HTTP/2: a request the client abandoned (a reset before END_STREAM, or a body that broke
+    /// its Content-Length, RFC 9113 §8.1.1) reached the upstream whole.
+    Completed,
+    /// HTTP/2: a request's `cookie` fields reached the HTTP/1.1 upstream as several lines
+    /// (RFC 9113 §8.2.3: they are joined with `; ` before an HTTP/1.1 hop).
+    Cookies,
 }
 
 /// What a finding is about.
@@ -109,7 +137,7 @@ enum Check {
     Abs(Abs, Mode),
 }
 
-/// A difference that is fine, and why. `case` may end in `*` (a prefix).
+/// A difference that is fine, and why. `case` may hold `*` (any run of characters).
 #[derive(Debug)]
 struct Allowed {
     case: &'static str,
@@ -119,7 +147,7 @@ struct Allowed {
 
 /// A result known to be wrong today, with the finding of issue 13 it belongs to (0: not in the
 /// issue; found by this suite). The test fails if it no longer shows: remove the entry when the
-/// fix lands. `case` may end in `*` (then at least one case must still show it).
+/// fix lands. `case` may hold `*` (then at least one case must still show it).
 #[derive(Debug)]
 struct Known {
     case: &'static str,
@@ -496,8 +524,228 @@ const ALLOWED: &[Allowed] = &[
         check: Check::Client,
         why: BAD_CHUNKS,
     },
+    // HTTP/2 (the `h2/` cases; see `h2_request_cases`, `h2_answer_cases`, `h2_twins`).
+    Allowed {
+        case: "h2/ans/1xx-then-close",
+        check: Check::Client,
+        why: H2_INTERIM_THEN_CLOSE,
+    },
+    Allowed {
+        case: "h2/ans/chunk-bare-lf",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-data-no-crlf",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-0x",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-cr-inside",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-leading-space",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-overflow",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-plus",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/close-mid-body",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/close-mid-chunk",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/bad-chunk-data-no-crlf",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/bad-chunk-size-after-good",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/bad-chunk-size-bare-lf",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/bad-chunk-size-first",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/bad-chunk-size-in-later-read",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/close-after-head",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/close-before-last-chunk",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/close-mid-body-cl",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/ans/close-mid-chunk",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/req/br-close-mid-body",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/req/gzip-close-mid-body",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/gz/req/zstd-close-mid-body",
+        check: Check::Client,
+        why: H2_BROKEN_ANSWER,
+    },
+    Allowed {
+        case: "h2/ans/chunk-size-trailing-space",
+        check: Check::Client,
+        why: H2_LENIENT_CHUNK_SIZE,
+    },
+    Allowed {
+        case: "h2/ans/cl-and-te",
+        check: Check::Client,
+        why: H2_CL_AND_TE,
+    },
+    Allowed {
+        case: "h2/ans/te-and-cl",
+        check: Check::Client,
+        why: H2_CL_AND_TE,
+    },
+    Allowed {
+        case: "h2/ans/large-head-70k",
+        check: Check::Client,
+        why: HEAD_LIMITS,
+    },
+    Allowed {
+        case: "h2/ans/many-headers-200",
+        check: Check::Client,
+        why: HEAD_LIMITS,
+    },
+    Allowed {
+        case: "h2/ans/obs-fold",
+        check: Check::Client,
+        why: "an answer with obs-fold: RFC 9112 §5.2 lets a proxy either replace it with SP \
+              (Pingora) or refuse the answer (the fast path: 502)",
+    },
+    Allowed {
+        case: "h2/ans/space-before-colon",
+        check: Check::Client,
+        why: "`Content-Length : 5` in an answer: Pingora removes the space and forwards (what RFC \
+              9112 §5.1 asks of a proxy), the fast path answers 502; neither passes the \
+              malformed field on",
+    },
+    Allowed {
+        case: "h2/ans/reset-mid-answer-gzip",
+        check: Check::Client,
+        why: H2_WHOLE_BODY_RESET,
+    },
+    Allowed {
+        case: "h2/body/cl-under-data-later-frame",
+        check: Check::Client,
+        why: H2_LONG_BODY_LATE,
+    },
+    Allowed {
+        case: "h2/body/cl0-with-data",
+        check: Check::Upstream,
+        why: H2_LONG_BODY_LATE,
+    },
+    Allowed {
+        case: "h2/body/post-cl0-headers-end",
+        check: Check::Upstream,
+        why: "a POST that ends with its head and says `content-length: 0`: Pingora passes the \
+              length on, the fast path sends no length (an HTTP/1.1 request without one has no \
+              body, RFC 9112 §6.3 (7)); the same empty request either way",
+    },
+    Allowed {
+        case: "h2/body/post-cl0-empty-data-end",
+        check: Check::Upstream,
+        why: "`content-length: 0` and then an empty DATA frame with END_STREAM: Pingora passes the \
+              length on, the fast path sends `transfer-encoding: chunked` and the last chunk (it \
+              frames any stream not ended with its head so); the same empty body either way",
+    },
+    Allowed {
+        case: "h2/body/trailers-without-end-stream",
+        check: Check::Upstream,
+        why: "trailers without END_STREAM (malformed, RFC 9113 §8.1): both reset the stream and \
+              leave the upstream an unfinished chunked request; how much of the body had gone out \
+              first is timing",
+    },
+    Allowed {
+        case: "h2/req/http2-settings",
+        check: Check::Upstream,
+        why: "an `http2-settings` field on an HTTP/2 request (meaningful only on an HTTP/1.1 h2c \
+              upgrade, where it is listed in Connection): Pingora drops it, the fast path passes it \
+              on like any field; the app ignores it either way",
+    },
 ];
 
+const H2_BROKEN_ANSWER: &str = "an HTTP/2 stream whose upstream answer breaks off (the \
+     upstream closes before its end) or has invalid chunk framing (RFC 9112 §7.1): the fast \
+     path finds out before it has sent anything and resets the stream with INTERNAL_ERROR; \
+     Pingora has sent the head (and what decoded before the fault) and resets it with CANCEL. \
+     Either way the stream ends in RST_STREAM, never as a whole answer (RFC 9113 §8.1); the \
+     code differs (INTERNAL_ERROR says more than CANCEL, which means the sender no longer needs \
+     the stream)";
+const H2_INTERIM_THEN_CLOSE: &str = "an interim (103) answer, then the upstream's close: \
+     Pingora answers 502; the fast path resets the stream (INTERNAL_ERROR) because it counts the \
+     interim answer as an answer begun, though over HTTP/2 it drops interims and has sent \
+     nothing. Both tell the client the request failed; a 502 would say more";
+const H2_LENIENT_CHUNK_SIZE: &str = "`5 \\r\\n` as a chunk size (invalid by RFC 9112 §7.1): \
+     Pingora accepts it and passes `hello` on, the fast path resets the stream. Neither passes \
+     invalid framing on";
+const H2_CL_AND_TE: &str = "an answer with both Content-Length and Transfer-Encoding: the fast \
+     path refuses it (502), Pingora drops the length and passes the chunked body on. RFC 9112 \
+     §6.3 (3) allows both";
+const H2_WHOLE_BODY_RESET: &str = "the client resets its stream while a compressible answer of \
+     known length is under way: the fast path compresses such bodies whole (up to 128 KiB), so \
+     it had sent nothing yet; Pingora streams, so it had sent the head and part of the body. \
+     Either way the stream ends with the client's reset";
+const H2_LONG_BODY_LATE: &str = "a request body longer than its content-length, where the \
+     excess comes after the request had gone upstream whole (`content-length: 0` then DATA, or \
+     a later DATA frame): the h2 layer resets the stream (PROTOCOL_ERROR, RFC 9113 §8.1.1) in \
+     both; the fast path frames a stream not ended with its head as chunked (so the upstream \
+     is left an unfinished request) or waits for END_STREAM before it answers, Pingora sends \
+     the length on and answers as soon as the upstream does. A streaming proxy cannot see this \
+     malformation before the excess arrives";
 const WHOLE_BODY_CUT: &str = "the upstream closes before the end of a body of known length that \
      would be compressed: the fast path compresses such bodies whole (up to 128 KiB), so it has \
      sent nothing yet and answers 502 and closes; Pingora streams, so it has sent the head and \
@@ -561,8 +809,161 @@ const KNOWN_BUGS: &[Known] = &[
         what: EMPTY_CHUNK_SIZE_COMPRESSED,
     },
     // Compression, found by the `gz/` cases (finding 0).
+    // HTTP/2 and h2c, found by the `h2/` cases (finding 0).
+    Known {
+        case: "req/version/http09",
+        check: Check::Client,
+        finding: 0,
+        what: H2C_SHORT_HEAD,
+    },
+    Known {
+        case: "h2/ans/chunk-size-empty",
+        check: Check::Client,
+        finding: 0,
+        what: H2_EMPTY_CHUNK_SIZE,
+    },
+    Known {
+        case: "h2/ans/chunk-size-empty",
+        check: Check::Abs(Abs::Unframed, Mode::Full),
+        finding: 0,
+        what: H2_EMPTY_CHUNK_SIZE,
+    },
+    Known {
+        case: "h2/gz/ans/bad-chunk-size-empty",
+        check: Check::Client,
+        finding: 0,
+        what: H2_EMPTY_CHUNK_SIZE,
+    },
+    Known {
+        case: "h2/gz/ans/bad-chunk-size-empty",
+        check: Check::Abs(Abs::Unframed, Mode::Full),
+        finding: 0,
+        what: H2_EMPTY_CHUNK_SIZE,
+    },
+    Known {
+        case: "h2/body/*empty-data*",
+        check: Check::Upstream,
+        finding: 0,
+        what: H2_EMPTY_DATA_END,
+    },
+    Known {
+        case: "h2/body/*empty-data*",
+        check: Check::Abs(Abs::Smuggled, Mode::Full),
+        finding: 0,
+        what: H2_EMPTY_DATA_END,
+    },
+    Known {
+        case: "h2/req/authority-and-other-host",
+        check: Check::Client,
+        finding: 0,
+        what: H2_HOST_NOT_AUTHORITY,
+    },
+    Known {
+        case: "h2/req/authority-and-other-host",
+        check: Check::Upstream,
+        finding: 0,
+        what: H2_HOST_NOT_AUTHORITY,
+    },
+    Known {
+        case: "h2/req/other-authority-and-our-host",
+        check: Check::Client,
+        finding: 0,
+        what: H2_HOST_NOT_AUTHORITY,
+    },
+    Known {
+        case: "h2/req/other-authority-and-our-host",
+        check: Check::Upstream,
+        finding: 0,
+        what: H2_HOST_NOT_AUTHORITY,
+    },
+    Known {
+        case: "h2/req/authority-userinfo",
+        check: Check::Client,
+        finding: 0,
+        what: H2_USERINFO,
+    },
+    Known {
+        case: "h2/req/method-connect",
+        check: Check::Client,
+        finding: 0,
+        what: H2_CONNECT,
+    },
+    Known {
+        case: "h2/req/method-connect",
+        check: Check::Upstream,
+        finding: 0,
+        what: H2_CONNECT,
+    },
+    Known {
+        case: "h2/req/cookie-*",
+        check: Check::Abs(Abs::Cookies, Mode::Fast),
+        finding: 0,
+        what: H2_COOKIES,
+    },
+    Known {
+        case: "h2/req/cookie-*",
+        check: Check::Abs(Abs::Cookies, Mode::Full),
+        finding: 0,
+        what: H2_COOKIES,
+    },
+    Known {
+        case: "h2/body/trailers-with-pseudo",
+        check: Check::Abs(Abs::Completed, Mode::Fast),
+        finding: 0,
+        what: H2_PSEUDO_TRAILERS,
+    },
+    Known {
+        case: "h2/body/trailers-with-pseudo",
+        check: Check::Abs(Abs::Completed, Mode::Full),
+        finding: 0,
+        what: H2_PSEUDO_TRAILERS,
+    },
 ];
 
+const H2C_SHORT_HEAD: &str = "full path wrong, with `edge.h2c: true` only: a complete HTTP/1.x \
+     request shorter than the 24-byte HTTP/2 preface (`GET /case/N/\\r\\n\\r\\n`) is not \
+     answered: Pingora waits for 24 bytes to tell h2c from HTTP/1 and answers only when more \
+     bytes come (here the probe), so a short request from a client that then waits hangs until \
+     a timeout (RFC 9113 §3.3: prior knowledge is recognised by the preface; a prefix that \
+     already differs from it is HTTP/1). The fast path reads the head itself and answers 400";
+const H2_EMPTY_CHUNK_SIZE: &str = "full path wrong, as in ans/chunk-size-empty, over HTTP/2: an \
+     empty chunk-size line in the upstream's answer is taken as the last chunk, and the stream \
+     ends with END_STREAM as if the answer were whole while the rest is lost (RFC 9112 §7.1: \
+     chunk-size = 1*HEXDIG; RFC 9113 §8.1: a cut answer ends with RST_STREAM); the fast path \
+     resets the stream";
+const H2_EMPTY_DATA_END: &str = "full path wrong: an HTTP/2 request body without content-length \
+     that ends with an empty DATA frame carrying END_STREAM (as many clients end a body) goes \
+     to the HTTP/1.1 upstream with the last chunk twice (`0\\r\\n\\r\\n0\\r\\n\\r\\n`): \
+     the second is stray bytes on the upstream connection, which the upstream reads as \
+     another request (a request line `0`) and answers (RFC 9112 §7.1: one last-chunk ends the \
+     body, and §6.3: what follows it is the next message). Pingora did not reuse that connection here \
+     (the victims got their own answers), so the stray answer reached no one; the fast path \
+     sends one last chunk";
+const H2_HOST_NOT_AUTHORITY: &str = "fast path wrong: an HTTP/2 request whose `host` field \
+     names another host than its `:authority` is routed by `host` (here to the other app, or \
+     from the other name to this one) where it SHOULD be treated as malformed (RFC 9113 \
+     §8.3.1; over TLS the certificate was chosen for `:authority`, so this lets a client reach \
+     an app under another app's name); Pingora answers 400. The policy chains `:authority` \
+     only when there is no `host`";
+const H2_USERINFO: &str = "fast path wrong: `:authority: user@cN.test` (userinfo, which \
+     `:authority` MUST NOT include, RFC 9113 §8.3.1: malformed) is looked up as a host name \
+     and answered 404; Pingora answers 400, as the policy does for userinfo in an HTTP/1.1 \
+     absolute-form target";
+const H2_CONNECT: &str = "fast path wrong: an HTTP/2 CONNECT (`:method CONNECT`, \
+     `:authority cN.test:80`, no `:path`, RFC 9113 §8.5) reaches the app as `CONNECT / \
+     HTTP/1.1` (a CONNECT's target is the authority form, RFC 9112 §3.2.3; the edge tunnels \
+     nothing); Pingora refuses it (405), as both paths do an HTTP/1.1 CONNECT";
+const H2_COOKIES: &str = "both paths wrong: an HTTP/2 request's `cookie` fields (RFC 9113 \
+     §8.2.3 lets a client split the cookie into one field per crumb) reach the HTTP/1.1 \
+     upstream as several Cookie lines, where they MUST be joined with `; ` into one before an \
+     HTTP/1.1 hop (RFC 9113 §8.2.3; RFC 6265 §5.4: one Cookie header). Node happens to join \
+     them; other servers keep only one";
+const H2_PSEUDO_TRAILERS: &str = "both paths wrong (the h2 crate, 0.4): trailers with a \
+     pseudo-field (`:path`) are malformed (RFC 9113 §8.1: trailers MUST NOT include \
+     pseudo-header fields; §8.1.1: a malformed request is a stream error, and an intermediary \
+     MUST NOT forward it), yet the request reaches the upstream whole (the trailers dropped) \
+     and is answered. Reading `RecvStream::trailers` before finishing the upstream body would \
+     show the error";
 const EMPTY_CHUNK_SIZE: &str = "full path wrong: an empty chunk-size line in an answer is taken \
      as the last chunk, and the client gets a complete-looking, empty body while the real one is \
      lost (RFC 9112 §7.1: chunk-size = 1*HEXDIG); the fast path closes as for any invalid size";
@@ -578,11 +979,22 @@ const SPACE_IN_TARGET: &str = "`GET /case/N/a b HTTP/1.1`: the fast path answers
      path on (the default), every HTTP/1 head, plain or TLS, is read by the fast path first, and \
      this one never reaches Pingora";
 
+/// Whether `name` matches `pattern`, where each `*` stands for any run of characters.
 fn matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return pattern == name; // no `*`
+    };
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
     }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,6 +1017,9 @@ enum Act {
     Sleep(u64),
     /// Closes the connection (nothing more is read from it).
     Close,
+    /// The plain answer `case <N> saw <target>` (for cases of several streams, each of which
+    /// must get its own).
+    Echo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -630,6 +1045,14 @@ struct Case {
     victims: usize,
     /// Extra lines of the case's app in `spinforge.yaml` (each `    key: value\n`).
     yaml: &'static str,
+    /// An HTTP/2 case: what the client does (then `steps` is empty).
+    h2: Option<Vec<H2Step>>,
+    /// HTTP/2: the upstream's answer is cut short or its framing is invalid: no stream may end
+    /// it with END_STREAM as if it were whole.
+    cut: bool,
+    /// HTTP/2: the client abandons its request (a reset, or a body that breaks its
+    /// Content-Length): the upstream must never receive it complete.
+    aborted: bool,
 }
 
 fn method_of(bytes: &[u8]) -> String {
@@ -654,6 +1077,9 @@ impl Case {
             settle: 0,
             victims: 0,
             yaml: "",
+            h2: None,
+            cut: false,
+            aborted: false,
         }
     }
 
@@ -678,6 +1104,9 @@ impl Case {
             settle: 0,
             victims: 0,
             yaml: "",
+            h2: None,
+            cut: false,
+            aborted: false,
         }
     }
 
@@ -2809,6 +3238,1103 @@ fn with_head(status_line: &str, extra: &str, body: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// HTTP/2 cases.
+// ---------------------------------------------------------------------------------------------
+
+/// What an HTTP/2 client does. Field names and values, and DATA, are templates (as in
+/// [`Step`]); stream ids are the client's own (odd).
+#[derive(Debug, Clone)]
+enum H2Step {
+    /// A field block: a request's head (the first on its stream) or its trailers.
+    Headers(u32, Fields, bool),
+    Data(u32, Vec<u8>, bool),
+    Rst(u32, u32),
+    /// Hand-made frames, sent as they are (not filled in).
+    Raw(Vec<u8>),
+    /// Waits (reading whatever arrives meanwhile).
+    Sleep(u64),
+}
+
+/// RST_STREAM's CANCEL, as a browser sends it.
+const CANCEL: u32 = 0x8;
+
+fn field(name: &str, value: &str) -> (Vec<u8>, Vec<u8>) {
+    (name.as_bytes().to_vec(), value.as_bytes().to_vec())
+}
+
+/// A request head: `:method`, `:scheme http`, `:authority $H`, `:path $P`, then `extra`.
+fn h2_head(method: &str, extra: &[(&str, &str)]) -> Fields {
+    let mut f = vec![
+        field(":method", method),
+        field(":scheme", "http"),
+        field(":authority", "$H"),
+        field(":path", "$P"),
+    ];
+    f.extend(extra.iter().map(|(n, v)| field(n, v)));
+    f
+}
+
+/// `head` with pseudo-fields changed: `(name, Some(value))` replaces (or adds), `None` removes.
+fn with_pseudo(mut head: Fields, changes: &[(&str, Option<&str>)]) -> Fields {
+    for (name, value) in changes {
+        let at = head.iter().position(|(n, _)| n == name.as_bytes());
+        match (at, value) {
+            (Some(i), Some(v)) => head[i].1 = v.as_bytes().to_vec(),
+            (Some(i), None) => {
+                head.remove(i);
+            }
+            (None, Some(v)) => {
+                let first_regular = head
+                    .iter()
+                    .position(|(n, _)| !n.starts_with(b":"))
+                    .unwrap_or(head.len());
+                head.insert(first_regular, field(name, v));
+            }
+            (None, None) => {}
+        }
+    }
+    head
+}
+
+fn h2_get(extra: &[(&str, &str)]) -> Vec<H2Step> {
+    vec![H2Step::Headers(1, h2_head("GET", extra), true)]
+}
+
+/// A request with `body` in one DATA frame (none when empty: END_STREAM on the head).
+fn h2_with_body(method: &str, extra: &[(&str, &str)], body: &[u8]) -> Vec<H2Step> {
+    if body.is_empty() {
+        return vec![H2Step::Headers(1, h2_head(method, extra), true)];
+    }
+    vec![
+        H2Step::Headers(1, h2_head(method, extra), false),
+        H2Step::Data(1, body.to_vec(), true),
+    ]
+}
+
+impl Case {
+    /// An HTTP/2 case: `steps` on one connection; the upstream answers each request with the
+    /// target it saw ([`Act::Echo`]).
+    fn h2(name: impl Into<String>, steps: Vec<H2Step>) -> Case {
+        let mut methods = Vec::new();
+        let mut seen = Vec::new();
+        for step in &steps {
+            if let H2Step::Headers(id, fields, _) = step
+                && !seen.contains(id)
+            {
+                seen.push(*id);
+                methods.push(
+                    fields
+                        .iter()
+                        .find(|(n, _)| n == b":method")
+                        .map_or("GET".to_string(), |(_, v)| lossy(v)),
+                );
+            }
+        }
+        Case {
+            name: name.into(),
+            kind: Kind::Request,
+            steps: Vec::new(),
+            methods,
+            script: Some(vec![Act::Echo]),
+            settle: 0,
+            victims: 0,
+            yaml: "",
+            h2: Some(steps),
+            cut: false,
+            aborted: false,
+        }
+    }
+
+    /// An HTTP/2 case whose upstream answers with `script`.
+    fn h2_answer(name: impl Into<String>, steps: Vec<H2Step>, script: Vec<Act>) -> Case {
+        let mut c = Case::h2(name, steps);
+        c.kind = Kind::Answer;
+        c.settle = settle_for(&script);
+        c.script = Some(script);
+        c.cut = answer_cut(&c);
+        c
+    }
+}
+
+fn settle_for(script: &[Act]) -> u64 {
+    let sleeps = script
+        .iter()
+        .map(|a| match a {
+            Act::Sleep(ms) => *ms,
+            _ => 0,
+        })
+        .sum::<u64>();
+    if sleeps > 0 { sleeps + 150 } else { 0 }
+}
+
+/// Whether a case's scripted answer is cut short by the upstream's close, or has chunk framing
+/// that does not parse (read as leniently as the recording upstream reads requests): no front
+/// end may pass it on as a whole answer.
+fn answer_cut(c: &Case) -> bool {
+    let Some(script) = &c.script else {
+        return false;
+    };
+    if !script.iter().any(|a| matches!(a, Act::Close)) {
+        return false;
+    }
+    let bytes: Vec<u8> = script
+        .iter()
+        .filter_map(|a| match a {
+            Act::Send(b) => Some(b.as_slice()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    let mut rest = &bytes[..];
+    loop {
+        let Some(len) = head_end(rest) else {
+            return false; // no final head: the edge answers with its own page
+        };
+        let (line, headers) = header_lines(&rest[..len]);
+        let status: u16 = lossy(&line)
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if (100..200).contains(&status) {
+            rest = &rest[len..];
+            continue;
+        }
+        if c.methods.first().is_some_and(|m| m == "HEAD") || status == 204 || status == 304 {
+            return false;
+        }
+        let body = &rest[len..];
+        let value = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| lossy(k).trim().eq_ignore_ascii_case(n))
+                .map(|(_, v)| lossy(v).to_ascii_lowercase())
+        };
+        if value("transfer-encoding").is_some_and(|v| v.trim().ends_with("chunked")) {
+            return !matches!(lenient_chunked_len(body), Ok(Some(_)));
+        }
+        return value("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|n| body.len() < n);
+    }
+}
+
+/// The HTTP/2 twin of an HTTP/1.1 case of one request: the same request on stream 1 (Host as
+/// `:authority`, names in lower case, the body as one DATA frame), the same upstream script,
+/// an app of the same configuration. `None` for what HTTP/2 cannot say (pipelining, HTTP/1.0,
+/// connection-specific fields).
+fn h2_twin(c: &Case) -> Option<Case> {
+    let [Step::Write(bytes)] = c.steps.as_slice() else {
+        return None;
+    };
+    if c.methods.len() != 1 {
+        return None;
+    }
+    let len = head_end(bytes)?;
+    let (line, headers) = header_lines(&bytes[..len]);
+    let parts: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    let [method, target, b"HTTP/1.1"] = parts.as_slice() else {
+        return None;
+    };
+    let mut authority = None;
+    let mut regular = Vec::new();
+    for (name, value) in headers {
+        let lower = lossy(&name).to_ascii_lowercase();
+        match lower.as_str() {
+            "host" => authority = Some(value),
+            "connection" | "keep-alive" | "te" | "transfer-encoding" | "upgrade"
+            | "proxy-connection" => return None,
+            _ => regular.push((lower.into_bytes(), value)),
+        }
+    }
+    let mut fields = vec![
+        (b":method".to_vec(), method.to_vec()),
+        (b":scheme".to_vec(), b"http".to_vec()),
+        (b":authority".to_vec(), authority?),
+        (b":path".to_vec(), target.to_vec()),
+    ];
+    fields.extend(regular);
+    let body = &bytes[len..];
+    let mut steps = vec![H2Step::Headers(1, fields, body.is_empty())];
+    if !body.is_empty() {
+        steps.push(H2Step::Data(1, body.to_vec(), true));
+    }
+    let mut twin = c.clone();
+    twin.name = format!("h2/{}", c.name);
+    twin.steps = Vec::new();
+    twin.h2 = Some(steps);
+    twin.cut = answer_cut(c);
+    Some(twin)
+}
+
+/// The HTTP/2 twins: every upstream answer of the HTTP/1.1 cases (plain and compressed), and
+/// every `Accept-Encoding` shape.
+fn h2_twins(h1: &[Case]) -> Vec<Case> {
+    h1.iter()
+        .filter(|c| c.kind == Kind::Answer || c.name.starts_with("gz/req/"))
+        .filter_map(h2_twin)
+        .collect()
+}
+
+/// The client's side of HTTP/2: pseudo-fields, connection-specific fields, field syntax,
+/// forwarding claims, bodies and their lengths, trailers, resets, large heads, many streams,
+/// stream-id mistakes. The upstream answers each request with the target it saw.
+fn h2_request_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let get =
+        |name: &str, extra: &[(&str, &str)]| Case::h2(format!("h2/req/{name}"), h2_get(extra));
+    let head_of = |name: &str, fields: Fields| {
+        Case::h2(
+            format!("h2/req/{name}"),
+            vec![H2Step::Headers(1, fields, true)],
+        )
+    };
+
+    // Pseudo-fields and the authority.
+    v.push(get("get", &[]));
+    let base = h2_head("GET", &[]);
+    /// A case's name, the pseudo-fields it changes (`None`: drops), the fields it adds.
+    type PseudoCase<'a> = (
+        &'a str,
+        &'a [(&'a str, Option<&'a str>)],
+        &'a [(&'a str, &'a str)],
+    );
+    let pseudo: &[PseudoCase] = &[
+        (
+            "host-instead-of-authority",
+            &[(":authority", None)],
+            &[("host", "$H")],
+        ),
+        ("authority-and-same-host", &[], &[("host", "$H")]),
+        ("authority-and-other-host", &[], &[("host", "other.test")]),
+        (
+            "other-authority-and-our-host",
+            &[(":authority", Some("other.test"))],
+            &[("host", "$H")],
+        ),
+        ("no-authority-no-host", &[(":authority", None)], &[]),
+        (
+            "two-hosts-no-authority",
+            &[(":authority", None)],
+            &[("host", "$H"), ("host", "$H")],
+        ),
+        ("authority-port-80", &[(":authority", Some("$H:80"))], &[]),
+        (
+            "authority-port-other",
+            &[(":authority", Some("$H:8080"))],
+            &[],
+        ),
+        (
+            "authority-uppercase",
+            &[(":authority", Some("C$N.TEST"))],
+            &[],
+        ),
+        (
+            "authority-trailing-dot",
+            &[(":authority", Some("$H."))],
+            &[],
+        ),
+        (
+            "authority-userinfo",
+            &[(":authority", Some("user@$H"))],
+            &[],
+        ),
+        ("authority-empty", &[(":authority", Some(""))], &[]),
+        (
+            "authority-unknown",
+            &[(":authority", Some("evil.example"))],
+            &[],
+        ),
+        ("authority-with-path", &[(":authority", Some("$H/x"))], &[]),
+        ("path-absolute", &[(":path", Some("http://$H$P"))], &[]),
+        (
+            "path-absolute-other-app",
+            &[(":path", Some("http://other.test$P"))],
+            &[],
+        ),
+        ("path-asterisk-get", &[(":path", Some("*"))], &[]),
+        ("path-empty", &[(":path", Some(""))], &[]),
+        ("path-missing", &[(":path", None)], &[]),
+        ("path-no-leading-slash", &[(":path", Some("case/$N/"))], &[]),
+        ("path-query", &[(":path", Some("$P?x=1&y=%20"))], &[]),
+        ("path-fragment", &[(":path", Some("$P#frag"))], &[]),
+        (
+            "path-dot-segments",
+            &[(":path", Some("$P../../etc/passwd"))],
+            &[],
+        ),
+        (
+            "path-percent",
+            &[(":path", Some("$P%2e%2e/%2F%00?q=%ff"))],
+            &[],
+        ),
+        (
+            "path-double-slash-host",
+            &[(":path", Some("//evil.example/x"))],
+            &[],
+        ),
+        ("path-space", &[(":path", Some("$Pa b"))], &[]),
+        ("path-utf8", &[(":path", Some("$P\u{e9}t\u{e9}"))], &[]),
+        ("path-backslash", &[(":path", Some("$P..\\..\\x"))], &[]),
+        (
+            "path-acme-token",
+            &[(":path", Some("/.well-known/acme-challenge/tok$N"))],
+            &[],
+        ),
+        ("path-long-8k", &[], &[]),
+        ("method-missing", &[(":method", None)], &[]),
+        ("method-lowercase", &[(":method", Some("get"))], &[]),
+        ("method-unknown", &[(":method", Some("FOO"))], &[]),
+        ("method-bad-char", &[(":method", Some("G@T"))], &[]),
+        ("method-head", &[(":method", Some("HEAD"))], &[]),
+        ("method-delete", &[(":method", Some("DELETE"))], &[]),
+        ("method-options", &[(":method", Some("OPTIONS"))], &[]),
+        ("method-trace", &[(":method", Some("TRACE"))], &[]),
+        (
+            "method-connect",
+            &[
+                (":method", Some("CONNECT")),
+                (":scheme", None),
+                (":path", None),
+                (":authority", Some("$H:80")),
+            ],
+            &[],
+        ),
+        (
+            "method-connect-with-path",
+            &[(":method", Some("CONNECT"))],
+            &[],
+        ),
+        (
+            "method-options-asterisk",
+            &[(":method", Some("OPTIONS")), (":path", Some("*"))],
+            &[],
+        ),
+        ("scheme-missing", &[(":scheme", None)], &[]),
+        ("scheme-https", &[(":scheme", Some("https"))], &[]),
+        ("scheme-other", &[(":scheme", Some("ftp"))], &[]),
+        ("scheme-empty", &[(":scheme", Some(""))], &[]),
+        ("protocol-on-get", &[(":protocol", Some("websocket"))], &[]),
+        ("status-in-request", &[(":status", Some("200"))], &[]),
+        ("unknown-pseudo", &[(":foo", Some("bar"))], &[]),
+    ];
+    for (name, changes, extra) in pseudo {
+        let mut fields = with_pseudo(base.clone(), changes);
+        if *name == "path-long-8k" {
+            fields = with_pseudo(
+                fields,
+                &[(":path", Some(&format!("$P{}", "a".repeat(8000))))],
+            );
+        }
+        fields.extend(extra.iter().map(|(n, v)| field(n, v)));
+        v.push(head_of(name, fields));
+    }
+    let mut dup = base.clone();
+    dup.push(field(":path", "$Px"));
+    v.push(head_of("pseudo-path-twice", dup));
+    let mut late = vec![base[0].clone(), base[1].clone(), base[2].clone()];
+    late.push(field("x-early", "1"));
+    late.push(base[3].clone());
+    v.push(head_of("pseudo-after-regular", late));
+
+    // Connection-specific fields (RFC 9113 §8.2.2: malformed), and TE.
+    for (name, extra) in [
+        ("connection-close", &[("connection", "close")][..]),
+        ("connection-keep-alive", &[("connection", "keep-alive")]),
+        (
+            "connection-names-custom",
+            &[("connection", "x-secret"), ("x-secret", "1")],
+        ),
+        ("keep-alive", &[("keep-alive", "timeout=5")]),
+        ("proxy-connection", &[("proxy-connection", "keep-alive")]),
+        (
+            "transfer-encoding-chunked",
+            &[("transfer-encoding", "chunked")],
+        ),
+        (
+            "transfer-encoding-identity",
+            &[("transfer-encoding", "identity")],
+        ),
+        ("upgrade-websocket", &[("upgrade", "websocket")]),
+        (
+            "upgrade-h2c",
+            &[
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ],
+        ),
+        ("te-trailers", &[("te", "trailers")]),
+        ("te-gzip", &[("te", "gzip")]),
+        ("te-trailers-gzip", &[("te", "trailers, gzip")]),
+        ("te-trailers-upper", &[("te", "TRAILERS")]),
+        ("trailer-announced", &[("trailer", "x-t")]),
+        (
+            "http2-settings",
+            &[("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")],
+        ),
+    ] {
+        v.push(get(name, extra));
+    }
+    v.push(Case::h2(
+        "h2/req/transfer-encoding-chunked-post",
+        h2_with_body(
+            "POST",
+            &[("transfer-encoding", "chunked")],
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ));
+
+    // Field syntax (RFC 9113 §8.2.1: upper case, control bytes, surrounding whitespace are
+    // malformed).
+    for (name, fname, value) in [
+        ("name-uppercase", "X-Test", "1"),
+        ("name-with-space", "x test", "1"),
+        ("name-with-colon", "x:test", "1"),
+        ("name-empty", "", "x"),
+        ("name-with-at", "x@test", "1"),
+        ("name-utf8", "x-caf\u{e9}", "1"),
+        ("value-nul", "x-test", "a\0b"),
+        ("value-cr", "x-test", "a\rb"),
+        ("value-lf", "x-test", "a\nb"),
+        ("value-crlf-injection", "x-test", "a\r\nx-injected: 1"),
+        ("value-leading-space", "x-test", " a"),
+        ("value-trailing-space", "x-test", "a "),
+        ("value-tab-inside", "x-test", "a\tb"),
+        ("value-del", "x-test", "a\x7fb"),
+        ("value-utf8", "x-test", "caf\u{e9}"),
+        ("value-empty", "x-test", ""),
+    ] {
+        v.push(get(name, &[(fname, value)]));
+    }
+    // Cookies may come as several fields; an HTTP/1.1 hop gets them joined (RFC 9113 §8.2.3).
+    v.push(get(
+        "cookie-two-fields",
+        &[("cookie", "a=1"), ("cookie", "b=2")],
+    ));
+    v.push(get("cookie-one-field", &[("cookie", "a=1; b=2")]));
+    let crumbs: Vec<(String, String)> = (0..40)
+        .map(|i| ("cookie".into(), format!("c{i}=v{i}")))
+        .collect();
+    let crumbs: Vec<(&str, &str)> = crumbs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    v.push(get("cookie-40-crumbs", &crumbs));
+    v.push(get("request-id-own", &[("x-request-id", "mine-123")]));
+    v.push(get("request-id-bad", &[("x-request-id", "bad id")]));
+    v.push(get(
+        "proxy-authorization",
+        &[("proxy-authorization", "Basic eDp5")],
+    ));
+    v.push(get("accept-json", &[("accept", "application/json")]));
+
+    // Forwarding claims (values carry "spoof").
+    for (name, extra) in [
+        (
+            "forwarded",
+            &[("forwarded", "for=\"spoof\";host=spoof.example;proto=https")][..],
+        ),
+        ("x-forwarded-for", &[("x-forwarded-for", "spoof")]),
+        (
+            "x-forwarded-for-two",
+            &[("x-forwarded-for", "spoof"), ("x-forwarded-for", "spoof2")],
+        ),
+        ("x-forwarded-host", &[("x-forwarded-host", "spoof.example")]),
+        ("x-forwarded-proto", &[("x-forwarded-proto", "spoof")]),
+        ("x-forwarded-port", &[("x-forwarded-port", "443spoof")]),
+        ("x-forwarded-prefix", &[("x-forwarded-prefix", "/spoof")]),
+        ("x-real-ip", &[("x-real-ip", "spoof")]),
+        ("x-client-ip", &[("x-client-ip", "spoof")]),
+        ("true-client-ip", &[("true-client-ip", "spoof")]),
+        (
+            "all",
+            &[
+                ("forwarded", "for=spoof"),
+                ("x-forwarded-for", "spoof"),
+                ("x-forwarded-host", "spoof"),
+                ("x-forwarded-proto", "spoof"),
+                ("x-forwarded-port", "spoof"),
+                ("x-forwarded-prefix", "/spoof"),
+                ("x-real-ip", "spoof"),
+            ],
+        ),
+    ] {
+        v.push(Case::h2(format!("h2/forwarding/{name}"), h2_get(extra)));
+    }
+    v.push(Case::h2(
+        "h2/forwarding/x-forwarded-for-post-no-length",
+        h2_with_body(
+            "POST",
+            &[("x-forwarded-for", "spoof"), ("x-real-ip", "spoof")],
+            b"hello",
+        ),
+    ));
+
+    // Bodies, with and without a length, and lengths that do not match the DATA sent.
+    let d = |data: &str, end: bool| H2Step::Data(1, data.as_bytes().to_vec(), end);
+    let head = |method: &str, extra: &[(&str, &str)], end: bool| {
+        H2Step::Headers(1, h2_head(method, extra), end)
+    };
+    let cl5 = &[("content-length", "5")][..];
+    let bodies: Vec<(&str, Vec<H2Step>, bool)> = vec![
+        (
+            "post-cl",
+            vec![head("POST", cl5, false), d("hello", true)],
+            false,
+        ),
+        (
+            "post-no-cl",
+            vec![head("POST", &[], false), d("hello", true)],
+            false,
+        ),
+        (
+            "post-cl-frames",
+            vec![head("POST", cl5, false), d("he", false), d("llo", true)],
+            false,
+        ),
+        (
+            "post-no-cl-frames-slow",
+            vec![
+                head("POST", &[], false),
+                d("he", false),
+                H2Step::Sleep(60),
+                d("l", false),
+                H2Step::Sleep(60),
+                d("lo", true),
+            ],
+            false,
+        ),
+        (
+            "post-empty-data-frames",
+            vec![
+                head("POST", &[], false),
+                d("", false),
+                d("hello", false),
+                d("", false),
+                d("", true),
+            ],
+            false,
+        ),
+        (
+            "post-cl-empty-end-frame",
+            vec![head("POST", cl5, false), d("hello", false), d("", true)],
+            false,
+        ),
+        ("post-headers-end", vec![head("POST", &[], true)], false),
+        (
+            "post-cl0-headers-end",
+            vec![head("POST", &[("content-length", "0")], true)],
+            false,
+        ),
+        (
+            "post-cl0-empty-data-end",
+            vec![head("POST", &[("content-length", "0")], false), d("", true)],
+            false,
+        ),
+        (
+            "post-no-cl-empty-data-end",
+            vec![head("POST", &[], false), d("", true)],
+            false,
+        ),
+        (
+            "get-empty-data-end",
+            vec![head("GET", &[], false), d("", true)],
+            false,
+        ),
+        (
+            "get-with-body",
+            vec![head("GET", &[], false), d("hello", true)],
+            false,
+        ),
+        (
+            "get-with-body-cl",
+            vec![head("GET", cl5, false), d("hello", true)],
+            false,
+        ),
+        (
+            "head-with-body",
+            vec![head("HEAD", &[], false), d("hello", true)],
+            false,
+        ),
+        (
+            "delete-with-body",
+            vec![head("DELETE", cl5, false), d("hello", true)],
+            false,
+        ),
+        (
+            "cl-over-data",
+            vec![
+                head("POST", &[("content-length", "10")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "cl-over-data-headers-end",
+            vec![head("POST", cl5, true)],
+            true,
+        ),
+        (
+            "cl-under-data",
+            vec![
+                head("POST", &[("content-length", "3")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "cl-under-data-later-frame",
+            vec![
+                head("POST", &[("content-length", "3")], false),
+                d("hel", false),
+                H2Step::Sleep(60),
+                d("lo", true),
+            ],
+            false, // the request is whole before the extra DATA shows it malformed
+        ),
+        (
+            "cl0-with-data",
+            vec![
+                head("POST", &[("content-length", "0")], false),
+                d("hello", true),
+            ],
+            false,
+        ),
+        (
+            "cl-dup-same",
+            vec![
+                head(
+                    "POST",
+                    &[("content-length", "5"), ("content-length", "5")],
+                    false,
+                ),
+                d("hello", true),
+            ],
+            false,
+        ),
+        (
+            "cl-dup-diff",
+            vec![
+                head(
+                    "POST",
+                    &[("content-length", "5"), ("content-length", "6")],
+                    false,
+                ),
+                d("hello!", true),
+            ],
+            true,
+        ),
+        (
+            "cl-list-same",
+            vec![
+                head("POST", &[("content-length", "5, 5")], false),
+                d("hello", true),
+            ],
+            false,
+        ),
+        (
+            "cl-plus",
+            vec![
+                head("POST", &[("content-length", "+5")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "cl-text",
+            vec![
+                head("POST", &[("content-length", "five")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "cl-huge",
+            vec![
+                head("POST", &[("content-length", "99999999999999999999")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "cl-over-limit",
+            vec![
+                head("POST", &[("content-length", "20000000")], false),
+                d("hello", true),
+            ],
+            true,
+        ),
+        (
+            "trailers",
+            vec![
+                head("POST", &[], false),
+                d("hello", false),
+                H2Step::Headers(1, vec![field("x-trailer", "1")], true),
+            ],
+            false,
+        ),
+        (
+            "trailers-with-cl",
+            vec![
+                head("POST", cl5, false),
+                d("hello", false),
+                H2Step::Headers(1, vec![field("x-trailer", "1")], true),
+            ],
+            false,
+        ),
+        (
+            "trailers-with-pseudo",
+            vec![
+                head("POST", &[], false),
+                d("hello", false),
+                H2Step::Headers(1, vec![field(":path", "/x")], true),
+            ],
+            true,
+        ),
+        (
+            "trailers-without-end-stream",
+            vec![
+                head("POST", &[], false),
+                d("hello", false),
+                H2Step::Headers(1, vec![field("x-trailer", "1")], false),
+            ],
+            true,
+        ),
+        (
+            "trailers-content-length",
+            vec![
+                head("POST", &[], false),
+                d("hello", false),
+                H2Step::Headers(1, vec![field("content-length", "9")], true),
+            ],
+            false,
+        ),
+        (
+            "reset-after-head",
+            vec![
+                head("POST", &[], false),
+                H2Step::Sleep(100),
+                H2Step::Rst(1, CANCEL),
+            ],
+            true,
+        ),
+        (
+            "reset-mid-body-cl",
+            vec![
+                head("POST", &[("content-length", "10")], false),
+                d("hello", false),
+                H2Step::Sleep(100),
+                H2Step::Rst(1, CANCEL),
+            ],
+            true,
+        ),
+        (
+            "reset-mid-body-no-cl",
+            vec![
+                head("POST", &[], false),
+                d("hello", false),
+                H2Step::Sleep(100),
+                H2Step::Rst(1, CANCEL),
+            ],
+            true,
+        ),
+        (
+            "expect-100-continue",
+            vec![
+                head(
+                    "POST",
+                    &[("content-length", "5"), ("expect", "100-continue")],
+                    false,
+                ),
+                H2Step::Sleep(200),
+                d("hello", true),
+            ],
+            false,
+        ),
+        (
+            "expect-100-continue-no-body",
+            vec![head("GET", &[("expect", "100-continue")], true)],
+            false,
+        ),
+    ];
+    for (name, steps, aborted) in bodies {
+        let mut c = Case::h2(format!("h2/body/{name}"), steps);
+        c.aborted = aborted;
+        // An empty DATA frame that ends a body: later requests must not be hurt by it.
+        if name.contains("empty") {
+            c = c.victims();
+        }
+        v.push(c);
+    }
+    for (name, len, with_cl) in [
+        ("post-60k-cl", 60_000, true),
+        ("post-60k-no-cl", 60_000, false),
+        ("post-300k-no-cl", 300_000, false),
+        ("post-300k-cl", 300_000, true),
+    ] {
+        let body = "b".repeat(len);
+        let length = len.to_string();
+        let extra: Vec<(&str, &str)> = if with_cl {
+            vec![("content-length", &length)]
+        } else {
+            Vec::new()
+        };
+        v.push(Case::h2(
+            format!("h2/body/{name}"),
+            h2_with_body("POST", &extra, body.as_bytes()),
+        ));
+    }
+    let binary: Vec<u8> = (0..=255u8).collect();
+    v.push(Case::h2(
+        "h2/body/binary",
+        h2_with_body("POST", &[("content-length", "256")], &binary),
+    ));
+
+    // Large heads (the app's limit is 32 KiB; the h2 layer's list limit differs per path).
+    for len in [8_000, 20_000, 40_000, 70_000] {
+        let value = "v".repeat(len);
+        v.push(get(
+            &format!("header-long-{}k", len / 1000),
+            &[("x-long", &value)],
+        ));
+    }
+    for n in [100, 200] {
+        let many: Vec<(String, String)> =
+            (0..n).map(|i| (format!("x-h{i}"), i.to_string())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        v.push(get(&format!("headers-many-{n}"), &many));
+    }
+
+    // Many streams at once on one connection: each must get its own answer. The upstream
+    // answers after 200 ms, so that all of them are open together.
+    let slow_echo = vec![Act::Sleep(200), Act::Echo];
+    for n in [10, 60, 150] {
+        let steps: Vec<H2Step> = (0..n)
+            .map(|k| {
+                H2Step::Headers(
+                    2 * k + 1,
+                    with_pseudo(h2_head("GET", &[]), &[(":path", Some(&format!("$Ps{k}")))]),
+                    true,
+                )
+            })
+            .collect();
+        let mut c = Case::h2(format!("h2/streams/{n}-at-once"), steps);
+        c.script = Some(slow_echo.clone());
+        v.push(c);
+    }
+    // Bodies of several streams interleaved.
+    let mut steps = Vec::new();
+    for k in 0..8u32 {
+        steps.push(H2Step::Headers(
+            2 * k + 1,
+            with_pseudo(h2_head("POST", &[]), &[(":path", Some(&format!("$Ps{k}")))]),
+            false,
+        ));
+    }
+    for part in 0..3 {
+        for k in 0..8u32 {
+            steps.push(H2Step::Data(
+                2 * k + 1,
+                format!("s{k}p{part};").into_bytes(),
+                part == 2,
+            ));
+        }
+    }
+    v.push(Case::h2("h2/streams/8-bodies-interleaved", steps));
+    // Stream-id mistakes (connection errors, RFC 9113 §5.1.1) and frames out of place.
+    let get1 = H2Step::Headers(1, h2_head("GET", &[]), true);
+    let get_on = |s: u32| {
+        H2Step::Headers(
+            s,
+            with_pseudo(h2_head("GET", &[]), &[(":path", Some(&format!("$Ps{s}")))]),
+            true,
+        )
+    };
+    v.push(Case::h2("h2/streams/even-id", vec![get_on(2)]));
+    v.push(Case::h2(
+        "h2/streams/decreasing-ids",
+        vec![get_on(5), H2Step::Sleep(50), get_on(3)],
+    ));
+    v.push(Case::h2(
+        "h2/streams/headers-on-closed-stream",
+        vec![get1.clone(), H2Step::Sleep(300), get_on(1)],
+    ));
+    v.push(Case::h2(
+        "h2/streams/data-on-idle-stream",
+        vec![
+            H2Step::Raw(support::h2wire::frame(
+                support::h2wire::DATA,
+                0x1,
+                7,
+                b"hello",
+            )),
+            get1.clone(),
+        ],
+    ));
+    v.push(Case::h2(
+        "h2/streams/data-on-stream-0",
+        vec![
+            H2Step::Raw(support::h2wire::frame(
+                support::h2wire::DATA,
+                0x1,
+                0,
+                b"hello",
+            )),
+            get1.clone(),
+        ],
+    ));
+    v.push(Case::h2(
+        "h2/streams/priority-then-get",
+        vec![
+            H2Step::Raw(support::h2wire::frame(
+                support::h2wire::PRIORITY,
+                0,
+                1,
+                &[0, 0, 0, 0, 15],
+            )),
+            get1.clone(),
+        ],
+    ));
+    v.push(Case::h2(
+        "h2/streams/unknown-frame-then-get",
+        vec![
+            H2Step::Raw(support::h2wire::frame(0xfa, 0, 0, b"ignore me")),
+            get1.clone(),
+        ],
+    ));
+    v.push(Case::h2(
+        "h2/streams/rst-idle-stream",
+        vec![H2Step::Rst(9, CANCEL), get1.clone()],
+    ));
+    v.push(Case::h2(
+        "h2/streams/window-update-zero",
+        vec![
+            get1.clone(),
+            H2Step::Raw(support::h2wire::frame(
+                support::h2wire::WINDOW_UPDATE,
+                0,
+                1,
+                &[0, 0, 0, 0],
+            )),
+        ],
+    ));
+    v
+}
+
+/// The upstream's side of HTTP/2 beyond the twins: what the client does while an answer is
+/// under way (resets, small windows), trailers asked for with `te: trailers`.
+fn h2_answer_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let html = "Content-Type: text/html\r\n";
+    let t70k = text(70_000);
+    let get1 = |extra: &[(&str, &str)]| H2Step::Headers(1, h2_head("GET", extra), true);
+    let slow_70k = in_writes(&with_cl("200 OK", html, &t70k), 4, 150);
+    // The client resets its stream while the answer is under way: that upstream connection
+    // must not carry another request (its answer is unfinished); the probe and the victims
+    // after it must get theirs.
+    v.push(
+        Case::h2_answer(
+            "h2/ans/reset-before-answer",
+            vec![get1(&[]), H2Step::Sleep(100), H2Step::Rst(1, CANCEL)],
+            vec![
+                Act::Sleep(300),
+                send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+            ],
+        )
+        .victims(),
+    );
+    v.push(
+        Case::h2_answer(
+            "h2/ans/reset-mid-answer",
+            vec![get1(&[]), H2Step::Sleep(200), H2Step::Rst(1, CANCEL)],
+            slow_70k.clone(),
+        )
+        .victims(),
+    );
+    v.push(
+        Case::h2_answer(
+            "h2/ans/reset-mid-answer-gzip",
+            vec![
+                get1(&[("accept-encoding", "gzip")]),
+                H2Step::Sleep(200),
+                H2Step::Rst(1, CANCEL),
+            ],
+            slow_70k.clone(),
+        )
+        .victims(),
+    );
+    let chunked_70k = with_te("200 OK", html, &chunks_of(&t70k, 8000, "", ""));
+    v.push(
+        Case::h2_answer(
+            "h2/ans/reset-mid-chunked-answer",
+            vec![get1(&[]), H2Step::Sleep(200), H2Step::Rst(1, CANCEL)],
+            in_writes(&chunked_70k, 4, 150),
+        )
+        .victims(),
+    );
+    // A client with a 1 KiB window, credited as it reads.
+    let tiny = support::h2wire::frame(
+        support::h2wire::SETTINGS,
+        0,
+        0,
+        &[0, 4, 0, 0, 4, 0], // SETTINGS_INITIAL_WINDOW_SIZE = 1024
+    );
+    for (name, script, extra) in [
+        (
+            "tiny-window-70k",
+            vec![send(with_cl("200 OK", html, &t70k))],
+            &[][..],
+        ),
+        ("tiny-window-70k-chunked", vec![send(&chunked_70k)], &[]),
+        (
+            "tiny-window-70k-gzip",
+            vec![send(with_cl("200 OK", html, &t70k))],
+            &[("accept-encoding", "gzip")],
+        ),
+    ] {
+        v.push(Case::h2_answer(
+            format!("h2/ans/{name}"),
+            vec![H2Step::Raw(tiny.clone()), H2Step::Sleep(20), get1(extra)],
+            script,
+        ));
+    }
+    // Trailers, asked for.
+    v.push(Case::h2_answer(
+        "h2/ans/chunked-trailers-te-trailers",
+        vec![get1(&[("te", "trailers")])],
+        vec![send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-trailer\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n")],
+    ));
+    // Answers with fields HTTP/2 cannot carry as they are.
+    v.push(Case::h2_answer(
+        "h2/ans/header-name-uppercase-and-odd",
+        vec![get1(&[])],
+        vec![send(
+            "HTTP/1.1 200 OK\r\nX-UPPER: 1\r\nX_Under: 2\r\nContent-Length: 5\r\n\r\nhello",
+        )],
+    ));
+    v.push(Case::h2_answer(
+        "h2/ans/header-values-tab-utf8",
+        vec![get1(&[])],
+        vec![send(
+            "HTTP/1.1 200 OK\r\nX-Tab: a\tb\r\nX-Utf8: caf\u{e9}\r\nContent-Length: 5\r\n\r\nhello",
+        )],
+    ));
+    v.push(Case::h2_answer(
+        "h2/ans/connection-listed-field",
+        vec![get1(&[])],
+        vec![send(
+            "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello",
+        )],
+    ));
+    v.push(Case::h2_answer(
+        "h2/ans/set-cookie-three",
+        vec![get1(&[])],
+        vec![send("HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nSet-Cookie: c=3\r\nContent-Length: 5\r\n\r\nhello")],
+    ));
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
 // The recording upstream.
 // ---------------------------------------------------------------------------------------------
 
@@ -3127,6 +4653,16 @@ async fn serve(mut s: TcpStream, spec: Arc<Spec>, log: Log, served: Arc<AtomicUs
                         return;
                     }
                 }
+                Act::Echo => {
+                    let body = format!("case {} saw {target}\n", spec.id);
+                    for act in plain_answer(body) {
+                        if let Act::Send(bytes) = act
+                            && s.write_all(&bytes).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
                 Act::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
                 Act::Close => {
                     let _ = s.shutdown().await;
@@ -3159,6 +4695,8 @@ struct Transcript {
     closed: bool,
     /// What each victim got (`Err`: it got someone else's answer).
     victims: Vec<Result<(), String>>,
+    /// An HTTP/2 case's frames (then `bytes` is empty).
+    h2: Option<H2Log>,
 }
 
 fn probe_request(id: usize) -> Vec<u8> {
@@ -3198,6 +4736,7 @@ async fn run_case(edge: SocketAddr, case: &Case, id: usize) -> Transcript {
         phase2: Stop::NotRun,
         closed: false,
         victims: Vec::new(),
+        h2: None,
     };
     let mut s = TcpStream::connect(edge).await.expect("connect to the edge");
     let _ = s.set_nodelay(true);
@@ -3572,6 +5111,667 @@ fn parse_stream(buf: &[u8], methods: &[String], closed: bool) -> Parsed {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The HTTP/2 client.
+// ---------------------------------------------------------------------------------------------
+
+/// What an HTTP/2 client saw on its connection.
+#[derive(Debug, Default)]
+struct H2Log {
+    /// Every frame but the connection's housekeeping (SETTINGS, PING, WINDOW_UPDATE), in order.
+    frames: Vec<Frame>,
+    /// The streams the case opened, in order.
+    opened: Vec<u32>,
+    /// The probe's stream (`None`: not sent, the connection had ended or was going away).
+    probe: Option<u32>,
+    /// The streams of the victims sent on this connection (judged on their own).
+    victims: Vec<u32>,
+    /// Writing failed before every step was sent.
+    send_failed: bool,
+}
+
+impl H2Log {
+    /// Whether stream `s` has ended (END_STREAM or RST_STREAM) or never will (a GOAWAY below it).
+    fn done(&self, s: u32) -> bool {
+        self.frames.iter().any(|f| match f {
+            Frame::Headers { stream, end, .. } | Frame::Data { stream, end, .. } => {
+                *stream == s && *end
+            }
+            Frame::Rst { stream, .. } => *stream == s,
+            Frame::GoAway { last, .. } => *last < s,
+            _ => false,
+        })
+    }
+
+    fn goaway(&self) -> Option<(u32, u32)> {
+        self.frames.iter().find_map(|f| match f {
+            Frame::GoAway { last, code, .. } => Some((*last, *code)),
+            _ => None,
+        })
+    }
+}
+
+/// Reads frames until `until` holds, the connection closes, or `deadline`.
+async fn h2_read(
+    c: &mut h2wire::Client,
+    log: &mut H2Log,
+    deadline: tokio::time::Instant,
+    until: impl Fn(&H2Log) -> bool,
+) -> Stop {
+    loop {
+        if until(log) {
+            return Stop::Complete;
+        }
+        match c.next(deadline).await {
+            Next::Frame(
+                Frame::Settings { .. } | Frame::Ping { .. } | Frame::WindowUpdate { .. },
+            ) => {}
+            Next::Frame(f) => log.frames.push(f),
+            Next::Closed => return Stop::Closed,
+            Next::Timeout => return Stop::Timeout,
+        }
+    }
+}
+
+fn h2_get_fields(id: usize, path: &str) -> Fields {
+    vec![
+        field(":method", "GET"),
+        field(":scheme", "http"),
+        field(":authority", &format!("c{id}.test")),
+        field(":path", path),
+    ]
+}
+
+/// Runs an HTTP/2 case: its steps on one connection, then the probe on the same connection
+/// (when it is still open and not going away), then the victims: half as later streams on the
+/// same connection (the same proxy thread, so the same upstream pool), half on fresh
+/// connections with the `h2` crate's client.
+async fn run_h2_case(edge: SocketAddr, case: &Case, id: usize) -> Transcript {
+    let mut t = Transcript {
+        bytes: Vec::new(),
+        probe_at: None,
+        phase1: Stop::NotRun,
+        phase2: Stop::NotRun,
+        closed: false,
+        victims: Vec::new(),
+        h2: None,
+    };
+    let mut log = H2Log::default();
+    let mut c = h2wire::Client::connect(edge, &[], 16 << 20)
+        .await
+        .expect("connect to the edge");
+    for step in case.h2.as_deref().unwrap_or_default() {
+        let sent = match step {
+            H2Step::Headers(s, fields, end) => {
+                if !log.opened.contains(s) {
+                    log.opened.push(*s);
+                }
+                let filled: Fields = fields
+                    .iter()
+                    .map(|(n, v)| (fill(n, id), fill(v, id)))
+                    .collect();
+                c.headers(*s, &filled, *end).await
+            }
+            H2Step::Data(s, data, end) => c.data(*s, &fill(data, id), *end).await,
+            H2Step::Rst(s, code) => c.rst(*s, *code).await,
+            H2Step::Raw(bytes) => c.send_raw(bytes).await,
+            H2Step::Sleep(ms) => {
+                let deadline = after(Duration::from_millis(*ms));
+                t.closed = h2_read(&mut c, &mut log, deadline, |_| false).await == Stop::Closed;
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            log.send_failed = true;
+            break;
+        }
+        if t.closed {
+            break;
+        }
+    }
+    let opened = log.opened.clone();
+    t.phase1 = if t.closed {
+        Stop::Closed
+    } else {
+        let all_done = |l: &H2Log| opened.iter().all(|s| l.done(*s));
+        h2_read(&mut c, &mut log, after(PHASE), all_done).await
+    };
+    t.closed = t.phase1 == Stop::Closed;
+    if !t.closed && case.settle > 0 {
+        let deadline = after(Duration::from_millis(case.settle));
+        t.closed = h2_read(&mut c, &mut log, deadline, |_| false).await == Stop::Closed;
+    }
+    let mut next = opened.iter().max().map_or(1, |m| (m | 1) + 2);
+    if !t.closed && log.goaway().is_none() {
+        let probe = next;
+        next += 2;
+        log.probe = Some(probe);
+        let fields = h2_get_fields(id, &format!("/probe/{id}"));
+        if c.headers(probe, &fields, true).await.is_ok() {
+            t.phase2 = h2_read(&mut c, &mut log, after(PHASE), |l| l.done(probe)).await;
+            t.closed = t.phase2 == Stop::Closed;
+            if t.phase2 == Stop::Complete {
+                let deadline = after(AFTER_PROBE);
+                t.closed = h2_read(&mut c, &mut log, deadline, |_| false).await == Stop::Closed;
+            }
+        }
+    }
+    for k in 0..case.victims {
+        if k < case.victims / 2 && !t.closed && log.goaway().is_none() {
+            let s = next;
+            next += 2;
+            log.victims.push(s);
+            let fields = h2_get_fields(id, &format!("/victim/{id}/{k}"));
+            if c.headers(s, &fields, true).await.is_err() {
+                continue;
+            }
+            t.closed = h2_read(&mut c, &mut log, after(PHASE), |l| l.done(s)).await == Stop::Closed;
+            let answer = h2_answer(&log, s);
+            t.victims.push(match answer.head {
+                Some(head) => judge_victim(id, k, status_of(&head), &answer.body),
+                None => Ok(()),
+            });
+        } else {
+            t.victims.push(h2_victim(edge, id, k).await);
+        }
+    }
+    t.h2 = Some(log);
+    t
+}
+
+/// A victim's answer: its own, or a page the edge made (not someone else's).
+fn judge_victim(id: usize, k: usize, status: u16, body: &[u8]) -> Result<(), String> {
+    let expected = format!("victim {id} {k}\n");
+    if body == expected.as_bytes() || (status >= 400 && !has_marker(body)) {
+        Ok(())
+    } else {
+        Err(format!("victim {k} got {status} {}", esc_cap(body, 60)))
+    }
+}
+
+/// A victim on a fresh connection, with the `h2` crate's client.
+async fn h2_victim(edge: SocketAddr, id: usize, k: usize) -> Result<(), String> {
+    let exchange = async {
+        let tcp = TcpStream::connect(edge).await.map_err(|e| e.to_string())?;
+        let (send, conn) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut send = send.ready().await.map_err(|e| e.to_string())?;
+        let request = http::Request::get(format!("http://c{id}.test/victim/{id}/{k}"))
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let (answer, _) = send
+            .send_request(request, true)
+            .map_err(|e| e.to_string())?;
+        let answer = answer.await.map_err(|e| e.to_string())?;
+        let status = answer.status().as_u16();
+        let mut body = answer.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok::<_, String>((status, bytes))
+    };
+    match tokio::time::timeout(PHASE, exchange).await {
+        Ok(Ok((status, body))) => judge_victim(id, k, status, &body),
+        _ => Ok(()), // no answer at all: not someone else's
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and judging what an HTTP/2 client got.
+// ---------------------------------------------------------------------------------------------
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2End {
+    Stream,
+    Reset(u32),
+}
+
+/// One stream's answer as the client read it.
+#[derive(Debug, Default)]
+struct H2Answer {
+    interim: Vec<Fields>,
+    /// The final head (`:status` included).
+    head: Option<Fields>,
+    body: Vec<u8>,
+    trailers: Fields,
+    end: Option<H2End>,
+    /// RST_STREAM after END_STREAM (the request's side was still open).
+    reset_after: Option<u32>,
+    /// What broke the protocol's rules on this stream.
+    misplaced: Vec<String>,
+}
+
+fn status_of(fields: &Fields) -> u16 {
+    fields
+        .iter()
+        .find(|(n, _)| n == b":status")
+        .and_then(|(_, v)| lossy(v).parse().ok())
+        .unwrap_or(0)
+}
+
+fn h2_answer(log: &H2Log, s: u32) -> H2Answer {
+    let mut a = H2Answer::default();
+    for f in &log.frames {
+        let stream = match f {
+            Frame::Data { stream, .. }
+            | Frame::Headers { stream, .. }
+            | Frame::Rst { stream, .. }
+            | Frame::PushPromise { stream, .. }
+            | Frame::BadHeaders { stream, .. }
+            | Frame::Priority { stream }
+            | Frame::Unknown { stream, .. } => *stream,
+            _ => continue,
+        };
+        if stream != s {
+            continue;
+        }
+        if let (Some(H2End::Stream), Frame::Rst { code, .. }) = (a.end, f) {
+            // Legal: the client's side may still be open (RFC 9113 §5.1, half-closed (local));
+            // a server that answered before reading the whole request says so (§8.1).
+            a.reset_after = Some(*code);
+            continue;
+        }
+        if let Some(end) = a.end {
+            a.misplaced.push(format!(
+                "{} after the stream ended ({end:?}) (RFC 9113 §5.1)",
+                frame_name(f)
+            ));
+            continue;
+        }
+        match f {
+            Frame::Headers { fields, end, .. } => {
+                let status = status_of(fields);
+                if a.head.is_none() && (100..200).contains(&status) {
+                    a.interim.push(fields.clone());
+                    if *end {
+                        a.misplaced
+                            .push("END_STREAM on an interim head (RFC 9113 §8.1)".into());
+                    }
+                } else if a.head.is_none() {
+                    a.head = Some(fields.clone());
+                } else {
+                    if !*end {
+                        a.misplaced
+                            .push("a second field block without END_STREAM (RFC 9113 §8.1)".into());
+                    }
+                    a.trailers.extend(fields.iter().cloned());
+                }
+                if *end {
+                    a.end = Some(H2End::Stream);
+                }
+            }
+            Frame::Data { data, end, .. } => {
+                if a.head.is_none() && !data.is_empty() {
+                    a.misplaced
+                        .push("DATA before the answer's head (RFC 9113 §8.1)".into());
+                }
+                a.body.extend_from_slice(data);
+                if *end {
+                    a.end = Some(H2End::Stream);
+                }
+            }
+            Frame::Rst { code, .. } => a.end = Some(H2End::Reset(*code)),
+            Frame::BadHeaders { why, .. } => a
+                .misplaced
+                .push(format!("a field block that does not decode: {why}")),
+            Frame::PushPromise { .. } => a
+                .misplaced
+                .push("PUSH_PROMISE although the client disabled push (RFC 9113 §8.4)".into()),
+            _ => {}
+        }
+    }
+    a
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Data { .. } => "DATA",
+        Frame::Headers { .. } => "HEADERS",
+        Frame::Priority { .. } => "PRIORITY",
+        Frame::Rst { .. } => "RST_STREAM",
+        Frame::Settings { .. } => "SETTINGS",
+        Frame::PushPromise { .. } => "PUSH_PROMISE",
+        Frame::Ping { .. } => "PING",
+        Frame::GoAway { .. } => "GOAWAY",
+        Frame::WindowUpdate { .. } => "WINDOW_UPDATE",
+        Frame::Unknown { .. } => "an unknown frame",
+        Frame::BadHeaders { .. } => "an undecodable field block",
+    }
+}
+
+/// Fields an HTTP/2 message must not carry (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The `:path` each case stream was opened with (filled in).
+fn h2_paths(case: &Case, id: usize) -> Vec<(u32, Vec<u8>)> {
+    let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
+    for step in case.h2.as_deref().unwrap_or_default() {
+        if let H2Step::Headers(s, fields, _) = step
+            && !out.iter().any(|(o, _)| o == s)
+        {
+            let path = fields
+                .iter()
+                .find(|(n, _)| n == b":path")
+                .map(|(_, v)| fill(v, id))
+                .unwrap_or_default();
+            out.push((*s, path));
+        }
+    }
+    out
+}
+
+/// The client's side of one HTTP/2 case, normalised as the HTTP/1.1 side is ([`normalised`];
+/// also: the connection's housekeeping frames are not compared, nor how a body is cut into
+/// DATA frames, nor whether END_STREAM rides on the last DATA frame or an empty one after it),
+/// and the absolute checks on it.
+fn judge_h2_client(case: &Case, id: usize, t: &Transcript) -> (String, String, Vec<(Abs, String)>) {
+    let log = t.h2.as_ref().expect("an HTTP/2 transcript");
+    let mut out = String::new();
+    let mut coarse = String::new();
+    let mut bad: Vec<(Abs, String)> = Vec::new();
+    let paths = h2_paths(case, id);
+    let reset_by_client: Vec<u32> = case
+        .h2
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|step| match step {
+            H2Step::Rst(s, _) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let own_case = format!("case {id} ");
+    let probe_body = format!("probe {id}\n");
+    let mut streams: Vec<(u32, String)> = log
+        .opened
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let method = case.methods.get(i).map_or("?", String::as_str);
+            (*s, format!("request {i} ({})", esc(method.as_bytes())))
+        })
+        .collect();
+    if let Some(p) = log.probe {
+        streams.push((p, "probe".into()));
+    }
+    for (i, (s, role)) in streams.iter().enumerate() {
+        let is_probe = Some(*s) == log.probe;
+        let a = h2_answer(log, *s);
+        for o in [&mut out, &mut coarse] {
+            let _ = writeln!(o, "= stream {s}: {role}");
+        }
+        for fields in &a.interim {
+            let regular: Fields = fields
+                .iter()
+                .filter(|(n, _)| !n.starts_with(b":"))
+                .cloned()
+                .collect();
+            let (headers, _) = normalised(&regular, true);
+            for o in [&mut out, &mut coarse] {
+                let _ = writeln!(o, "< {} (interim)", status_of(fields));
+                for (k, v) in &headers {
+                    let _ = writeln!(o, "<   {k}: {v}");
+                }
+            }
+        }
+        if let Some(head) = &a.head {
+            let status = status_of(head);
+            let regular: Fields = head
+                .iter()
+                .filter(|(n, _)| !n.starts_with(b":"))
+                .cloned()
+                .collect();
+            let pseudo: Vec<String> = head
+                .iter()
+                .filter(|(n, _)| n.starts_with(b":") && n != b":status")
+                .map(|(n, v)| format!("{}: {}", esc(n), esc(v)))
+                .collect();
+            let msg = Msg {
+                start: 0,
+                status,
+                line: Vec::new(),
+                bare_lf: false,
+                headers: regular.clone(),
+                framing: if a.end == Some(H2End::Stream) {
+                    Framing::Length
+                } else {
+                    Framing::Truncated
+                },
+                body: a.body.clone(),
+                trailers: a.trailers.clone(),
+            };
+            let (mut headers, ids) = normalised(&regular, true);
+            let (decoded, coding) = decoded_body(&msg);
+            if coding.is_some() {
+                headers.retain(|(k, _)| k != "content-length" && k != "transfer-encoding");
+            }
+            let body = replace_all(&decoded, &ids);
+            let how = coding.clone().map_or("plain".to_string(), |c| c);
+            let _ = writeln!(out, "< {status}");
+            for p in &pseudo {
+                let _ = writeln!(out, "<   !! pseudo-field {p}");
+            }
+            for (k, v) in &headers {
+                let _ = writeln!(out, "<   {k}: {v}");
+            }
+            // How much of a body arrived before the client's own reset is timing.
+            let body_line = if reset_by_client.contains(s) && a.end != Some(H2End::Stream) {
+                "<   body: cut by the client's reset (not compared)".to_string()
+            } else {
+                format!("<   body ({how}): {}", esc_cap(&body, 120))
+            };
+            let _ = writeln!(out, "{body_line}");
+            for (k, v) in &a.trailers {
+                let _ = writeln!(out, "<   trailer {}: {}", esc(k), esc_cap(v, 100));
+            }
+            if status >= 400 && !has_marker(&decoded) {
+                let _ = writeln!(coarse, "< {status} (a page the edge made)");
+            } else {
+                let _ = writeln!(coarse, "< {status}");
+                for (k, v) in &headers {
+                    let _ = writeln!(coarse, "<   {k}: {v}");
+                }
+                let _ = writeln!(coarse, "{body_line}");
+                for (k, v) in &a.trailers {
+                    let _ = writeln!(coarse, "<   trailer {}: {}", esc(k), esc_cap(v, 100));
+                }
+            }
+
+            // Crossed: another request's answer on this stream.
+            let text = lossy(&decoded);
+            if text.contains("STRAY") {
+                bad.push((
+                    Abs::Crossed,
+                    format!("stream {s} got the STRAY response no request asked for"),
+                ));
+            } else if is_probe {
+                if decoded != probe_body.as_bytes() && (status < 400 || has_marker(&decoded)) {
+                    bad.push((
+                        Abs::Crossed,
+                        format!(
+                            "the probe got {status} {} instead of its own answer",
+                            esc_cap(&decoded, 60)
+                        ),
+                    ));
+                }
+            } else {
+                let mine = paths
+                    .iter()
+                    .find(|(p, _)| p == s)
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or_default();
+                let seen = text.split("saw ").nth(1).map(|r| r.trim_end().to_string());
+                let other_stream = lossy(&mine).starts_with(&format!("/case/{id}/s"))
+                    && seen
+                        .as_deref()
+                        .is_some_and(|p| p.as_bytes() != mine.as_slice());
+                if text.contains("probe ")
+                    || text.contains("victim ")
+                    || (text.contains("case ") && !text.contains(&own_case))
+                    || other_stream
+                {
+                    bad.push((
+                        Abs::Crossed,
+                        format!(
+                            "stream {s} ({role}) got another request's answer: {}",
+                            esc_cap(&decoded, 60)
+                        ),
+                    ));
+                }
+            }
+
+            // Unframed: an answer that does not frame itself as HTTP/2 requires.
+            let head_request = case.methods.get(i).is_some_and(|m| m == "HEAD") && !is_probe;
+            let bodiless = head_request || status == 204 || status == 304;
+            for (k, _) in &regular {
+                if CONNECTION_SPECIFIC
+                    .iter()
+                    .any(|c| k.eq_ignore_ascii_case(c.as_bytes()))
+                {
+                    bad.push((
+                        Abs::Unframed,
+                        format!("stream {s}: the answer carries `{}`, a connection-specific field (RFC 9113 §8.2.2)", esc(k)),
+                    ));
+                }
+            }
+            if bodiless && !a.body.is_empty() {
+                bad.push((
+                    Abs::Unframed,
+                    format!(
+                        "stream {s}: DATA on a {status} answer{} (RFC 9110 §6.4.1)",
+                        if head_request { " to HEAD" } else { "" }
+                    ),
+                ));
+            }
+            let length = regular
+                .iter()
+                .find(|(k, _)| k == b"content-length")
+                .and_then(|(_, v)| lossy(v).parse::<usize>().ok());
+            if let Some(n) = length
+                && !bodiless
+                && a.end == Some(H2End::Stream)
+                && n != a.body.len()
+            {
+                bad.push((
+                    Abs::Unframed,
+                    format!(
+                        "stream {s}: content-length {n} but {} bytes of DATA before END_STREAM (RFC 9113 §8.1.1)",
+                        a.body.len()
+                    ),
+                ));
+            }
+            if a.end == Some(H2End::Stream)
+                && coding.as_deref().is_some_and(|c| c.contains("cut short"))
+            {
+                bad.push((
+                    Abs::Unframed,
+                    format!("stream {s}: a compressed body that does not decode whole, ended with END_STREAM"),
+                ));
+            }
+            if case.cut
+                && !is_probe
+                && a.end == Some(H2End::Stream)
+                && (status < 400 || has_marker(&decoded))
+            {
+                bad.push((
+                    Abs::Unframed,
+                    format!(
+                        "stream {s}: the upstream's answer was cut short or badly framed, yet the stream ended with END_STREAM as if whole (RFC 9113 §8.1: an incomplete message ends with RST_STREAM)"
+                    ),
+                ));
+            }
+        } else {
+            for o in [&mut out, &mut coarse] {
+                let _ = writeln!(o, "< no answer");
+            }
+        }
+        let end = match a.end {
+            Some(H2End::Stream) => "END_STREAM".to_string(),
+            Some(H2End::Reset(code)) => format!("RST_STREAM {}", h2wire::reason(code)),
+            None => "none".to_string(),
+        };
+        for o in [&mut out, &mut coarse] {
+            let _ = writeln!(o, "<   end: {end}");
+            // RST_STREAM(NO_ERROR) after a whole answer only asks the client to stop sending
+            // (RFC 9113 §8.1), and whether the request's END_STREAM came first is timing.
+            if let Some(code) = a.reset_after.filter(|c| *c != 0) {
+                let _ = writeln!(o, "<   then: RST_STREAM {}", h2wire::reason(code));
+            }
+            for m in &a.misplaced {
+                let _ = writeln!(o, "<   !! {m}");
+            }
+        }
+        for m in &a.misplaced {
+            bad.push((Abs::Unframed, format!("stream {s}: {m}")));
+        }
+    }
+    // Frames on streams the client never opened (the case's hand-made frames aside).
+    let known: Vec<u32> = streams
+        .iter()
+        .map(|(s, _)| *s)
+        .chain(log.victims.iter().copied())
+        .collect();
+    let mut others: Vec<(u32, &'static str)> = Vec::new();
+    for f in &log.frames {
+        let (stream, what) = match f {
+            Frame::Data { stream, .. } => (*stream, "DATA"),
+            Frame::Headers { stream, .. } => (*stream, "HEADERS"),
+            Frame::Rst { stream, .. } => (*stream, "RST_STREAM"),
+            _ => continue,
+        };
+        if !known.contains(&stream) && !others.contains(&(stream, what)) {
+            others.push((stream, what));
+            if what != "RST_STREAM" {
+                bad.push((
+                    Abs::Unframed,
+                    format!("{what} on stream {stream}, which no request opened"),
+                ));
+            }
+        }
+    }
+    let mut end = String::new();
+    for (s, what) in &others {
+        let _ = writeln!(end, "= stream {s} (not a request's): {what}");
+    }
+    let _ = writeln!(
+        end,
+        "-- connection: {}{}; answers: {:?}; probe: {}; end: {}",
+        match log.goaway() {
+            Some((last, code)) => format!("GOAWAY {} (last stream {last})", h2wire::reason(code)),
+            None => "no GOAWAY".into(),
+        },
+        if log.send_failed {
+            "; the client could not send everything"
+        } else {
+            ""
+        },
+        t.phase1,
+        match log.probe {
+            Some(_) => format!("sent, {:?}", t.phase2),
+            None => "not sent".into(),
+        },
+        if t.closed { "closed" } else { "open" }
+    );
+    out.push_str(&end);
+    coarse.push_str(&end);
+    for v in t.victims.iter().filter_map(|v| v.as_ref().err()) {
+        bad.push((Abs::Crossed, v.clone()));
+    }
+    (out, coarse, bad)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Normalising, rendering, judging.
 // ---------------------------------------------------------------------------------------------
 
@@ -3806,6 +6006,9 @@ fn has_marker(body: &[u8]) -> bool {
 
 /// The client's side of one case, normalised, and the absolute checks on it.
 fn judge_client(case: &Case, id: usize, t: &Transcript) -> (String, String, Vec<(Abs, String)>) {
+    if case.h2.is_some() {
+        return judge_h2_client(case, id, t);
+    }
     let mut methods = case.methods.clone();
     if t.probe_at.is_some() {
         methods.push("GET".into());
@@ -4011,6 +6214,47 @@ fn render_request(raw: &[u8], out: &mut String) {
     }
 }
 
+/// [`render_request`] for a request an HTTP/2 stream became: a chunked body is shown
+/// dechunked (the edge writes a chunk per DATA frame it reads, and how the frames were read is
+/// timing), with `(incomplete)` when it stops before its last chunk.
+fn render_h2_request(raw: &[u8], out: &mut String) {
+    let Some(len) = head_end(raw) else {
+        return render_request(raw, out);
+    };
+    let (_, headers) = header_lines(&raw[..len]);
+    let chunked = headers.iter().any(|(k, v)| {
+        lossy(k).trim().eq_ignore_ascii_case("transfer-encoding")
+            && lossy(v).to_ascii_lowercase().contains("chunked")
+    });
+    if !chunked || len == raw.len() {
+        return render_request(raw, out);
+    }
+    render_request(&raw[..len], out);
+    match dechunk(&raw[len..]) {
+        Dechunked::Done(n, body, trailers) => {
+            let _ = writeln!(out, ">   body (dechunked): {}", esc_cap(&body, 120));
+            for (k, v) in trailers {
+                let _ = writeln!(out, ">   trailer {}: {}", esc(&k), esc_cap(&v, 100));
+            }
+            if n < raw.len() - len {
+                let rest = &raw[len + n..];
+                let _ = writeln!(out, ">   then: {}", esc_cap(rest, 120));
+            }
+        }
+        Dechunked::Need => {
+            let body = dechunk_partial(&raw[len..]);
+            let _ = writeln!(
+                out,
+                ">   body (dechunked, incomplete): {}",
+                esc_cap(&body, 120)
+            );
+        }
+        Dechunked::Bad(why) => {
+            let _ = writeln!(out, ">   body ({why}): {}", esc_cap(&raw[len..], 120));
+        }
+    }
+}
+
 /// The absolute checks on one request the upstream received.
 fn judge_request(raw: &[u8], bad: &mut Vec<(Abs, String)>) {
     let Some(len) = head_end(raw) else { return };
@@ -4056,8 +6300,53 @@ fn judge_request(raw: &[u8], bad: &mut Vec<(Abs, String)>) {
     }
 }
 
+/// The absolute checks on a request an HTTP/2 case sent, as the upstream received it whole.
+fn judge_h2_request(case: &Case, raw: &[u8], bad: &mut Vec<(Abs, String)>) {
+    let Some(len) = head_end(raw) else { return };
+    let (line, headers) = header_lines(&raw[..len]);
+    let words: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    if words.len() != 3 || words[2] != b"HTTP/1.1" || words[1].is_empty() {
+        // The client sent HTTP/2 frames: whatever else the upstream read as a request, the
+        // edge made (stray bytes after a request, read as the next one).
+        bad.push((
+            Abs::Smuggled,
+            format!(
+                "the upstream read `{}` as a request: no client sent it",
+                esc(&line)
+            ),
+        ));
+    }
+    if case.aborted {
+        bad.push((
+            Abs::Completed,
+            format!(
+                "`{}` reached the upstream whole, though the client abandoned it",
+                esc(&line)
+            ),
+        ));
+    }
+    let cookies = headers
+        .iter()
+        .filter(|(k, _)| lossy(k).trim().eq_ignore_ascii_case("cookie"))
+        .count();
+    if cookies > 1 {
+        bad.push((
+            Abs::Cookies,
+            format!(
+                "`{}` reached the upstream with {cookies} Cookie lines",
+                esc(&line)
+            ),
+        ));
+    }
+}
+
 /// The upstream's side of one case (its own upstream, and what reached `other.test` for it).
-fn judge_upstream(id: usize, own: &Upstream, other: &Upstream) -> (String, Vec<(Abs, String)>) {
+fn judge_upstream(
+    case: &Case,
+    id: usize,
+    own: &Upstream,
+    other: &Upstream,
+) -> (String, Vec<(Abs, String)>) {
     let mut events: Vec<(Instant, String, Vec<u8>, ReqKind)> = Vec::new();
     for (who, log) in [("", &own.log), ("other.test ", &other.log)] {
         let marker = format!("/case/{id}/");
@@ -4083,12 +6372,19 @@ fn judge_upstream(id: usize, own: &Upstream, other: &Upstream) -> (String, Vec<(
         }
     }
     events.sort_by_key(|e| e.0);
-    let mut out = String::new();
+    let mut rendered: Vec<String> = Vec::new();
     let mut bad = Vec::new();
     for (_, who, raw, kind) in &events {
         judge_request(raw, &mut bad);
         if *kind == ReqKind::Victim {
             continue; // how victims spread over connections is timing; they are judged alone
+        }
+        let mut out = String::new();
+        if who == "unparsed " && case.h2.is_some() && head_end(raw).is_some() {
+            let _ = writeln!(out, "> (left incomplete on a connection)");
+            render_h2_request(raw, &mut out);
+            rendered.push(out);
+            continue;
         }
         if who == "unparsed " {
             let _ = writeln!(
@@ -4096,13 +6392,28 @@ fn judge_upstream(id: usize, own: &Upstream, other: &Upstream) -> (String, Vec<(
                 "> (left unparsed on a connection) {}",
                 esc_cap(&mask_ids(raw), 200)
             );
+            rendered.push(out);
             continue;
+        }
+        if case.h2.is_some() && *kind == ReqKind::Case {
+            judge_h2_request(case, raw, &mut bad);
         }
         if !who.is_empty() {
             let _ = writeln!(out, "> [reached {who}]");
         }
-        render_request(raw, &mut out);
+        if case.h2.is_some() {
+            render_h2_request(raw, &mut out);
+        } else {
+            render_request(raw, &mut out);
+        }
+        rendered.push(out);
     }
+    // The streams of an HTTP/2 connection are concurrent: the order in which their requests
+    // reach the upstream is timing, and is not compared.
+    if case.h2.is_some() {
+        rendered.sort();
+    }
+    let mut out = rendered.concat();
     if out.is_empty() {
         out.push_str("> nothing\n");
     }
@@ -4213,7 +6524,7 @@ async fn start_edge(
     let port = free_port();
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut yaml = format!(
-        "edge:\n  listen_http: 127.0.0.1:{port}\n  grace: 2s\n  metrics: {metrics}\n  max_connections_per_ip: 4096\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n",
+        "edge:\n  listen_http: 127.0.0.1:{port}\n  h2c: true\n  grace: 2s\n  metrics: {metrics}\n  max_connections_per_ip: 4096\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n",
         port_block()
     );
     for (id, up) in upstreams.iter().enumerate() {
@@ -4292,7 +6603,13 @@ async fn run_all(edge: &Edge, cases: &Arc<Vec<Case>>) -> Vec<Transcript> {
     futures::stream::iter(0..cases.len())
         .map(|id| {
             let cases = cases.clone();
-            async move { run_case(addr, &cases[id], id).await }
+            async move {
+                if cases[id].h2.is_some() {
+                    run_h2_case(addr, &cases[id], id).await
+                } else {
+                    run_case(addr, &cases[id], id).await
+                }
+            }
         })
         .buffered(CONCURRENCY)
         .collect()
@@ -4305,25 +6622,47 @@ async fn fast_and_full_paths_treat_requests_and_answers_alike() {
     let mut all = request_cases();
     all.extend(answer_cases());
     all.extend(compression_cases());
+    let twins = h2_twins(&all);
+    all.extend(twins);
+    all.extend(h2_request_cases());
+    all.extend(h2_answer_cases());
     let names: BTreeSet<&str> = all.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), all.len(), "case names are unique");
     let requests: usize = all
         .iter()
-        .filter(|c| c.kind == Kind::Request)
+        .filter(|c| c.kind == Kind::Request && c.h2.is_none())
         .map(|c| c.methods.len())
         .sum();
-    let answers = all.iter().filter(|c| c.kind == Kind::Answer).count();
+    let answers = all
+        .iter()
+        .filter(|c| c.kind == Kind::Answer && c.h2.is_none())
+        .count();
     let compressed = |kind: Kind| {
         all.iter()
             .filter(|c| c.kind == kind && c.name.starts_with("gz/"))
             .count()
     };
+    let h2_count = |kind: Kind| {
+        all.iter()
+            .filter(|c| c.kind == kind && c.h2.is_some())
+            .count()
+    };
+    let (h2_requests, h2_answers) = (h2_count(Kind::Request), h2_count(Kind::Answer));
+    let h2_streams: usize = all
+        .iter()
+        .filter(|c| c.h2.is_some())
+        .map(|c| c.methods.len())
+        .sum();
     let (gz_requests, gz_answers) = (compressed(Kind::Request), compressed(Kind::Answer));
     assert!(requests >= 200, "{requests} client requests");
     assert!(answers >= 50, "{answers} upstream answers");
     assert!(
         gz_requests >= 30 && gz_answers >= 80,
         "{gz_requests} + {gz_answers} compression cases"
+    );
+    assert!(
+        h2_requests >= 150 && h2_answers >= 150,
+        "{h2_requests} + {h2_answers} HTTP/2 cases"
     );
     let cases = Arc::new(all);
 
@@ -4357,7 +6696,7 @@ async fn fast_and_full_paths_treat_requests_and_answers_alike() {
     for (id, case) in cases.iter().enumerate() {
         let mut side = |edge: &Edge, t: &Transcript, mode: Mode| {
             let (client, coarse, mut bad) = judge_client(case, id, t);
-            let (upstream, up_bad) = judge_upstream(id, &edge.upstreams[id], &edge.other);
+            let (upstream, up_bad) = judge_upstream(case, id, &edge.upstreams[id], &edge.other);
             bad.extend(up_bad);
             let checks: BTreeSet<Abs> = bad.iter().map(|(a, _)| *a).collect();
             for abs in checks {
@@ -4463,11 +6802,12 @@ async fn fast_and_full_paths_treat_requests_and_answers_alike() {
         );
     }
     eprintln!(
-        "differential: {} cases: {} request cases ({requests} client requests), {answers} upstream answers \
-         (compression: {gz_requests} Accept-Encoding cases, {gz_answers} answers); edges ready in {:.1}s, cases ran in {:.1}s; {} findings: {allowed} allowed, {known} known bugs, \
+        "differential: {} cases: {} HTTP/1.1 request cases ({requests} client requests), {answers} upstream answers \
+         (compression: {gz_requests} Accept-Encoding cases, {gz_answers} answers); HTTP/2: {h2_requests} request cases, \
+         {h2_answers} upstream answers, {h2_streams} streams; edges ready in {:.1}s, cases ran in {:.1}s; {} findings: {allowed} allowed, {known} known bugs, \
          {unexpected} unexpected; {} known bugs no longer seen",
         cases.len(),
-        cases.len() - answers,
+        cases.len() - answers - h2_requests - h2_answers,
         ready.as_secs_f64(),
         ran.as_secs_f64(),
         findings.len(),
@@ -4488,6 +6828,305 @@ async fn fast_and_full_paths_treat_requests_and_answers_alike() {
     );
 }
 
+/// The frame-level HTTP/2 client on a real HTTP/2 server (the `h2` crate's, in this process):
+/// what the server writes decodes (HPACK with Huffman codes and the dynamic table, CONTINUATION,
+/// padding-free DATA under flow control), what the client writes the server reads (a field
+/// block split over CONTINUATION, a body larger than the server's window); and the HTTP/2
+/// judges catch what each check is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_client_and_judges_work() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+        while let Some(Ok((request, mut respond))) = conn.accept().await {
+            tokio::spawn(async move {
+                let (parts, mut body) = request.into_parts();
+                let mut got = 0usize;
+                while let Some(Ok(d)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(d.len());
+                    got += d.len();
+                }
+                let mut answer = http::Response::builder()
+                    .status(201)
+                    .header("x-method", parts.method.as_str())
+                    .header("x-path", parts.uri.to_string())
+                    .header("x-got", got.to_string())
+                    .header("x-a", parts.headers["x-a"].clone())
+                    .header("x-big-len", parts.headers["x-big"].len().to_string())
+                    .header("set-cookie", "a=1")
+                    .header("set-cookie", "b=2")
+                    .header("x-long", "~".repeat(20_000))
+                    .body(())
+                    .expect("response");
+                answer.headers_mut().append(
+                    "x-bytes",
+                    http::HeaderValue::from_bytes(b"caf\xe9 \x7e").expect("value"),
+                );
+                let mut send = respond.send_response(answer, false).expect("send");
+                let mut data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+                while !data.is_empty() {
+                    send.reserve_capacity(data.len());
+                    let n = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                        Some(Ok(n)) => n,
+                        _ => return,
+                    };
+                    let rest = data.split_off(n.min(data.len()));
+                    let last = rest.is_empty();
+                    let _ = send.send_data(data.into(), last);
+                    data = rest;
+                }
+            });
+        }
+    });
+    let mut c = h2wire::Client::connect(addr, &[], 1 << 20)
+        .await
+        .expect("connect");
+    let big = "b".repeat(20_000);
+    let mut log = H2Log::default();
+    for s in [1u32, 3] {
+        let fields = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a.test"),
+            (":path", "/p?q=1"),
+            ("x-a", "one two"),
+            ("x-big", big.as_str()),
+        ];
+        c.headers(s, &fields, false).await.expect("headers");
+        c.data(s, &vec![7u8; 100_000], true).await.expect("data");
+        log.opened.push(s);
+        let stop = h2_read(&mut c, &mut log, after(Duration::from_secs(10)), |l| {
+            l.done(s)
+        })
+        .await;
+        assert_eq!(stop, Stop::Complete, "stream {s}: {:?}", log.frames);
+        let a = h2_answer(&log, s);
+        let head = a.head.expect("a head");
+        let get = |n: &str| -> Vec<Vec<u8>> {
+            head.iter()
+                .filter(|(k, _)| k == n.as_bytes())
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(status_of(&head), 201);
+        assert_eq!(get("x-method"), vec![b"POST".to_vec()]);
+        assert_eq!(get("x-path"), vec![b"http://a.test/p?q=1".to_vec()]);
+        assert_eq!(get("x-got"), vec![b"100000".to_vec()]);
+        assert_eq!(get("x-a"), vec![b"one two".to_vec()]);
+        assert_eq!(get("x-big-len"), vec![b"20000".to_vec()]);
+        assert_eq!(get("set-cookie"), vec![b"a=1".to_vec(), b"b=2".to_vec()]);
+        assert_eq!(get("x-long"), vec![vec![b'~'; 20_000]]);
+        assert_eq!(get("x-bytes"), vec![b"caf\xe9 \x7e".to_vec()]);
+        let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(a.body == want, "stream {s}: {} bytes", a.body.len());
+        assert_eq!(a.end, Some(H2End::Stream));
+        assert!(a.misplaced.is_empty(), "{:?}", a.misplaced);
+    }
+    // Huffman decoding on its own: RFC 7541 C.4.1.
+    assert_eq!(
+        support::h2wire::huffman_decode(&[
+            0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff
+        ]),
+        Ok(b"www.example.com".to_vec())
+    );
+
+    // The judges, on made-up frames.
+    let abs = |case: &Case, frames: Vec<Frame>| -> Vec<Abs> {
+        let t = Transcript {
+            bytes: Vec::new(),
+            probe_at: None,
+            phase1: Stop::Complete,
+            phase2: Stop::Complete,
+            closed: false,
+            victims: Vec::new(),
+            h2: Some(H2Log {
+                frames,
+                opened: vec![1],
+                probe: Some(3),
+                victims: Vec::new(),
+                send_failed: false,
+            }),
+        };
+        let (_, _, bad) = judge_h2_client(case, 7, &t);
+        bad.into_iter().map(|(a, _)| a).collect()
+    };
+    let head = |status: &str, extra: &[(&str, &str)], end: bool| Frame::Headers {
+        stream: 1,
+        fields: std::iter::once(field(":status", status))
+            .chain(extra.iter().map(|(n, v)| field(n, v)))
+            .collect(),
+        end,
+    };
+    let data = |stream: u32, d: &str, end: bool| Frame::Data {
+        stream,
+        data: d.as_bytes().to_vec(),
+        end,
+    };
+    let probe = || {
+        vec![
+            Frame::Headers {
+                stream: 3,
+                fields: vec![field(":status", "200")],
+                end: false,
+            },
+            data(3, "probe 7\n", true),
+        ]
+    };
+    let get = Case::h2("t", h2_get(&[]));
+    let with = |mut first: Vec<Frame>| {
+        first.extend(probe());
+        first
+    };
+    let good = with(vec![
+        head("200", &[("content-length", "5")], false),
+        data(1, "hello", true),
+    ]);
+    assert_eq!(abs(&get, good.clone()), Vec::<Abs>::new());
+    // A length the DATA does not meet, ended as if whole.
+    let short = with(vec![
+        head("200", &[("content-length", "9")], false),
+        data(1, "hello", true),
+    ]);
+    assert_eq!(abs(&get, short), vec![Abs::Unframed]);
+    // A cut upstream answer ended with END_STREAM; the same reset is fine.
+    let mut cut = get.clone();
+    cut.cut = true;
+    assert_eq!(abs(&cut, good.clone()), vec![Abs::Unframed]);
+    let reset = with(vec![
+        head("200", &[], false),
+        Frame::Rst { stream: 1, code: 2 },
+    ]);
+    assert_eq!(abs(&cut, reset), Vec::<Abs>::new());
+    // DATA on a HEAD answer; a connection-specific field; DATA after the end.
+    let head_case = Case::h2("t", vec![H2Step::Headers(1, h2_head("HEAD", &[]), true)]);
+    let body_on_head = with(vec![head("200", &[], false), data(1, "hello", true)]);
+    assert_eq!(abs(&head_case, body_on_head), vec![Abs::Unframed]);
+    let hop = with(vec![head("200", &[("connection", "close")], true)]);
+    assert_eq!(abs(&get, hop), vec![Abs::Unframed]);
+    let late = with(vec![head("200", &[], true), data(1, "x", false)]);
+    assert_eq!(abs(&get, late), vec![Abs::Unframed]);
+    // Another request's answer: the stray one, the probe's, another stream's.
+    let stray = with(vec![head("200", &[], false), data(1, "STRAY\n", true)]);
+    assert_eq!(abs(&get, stray), vec![Abs::Crossed]);
+    let mut swapped = vec![head("200", &[], false), data(1, "probe 7\n", true)];
+    swapped.extend([
+        Frame::Headers {
+            stream: 3,
+            fields: vec![field(":status", "200")],
+            end: false,
+        },
+        data(3, "case 7 saw /case/7/\n", true),
+    ]);
+    assert_eq!(abs(&get, swapped), vec![Abs::Crossed, Abs::Crossed]);
+    let two = Case::h2(
+        "t",
+        vec![H2Step::Headers(
+            1,
+            with_pseudo(h2_head("GET", &[]), &[(":path", Some("$Ps0"))]),
+            true,
+        )],
+    );
+    let other = with(vec![
+        head("200", &[], false),
+        data(1, "case 7 saw /case/7/s1\n", true),
+    ]);
+    assert_eq!(abs(&two, other), vec![Abs::Crossed]);
+    let own = with(vec![
+        head("200", &[], false),
+        data(1, "case 7 saw /case/7/s0\n", true),
+    ]);
+    assert_eq!(abs(&two, own), Vec::<Abs>::new());
+    // A compressed body cut short, ended as if whole.
+    let gz = gzipped(b"hello hello hello");
+    let mut cut_gz = with(vec![head("200", &[("content-encoding", "gzip")], false)]);
+    cut_gz.insert(
+        1,
+        Frame::Data {
+            stream: 1,
+            data: gz[..gz.len() - 6].to_vec(),
+            end: true,
+        },
+    );
+    assert_eq!(abs(&get, cut_gz), vec![Abs::Unframed]);
+
+    // What an HTTP/2 case's request looks like at the upstream.
+    let judged = |case: &Case, raw: &str| -> Vec<Abs> {
+        let mut bad = Vec::new();
+        judge_h2_request(case, raw.as_bytes(), &mut bad);
+        bad.into_iter().map(|(a, _)| a).collect()
+    };
+    assert_eq!(
+        judged(&get, "GET / HTTP/1.1\r\nhost: a\r\n\r\n"),
+        Vec::<Abs>::new()
+    );
+    assert_eq!(judged(&get, "0\r\n\r\n"), vec![Abs::Smuggled]);
+    assert_eq!(
+        judged(&get, "GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: b=2\r\n\r\n"),
+        vec![Abs::Cookies]
+    );
+    let mut aborted = get.clone();
+    aborted.aborted = true;
+    assert_eq!(
+        judged(
+            &aborted,
+            "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello"
+        ),
+        vec![Abs::Completed]
+    );
+    // A twin says over HTTP/2 what its HTTP/1.1 case said, and knows a cut answer.
+    let twin = h2_twin(&Case::answer(
+        "ans/x",
+        "POST",
+        vec![
+            send("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello"),
+            Act::Close,
+        ],
+    ))
+    .expect("a twin");
+    assert!(twin.cut);
+    assert_eq!(twin.name, "h2/ans/x");
+    let Some(
+        [
+            H2Step::Headers(1, fields, false),
+            H2Step::Data(1, body, true),
+        ],
+    ) = twin.h2.as_deref()
+    else {
+        panic!("{:?}", twin.h2);
+    };
+    assert_eq!(
+        fields,
+        &vec![
+            field(":method", "POST"),
+            field(":scheme", "http"),
+            field(":authority", "$H"),
+            field(":path", "$P"),
+            field("content-length", "5"),
+        ]
+    );
+    assert_eq!(body, b"hello");
+    assert!(!answer_cut(&Case::answer(
+        "t",
+        "GET",
+        vec![send("HTTP/1.1 200 OK\r\n\r\nhello"), Act::Close]
+    )));
+    assert!(answer_cut(&Case::answer(
+        "t",
+        "GET",
+        vec![
+            send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n"),
+            Act::Close
+        ]
+    )));
+    assert!(matches(
+        "h2/body/*empty-data*",
+        "h2/body/post-no-cl-empty-data-end"
+    ));
+    assert!(!matches("h2/body/*empty-data*", "h2/body/post-cl"));
+}
+
 /// The judges themselves, on made-up transcripts: each absolute check catches what it is for
 /// (today's edge may no longer produce these, so the suite alone would not show it).
 #[test]
@@ -4499,6 +7138,7 @@ fn the_checks_catch_what_they_are_for() {
         phase2: Stop::Complete,
         closed,
         victims: Vec::new(),
+        h2: None,
     };
     let abs = |case: &Case, t: &Transcript| -> Vec<Abs> {
         let (_, _, bad) = judge_client(case, 7, t);

@@ -96,6 +96,129 @@ impl AcmeError {
 pub struct AcmeJob {
     shared: Arc<Shared>,
     domains: Vec<String>,
+    /// New domain lists from a reload ([`AcmeService`]).
+    updates: Option<watch::Receiver<Vec<String>>>,
+}
+
+/// The `tls: auto` domains of `config` a public CA can issue for, sorted.
+fn acme_domains(config: &Config) -> Vec<String> {
+    let mut domains: Vec<String> = config
+        .apps
+        .values()
+        .filter(|a| matches!(a.tls, AppTls::Auto))
+        .flat_map(|a| a.domains.iter().cloned())
+        .filter(|d| acme_eligible(d))
+        .collect();
+    domains.sort();
+    domains
+}
+
+/// What the job is made from, but for its domains: a change of it needs a new job (a new CA, a
+/// new account, another place for the disk copies).
+#[derive(Debug, Clone, PartialEq)]
+struct Setup {
+    acme: AcmeConfig,
+    data_dir: PathBuf,
+    listen_http: std::net::SocketAddr,
+    https: bool,
+}
+
+impl Setup {
+    fn of(config: &Config) -> Setup {
+        Setup {
+            acme: config.tls.acme.clone(),
+            data_dir: config.supervisor.data_dir.clone(),
+            listen_http: config.edge.listen_http,
+            https: config.edge.listen_https.is_some(),
+        }
+    }
+}
+
+/// The certificate job as a reload changes it: started when there is something to do, told of
+/// new domains while it runs (a new one is checked at once, a removed one no longer renewed),
+/// and started anew when `tls.acme` changes.
+#[derive(Debug)]
+pub struct AcmeService {
+    store: Store,
+    setup: Setup,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<bool>,
+    domains: watch::Sender<Vec<String>>,
+}
+
+impl AcmeService {
+    /// Starts the job for `config` when it has something to do.
+    pub fn start(config: &Config, store: Store) -> AcmeService {
+        let mut service = AcmeService {
+            store,
+            setup: Setup::of(config),
+            running: None,
+        };
+        service.launch(config);
+        service
+    }
+
+    fn launch(&mut self, config: &Config) {
+        if let Some(mut job) = AcmeJob::new(config, self.store.clone()) {
+            let (stop, stop_rx) = watch::channel(false);
+            let (domains, updates) = watch::channel(job.domains.clone());
+            job.updates = Some(updates);
+            tokio::spawn(job.run(stop_rx));
+            self.running = Some(Running { stop, domains });
+        }
+    }
+
+    /// Applies a reloaded config; returns what it did, for the log (nothing when nothing changed).
+    pub fn apply(&mut self, config: &Config) -> Option<String> {
+        let setup = Setup::of(config);
+        let domains = acme_domains(config);
+        if setup != self.setup {
+            self.setup = setup;
+            let was = self.running.is_some();
+            self.stop_job();
+            self.launch(config);
+            return Some(match (was, self.running.is_some()) {
+                (_, true) => "certificate job restarted with the new settings".into(),
+                (true, false) => "certificate job stopped: nothing for it to do".into(),
+                (false, false) => return None,
+            });
+        }
+        match &self.running {
+            Some(r) if domains.is_empty() => {
+                let _ = r.stop.send(true);
+                self.running = None;
+                Some("certificate job stopped: no domain needs a certificate".into())
+            }
+            Some(r) => {
+                let changed = *r.domains.borrow() != domains;
+                if changed {
+                    let _ = r.domains.send(domains);
+                }
+                changed.then(|| "certificate job given the new domains".into())
+            }
+            None => {
+                self.launch(config);
+                self.running
+                    .is_some()
+                    .then(|| "certificate job started".into())
+            }
+        }
+    }
+
+    fn stop_job(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.stop.send(true);
+        }
+    }
+
+    /// Stops the job (at shutdown).
+    pub fn stop(mut self) {
+        self.stop_job();
+    }
 }
 
 struct Shared {
@@ -115,14 +238,7 @@ impl AcmeJob {
     /// HTTPS listener (`edge.listen_https`), or no domain a public CA could issue for.
     pub fn new(config: &Config, store: Store) -> Option<AcmeJob> {
         config.edge.listen_https?;
-        let mut domains: Vec<String> = config
-            .apps
-            .values()
-            .filter(|a| matches!(a.tls, AppTls::Auto))
-            .flat_map(|a| a.domains.iter().cloned())
-            .filter(|d| acme_eligible(d))
-            .collect();
-        domains.sort();
+        let domains = acme_domains(config);
         if domains.is_empty() {
             return None;
         }
@@ -148,6 +264,7 @@ impl AcmeJob {
                 account: tokio::sync::Mutex::new(None),
             }),
             domains,
+            updates: None,
         })
     }
 
@@ -156,7 +273,7 @@ impl AcmeJob {
     }
 
     /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         tracing::info!(
             directory = %self.shared.acme.directory,
             domains = self.domains.len(),
@@ -234,6 +351,26 @@ impl AcmeJob {
                     Some(_) => {}
                     None => break,
                 },
+                changed = async {
+                    match self.updates.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(rx) = self.updates.as_mut().filter(|_| changed.is_ok()) else {
+                        self.updates = None;
+                        continue;
+                    };
+                    // A reload: new domains are looked at now, gone ones no longer (one being
+                    // checked finishes and is then forgotten).
+                    let wanted = rx.borrow_and_update().clone();
+                    due.retain(|d, _| wanted.contains(d));
+                    for d in &wanted {
+                        due.entry(d.clone()).or_insert((Instant::now(), 0));
+                    }
+                    tracing::info!(domains = wanted.len(), "certificate job: domains updated");
+                    self.domains = wanted;
+                }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -33,14 +33,15 @@ const WINDOW: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Audit {
     path: PathBuf,
-    limits: LogLimits,
     /// One writer at a time, so lines never interleave (and the budget is counted exactly).
     state: Mutex<Budget>,
 }
 
-/// What unauthenticated requests may still write in the current second.
+/// What unauthenticated requests may still write in the current second, and the rotation
+/// limits (`supervisor.logs`, which a reload may change).
 #[derive(Debug)]
 struct Budget {
+    limits: LogLimits,
     window: Instant,
     written: u32,
     /// Lines written this second per client; at most [`UNAUTHENTICATED_PER_SECOND`] entries.
@@ -67,18 +68,27 @@ impl Audit {
     pub fn new(path: PathBuf, limits: LogLimits) -> Audit {
         Audit {
             path,
-            limits: LogLimits {
-                // Rotating without keeping anything would throw the record away.
-                keep: limits.keep.max(1),
-                ..limits
-            },
             state: Mutex::new(Budget {
+                limits: Self::kept(limits),
                 window: Instant::now(),
                 written: 0,
                 per_client: HashMap::new(),
                 not_recorded: 0,
             }),
         }
+    }
+
+    /// Rotating without keeping anything would throw the record away.
+    fn kept(limits: LogLimits) -> LogLimits {
+        LogLimits {
+            keep: limits.keep.max(1),
+            ..limits
+        }
+    }
+
+    /// New rotation limits (a reload).
+    pub fn set_limits(&self, limits: LogLimits) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).limits = Self::kept(limits);
     }
 
     pub fn record(&self, e: &Entry<'_>) {
@@ -103,10 +113,10 @@ impl Audit {
                 f.metadata()
             });
         match written {
-            Ok(meta) if meta.len() >= self.limits.max_size => {
+            Ok(meta) if meta.len() >= budget.limits.max_size => {
                 // Under the lock: no line is written during the copy, so none is lost.
                 if let Err(err) =
-                    spinforge_supervisor::logs::rotate_if_needed(&self.path, &self.limits)
+                    spinforge_supervisor::logs::rotate_if_needed(&self.path, &budget.limits)
                 {
                     tracing::error!(path = %self.path.display(), "cannot rotate the audit log: {err}");
                 }

@@ -17,10 +17,12 @@ mod upload;
 
 use spinforge_state::Store;
 use spinforge_state::config::Config;
+use spinforge_state::config::reload::Reloader;
 use spinforge_supervisor::control::SupervisorHandle;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -68,10 +70,13 @@ pub(crate) struct Ctx {
     pub store: Store,
     pub handle: SupervisorHandle,
     pub data_dir: PathBuf,
-    /// The largest upload accepted, compressed bytes; also the unpacked limit.
-    pub max_upload: u64,
+    /// The largest upload accepted, compressed bytes; also the unpacked limit
+    /// (`supervisor.builds.max_archive_size`, which a reload may change).
+    pub max_upload: Arc<AtomicU64>,
     pub token: Option<auth::Token>,
-    pub audit: audit::Audit,
+    pub audit: Arc<audit::Audit>,
+    /// Reloads the process's config file (`POST /api/v1/reload`), when the process has one.
+    pub reloader: Option<Reloader>,
     pub metrics: metrics::Metrics,
     pub streams: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
@@ -83,10 +88,28 @@ pub struct AdminApi {
     listener: TcpListener,
     store: Store,
     data_dir: PathBuf,
-    max_upload: u64,
+    max_upload: Arc<AtomicU64>,
     token: Option<auth::Token>,
-    /// `supervisor.logs`: audit.log is rotated like the spinlet logs.
-    log_limits: spinforge_state::config::LogLimits,
+    /// Rotated like the spinlet logs, at `supervisor.logs`.
+    audit: Arc<audit::Audit>,
+    reloader: Option<Reloader>,
+}
+
+/// What a reload changes in a running admin API: the upload limit and audit.log's rotation.
+#[derive(Debug, Clone)]
+pub struct AdminControl {
+    max_upload: Arc<AtomicU64>,
+    audit: Arc<audit::Audit>,
+}
+
+impl AdminControl {
+    /// Applies `config`'s `supervisor.builds.max_archive_size` and `supervisor.logs`.
+    pub fn apply(&self, config: &Config) {
+        let s = &config.supervisor;
+        self.max_upload
+            .store(s.builds.max_archive_size, Ordering::Relaxed);
+        self.audit.set_limits(s.logs);
+    }
 }
 
 impl AdminApi {
@@ -124,11 +147,26 @@ impl AdminApi {
         Ok(AdminApi {
             listener,
             store,
+            audit: Arc::new(audit::Audit::new(s.data_dir.join("audit.log"), s.logs)),
             data_dir: s.data_dir.clone(),
-            max_upload: s.builds.max_archive_size,
+            max_upload: Arc::new(AtomicU64::new(s.builds.max_archive_size)),
             token,
-            log_limits: s.logs,
+            reloader: None,
         })
+    }
+
+    /// Lets `POST /api/v1/reload` reload the process's config file through `reloader`.
+    pub fn with_reloader(mut self, reloader: Reloader) -> AdminApi {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// What a reload changes the API through.
+    pub fn control(&self) -> AdminControl {
+        AdminControl {
+            max_upload: self.max_upload.clone(),
+            audit: self.audit.clone(),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -143,12 +181,13 @@ impl AdminApi {
         let addr = self.local_addr();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let ctx = Arc::new(Ctx {
-            audit: audit::Audit::new(self.data_dir.join("audit.log"), self.log_limits),
+            audit: self.audit,
             store: self.store,
             handle,
             data_dir: self.data_dir,
             max_upload: self.max_upload,
             token: self.token,
+            reloader: self.reloader,
             metrics: metrics::Metrics::default(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             shutdown,

@@ -55,6 +55,7 @@ pub(crate) enum Route<'a> {
     Routes,
     Spinlets,
     Certs,
+    Reload,
 }
 
 impl<'a> Route<'a> {
@@ -82,6 +83,7 @@ impl<'a> Route<'a> {
             ["routes"] => Route::Routes,
             ["spinlets"] => Route::Spinlets,
             ["certs"] => Route::Certs,
+            ["reload"] => Route::Reload,
             _ => return None,
         })
     }
@@ -104,13 +106,16 @@ impl<'a> Route<'a> {
             Route::Routes => "routes",
             Route::Spinlets => "spinlets",
             Route::Certs => "certs",
+            Route::Reload => "reload",
         }
     }
 
     fn methods(self) -> &'static [Method] {
         match self {
             Route::App(_) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::Deploy(_) | Route::Rollback(_) | Route::Lifecycle(..) => &[Method::POST],
+            Route::Deploy(_) | Route::Rollback(_) | Route::Lifecycle(..) | Route::Reload => {
+                &[Method::POST]
+            }
             _ => &[Method::GET],
         }
     }
@@ -271,6 +276,47 @@ async fn dispatch(ctx: &Arc<Ctx>, route: Route<'_>, req: Req) -> Outcome {
         Route::Routes => read(reads::routes(ctx).await),
         Route::Spinlets => read(reads::spinlets(ctx).await),
         Route::Certs => read(reads::certs(ctx).await),
+        Route::Reload => reload(ctx).await,
+    }
+}
+
+/// Reloads the config file, as SIGHUP does, and answers with what happened: `200` with the
+/// report (keys applied, keys that need a restart), or `422` with every error of a refused file.
+async fn reload(ctx: &Ctx) -> Outcome {
+    use spinforge_state::config::reload::Outcome as Reloaded;
+    let Some(reloader) = &ctx.reloader else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process cannot reload its config",
+        ));
+    };
+    let Some(report) = reloader.reload().await else {
+        return Err(
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "SpinForge is stopping")
+                .with_header(header::RETRY_AFTER, "1"),
+        );
+    };
+    let value = serde_json::to_value(&report).unwrap_or_default();
+    match report.outcome {
+        Reloaded::Refused => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{} is invalid ({} error(s)); nothing was changed and the running config goes on",
+                    report.file,
+                    report.errors.len()
+                ),
+            );
+            p.errors = Some(value["errors"].clone());
+            Err(p)
+        }
+        Reloaded::Applied | Reloaded::Unchanged => {
+            let note = match report.applied.len() {
+                0 => "reloaded: nothing changed".to_string(),
+                n => format!("reloaded: {n} change(s) applied"),
+            };
+            Ok((json(StatusCode::OK, &value), note))
+        }
     }
 }
 

@@ -47,7 +47,7 @@ impl Drop for Cleanup {
 
 /// Receives, checks and keeps an upload; returns the archive's path.
 pub(crate) async fn receive(ctx: &Ctx, app: &str, req: Req) -> Result<PathBuf, Problem> {
-    let limit = ctx.max_upload;
+    let limit = ctx.max_upload.load(std::sync::atomic::Ordering::Relaxed);
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)

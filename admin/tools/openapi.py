@@ -42,7 +42,9 @@ schemas = {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
         "detail": {"type": "string"},
         "errors": {"type": "array", "items": {"type": "object", "required": ["line", "column", "key", "message"], "properties": {
-            "line": {"type": "integer"}, "column": {"type": "integer"}, "key": {"type": "string"}, "message": {"type": "string"}}}}}},
+            "line": {"type": "integer"}, "column": {"type": "integer"}, "key": {"type": "string"}, "message": {"type": "string"},
+            "file": {"type": "string", "description": "The config file (a reload)"},
+            "text": {"type": "string", "description": "As `spinforge check` prints it: file:line:column: key: message, the line quoted"}}}}}},
     "App": {"type": "object", "required": ["name", "origin", "domains", "source", "external", "framework", "instances", "env", "releases"],
             "properties": {
         "name": {"type": "string"}, "origin": {"type": "string", "enum": ["config", "api", "deploy_dir"]},
@@ -83,6 +85,15 @@ schemas = {
         "state": {"type": "string", "enum": ["starting", "running", "stopping", "stopped", "crashed", "failed"]},
         "pid": {"type": "integer"}, "host": {"type": "string"}, "port": {"type": "integer"},
         "started_ms": {"type": "integer"}, "restarts": {"type": "integer"}}},
+    "ReloadReport": {"type": "object", "required": ["file", "outcome", "applied", "restart", "warnings", "errors", "took_ms"], "properties": {
+        "file": {"type": "string", "description": "The config file read"},
+        "outcome": {"type": "string", "enum": ["applied", "unchanged", "refused"]},
+        "applied": {"type": "array", "items": {"type": "string"}, "description": "Keys applied by this reload (edge.h2c, apps.shop)"},
+        "restart": {"type": "array", "description": "Keys whose new value only a new process can apply, with why",
+                    "items": {"type": "object", "required": ["key", "why"], "properties": {"key": {"type": "string"}, "why": {"type": "string"}}}},
+        "warnings": {"type": "array", "items": {"type": "string"}, "description": "What was applied only in part, with why"},
+        "errors": {"type": "array", "items": {"type": "object"}, "description": "Empty: a refused file answers 422"},
+        "took_ms": {"type": "number"}}},
     "Cert": {"type": "object", "required": ["domain", "not_after", "expires_in_days", "issued_ms"], "properties": {
         "domain": {"type": "string"}, "not_after": {"type": "integer", "description": "Seconds since the epoch"},
         "expires_in_days": {"type": "integer"}, "issued_ms": {"type": "integer"}}},
@@ -94,7 +105,7 @@ paths = {
     "/healthz": {"get": {**public, "operationId": "healthz", "summary": "Liveness", "responses": {
         "200": {"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     "/metrics": {"get": {**public, "operationId": "metrics", "summary": "Request counters (Prometheus)", "responses": {
-        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "200": {"description": "OpenMetrics text format (Prometheus reads it)", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
     "/api/v1/openapi.json": {"get": {**public, "operationId": "openapi", "summary": "This document", "responses": {
         "200": ok_json("OpenAPI 3", {"type": "object"})}}},
     "/api/v1/apps": {"get": {"operationId": "listApps", "summary": "Every app", "responses": {
@@ -140,6 +151,10 @@ paths = {
         "responses": {"200": ok_json("Routes by domain", arr("Route")), **errs("401", "503")}}},
     "/api/v1/spinlets": {"get": {"operationId": "spinlets", "summary": "Running instances",
         "responses": {"200": ok_json("Spinlets", arr("Spinlet")), **errs("401", "503")}}},
+    "/api/v1/reload": {"post": {"operationId": "reload",
+        "summary": "Reload the config file, as SIGHUP does: every section is applied, or the file is refused whole (422, every error located) and the running config goes on",
+        "responses": {"200": ok_json("Reloaded: what was applied, what needs a restart", ref("ReloadReport")),
+                      **errs("401", "422", "503")}}},
     "/api/v1/certs": {"get": {"operationId": "certs", "summary": "Certificates and when they expire (never keys)",
         "responses": {"200": ok_json("Certificates by domain", arr("Cert")), **errs("401", "503")}}},
 }

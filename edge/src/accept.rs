@@ -45,13 +45,14 @@ impl Linger {
     }
 }
 
-/// What guards every listener against abusive clients.
+/// What guards every listener against abusive clients: the per-IP count against
+/// `edge.max_connections_per_ip`, and `edge.header_timeout` for a new connection's first byte
+/// (no request, no ClientHello: closed). Both limits are read from the live settings when a
+/// connection is accepted, so a reload applies to the next connection.
 #[derive(Debug, Clone)]
 pub struct Guard {
     pub counts: Arc<ConnectionCounts>,
-    pub max_per_ip: u32,
-    /// A new connection that sends nothing (no request, no ClientHello) for this long is closed.
-    pub first_byte_timeout: Duration,
+    pub settings: crate::proxy::LiveSettings,
 }
 
 /// One listening socket's copy for one thread.
@@ -280,7 +281,11 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
         // its next request — as NGINX's limit_conn does; before any byte is read (HTTPS: before
         // the handshake, so refused connections cost no crypto).
         let guard = &self.guard;
-        let _slot = match guard.counts.admit(client_key(peer.ip()), guard.max_per_ip) {
+        let (max_per_ip, first_byte_timeout) = {
+            let s = guard.settings.load();
+            (s.max_connections_per_ip, s.header_timeout)
+        };
+        let _slot = match guard.counts.admit(client_key(peer.ip()), max_per_ip) {
             Admission::Refused => {
                 tracing::debug!(%peer, "too many connections from one address; closing");
                 return;
@@ -288,7 +293,7 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
             admitted => admitted,
         };
         let mut first = [0u8; 1];
-        match tokio::time::timeout(guard.first_byte_timeout, tcp.peek(&mut first)).await {
+        match tokio::time::timeout(first_byte_timeout, tcp.peek(&mut first)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return, // closed (or failed) before sending anything
             Err(_) => {

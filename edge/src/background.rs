@@ -1,8 +1,11 @@
-//! Work the request path hands off so that it never waits on the store: publishing wakes and
-//! writing last-access times in batches.
+//! Work the request path hands off so that it never waits on the store: publishing wakes,
+//! writing last-access times in batches, and reporting what this edge still has on spinlets
+//! that drain.
 
 use crate::sync::Snapshot;
-use spinforge_state::{Event, Store};
+use spinforge_state::records::DrainLoad;
+use spinforge_state::{DRAIN_REPORT_INTERVAL, DRAIN_REPORT_TTL, Event, Store};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -13,6 +16,9 @@ pub const WAKE_QUEUE: usize = 1024;
 pub const ACTIVITY_FLUSH: Duration = spinforge_state::ACTIVITY_FLUSH_INTERVAL;
 /// No store call from here waits longer than this.
 const STORE_DEADLINE: Duration = Duration::from_secs(5);
+/// A drain report that takes longer is given up (the next one is due soon, and a report must
+/// land well within its TTL to count).
+const REPORT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Publishes a `wake` event for each app name received.
 pub async fn publish_wakes(store: Store, mut wakes: mpsc::Receiver<Arc<str>>) {
@@ -29,10 +35,21 @@ pub async fn publish_wakes(store: Store, mut wakes: mpsc::Receiver<Arc<str>>) {
 }
 
 /// Every [`ACTIVITY_FLUSH`], writes the apps' last access times to `active`; once more on stop.
+/// Meanwhile, on a task of its own, reports drains ([`report_drains`]).
 pub async fn flush_activity(
     store: Store,
     snapshot: Arc<Snapshot>,
     mut stop: watch::Receiver<bool>,
+) {
+    let reports = tokio::spawn(report_drains(store.clone(), snapshot.clone(), stop.clone()));
+    flush_activity_until_stop(&store, &snapshot, &mut stop).await;
+    let _ = tokio::time::timeout(REPORT_DEADLINE, reports).await;
+}
+
+async fn flush_activity_until_stop(
+    store: &Store,
+    snapshot: &Snapshot,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(ACTIVITY_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,11 +58,93 @@ pub async fn flush_activity(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        flush_once(&store, &snapshot).await;
+        flush_once(store, snapshot).await;
         if stopping {
             return;
         }
     }
+}
+
+/// Every [`DRAIN_REPORT_INTERVAL`], tells the store that this edge is alive and what it still
+/// has — requests in flight, and of those WebSockets and event streams — on each spinlet that
+/// drains: the supervisor stops a drained spinlet once every live edge reports nothing left on
+/// it. A report lives [`DRAIN_REPORT_TTL`], so an edge that dies (or loses the store) holds no
+/// drain beyond that; on stop, with its requests finished, the edge withdraws at once. Nothing
+/// here touches the request path: counts are atomics the requests keep, read here.
+pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+    let edge = edge_id();
+    let mut tick = tokio::time::interval(DRAIN_REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Drains the previous round saw. One is reported from the round after it first appears:
+    // by then every request that chose its spinlet from an older table is counted.
+    let mut known: HashSet<Arc<str>> = HashSet::new();
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        if stopping {
+            match tokio::time::timeout(REPORT_DEADLINE, store.withdraw_edge(&edge)).await {
+                Ok(Ok(())) => {}
+                // Its reports expire on their own.
+                _ => tracing::debug!(%edge, "could not withdraw this edge's drain reports"),
+            }
+            return;
+        }
+        let table = snapshot.load_full();
+        let mut seen = HashSet::new();
+        let mut loads = Vec::new();
+        for e in table.draining() {
+            for d in e.draining.iter() {
+                seen.insert(d.spinlet.clone());
+                if known.contains(&d.spinlet) {
+                    let (requests, streams) = e.runtime.loads.draining_load(d.addr);
+                    let load = DrainLoad {
+                        requests: requests as u64,
+                        streams: streams as u64,
+                    };
+                    loads.push((d.spinlet.to_string(), load));
+                }
+            }
+        }
+        known = seen;
+        let report = store.report_drains(&edge, &loads, DRAIN_REPORT_TTL);
+        let error = match tokio::time::timeout(REPORT_DEADLINE, report).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".to_string()),
+        };
+        // Said once when it starts failing and once when it works again, not every round.
+        match error {
+            Some(error) if !failing => {
+                tracing::warn!(%edge, %error, "cannot report drains: replaced spinlets may be stopped by their drain_timeout instead");
+                failing = true;
+            }
+            None if failing => {
+                tracing::info!(%edge, "reporting drains again");
+                failing = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// This edge process's name in the store: host, pid, and a random part (a pid is reused).
+fn edge_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(64)
+        .collect();
+    format!(
+        "{}-{}-{:08x}",
+        if host.is_empty() { "edge" } else { &host },
+        std::process::id(),
+        fastrand::u32(..)
+    )
 }
 
 async fn flush_once(store: &Store, snapshot: &Snapshot) {

@@ -35,7 +35,6 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use spinforge_state::Store;
-use spinforge_state::config::AccessLog;
 use spinforge_state::config::EdgeConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +87,12 @@ pub struct Edge {
     http_addr: SocketAddr,
     /// The `/metrics` listener, when `edge.metrics` is set and could be bound.
     metrics_listener: Option<std::net::TcpListener>,
+    /// Where a reload sends the next `/metrics` listener (`None`: off).
+    metrics_swaps: mpsc::UnboundedReceiver<Option<std::net::TcpListener>>,
     config: EdgeConfig,
+    /// The settings the request path reads, swapped by a reload (see [`EdgeControl`]).
+    settings: proxy::LiveSettings,
+    control: EdgeControl,
     store: Store,
     /// The HTTPS listener and its address, when `edge.listen_https` is set.
     https: Option<(std::net::TcpListener, SocketAddr)>,
@@ -112,7 +116,7 @@ impl Edge {
         let addr = config.listen_http;
         let bind_err = |source| EdgeError::Bind { addr, source };
         let listener = match inherited.as_deref_mut() {
-            Some(from) => from.take(addr)?,
+            Some(from) => take_or_bind(from, addr)?,
             None => std::net::TcpListener::bind(addr).map_err(bind_err)?,
         };
         listener.set_nonblocking(true).map_err(bind_err)?;
@@ -121,7 +125,7 @@ impl Edge {
             Some(addr) => {
                 let bind_err = |source| EdgeError::Bind { addr, source };
                 let l = match inherited {
-                    Some(from) => from.take(addr)?,
+                    Some(from) => take_or_bind(from, addr)?,
                     None => std::net::TcpListener::bind(addr).map_err(bind_err)?,
                 };
                 l.set_nonblocking(true).map_err(bind_err)?;
@@ -139,24 +143,43 @@ impl Edge {
                 None
             }
         });
+        let settings: proxy::LiveSettings = Arc::new(arc_swap::ArcSwap::from_pointee(
+            proxy::ProxySettings::from_config(config),
+        ));
+        let tls = Arc::new(tls::TlsState::new(tls::TlsPolicy::default(), https_port));
+        let (metrics_tx, metrics_swaps) = mpsc::unbounded_channel();
+        let control = EdgeControl {
+            settings: settings.clone(),
+            tls: tls.clone(),
+            metrics: Arc::new(std::sync::Mutex::new(MetricsSlot {
+                configured: config.metrics,
+                bound: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+                swaps: metrics_tx,
+            })),
+        };
         Ok(Edge {
             listener,
             http_addr,
             metrics_listener,
+            metrics_swaps,
             config: config.clone(),
+            settings,
+            control,
             store,
             https,
-            tls: Arc::new(tls::TlsState::new(tls::TlsPolicy::default(), https_port)),
+            tls,
         })
     }
 
     /// Which names are TLS apps (`tls: auto` or files); the default knows none.
-    pub fn with_tls_policy(mut self, policy: tls::TlsPolicy) -> Edge {
-        self.tls = Arc::new(tls::TlsState::new(
-            policy,
-            self.https_addr().map(|a| a.port()),
-        ));
+    pub fn with_tls_policy(self, policy: tls::TlsPolicy) -> Edge {
+        self.tls.set_policy(policy);
         self
+    }
+
+    /// What a reload changes the running edge through.
+    pub fn control(&self) -> EdgeControl {
+        self.control.clone()
     }
 
     /// The address the HTTPS listener is bound to, if any.
@@ -251,12 +274,7 @@ impl Edge {
         let proxy = proxy::EdgeProxy {
             snapshot: snapshot.clone(),
             wakes: wake_tx,
-            settings: proxy::ProxySettings {
-                wake_timeout: self.config.wake_timeout,
-                max_held_requests: self.config.max_held_requests,
-                access_log: self.config.access_log == AccessLog::Json,
-                keepalive: self.config.keepalive_timeout,
-            },
+            settings: self.settings.clone(),
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
             client_rates,
@@ -265,17 +283,13 @@ impl Edge {
         };
         let _ = metrics.tls.set(self.tls.clone());
         let metrics_addr = self.metrics_addr();
-        let metrics_task = self.metrics_listener.and_then(|l| {
-            let l = tokio::net::TcpListener::from_std(l)
-                .inspect_err(|e| tracing::error!(error = %e, "cannot serve /metrics"))
-                .ok()?;
-            Some(tokio::spawn(metrics::serve(
-                l,
-                metrics.clone(),
-                snapshot.clone(),
-                stop_rx.clone(),
-            )))
-        });
+        let metrics_task = tokio::spawn(serve_metrics(
+            self.metrics_listener,
+            self.metrics_swaps,
+            metrics.clone(),
+            snapshot.clone(),
+            stop_rx.clone(),
+        ));
         let layout = RuntimeLayout::from_env();
         // The fast path's upstream pool is per thread: it needs connections that stay on theirs.
         // `SPINFORGE_EDGE_FAST=0` turns it off (to compare the two in loadtest/bench.sh).
@@ -291,8 +305,7 @@ impl Edge {
         // Shared by every proxy thread: one count of connections per client IP, one linger.
         let guard = accept::Guard {
             counts: Arc::new(limits::ConnectionCounts::default()),
-            max_per_ip: self.config.max_connections_per_ip,
-            first_byte_timeout: self.config.header_timeout,
+            settings: self.settings.clone(),
         };
         let linger = Arc::new(accept::Linger::default());
         // Threads still serving (their cleanup, with the linger, included).
@@ -300,20 +313,26 @@ impl Edge {
         // One app per proxy thread, for plain and HTTPS connections alike: the fast path in
         // front (HTTP/1.1), Pingora's proxy behind it (HTTP/2, and what the fast path leaves),
         // with its own upstream pool.
-        let app_for = || {
+        let pingora = |h2c: bool| {
             let mut http = pingora_proxy::http_proxy(&server_conf, proxy.clone());
             let mut options = HttpServerOptions::default();
-            options.h2c = self.config.h2c;
+            options.h2c = h2c;
             options.h2_idle_timeout = Some(self.config.keepalive_timeout);
             http.server_options = Some(options);
+            Arc::new(http)
+        };
+        // With the fast path, h2c is its to serve (`edge.h2c` read per connection) and Pingora
+        // never sees a prior-knowledge preface while h2c is on: its own h2c stays off. Without
+        // it, each thread has a Pingora app of each kind and picks by the live setting.
+        let app_for = || {
             Arc::new(Counted {
-                inner: Arc::new(http),
+                inner: pingora(false),
+                inner_h2c: (!fast_path).then(|| pingora(true)),
+                settings: self.settings.clone(),
                 metrics: metrics.clone(),
                 fast: fast_path.then(|| fast::FastPath {
                     proxy: proxy.clone(),
-                    header_timeout: self.config.header_timeout,
                     closing: watch::channel(false).0,
-                    h2c: self.config.h2c,
                 }),
             })
         };
@@ -449,11 +468,25 @@ impl Edge {
         if let Some(t) = service_task {
             t.abort();
         }
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
+        metrics_task.abort();
         tracing::info!("edge stopped");
         Ok(())
+    }
+}
+
+/// The listener for `addr` handed over by the edge being replaced; an address it did not have
+/// (the config's listener changed: the upgrade applies it) is bound anew.
+fn take_or_bind(
+    from: &mut upgrade::InheritedListeners,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, EdgeError> {
+    match from.take(addr) {
+        Ok(l) => Ok(l),
+        Err(upgrade::UpgradeError::Missing { .. }) => {
+            tracing::info!(%addr, "not among the handed-over sockets (a new listen address): binding it");
+            std::net::TcpListener::bind(addr).map_err(|source| EdgeError::Bind { addr, source })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -495,6 +528,10 @@ impl RuntimeLayout {
 /// (Pingora's full path), and the connection comes back for the next request.
 struct Counted<A> {
     inner: Arc<A>,
+    /// Without the fast path: the same with Pingora's h2c on, for connections accepted while
+    /// `edge.h2c` is.
+    inner_h2c: Option<Arc<A>>,
+    settings: proxy::LiveSettings,
     metrics: Arc<metrics::Metrics>,
     fast: Option<fast::FastPath>,
 }
@@ -509,7 +546,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         let _open = self.metrics.connection();
         let Some(fast) = &self.fast else {
             // Pingora's own loop serves every request of the connection.
-            return self.inner.process_new(stream, shutdown).await;
+            let inner = match &self.inner_h2c {
+                Some(h2c) if self.settings.load().h2c => h2c,
+                _ => &self.inner,
+            };
+            return inner.process_new(stream, shutdown).await;
         };
         loop {
             // Boxed: the fast path's future is large and would otherwise be moved whole into
@@ -532,5 +573,117 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
             fast.closing.send_replace(true);
         }
         self.inner.cleanup().await;
+        if let Some(h2c) = &self.inner_h2c {
+            h2c.cleanup().await;
+        }
+    }
+}
+
+/// Changes a running edge: what a reload of the config file applies to it.
+#[derive(Debug, Clone)]
+pub struct EdgeControl {
+    settings: proxy::LiveSettings,
+    tls: Arc<tls::TlsState>,
+    metrics: Arc<std::sync::Mutex<MetricsSlot>>,
+}
+
+#[derive(Debug)]
+struct MetricsSlot {
+    /// `edge.metrics` as last applied.
+    configured: Option<SocketAddr>,
+    /// Where `/metrics` is served now.
+    bound: Option<SocketAddr>,
+    swaps: mpsc::UnboundedSender<Option<std::net::TcpListener>>,
+}
+
+impl EdgeControl {
+    /// Applies `config`'s settings the edge can change while running: the next connection and
+    /// request read them (timeouts, `h2c`, `max_connections_per_ip`, `max_held_requests`,
+    /// `access_log`), and `/metrics` moves to its new address (or stops). Listener addresses
+    /// are not among them. Returns what could not be applied, with why.
+    pub fn apply(&self, config: &EdgeConfig) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let next = proxy::ProxySettings::from_config(config);
+        if **self.settings.load() != next {
+            self.settings.store(Arc::new(next));
+        }
+        let mut slot = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.configured != config.metrics {
+            match config.metrics {
+                None => {
+                    let _ = slot.swaps.send(None);
+                    slot.bound = None;
+                    slot.configured = None;
+                }
+                Some(addr) => match metrics::bind(addr) {
+                    Ok(l) => {
+                        slot.bound = l.local_addr().ok();
+                        let _ = slot.swaps.send(Some(l));
+                        slot.configured = Some(addr);
+                    }
+                    Err(e) => warnings.push(format!(
+                        "edge.metrics: cannot listen on {addr} ({e}); /metrics stays {}",
+                        slot.bound.map_or("off".to_string(), |a| format!("on {a}"))
+                    )),
+                },
+            }
+        }
+        warnings
+    }
+
+    /// Which names are TLS apps, after the apps changed.
+    pub fn set_tls_policy(&self, policy: tls::TlsPolicy) {
+        self.tls.set_policy(policy);
+    }
+
+    /// Where `/metrics` is served now.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner()).bound
+    }
+}
+
+/// Serves `/metrics` on `first`, then on each listener a reload sends (none: off), until stop.
+async fn serve_metrics(
+    first: Option<std::net::TcpListener>,
+    mut swaps: mpsc::UnboundedReceiver<Option<std::net::TcpListener>>,
+    metrics: Arc<metrics::Metrics>,
+    snapshot: Arc<sync::Snapshot>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    let mut next = first;
+    loop {
+        if let Some(t) = current.take() {
+            t.abort();
+        }
+        current = next.and_then(|l| {
+            let l = tokio::net::TcpListener::from_std(l)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot serve /metrics"))
+                .ok()?;
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "serving /metrics");
+            }
+            Some(tokio::spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                snapshot.clone(),
+                stop.clone(),
+            )))
+        });
+        let swap = tokio::select! {
+            swap = swaps.recv() => swap,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        next = match swap {
+            Some(l) => l,
+            // No reload can come any more: serve what we have until the stop.
+            None => {
+                let _ = stop.wait_for(|s| *s).await;
+                break;
+            }
+        };
+    }
+    if let Some(t) = current {
+        t.abort();
     }
 }

@@ -30,7 +30,10 @@ pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// Retry-After for 503s.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
+/// The `edge:` settings the request path reads. A reload swaps in a new one
+/// ([`LiveSettings`]); each connection and request reads the one current when it starts (an
+/// `ArcSwap` load: no lock, no store call).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxySettings {
     pub wake_timeout: Duration,
     pub max_held_requests: usize,
@@ -38,14 +41,38 @@ pub struct ProxySettings {
     pub keepalive: Duration,
     /// `edge.access_log: json`: a line per request at info (else at debug only).
     pub access_log: bool,
+    /// `edge.header_timeout`: the first byte of a connection, and a begun request head, must
+    /// arrive within it.
+    pub header_timeout: Duration,
+    /// `edge.h2c`: HTTP/2 with prior knowledge on plain connections.
+    pub h2c: bool,
+    /// `edge.max_connections_per_ip`.
+    pub max_connections_per_ip: u32,
 }
+
+impl ProxySettings {
+    pub fn from_config(config: &spinforge_state::config::EdgeConfig) -> ProxySettings {
+        ProxySettings {
+            wake_timeout: config.wake_timeout,
+            max_held_requests: config.max_held_requests,
+            keepalive: config.keepalive_timeout,
+            access_log: config.access_log == spinforge_state::config::AccessLog::Json,
+            header_timeout: config.header_timeout,
+            h2c: config.h2c,
+            max_connections_per_ip: config.max_connections_per_ip,
+        }
+    }
+}
+
+/// The settings every proxy thread reads, swapped whole by a reload.
+pub type LiveSettings = Arc<arc_swap::ArcSwap<ProxySettings>>;
 
 /// The edge's `ProxyHttp`.
 #[derive(Debug, Clone)]
 pub struct EdgeProxy {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
-    pub(crate) settings: ProxySettings,
+    pub(crate) settings: LiveSettings,
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Per-client rate state, made on the first request to an app with a rate limit.
     pub(crate) client_rates: Arc<OnceLock<ClientRates>>,
@@ -86,6 +113,10 @@ pub struct RequestCtx {
     encoder: Option<Encoder>,
     /// Set while a WebSocket or event stream is open.
     open_stream: Option<OpenStream>,
+    /// The current upstream connection's socket (see `connected_to_upstream`).
+    upstream_fd: Option<std::os::fd::RawFd>,
+    /// Ends a WebSocket or event stream cleanly when its upstream drains.
+    closer: Option<crate::routing::drain::StreamCloser>,
     started: Instant,
     /// Counts an upgraded (WebSocket) stream as open while the request lives.
     websocket: Option<Gauge>,
@@ -152,8 +183,10 @@ impl EdgeProxy {
         host: &str,
         entry: &AppEntry,
     ) -> Option<Arc<AppEntry>> {
-        let _held = entry.runtime.try_hold(self.settings.max_held_requests)?;
-        let deadline = tokio::time::Instant::now() + self.settings.wake_timeout;
+        let settings = self.settings.load();
+        let _held = entry.runtime.try_hold(settings.max_held_requests)?;
+        let deadline = tokio::time::Instant::now() + settings.wake_timeout;
+        drop(settings);
         let mut changes = self.snapshot.changes();
         loop {
             if let Some(e) = self.snapshot.load().lookup(host) {
@@ -407,6 +440,8 @@ impl ProxyHttp for EdgeProxy {
             accept_encoding: None,
             encoder: None,
             open_stream: None,
+            upstream_fd: None,
+            closer: None,
             started: Instant::now(),
             websocket: None,
             _in_flight: InFlight::start(&self.in_flight),
@@ -421,7 +456,7 @@ impl ProxyHttp for EdgeProxy {
         // Our idle timeout, unless Pingora already decided to close (HTTP/1.0, `close`, or a
         // framing it found doubtful): never turn keep-alive back on.
         if session.as_downstream().as_http1().is_some() && session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.settings.keepalive.as_secs().max(1)));
+            session.set_keepalive(Some(self.settings.load().keepalive.as_secs().max(1)));
         }
         Ok(())
     }
@@ -763,8 +798,14 @@ impl ProxyHttp for EdgeProxy {
                 resp.insert_header(name, value)?;
             }
         }
-        if resp.status.as_u16() == 101 || is_event_stream(resp) {
-            ctx.open_stream = Some(app.runtime.open_stream());
+        if (resp.status.as_u16() == 101 || is_event_stream(resp))
+            && let Some(addr) = ctx.upstream
+        {
+            ctx.open_stream = Some(app.runtime.open_stream(addr));
+            ctx.closer = ctx.upstream_fd.and_then(|fd| {
+                let ws = resp.status.as_u16() == 101;
+                crate::routing::drain::StreamCloser::start(&self.snapshot, &app.name, addr, fd, ws)
+            });
         }
         if app.policy.compression {
             let length = compress::content_length(&resp.headers);
@@ -785,6 +826,9 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(closer) = ctx.closer.as_mut() {
+            closer.filter(body, end_of_stream);
+        }
         if let Some(encoder) = ctx.encoder.as_mut() {
             let chunk = body.take().unwrap_or_default();
             let out = encoder
@@ -802,6 +846,19 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         use pingora_error::ErrorSource;
+        if ctx.closer.as_ref().is_some_and(|c| c.ended())
+            && let Some(status) = session.response_written().map(|r| r.status.as_u16())
+        {
+            // An event stream the edge ended at its drain's close time, at an event end: the
+            // upstream's body was cut there on purpose, the client's ends properly.
+            if let Err(write) = session.write_response_body(None, true).await {
+                tracing::debug!(error = %write, "could not end an event stream");
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let edge_error = match e.etype() {
             ErrorType::HTTPStatus(413) => Some(EdgeError::BodyTooLarge),
             ErrorType::ConnectNoRoute => Some(EdgeError::Unavailable {
@@ -839,7 +896,26 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+        // A stream the edge ended because its upstream drains is no error.
+        ctx.closer.as_ref().is_some_and(|c| c.ended())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let e = e.filter(|_| !ctx.closer.as_ref().is_some_and(|c| c.ended()));
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
         match &ctx.app {
@@ -855,7 +931,7 @@ impl ProxyHttp for EdgeProxy {
             None => self.metrics.unrouted(status),
         }
         ctx.websocket = None;
-        log_access(self.settings.access_log, || {
+        log_access(self.settings.load().access_log, || {
             let req = session.req_header();
             AccessLine {
                 request_id: ctx

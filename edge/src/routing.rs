@@ -1,7 +1,10 @@
 //! The routing snapshot the request path reads: host → app → upstreams, immutable once built and
 //! swapped whole (an `ArcSwap`), so a request never takes a lock or asks the store.
 
+pub mod drain;
+
 use crate::metrics::AppMetrics;
+use drain::Draining;
 use spinforge_state::policy::EdgePolicy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +16,8 @@ use std::sync::{Arc, OnceLock};
 pub struct RoutingTable {
     hosts: HashMap<Box<str>, Arc<AppEntry>>,
     apps: HashMap<Arc<str>, Arc<AppEntry>>,
+    /// The apps with spinlets that drain (the drain reporter reads these, not every app).
+    draining: Vec<Arc<AppEntry>>,
     /// The largest request head any app accepts (`limits.headers`): no connection buffers a
     /// longer one, whichever app it turns out to be for.
     max_header_bytes: u64,
@@ -24,6 +29,8 @@ pub struct AppEntry {
     pub name: Arc<str>,
     /// Healthy spinlets (or healthy addresses of an external service), in a stable order.
     pub upstreams: Box<[SocketAddr]>,
+    /// Spinlets out of routing that finish what they serve (see [`drain`]).
+    pub draining: Box<[Draining]>,
     /// Rate limits, size limits, compression, security headers.
     pub policy: Arc<EdgePolicy>,
     /// A service SpinForge does not run (`upstream:`): never held for, never woken.
@@ -77,11 +84,14 @@ impl AppRuntime {
         self.flushed_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Counts a long-lived stream (WebSocket, event stream) until the guard is dropped.
-    pub fn open_stream(self: &Arc<Self>) -> OpenStream {
+    /// Counts a long-lived stream (WebSocket, event stream) to `upstream` until the guard is
+    /// dropped: for the app (it keeps the app awake) and for that upstream (a drain waits for
+    /// it).
+    pub fn open_stream(self: &Arc<Self>, upstream: SocketAddr) -> OpenStream {
         self.open_streams.fetch_add(1, Ordering::AcqRel);
         OpenStream {
             runtime: self.clone(),
+            _upstream: self.loads.stream(upstream),
         }
     }
 
@@ -141,6 +151,7 @@ impl AppRuntime {
 #[derive(Debug)]
 pub struct OpenStream {
     runtime: Arc<AppRuntime>,
+    _upstream: crate::balance::StreamLoad,
 }
 
 impl Drop for OpenStream {
@@ -162,13 +173,21 @@ impl Drop for HeldRequest {
     }
 }
 
+impl AppEntry {
+    /// `addr`'s drain, when it drains.
+    pub fn drain_of(&self, addr: SocketAddr) -> Option<&Draining> {
+        self.draining.iter().find(|d| d.addr == addr)
+    }
+}
+
 impl RoutingTable {
-    /// Builds a table from `routes` (domain, app, the app's policy, whether the app is external)
-    /// and `upstreams` (app → addresses), reusing the runtimes of `previous` for apps it already
-    /// had.
+    /// Builds a table from `routes` (domain, app, the app's policy, whether the app is external),
+    /// `upstreams` (app → addresses) and `draining` (app → spinlets that drain), reusing the
+    /// runtimes of `previous` for apps it already had.
     pub fn build<'a>(
         routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy, bool)>,
         upstreams: &HashMap<String, Vec<SocketAddr>>,
+        draining: &HashMap<String, Vec<Draining>>,
         previous: &RoutingTable,
     ) -> RoutingTable {
         let mut table = RoutingTable::default();
@@ -188,6 +207,22 @@ impl RoutingTable {
                     let mut addrs = upstreams.get(app).cloned().unwrap_or_default();
                     addrs.sort();
                     addrs.dedup();
+                    // A routed address does not drain (an update seen half-way): it is counted
+                    // and reported once it leaves routing.
+                    let drains: Box<[Draining]> = draining
+                        .get(app)
+                        .into_iter()
+                        .flatten()
+                        .filter(|d| addrs.binary_search(&d.addr).is_err())
+                        .cloned()
+                        .collect();
+                    // Slots of spinlets gone for good are free for the next ones.
+                    let live: Vec<SocketAddr> = addrs
+                        .iter()
+                        .copied()
+                        .chain(drains.iter().map(|d| d.addr))
+                        .collect();
+                    runtime.loads.forget_except(&live);
                     let shared = previous
                         .apps
                         .get(app)
@@ -206,11 +241,15 @@ impl RoutingTable {
                     let e = Arc::new(AppEntry {
                         name: name.clone(),
                         upstreams: addrs.into(),
+                        draining: drains,
                         policy,
                         external,
                         runtime,
                     });
                     table.apps.insert(name, e.clone());
+                    if !e.draining.is_empty() {
+                        table.draining.push(e.clone());
+                    }
                     e
                 }
             };
@@ -244,6 +283,11 @@ impl RoutingTable {
 
     pub fn apps(&self) -> impl Iterator<Item = &Arc<AppEntry>> {
         self.apps.values()
+    }
+
+    /// The apps with spinlets that drain.
+    pub fn draining(&self) -> impl Iterator<Item = &Arc<AppEntry>> {
+        self.draining.iter()
     }
 
     pub fn app(&self, name: &str) -> Option<&Arc<AppEntry>> {
@@ -317,6 +361,7 @@ mod tests {
         let t = RoutingTable::build(
             [("a.test", "a", &p, false), ("*.b.test", "b", &p, false)],
             &ups,
+            &HashMap::new(),
             &RoutingTable::default(),
         );
         assert_eq!(&*t.lookup("a.test").expect("exact").name, "a");
@@ -341,6 +386,7 @@ mod tests {
                 ("c.test", "c", &copy, false),
             ],
             &HashMap::new(),
+            &HashMap::new(),
             &RoutingTable::default(),
         );
         let policy = |h: &str| t.lookup(h).expect("routed").policy.clone();
@@ -353,6 +399,7 @@ mod tests {
                 ("a.test", "a", &default, false),
                 ("b.test", "b", &default, false),
             ],
+            &HashMap::new(),
             &HashMap::new(),
             &t,
         );
@@ -372,17 +419,43 @@ mod tests {
         let t1 = RoutingTable::build(
             [("a.test", "a", &p, false)],
             &HashMap::new(),
+            &HashMap::new(),
             &RoutingTable::default(),
         );
         t1.lookup("a.test").expect("a").runtime.touch(42);
         let t2 = RoutingTable::build(
             [("a.test", "a", &p, false), ("www.a.test", "a", &p, false)],
             &HashMap::new(),
+            &HashMap::new(),
             &t1,
         );
         let e = t2.lookup("www.a.test").expect("a");
         assert_eq!(e.runtime.unflushed_access(), Some(42));
         assert!(Arc::ptr_eq(e, t2.lookup("a.test").expect("a")));
+    }
+
+    #[test]
+    fn drains_are_in_the_table_unless_still_routed() {
+        let p = EdgePolicy::default();
+        let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
+        let drain = |port: u16| Draining {
+            spinlet: format!("a-{port}").into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            close_at_ms: 42,
+        };
+        let drains = HashMap::from([("a".to_string(), vec![drain(3000), drain(3001)])]);
+        let t = RoutingTable::build(
+            [("a.test", "a", &p, false)],
+            &ups,
+            &drains,
+            &RoutingTable::default(),
+        );
+        let e = t.lookup("a.test").expect("a");
+        // 3001 is routed (an update seen half-way): not draining until it leaves routing.
+        assert_eq!(&*e.draining, &[drain(3000)]);
+        assert_eq!(e.drain_of(addr("127.0.0.1:3000")), Some(&drain(3000)));
+        assert!(e.drain_of(addr("127.0.0.1:3001")).is_none());
+        assert_eq!(t.draining().count(), 1);
     }
 
     #[test]

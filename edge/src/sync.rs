@@ -3,8 +3,9 @@
 //! While the store is unreachable the last table keeps serving and the reload is retried.
 
 use crate::routing::RoutingTable;
+use crate::routing::drain::Draining;
 use arc_swap::ArcSwap;
-use spinforge_state::records::Route;
+use spinforge_state::records::{Drain, Route};
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ struct Model {
     routes: BTreeMap<String, Route>,
     /// app → healthy upstreams
     upstreams: HashMap<String, Vec<SocketAddr>>,
+    /// app → spinlets out of routing that finish what they serve (read with the upstreams)
+    draining: HashMap<String, Vec<Draining>>,
 }
 
 impl Model {
@@ -80,13 +83,36 @@ impl Model {
         let mut apps: Vec<String> = routes.values().map(|r| r.app.clone()).collect();
         apps.sort();
         apps.dedup();
-        let sets = store.upstreams_of(&apps).await?;
-        let upstreams = apps
-            .into_iter()
-            .zip(sets)
-            .map(|(app, set)| (app, parse_addrs(&set)))
-            .collect();
-        Ok(Model { routes, upstreams })
+        let sets = store.upstreams_and_drains_of(&apps).await?;
+        let mut model = Model {
+            routes,
+            ..Model::default()
+        };
+        for (app, (set, drains)) in apps.into_iter().zip(sets) {
+            model.set(app, &set, &drains);
+        }
+        Ok(model)
+    }
+
+    /// An app's upstreams and drains, as read together.
+    fn set(&mut self, app: String, set: &[String], drains: &[Drain]) {
+        let draining = parse_drains(drains);
+        if draining.is_empty() {
+            self.draining.remove(&app);
+        } else {
+            self.draining.insert(app.clone(), draining);
+        }
+        self.upstreams.insert(app, parse_addrs(set));
+    }
+
+    async fn reload_app(&mut self, store: &Store, app: &str) -> Result<(), StoreError> {
+        let (set, drains) = store
+            .upstreams_and_drains_of(&[app.to_string()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        self.set(app.to_string(), &set, &drains);
+        Ok(())
     }
 
     async fn apply(&mut self, store: &Store, event: &Event) -> Result<bool, StoreError> {
@@ -95,8 +121,7 @@ impl Model {
                 match store.route(domain).await? {
                     Some(route) => {
                         if !self.upstreams.contains_key(&route.app) {
-                            let set = store.upstreams(&route.app).await?;
-                            self.upstreams.insert(route.app.clone(), parse_addrs(&set));
+                            self.reload_app(store, &route.app).await?;
                         }
                         self.routes.insert(route.domain.clone(), route);
                     }
@@ -107,8 +132,7 @@ impl Model {
                 Ok(true)
             }
             Event::UpstreamsChanged { app } => {
-                let set = store.upstreams(app).await?;
-                self.upstreams.insert(app.clone(), parse_addrs(&set));
+                self.reload_app(store, app).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -121,6 +145,7 @@ impl Model {
                 .iter()
                 .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy, r.external)),
             &self.upstreams,
+            &self.draining,
             previous,
         )
     }
@@ -137,6 +162,19 @@ fn parse_addrs(set: &[String]) -> Vec<SocketAddr> {
         }
     }
     addrs
+}
+
+fn parse_drains(drains: &[Drain]) -> Vec<Draining> {
+    drains
+        .iter()
+        .filter_map(|d| {
+            Some(Draining {
+                spinlet: d.spinlet.as_str().into(),
+                addr: d.addr.parse().ok()?,
+                close_at_ms: d.close_at_ms,
+            })
+        })
+        .collect()
 }
 
 /// Runs until `stop` turns true. The first table is published as soon as it is loaded.

@@ -30,6 +30,9 @@ pub enum UpgradeError {
 pub struct InheritedListeners {
     fds: Fds,
     path: PathBuf,
+    /// Addresses handed out by [`InheritedListeners::take`]; the others are closed on drop (an
+    /// address the new config no longer has must not stay listening with nobody accepting).
+    taken: Vec<String>,
 }
 
 impl std::fmt::Debug for InheritedListeners {
@@ -56,20 +59,38 @@ pub fn receive(path: &Path) -> Result<InheritedListeners, UpgradeError> {
     Ok(InheritedListeners {
         fds,
         path: path.to_path_buf(),
+        taken: Vec::new(),
     })
 }
 
 impl InheritedListeners {
     /// The listener bound to `addr`, taken over.
     pub fn take(&mut self, addr: SocketAddr) -> Result<TcpListener, UpgradeError> {
-        let fd = *self
-            .fds
-            .get(&addr.to_string())
-            .ok_or_else(|| UpgradeError::Missing {
+        let key = addr.to_string();
+        if self.taken.contains(&key) {
+            return Err(UpgradeError::Missing {
                 path: self.path.clone(),
                 addr,
-            })?;
+            });
+        }
+        let fd = *self.fds.get(&key).ok_or_else(|| UpgradeError::Missing {
+            path: self.path.clone(),
+            addr,
+        })?;
+        self.taken.push(key);
         Ok(TcpListener::from(owned(fd)))
+    }
+}
+
+impl Drop for InheritedListeners {
+    fn drop(&mut self) {
+        let (addrs, fds) = self.fds.serialize();
+        for (addr, fd) in addrs.into_iter().zip(fds) {
+            if !self.taken.contains(&addr) {
+                tracing::info!(%addr, "closing a handed-over listener the config no longer has");
+                drop(owned(fd));
+            }
+        }
     }
 }
 

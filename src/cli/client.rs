@@ -105,12 +105,19 @@ pub async fn problem(resp: Response) -> Failure {
             let mut d = v.get("detail")?.as_str()?.to_string();
             if let Some(errors) = v.get("errors").and_then(Value::as_array) {
                 for e in errors {
-                    d.push_str(&format!(
-                        "\n  line {}: {}: {}",
-                        e["line"],
-                        e["key"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
-                    ));
+                    match e.get("text").and_then(Value::as_str) {
+                        // A config file's error, as `spinforge check` prints it.
+                        Some(text) => {
+                            d.push('\n');
+                            d.push_str(text);
+                        }
+                        None => d.push_str(&format!(
+                            "\n  line {}: {}: {}",
+                            e["line"],
+                            e["key"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        )),
+                    }
                 }
             }
             Some(d)

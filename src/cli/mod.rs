@@ -1,5 +1,5 @@
 //! The client commands: `deploy`, `apps`, `status`, `logs`, `rollback`, `start`, `stop`,
-//! `restart`, talking to a running SpinForge's admin API (`SPINFORGE_ADMIN_URL`,
+//! `restart`, `reload`, talking to a running SpinForge's admin API (`SPINFORGE_ADMIN_URL`,
 //! `SPINFORGE_TOKEN`).
 //!
 //! Exit codes: 0 done; 1 the operation failed (refused, build failed, not found); 2 usage (bad
@@ -31,6 +31,10 @@ pub enum ClientCmd {
     Stop(AppArg),
     /// Replace an app's spinlets with fresh ones, without downtime.
     Restart(AppArg),
+    /// Make the running SpinForge reload its config file (as SIGHUP does): every section is
+    /// applied, or the file is refused whole with its errors and nothing changes. Prints what
+    /// was applied and which keys need a restart.
+    Reload(JsonArg),
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +117,7 @@ pub fn run(cmd: ClientCmd) -> ExitCode {
             ClientCmd::Start(a) => show::lifecycle(&client, &a.app, "start").await,
             ClientCmd::Stop(a) => show::lifecycle(&client, &a.app, "stop").await,
             ClientCmd::Restart(a) => show::lifecycle(&client, &a.app, "restart").await,
+            ClientCmd::Reload(a) => show::reload(&client, a.json).await,
         }
     });
     match result {

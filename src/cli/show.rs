@@ -207,6 +207,47 @@ pub async fn lifecycle(client: &Client, app: &str, action: &str) -> Result<(), F
     out(&format!("{app}: {done}\n"))
 }
 
+/// `spinforge reload`: the running SpinForge reloads its config file (as on SIGHUP) and says
+/// what it applied, what needs a restart (which key, and why), or every error of a refused file.
+pub async fn reload(client: &Client, as_json: bool) -> Result<(), Failure> {
+    let report = client.call(Method::POST, "/api/v1/reload", None).await?;
+    if as_json {
+        return out(&format!("{report:#}\n"));
+    }
+    let strings = |key: &str| -> Vec<String> {
+        report[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let file = report["file"].as_str().unwrap_or("the config file");
+    let took = report["took_ms"].as_f64().unwrap_or(0.0);
+    let applied = strings("applied");
+    let mut text = if applied.is_empty() {
+        format!("{file}: reloaded in {took:.1} ms; nothing differs from the running config\n")
+    } else {
+        format!(
+            "{file}: reloaded in {took:.1} ms; applied: {}\n",
+            applied.join(", ")
+        )
+    };
+    for r in report["restart"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "needs a restart: {} ({})\n",
+            r["key"].as_str().unwrap_or(""),
+            r["why"].as_str().unwrap_or("")
+        ));
+    }
+    for w in strings("warnings") {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    out(&text)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -35,6 +35,22 @@ pub fn upstreams(app: &str) -> String {
     format!("spinforge:upstreams:{app}")
 }
 
+/// HASH spinlet id → `{addr} {close_at_ms}` ([`crate::records::Drain`]): an app's spinlets that
+/// are out of routing and finishing what they serve. Written with `upstreams:{app}`, in one batch.
+pub fn drains(app: &str) -> String {
+    format!("spinforge:drains:{app}")
+}
+
+/// SET of the ids of edges that report on drains (each while its `inflight:{edge}` lives).
+pub const EDGES: &str = "spinforge:edges";
+
+/// HASH of one edge's report, rewritten every [`crate::DRAIN_REPORT_INTERVAL`] and expiring
+/// after [`crate::DRAIN_REPORT_TTL`]: field `_` (always there while the edge lives), and per
+/// draining spinlet the edge knows, `{requests} {streams}` it still has on it.
+pub fn inflight(edge: &str) -> String {
+    format!("spinforge:inflight:{edge}")
+}
+
 /// LIST of build ids waiting for a builder, oldest first.
 pub const BUILD_QUEUE: &str = "spinforge:build:queue";
 

@@ -21,6 +21,12 @@ pub use store::{Signal, Store, StoreError, Subscription};
 /// this lag before it calls an app idle.
 pub const ACTIVITY_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Edges report what they still have on draining spinlets this often...
+pub const DRAIN_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// ...and a report counts this long: an edge that stops reporting (it died, or lost the store)
+/// holds no drain for longer.
+pub const DRAIN_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Milliseconds since the Unix epoch: the clock the store's timestamps use.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -330,3 +330,76 @@ pub struct LogEntry {
     pub id: String,
     pub line: String,
 }
+
+// --- drains ---
+
+/// One spinlet of `drains:{app}`: taken out of routing, it finishes what it serves. Edges end
+/// the long-lived streams (WebSockets, event streams) still open on `addr` at `close_at_ms`, and
+/// report what they still have on it (see [`DrainLoad`]) until it stops.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Drain {
+    pub spinlet: String,
+    /// `host:port`, as in `upstreams:{app}`.
+    pub addr: String,
+    /// When edges close what is still open on it (ms since the epoch).
+    pub close_at_ms: u64,
+}
+
+impl Drain {
+    /// The hash value: `{addr} {close_at_ms}`.
+    pub fn to_value(&self) -> String {
+        format!("{} {}", self.addr, self.close_at_ms)
+    }
+
+    /// `None` when the value is malformed.
+    pub fn from_value(spinlet: &str, value: &str) -> Option<Drain> {
+        let (addr, close) = value.split_once(' ')?;
+        Some(Drain {
+            spinlet: spinlet.to_string(),
+            addr: addr.to_string(),
+            close_at_ms: close.parse().ok()?,
+        })
+    }
+}
+
+/// What one edge still has on a draining spinlet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainLoad {
+    /// Requests in flight to it, long-lived streams included.
+    pub requests: u64,
+    /// Of those, WebSockets and event streams.
+    pub streams: u64,
+}
+
+impl DrainLoad {
+    pub fn to_value(self) -> String {
+        format!("{} {}", self.requests, self.streams)
+    }
+
+    pub fn from_value(value: &str) -> Option<DrainLoad> {
+        let (requests, streams) = value.split_once(' ')?;
+        Some(DrainLoad {
+            requests: requests.parse().ok()?,
+            streams: streams.parse().ok()?,
+        })
+    }
+}
+
+/// Every live edge's report on one draining spinlet, added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Edges alive now (their reports have not expired).
+    pub edges: usize,
+    /// Of those, the ones that reported on this spinlet (an edge reports a drain once it has
+    /// taken the spinlet out of its own routing).
+    pub reported: usize,
+    pub load: DrainLoad,
+}
+
+impl DrainReport {
+    /// Every live edge said it has nothing left on the spinlet: it can stop without cutting
+    /// anything.
+    pub fn idle(&self) -> bool {
+        self.reported == self.edges && self.load == DrainLoad::default()
+    }
+}

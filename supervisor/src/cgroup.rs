@@ -450,6 +450,39 @@ fn mkdir(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Removes the groups of `app`'s spinlets other than `keep`: what a supervisor that was killed
+/// left behind (spinlets it was stopping, or that died while no supervisor ran). Called before
+/// the app starts anything, so no group is half made; `rmdir` refuses a group that still holds
+/// a process, so a stray process keeps its own.
+pub fn sweep_app(app: &str, keep: &[&str]) {
+    if check_name(app).is_err() {
+        return;
+    }
+    let bases: Vec<&PathBuf> = match layout() {
+        Layout::V2 { base } => vec![base],
+        Layout::V1 {
+            memory,
+            cpu,
+            cpuacct,
+        } => [memory, cpu, cpuacct].into_iter().flatten().collect(),
+        Layout::None { .. } => return,
+    };
+    for base in bases {
+        let app_dir = base.join(app);
+        let Ok(entries) = std::fs::read_dir(&app_dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let stale =
+                e.file_type().is_ok_and(|t| t.is_dir()) && !keep.iter().any(|k| name == **k);
+            if stale && std::fs::remove_dir(e.path()).is_ok() {
+                tracing::debug!(dir = %e.path().display(), "removed the cgroup of a spinlet that is gone");
+            }
+        }
+    }
+}
+
 /// Removes empty groups under `app_dir` left by a supervisor that was killed (rmdir refuses
 /// groups that still hold a process, so live spinlets keep theirs).
 fn sweep_stale(app_dir: &Path) {

@@ -26,7 +26,7 @@ pub mod users; // one uid per app under run_as (issue #6 item 2)
 
 use app::{AppContext, AppTask, Command, Outbox};
 use control::{ControlError, ManagedApp, Origin};
-use spinforge_state::config::{AppConfig, AppSource, Config};
+use spinforge_state::config::{AppConfig, AppSource, Config, LogLimits};
 use spinforge_state::records::Spinlet;
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -108,7 +108,30 @@ pub struct Supervisor {
     adoptable: HashMap<String, Vec<Spinlet>>,
     /// The config file as last read (to notice edits).
     config_stamp: Option<FileStamp>,
+    /// The build queue (a reload changes its limits).
+    builder: build::queue::Builder,
+    /// `supervisor.logs`, read by the log rotator each round.
+    log_limits: watch::Sender<LogLimits>,
+    /// The hot-deploy watcher, while `supervisor.deploy_dir` is set.
+    hot_deploy: Option<AbortHandle>,
+    /// Configs handed in by the process's reloader ([`Supervisor::config_updates`]); without
+    /// one, the supervisor polls the config file itself.
+    updates: Option<mpsc::Receiver<ConfigUpdate>>,
 }
+
+/// A new config for a running supervisor: what a reload applies to it (`apps:`, and
+/// `supervisor.builds`, `logs`, `port_range`, `deploy_dir`). Keys only a new process can apply
+/// (`data_dir`, `run_as`, `admin_listen`, …) must hold the values the supervisor started with
+/// (`spinforge_state::config::reload::effective`). `done` is answered once every app task has its
+/// new definition (and apps losing a domain have published), with what could not be applied.
+#[derive(Debug)]
+pub struct ConfigUpdate {
+    pub config: Config,
+    pub done: oneshot::Sender<Vec<String>>,
+}
+
+/// Where a running supervisor takes new configs ([`Supervisor::config_updates`]).
+pub type ConfigUpdates = mpsc::Sender<ConfigUpdate>;
 
 impl Supervisor {
     /// Removes routes of apps no longer configured, starts one task per app (which writes its
@@ -131,7 +154,8 @@ impl Supervisor {
         })?;
 
         // Spinlet logs are rotated in the background (issue #6 item 8).
-        logs::spawn_rotator(data_dir.join("logs"), config.supervisor.logs);
+        let (log_limits, limits_rx) = watch::channel(config.supervisor.logs);
+        logs::spawn_rotator(data_dir.join("logs"), limits_rx);
         let builder = build::queue::Builder::new(
             store.clone(),
             build::BuildContext {
@@ -150,10 +174,9 @@ impl Supervisor {
             store: store.clone(),
             ports: ports::PortAllocator::new(config.supervisor.port_range),
             data_dir: data_dir.clone(),
-            builds: Arc::new(builder),
+            builds: Arc::new(builder.clone()),
             spawner: Arc::new(spawner),
-            // Replaced spinlets drain for `edge.grace`.
-            timing: app::Timing::new(config.edge.grace),
+            timing: app::Timing::new(),
             settings_key,
         });
         let (handle, requests) = control::SupervisorHandle::new();
@@ -167,6 +190,10 @@ impl Supervisor {
             requests,
             adoptable: HashMap::new(),
             config_stamp: FileStamp::of(&config.file),
+            builder,
+            log_limits,
+            hot_deploy: None,
+            updates: None,
         };
         let mut wanted: Vec<ManagedApp> = config
             .apps
@@ -209,6 +236,35 @@ impl Supervisor {
         self.handle.clone()
     }
 
+    /// Where the process's reloader hands this supervisor new configs. Once taken, the
+    /// supervisor no longer polls the config file itself: the reloader does (and reads SIGHUP).
+    pub fn config_updates(&mut self) -> ConfigUpdates {
+        let (tx, rx) = mpsc::channel(4);
+        self.updates = Some(rx);
+        tx
+    }
+
+    /// (Re)starts the hot-deploy watcher for the current `supervisor.deploy_dir` and limits.
+    fn start_hot_deploy(&mut self) {
+        if let Some(old) = self.hot_deploy.take() {
+            old.abort();
+        }
+        if let Some(dir) = self.config.supervisor.deploy_dir.clone() {
+            self.hot_deploy = Some(
+                self.tasks.spawn(
+                    hot_deploy::Watcher {
+                        dir,
+                        data_dir: self.ctx.data_dir.clone(),
+                        handle: self.handle.clone(),
+                        store: self.store.clone(),
+                        limits: self.config.supervisor.builds.clone(),
+                    }
+                    .run(),
+                ),
+            );
+        }
+    }
+
     fn spawn_app(&mut self, app: ManagedApp) {
         let (outbox, inbox) = app::command::channel(app.config.clone());
         let name = app.config.name.clone();
@@ -228,18 +284,7 @@ impl Supervisor {
     pub async fn run(mut self, mut shutdown: watch::Receiver<Option<Instant>>) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
-        if let Some(dir) = self.config.supervisor.deploy_dir.clone() {
-            self.tasks.spawn(
-                hot_deploy::Watcher {
-                    dir,
-                    data_dir: self.ctx.data_dir.clone(),
-                    handle: self.handle.clone(),
-                    store: self.store.clone(),
-                    limits: self.config.supervisor.builds.clone(),
-                }
-                .run(),
-            );
-        }
+        self.start_hot_deploy();
         let mut reap = tokio::time::interval(reap_interval(&self.app_configs()));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut config_poll = tokio::time::interval(CONFIG_POLL);
@@ -266,11 +311,22 @@ impl Supervisor {
                     resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
                 }
                 _ = reap.tick() => self.idle_checks().await,
-                _ = config_poll.tick() => {
+                _ = config_poll.tick(), if self.updates.is_none() => {
                     if self.reload_config_if_changed().await {
                         reap = tokio::time::interval(reap_interval(&self.app_configs()));
                         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
+                }
+                Some(update) = async {
+                    match self.updates.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let warnings = self.apply_config(update.config).await;
+                    let _ = update.done.send(warnings);
+                    reap = tokio::time::interval(reap_interval(&self.app_configs()));
+                    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
                 Some(request) = self.requests.recv() => {
                     if let control::Request::Detach(done) = request {
@@ -532,6 +588,7 @@ impl Supervisor {
     }
 
     /// Applies an edited config file; an invalid one changes nothing (its errors are logged).
+    /// Used when no reloader hands configs in ([`Supervisor::config_updates`]).
     async fn reload_config_if_changed(&mut self) -> bool {
         let stamp = FileStamp::of(&self.config.file);
         if stamp == self.config_stamp {
@@ -553,14 +610,39 @@ impl Supervisor {
                 return false;
             }
         };
-        if new.edge != self.config.edge
-            || new.state != self.config.state
-            || new.tls != self.config.tls
-            || new.supervisor != self.config.supervisor
-        {
-            tracing::warn!(file = %path.display(), "config edits outside `apps:` take effect at the next restart");
+        use spinforge_state::config::reload;
+        for r in reload::needs_restart(&self.config, &new) {
+            tracing::warn!(file = %path.display(), key = %r.key, "this change needs a restart: {}", r.why);
         }
-        tracing::info!(file = %path.display(), "config changed; applying app changes");
+        let new = reload::effective(&new, &self.config);
+        tracing::info!(file = %path.display(), "config changed; applying it");
+        for w in self.apply_config(new).await {
+            tracing::warn!("{w}");
+        }
+        true
+    }
+
+    /// Applies a new config: `supervisor.builds`, `logs`, `port_range` and `deploy_dir`, then
+    /// the apps — added, removed (their task unpublishes them) or given their new definition,
+    /// apps losing a domain first. Keys only a new process can apply must hold their running
+    /// values (see [`ConfigUpdate`]). Returns what could not be applied.
+    async fn apply_config(&mut self, new: Config) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let (old, now) = (&self.config.supervisor, &new.supervisor);
+        if old.builds != now.builds {
+            self.builder.set_limits(now.builds.clone());
+        }
+        if old.port_range != now.port_range {
+            self.ctx.ports.set_range(now.port_range);
+        }
+        if old.logs != now.logs {
+            self.log_limits.send_replace(now.logs);
+        }
+        let restart_hot_deploy = old.deploy_dir != now.deploy_dir || old.builds != now.builds;
+        if old.data_dir != now.data_dir || old.run_as != now.run_as {
+            // A caller's mistake (see `ConfigUpdate`): never act on them here.
+            warnings.push("supervisor.data_dir and run_as apply at the next start".to_string());
+        }
         let removed: Vec<String> = self
             .apps
             .values()
@@ -600,8 +682,13 @@ impl Supervisor {
             })
             .await;
         }
-        self.config.apps = new.apps;
-        true
+        let file = self.config.file.clone();
+        self.config = new;
+        self.config.file = file;
+        if restart_hot_deploy {
+            self.start_hot_deploy();
+        }
+        warnings
     }
 
     fn send(&self, app: &str, cmd: Command) {
@@ -725,8 +812,8 @@ fn reap_interval(apps: &[AppConfig]) -> Duration {
 }
 
 /// Spinlet records of a previous run: those of apps still wanted are handed to their tasks
-/// (which adopt the ones whose process still runs); the rest are deleted, their processes
-/// stopped if they still run.
+/// (which adopt the running ones whose process still runs, and stop the rest properly: cgroup
+/// and port freed); those of other apps are deleted, their processes stopped if they still run.
 async fn adoptable_spinlets(
     apps: &[ManagedApp],
     store: &Store,
@@ -734,9 +821,7 @@ async fn adoptable_spinlets(
     let mut out: HashMap<String, Vec<Spinlet>> = HashMap::new();
     let names: BTreeSet<&str> = apps.iter().map(|a| a.config.name.as_str()).collect();
     for s in store.spinlets().await? {
-        if names.contains(s.app.as_str())
-            && s.state == spinforge_state::records::SpinletState::Running
-        {
+        if names.contains(s.app.as_str()) {
             out.entry(s.app.clone()).or_default().push(s);
             continue;
         }

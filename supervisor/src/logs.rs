@@ -129,13 +129,18 @@ pub fn rotate_if_needed(log: &Path, limits: &LogLimits) -> std::io::Result<bool>
 }
 
 /// Every second, rotates the spinlet logs (`*.log`) in `dir` that reached the cap.
-pub fn spawn_rotator(dir: PathBuf, limits: LogLimits) -> tokio::task::JoinHandle<()> {
+pub fn spawn_rotator(
+    dir: PathBuf,
+    limits: tokio::sync::watch::Receiver<LogLimits>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ROTATE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let dir = dir.clone();
+            // The limits current now: a reload changes them.
+            let limits = *limits.borrow();
             let _ = tokio::task::spawn_blocking(move || rotate_all(&dir, &limits)).await;
         }
     })

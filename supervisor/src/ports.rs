@@ -7,12 +7,13 @@ use std::sync::Mutex;
 
 #[derive(Debug)]
 pub struct PortAllocator {
-    range: PortRange,
     state: Mutex<Allocation>,
 }
 
 #[derive(Debug)]
 struct Allocation {
+    /// `supervisor.port_range`; a reload may change it ([`PortAllocator::set_range`]).
+    range: PortRange,
     in_use: BTreeSet<u16>,
     /// Where the next search starts, so that a just-freed port is not handed out again at once
     /// (a client may still hold a connection to the process that had it).
@@ -22,8 +23,8 @@ struct Allocation {
 impl PortAllocator {
     pub fn new(range: PortRange) -> Self {
         Self {
-            range,
             state: Mutex::new(Allocation {
+                range,
                 in_use: BTreeSet::new(),
                 next: range.first(),
             }),
@@ -33,10 +34,11 @@ impl PortAllocator {
     /// A port in the range that nobody else listens on, or `None` when all are taken.
     pub fn allocate(&self) -> Option<u16> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let len = self.range.len();
+        let range = s.range;
+        let len = range.len();
         for i in 0..len {
-            let offset = (u32::from(s.next - self.range.first()) + i) % len;
-            let port = self.range.first() + offset as u16;
+            let offset = (u32::from(s.next.saturating_sub(range.first())) + i) % len;
+            let port = range.first() + offset as u16;
             if s.in_use.contains(&port) {
                 continue;
             }
@@ -45,14 +47,24 @@ impl PortAllocator {
                 continue;
             }
             s.in_use.insert(port);
-            s.next = if port == self.range.last() {
-                self.range.first()
+            s.next = if port == range.last() {
+                range.first()
             } else {
                 port + 1
             };
             return Some(port);
         }
         None
+    }
+
+    /// A new range (a reload): spinlets started from now on get ports from it; running ones
+    /// keep theirs (outside it or not) until they stop.
+    pub fn set_range(&self, range: PortRange) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.range != range {
+            s.range = range;
+            s.next = range.first();
+        }
     }
 
     /// Marks `port` as taken by a spinlet this supervisor adopted.
@@ -90,5 +102,16 @@ mod tests {
         ports.release(a);
         let c = ports.allocate().expect("a third port");
         assert_ne!(c, a, "a freed port is not reused at once");
+    }
+
+    #[test]
+    fn a_new_range_applies_to_the_next_port() {
+        let ports = PortAllocator::new(PortRange::new(41000, 41019).expect("range"));
+        let a = ports.allocate().expect("a port");
+        assert!((41000..=41019).contains(&a));
+        ports.set_range(PortRange::new(42000, 42019).expect("range"));
+        let b = ports.allocate().expect("a port");
+        assert!((42000..=42019).contains(&b), "{b}");
+        ports.release(a); // a port of the old range goes back without harm
     }
 }

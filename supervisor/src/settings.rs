@@ -99,6 +99,7 @@ mod tests {
             memory: None,
             cpu: None,
             idle_timeout: None,
+            drain_timeout: spinforge_state::config::DEFAULT_DRAIN_TIMEOUT,
             health_check: HealthCheck::default(),
             policy: Default::default(),
             tls: Default::default(),

@@ -41,6 +41,7 @@ fn slow_app(dir: &Path, name: &str, secs: u32) -> AppConfig {
         memory: None,
         cpu: None,
         idle_timeout: None,
+        drain_timeout: spinforge_state::config::DEFAULT_DRAIN_TIMEOUT,
         health_check: HealthCheck::default(),
         policy: Default::default(),
         tls: Default::default(),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2wire;
 pub mod pebble;
 pub mod spinforge;
 pub mod upstream;

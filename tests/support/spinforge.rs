@@ -40,8 +40,11 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Workspace {
         Workspace {
+            // SPINFORGE_TEST_KEEP=1 keeps the folder (configs, data, every process's log) to
+            // look at after a failure.
             dir: tempfile::Builder::new()
                 .prefix("spinforge-test-")
+                .disable_cleanup(std::env::var_os("SPINFORGE_TEST_KEEP").is_some())
                 .tempdir()
                 .expect("temp dir"),
         }

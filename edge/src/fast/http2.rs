@@ -21,6 +21,7 @@ use crate::metrics::method_index;
 use crate::policy::{self, Forward, RequestBody, ResponseBody};
 use crate::proxy::{AccessLine, InFlight, log_access};
 use crate::routing::AppEntry;
+use crate::routing::drain::{self, EventEnds};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -65,7 +66,8 @@ impl FastPath {
             .max_header_list_size(MAX_HEADER_LIST)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
-        let handshake = tokio::time::timeout(self.header_timeout, builder.handshake(io));
+        let header_timeout = self.proxy.settings.load().header_timeout;
+        let handshake = tokio::time::timeout(header_timeout, builder.handshake(io));
         let mut conn = match handshake.await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -92,7 +94,7 @@ impl FastPath {
                     going_away = true;
                     continue;
                 }
-                _ = tokio::time::sleep(self.proxy.settings.keepalive), if idle && !going_away => {
+                _ = tokio::time::sleep(self.proxy.settings.load().keepalive), if idle && !going_away => {
                     conn.graceful_shutdown(); // idle for the keep-alive timeout
                     going_away = true;
                     continue;
@@ -189,7 +191,7 @@ impl Stream {
                     .and_then(|h| h.to_str().ok())
             })
             .unwrap_or("");
-        log_access(proxy.settings.access_log, || AccessLine {
+        log_access(proxy.settings.load().access_log, || AccessLine {
             request_id: id.as_str(),
             app: outcome.app.as_ref().map_or("", |a| &*a.name),
             client: self.peer.addr.as_ref().map(|a| a as &dyn std::fmt::Display),
@@ -391,7 +393,7 @@ impl Stream {
         let _stream = answered
             .head
             .event_stream
-            .then(|| app.runtime.open_stream());
+            .then(|| app.runtime.open_stream(answered.addr));
         outcome.status = answered.head.status;
         if let Some(d) = outcome.cold_start
             && let Ok(v) = http::HeaderValue::from_str(&format!("cold-start;dur={}", d.as_millis()))
@@ -401,7 +403,8 @@ impl Stream {
         let buf = std::mem::take(&mut front.buf);
         let head = std::mem::take(&mut front.head);
         drop(front);
-        let passed = pass_body(&mut answered, buf, head, respond).await;
+        let close = drain::close_time(&proxy.snapshot, &app.name, answered.addr);
+        let passed = pass_body(&mut answered, buf, head, respond, close).await;
         match passed {
             Ok((sent, clean)) => {
                 if clean {
@@ -495,11 +498,14 @@ impl Front for H2Front<'_> {
 /// Sends the answer: its head, then its body from the upstream (decoded from its HTTP/1.1
 /// framing, compressed when the rewrite chose to). `Ok((body bytes sent, the upstream
 /// connection ended clean))`; `Err`: the answer was cut (the stream is reset).
+/// An event stream ends early when its upstream drains: from `close` on, at the end of the
+/// current event (see [`drain`]), with END_STREAM.
 async fn pass_body(
     answered: &mut upstream::Answered,
     mut buf: Vec<u8>,
     mut head: H2Head,
     mut respond: SendResponse<Bytes>,
+    close: impl std::future::Future<Output = ()>,
 ) -> Result<(u64, bool), ()> {
     let h = &answered.head;
     let up = &mut answered.up;
@@ -555,6 +561,10 @@ async fn pass_body(
     let mut pending: &[u8] = &buf[start..];
     let mut read_buf: Vec<u8> = Vec::new();
     let mut eof = false;
+    let mut events = h.event_stream.then(EventEnds::default);
+    let mut close = std::pin::pin!(close);
+    // An event stream whose upstream drains: it ends at the next event end, by then at the latest.
+    let mut ending: Option<tokio::time::Instant> = None;
     loop {
         // Decode what arrived into plain body bytes.
         let mut data: Vec<u8> = Vec::new();
@@ -579,6 +589,21 @@ async fn pass_body(
             }
             ResponseBody::None => true,
         };
+        let end = match events.as_mut() {
+            Some(e) if ending.is_some() && !end => match e.until_between(&data) {
+                Some(n) => {
+                    data.truncate(n);
+                    clean = false;
+                    true
+                }
+                None => false,
+            },
+            Some(e) => {
+                e.feed(&data);
+                end
+            }
+            None => end,
+        };
         let out = match encoder.as_mut() {
             Some(e) => e
                 .encode(&data, end)
@@ -592,13 +617,24 @@ async fn pass_body(
         }
         read_buf.clear();
         read_buf.reserve(READ_CHUNK);
-        match up.read_buf(&mut read_buf).await {
-            Ok(0) if h.body == ResponseBody::UntilClose => eof = true,
-            Ok(0) | Err(_) => {
-                stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                return Err(());
+        let give_up = ending.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            read = up.read_buf(&mut read_buf) => match read {
+                Ok(0) if h.body == ResponseBody::UntilClose => eof = true,
+                Ok(0) | Err(_) => {
+                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Err(());
+                }
+                Ok(_) => {}
+            },
+            () = &mut close, if events.is_some() && ending.is_none() => {
+                ending = Some(tokio::time::Instant::now() + drain::EVENT_END_GRACE);
             }
-            Ok(_) => {}
+            () = tokio::time::sleep_until(give_up), if ending.is_some() => {
+                // No event end came: the stream ends anyway (a client drops a partial event).
+                stream.send_data(Bytes::new(), true).map_err(|_| ())?;
+                return Ok((sent, false));
+            }
         }
         pending = &read_buf;
     }

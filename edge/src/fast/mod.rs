@@ -32,6 +32,7 @@ use crate::errors::EdgeError;
 use crate::metrics::method_index;
 use crate::policy::ResponseBody;
 use crate::proxy::{AccessLine, EdgeProxy, InFlight, log_access};
+use crate::routing::drain::{self, EventEnds};
 use crate::routing::{AppEntry, normalize_host};
 use head::{Chunks, Parsed, RequestHead, ResponseRules};
 use pingora_core::protocols::Stream;
@@ -61,13 +62,11 @@ const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The fast path for one listener.
 #[derive(Debug)]
 pub struct FastPath {
+    /// Its settings (`edge.header_timeout`, `edge.h2c`, …) are read per connection and request
+    /// from `proxy.settings`, so that a reload applies to the next one.
     pub proxy: EdgeProxy,
-    /// A request head that has begun must be complete within this.
-    pub header_timeout: Duration,
     /// Set when the service's cleanup runs: idle keep-alive connections close.
     pub closing: watch::Sender<bool>,
-    /// `edge.h2c`: HTTP/2 with prior knowledge on plain connections.
-    pub h2c: bool,
 }
 
 /// What reading the next request head found.
@@ -296,7 +295,7 @@ impl FastPath {
         loop {
             let head = match self.next_head(&mut conn, &mut closing).await {
                 Some(Next::Head(head)) => head,
-                Some(Next::Http2) if self.h2c => {
+                Some(Next::Http2) if self.proxy.settings.load().h2c => {
                     // h2c with prior knowledge: the preface read so far is put back.
                     let Conn {
                         mut client,
@@ -356,6 +355,11 @@ impl FastPath {
         closing: &mut watch::Receiver<bool>,
     ) -> Option<Next> {
         let mut head_deadline = None;
+        // Read once per request head: a reload applies from the next one.
+        let (keepalive, header_timeout) = {
+            let s = self.proxy.settings.load();
+            (s.keepalive, s.header_timeout)
+        };
         // No app takes a longer head: reading more would only cost memory.
         let max_head = self.proxy.snapshot.load().max_header_bytes() as usize;
         loop {
@@ -376,10 +380,9 @@ impl FastPath {
                 }
             }
             let deadline = if conn.buf.is_empty() {
-                tokio::time::Instant::now() + self.proxy.settings.keepalive
+                tokio::time::Instant::now() + keepalive
             } else {
-                *head_deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + self.header_timeout)
+                *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout)
             };
             // Grows only as a head needs it, to one byte past the largest allowed.
             if conn.buf.capacity() - conn.buf.len() < 1024 {
@@ -542,7 +545,7 @@ impl FastPath {
             head: status_head,
         } = upstream::exchange_head(app, replayable, &mut front).await?;
         let h = status_head;
-        let _stream = h.event_stream.then(|| app.runtime.open_stream());
+        let _stream = h.event_stream.then(|| app.runtime.open_stream(addr));
         if let Some(enc) = h.encode {
             let (sent, upstream_reusable) = pass_compressed(conn, &mut up, &h, enc).await?;
             if upstream_reusable {
@@ -553,6 +556,18 @@ impl FastPath {
             }
             // Chunked anew: the client's connection carries on whatever the upstream's framing.
             return Ok((h.status, sent, true));
+        }
+        if h.event_stream && matches!(h.body, ResponseBody::Chunked | ResponseBody::UntilClose) {
+            let close = drain::close_time(&self.proxy.snapshot, &app.name, addr);
+            let (sent, upstream_reusable, client_reusable) =
+                pass_event_stream(conn, &mut up, &h, close).await?;
+            if upstream_reusable {
+                pool::put(addr, up);
+            }
+            if conn.up_buf.capacity() > 2 * SMALL_BUF {
+                conn.up_buf = Vec::new();
+            }
+            return Ok((h.status, sent, client_reusable));
         }
         let body = &conn.up_buf[h.len..];
         let mut sent = 0u64;
@@ -683,7 +698,7 @@ impl FastPath {
         app.runtime
             .metrics()
             .request(method_index(method), status, took);
-        log_access(self.proxy.settings.access_log, || {
+        log_access(self.proxy.settings.load().access_log, || {
             let text = |r: Option<std::ops::Range<usize>>| {
                 r.and_then(|r| std::str::from_utf8(&conn.buf[r]).ok())
                     .unwrap_or("")
@@ -748,6 +763,131 @@ impl<C: Client> upstream::Front for H1Front<'_, C> {
         conn.up_buf.drain(..len);
         Ok(())
     }
+}
+
+/// An event stream's body (chunked, or until the upstream closes), passed on as it comes like
+/// any other — until its upstream drains: from `close` on, the edge forwards to the end of the
+/// current event (and chunk) and ends the body there, with its last chunk (without chunked
+/// framing, by closing), so the client sees a complete stream and reconnects — to a spinlet that
+/// serves. After [`drain::EVENT_END_GRACE`] without an event end it ends anyway. `Ok((body
+/// bytes sent, upstream reusable, client reusable))`.
+async fn pass_event_stream<C: Client>(
+    conn: &mut Conn<C>,
+    up: &mut TcpStream,
+    h: &head::ResponseHead,
+    close: impl std::future::Future<Output = ()>,
+) -> Result<(u64, bool, bool), Failed> {
+    let chunked = h.body == ResponseBody::Chunked;
+    let mut chunks = Chunks::new();
+    let mut events = EventEnds::default();
+    let mut close = std::pin::pin!(close);
+    // From the close time on: end at the next point between events, by then at the latest.
+    let mut ending: Option<tokio::time::Instant> = None;
+    let mut head_left = conn.out.len(); // the head is not body
+    let mut sent = 0u64;
+    let mut start = h.len;
+    let mut eof = false;
+    loop {
+        let bytes = &conn.up_buf[start..];
+        let malformed = |_| {
+            if head_left > 0 {
+                Failed::BeforeResponse // nothing sent yet: a 502 page
+            } else {
+                Failed::Midway
+            }
+        };
+        let (used, stop) = match ending {
+            None if chunked => (
+                chunks
+                    .feed_with(bytes, |d| events.feed(d))
+                    .map_err(malformed)?,
+                false,
+            ),
+            None => {
+                events.feed(bytes);
+                (bytes.len(), false)
+            }
+            Some(_) => {
+                match end_of_event(&mut chunks, &mut events, bytes, chunked).map_err(malformed)? {
+                    Some(n) => (n, true),
+                    None => (bytes.len(), false),
+                }
+            }
+        };
+        let whole = used == bytes.len();
+        conn.out
+            .extend_from_slice(&conn.up_buf[start..start + used]);
+        let done = chunks.done() || (eof && !chunked);
+        if stop && chunked && !done {
+            conn.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !conn.out.is_empty() {
+            write_client(&mut *conn.client, &conn.out).await?;
+            sent += (conn.out.len() - head_left) as u64;
+            head_left = 0;
+            conn.out.clear();
+        }
+        if done {
+            return Ok((sent, chunked && whole && h.upstream_keepalive, chunked));
+        }
+        if stop {
+            // Ended before the upstream's body did: that connection is done with.
+            return Ok((sent, false, chunked));
+        }
+        conn.up_buf.clear();
+        start = 0;
+        conn.up_buf.reserve(BODY_CHUNK);
+        let give_up = ending.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            read = up.read_buf(&mut conn.up_buf) => match read {
+                Ok(0) if !chunked => eof = true,
+                Ok(0) | Err(_) => return Err(Failed::Midway),
+                Ok(_) => {}
+            },
+            () = &mut close, if ending.is_none() => {
+                ending = Some(tokio::time::Instant::now() + drain::EVENT_END_GRACE);
+            }
+            () = tokio::time::sleep_until(give_up), if ending.is_some() => {
+                // No event end came: the body still ends properly where its framing allows.
+                if chunked && chunks == Chunks::new() {
+                    write_client(&mut *conn.client, b"0\r\n\r\n").await?;
+                    return Ok((sent + 5, false, true));
+                }
+                return if chunked { Err(Failed::Midway) } else { Ok((sent, false, false)) };
+            }
+        }
+    }
+}
+
+/// How much of `bytes` to pass on before the body can end between two events (and, chunked,
+/// between two chunks); `None` when there is no such point in them (all of them were fed).
+fn end_of_event(
+    chunks: &mut Chunks,
+    events: &mut EventEnds,
+    bytes: &[u8],
+    chunked: bool,
+) -> Result<Option<usize>, head::Malformed> {
+    if !chunked {
+        return Ok(events.until_between(bytes));
+    }
+    let at_end = |c: &Chunks, e: &EventEnds| *c == Chunks::new() && e.between();
+    if at_end(chunks, events) {
+        return Ok(Some(0));
+    }
+    let mut i = 0;
+    while i < bytes.len() && !chunks.done() {
+        // A chunk's data in one step, its framing a byte at a time.
+        let step = match *chunks {
+            Chunks::Data(left) => (left as usize).min(bytes.len() - i),
+            _ => 1,
+        };
+        chunks.feed_with(&bytes[i..i + step], |d| events.feed(d))?;
+        i += step;
+        if at_end(chunks, events) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(chunks.done().then_some(i))
 }
 
 /// Passes an answer's body on compressed with `enc`, as HTTP/1.1 chunks: the head is in
@@ -930,4 +1070,3 @@ async fn write_client<C: Client>(client: &mut C, bytes: &[u8]) -> Result<(), Fai
         Ok(Err(_)) | Err(_) => Err(Failed::Midway),
     }
 }
-

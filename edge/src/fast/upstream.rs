@@ -52,6 +52,9 @@ pub(super) async fn exchange_head<F: Front>(
     let mut fresh_only = false;
     'attempts: loop {
         let addr = choose_upstream(app, first, attempt);
+        // Counted from the pick on, before any wait: a drain never misses a request that chose
+        // its spinlet just before the routing table changed.
+        let load = app.runtime.loads.start(addr);
         let pooled = if fresh_only { None } else { pool::take(addr) };
         let reused = pooled.is_some();
         let mut up = match pooled {
@@ -84,7 +87,6 @@ pub(super) async fn exchange_head<F: Front>(
                 }
             },
         };
-        let load = app.runtime.loads.start(addr);
         // Failed before any answer: try again where that is safe (see `retry_after`).
         macro_rules! failed_before_answer {
             () => {

@@ -141,7 +141,9 @@ pub struct CertExpiry {
 /// sync task. Readers only load `ArcSwap`s and atomics.
 #[derive(Debug)]
 pub struct TlsState {
-    policy: TlsPolicy,
+    /// Swapped by a reload ([`TlsState::set_policy`]); the sync task then rebuilds the table.
+    policy: ArcSwap<TlsPolicy>,
+    policy_changed: tokio::sync::Notify,
     pub(crate) certs: ArcSwap<CertTable>,
     pub(crate) challenges: ArcSwap<Challenges>,
     /// The HTTPS port, for redirects; `None` when the edge has no TLS listener.
@@ -154,7 +156,8 @@ pub struct TlsState {
 impl TlsState {
     pub fn new(policy: TlsPolicy, https_port: Option<u16>) -> TlsState {
         TlsState {
-            policy,
+            policy: ArcSwap::from_pointee(policy),
+            policy_changed: tokio::sync::Notify::new(),
             certs: ArcSwap::from_pointee(CertTable::default()),
             challenges: ArcSwap::from_pointee(Challenges::default()),
             https_port,
@@ -163,8 +166,20 @@ impl TlsState {
         }
     }
 
-    pub fn policy(&self) -> &TlsPolicy {
-        &self.policy
+    pub fn policy(&self) -> arc_swap::Guard<Arc<TlsPolicy>> {
+        self.policy.load()
+    }
+
+    /// A new policy (the apps' `tls` after a reload): the certificate table is rebuilt for it
+    /// (store and files read again) by the sync task, within moments.
+    pub fn set_policy(&self, policy: TlsPolicy) {
+        self.policy.store(Arc::new(policy));
+        self.policy_changed.notify_one();
+    }
+
+    /// Resolves when the policy changed since the last time it did.
+    pub(crate) async fn policy_changed(&self) {
+        self.policy_changed.notified().await
     }
 
     pub fn https_port(&self) -> Option<u16> {
@@ -430,6 +445,7 @@ mod tests {
             memory: None,
             cpu: None,
             idle_timeout: None,
+            drain_timeout: spinforge_state::config::DEFAULT_DRAIN_TIMEOUT,
             health_check: HealthCheck::default(),
             policy: Default::default(),
             tls,

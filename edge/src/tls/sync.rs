@@ -77,6 +77,12 @@ pub async fn keep_in_sync(
                 }
                 continue;
             }
+            _ = state.policy_changed() => {
+                // Other names, or other files for a name: read everything again.
+                model.files.clear();
+                model.load_files(&state);
+                reload = true;
+            }
             _ = stop.changed() => return,
         }
         while let Some(s) = sub.try_next() {
@@ -188,7 +194,7 @@ impl Model {
     /// did. A file that cannot be used keeps the last good certificate serving.
     fn load_files(&mut self, state: &TlsState) -> bool {
         let mut changed = false;
-        for (name, cert, key) in super::file_names(state.policy()) {
+        for (name, cert, key) in super::file_names(&state.policy()) {
             let stamp = (mtime(&cert), mtime(&key));
             if self.files.get(&name).is_some_and(|(_, s)| *s == stamp) {
                 continue;

@@ -8,6 +8,7 @@
 //! paths are resolved against the config file's folder.
 
 mod parse;
+pub mod reload;
 pub mod schema;
 mod units;
 mod yaml;
@@ -285,6 +286,9 @@ pub struct AppConfig {
     pub cpu: Option<f64>,
     /// `idle_timeout`: `None` (written `0`) never stops the app for being idle.
     pub idle_timeout: Option<Duration>,
+    /// `drain_timeout`: how long a replaced spinlet may finish what it serves before it is
+    /// stopped (sooner once the edges have nothing left on it).
+    pub drain_timeout: Duration,
     pub health_check: HealthCheck,
     /// `rate_limit`, `limits`, `compression`, `security_headers`: how the edge treats requests.
     pub policy: crate::policy::EdgePolicy,
@@ -479,6 +483,9 @@ pub struct HealthCheck {
     /// How long a starting spinlet has to answer before it counts as failed.
     pub timeout: Duration,
 }
+
+/// `drain_timeout`'s default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for HealthCheck {
     fn default() -> Self {

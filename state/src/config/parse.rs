@@ -666,6 +666,9 @@ impl Walker<'_> {
                 .map(|d| (!d.is_zero()).then_some(d)),
             None => Some(Some(Duration::from_secs(300))),
         };
+        let drain_timeout = self
+            .duration(f.take("drain_timeout"))
+            .unwrap_or(super::DEFAULT_DRAIN_TIMEOUT);
         let health_check = f
             .take("health_check")
             .map(|h| self.health_check(&h))
@@ -708,6 +711,7 @@ impl Walker<'_> {
             memory,
             cpu,
             idle_timeout,
+            drain_timeout,
             health_check,
             policy,
             tls,

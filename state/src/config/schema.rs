@@ -19,6 +19,18 @@ pub struct Key {
     pub required: bool,
     /// One line for editors' hover help; docs/config.md tells the whole story.
     pub doc: &'static str,
+    /// What a reload (SIGHUP, `spinforge reload`, an edit of the file) does with a change of it.
+    pub reload: Reload,
+}
+
+/// What a reload does with a changed key (see [`super::reload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Applied by the running process.
+    Live,
+    /// Only a new process can apply it; the text says why (and what to do), for the log and
+    /// `spinforge reload`'s output.
+    Restart(&'static str),
 }
 
 /// What a key's value may be.
@@ -83,6 +95,15 @@ const fn key(name: &'static str, ty: Ty, default: Option<&'static str>, doc: &'s
         default,
         required: false,
         doc,
+        reload: Reload::Live,
+    }
+}
+
+/// `k`, which only a new process can apply: a reload names it as needing a restart, with `why`.
+const fn restart(k: Key, why: &'static str) -> Key {
+    Key {
+        reload: Reload::Restart(why),
+        ..k
     }
 }
 
@@ -93,6 +114,7 @@ const fn required(name: &'static str, ty: Ty, doc: &'static str) -> Key {
         default: None,
         required: true,
         doc,
+        reload: Reload::Live,
     }
 }
 
@@ -118,7 +140,14 @@ const ADDRESS_PATTERN: &str =
 pub const SOURCE_KEYS: [&str; 2] = ["source", "upstream"];
 
 /// Keys about running an app's processes, refused for an app with `upstream:`.
-pub const RUN_KEYS: &[&str] = &["framework", "env", "instances", "memory", "idle_timeout"];
+pub const RUN_KEYS: &[&str] = &[
+    "framework",
+    "env",
+    "instances",
+    "memory",
+    "idle_timeout",
+    "drain_timeout",
+];
 
 /// The top of the file.
 pub static ROOT: &[Key] = &[
@@ -154,22 +183,31 @@ pub static ROOT: &[Key] = &[
     ),
 ];
 
-static STATE: &[Key] = &[key(
-    "redis",
-    Ty::Text {
-        what: "a redis:// URL",
-        pattern: Some("^(redis|rediss|redis\\+unix|unix)://"),
-    },
-    None,
-    "redis://[user:password@]host:port/db; absent: the embedded in-memory store (spinforge up only).",
+static STATE: &[Key] = &[restart(
+    key(
+        "redis",
+        Ty::Text {
+            what: "a redis:// URL",
+            pattern: Some("^(redis|rediss|redis\\+unix|unix)://"),
+        },
+        None,
+        "redis://[user:password@]host:port/db; absent: the embedded in-memory store (spinforge up only).",
+    ),
+    "the state store is connected at start",
 )];
 
+/// Why a listener address needs a new process, and how to get one without refusing a connection.
+const LISTENER: &str = "the listening socket is bound at start; restart, or for `spinforge edge` start a new one with --upgrade and send the running one SIGQUIT (no connection is refused)";
+
 static EDGE: &[Key] = &[
-    key(
-        "listen_http",
-        Ty::Address,
-        Some("0.0.0.0:80"),
-        "The plain-HTTP listener, IP:port.",
+    restart(
+        key(
+            "listen_http",
+            Ty::Address,
+            Some("0.0.0.0:80"),
+            "The plain-HTTP listener, IP:port.",
+        ),
+        LISTENER,
     ),
     key(
         "wake_timeout",
@@ -245,20 +283,26 @@ static EDGE: &[Key] = &[
         Some("off"),
         "json: one JSON object per request on stdout.",
     ),
-    key(
-        "listen_https",
-        Ty::Address,
-        None,
-        "The HTTPS listener, IP:port (e.g. 0.0.0.0:443); absent: no HTTPS.",
+    restart(
+        key(
+            "listen_https",
+            Ty::Address,
+            None,
+            "The HTTPS listener, IP:port (e.g. 0.0.0.0:443); absent: no HTTPS.",
+        ),
+        LISTENER,
     ),
 ];
 
 static SUPERVISOR: &[Key] = &[
-    key(
-        "data_dir",
-        text("a folder path"),
-        Some("/var/lib/spinforge"),
-        "Releases, logs, caches and certificates.",
+    restart(
+        key(
+            "data_dir",
+            text("a folder path"),
+            Some("/var/lib/spinforge"),
+            "Releases, logs, caches and certificates.",
+        ),
+        "everything under it (releases, logs, keys, app users) is opened there at start",
     ),
     key(
         "port_range",
@@ -269,14 +313,17 @@ static SUPERVISOR: &[Key] = &[
         Some("30000-39999"),
         "FIRST-LAST ports handed to spinlets on 127.0.0.1; at least 10.",
     ),
-    key(
-        "run_as",
-        Ty::Text {
-            what: "a user name",
-            pattern: Some("^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$"),
-        },
-        None,
-        "As root: run builds and spinlets unprivileged, each app as its own user id.",
+    restart(
+        key(
+            "run_as",
+            Ty::Text {
+                what: "a user name",
+                pattern: Some("^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$"),
+            },
+            None,
+            "As root: run builds and spinlets unprivileged, each app as its own user id.",
+        ),
+        "releases, caches and app user ids were made for the user at start",
     ),
     key(
         "builds",
@@ -284,20 +331,26 @@ static SUPERVISOR: &[Key] = &[
         None,
         "The build queue's limits.",
     ),
-    key(
-        "admin_listen",
-        Ty::Address,
-        Some("127.0.0.1:9000"),
-        "Where the admin API listens, IP:port.",
+    restart(
+        key(
+            "admin_listen",
+            Ty::Address,
+            Some("127.0.0.1:9000"),
+            "Where the admin API listens, IP:port.",
+        ),
+        "the admin API's socket is bound at start",
     ),
-    key(
-        "admin_token_env",
-        Ty::Text {
-            what: "a variable name",
-            pattern: Some(ENV_NAME_PATTERN),
-        },
-        Some("SPINFORGE_TOKEN"),
-        "The environment variable holding the admin API's bearer token.",
+    restart(
+        key(
+            "admin_token_env",
+            Ty::Text {
+                what: "a variable name",
+                pattern: Some(ENV_NAME_PATTERN),
+            },
+            Some("SPINFORGE_TOKEN"),
+            "The environment variable holding the admin API's bearer token.",
+        ),
+        "the token is read from the environment at start",
     ),
     key(
         "deploy_dir",
@@ -463,6 +516,14 @@ pub static APP: &[Key] = &[
         Ty::Duration { zero: Zero::Never },
         Some("5m"),
         "Stop the app after this long without requests; 0: never.",
+    ),
+    key(
+        "drain_timeout",
+        Ty::Duration {
+            zero: Zero::Refused,
+        },
+        Some("30s"),
+        "A replaced spinlet finishes what it serves for at most this long, then stops.",
     ),
     key(
         "spa",

@@ -25,7 +25,7 @@ struct Data {
     /// Keys given a TTL, oldest first. There is no clock here: beyond [`MAX_EXPIRING`] keys the
     /// oldest are deleted, which bounds memory the way the TTL does on Redis.
     expiring: VecDeque<String>,
-    /// String keys with an expiry (ms since the epoch); expired ones read as absent.
+    /// String and hash keys with an expiry (ms since the epoch); expired ones read as absent.
     expires: HashMap<String, u64>,
     /// The fencing counter for locks.
     fencing: u64,
@@ -51,6 +51,7 @@ impl Data {
         if self.expires.get(key).is_some_and(|at| *at <= now) {
             self.expires.remove(key);
             self.strings.remove(key);
+            self.hashes.remove(key);
         }
     }
 
@@ -64,6 +65,7 @@ impl Data {
         for k in due {
             self.expires.remove(&k);
             self.strings.remove(&k);
+            self.hashes.remove(&k);
         }
     }
 
@@ -93,6 +95,20 @@ impl Data {
                         .map(|(k, v)| (k.to_string(), v))
                         .collect();
                     self.hashes.insert(key, fields);
+                }
+                Write::HashOf {
+                    key,
+                    fields,
+                    ttl_ms,
+                } => {
+                    self.expires.remove(&key);
+                    self.hashes.remove(&key);
+                    if !fields.is_empty() {
+                        if let Some(ttl) = ttl_ms {
+                            self.expires.insert(key.clone(), crate::now_ms() + ttl);
+                        }
+                        self.hashes.insert(key, fields.into_iter().collect());
+                    }
                 }
                 Write::SetAdd { key, member } => {
                     self.sets.entry(key).or_default().insert(member);
@@ -286,6 +302,46 @@ impl Embedded {
                     .get(k)
                     .map(|s| s.iter().cloned().collect())
                     .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// For each `(set key, hash key)`: the set's members (sorted) and the hash's fields.
+    pub(crate) fn sets_and_hashes(
+        &self,
+        keys: &[(String, String)],
+    ) -> Vec<(Vec<String>, BTreeMap<String, String>)> {
+        let mut d = self.data();
+        let now = crate::now_ms();
+        keys.iter()
+            .map(|(set, hash)| {
+                d.expire(hash, now);
+                let members = d
+                    .sets
+                    .get(set)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                (members, d.hashes.get(hash).cloned().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// For each hash in `keys`, the values of `fields` (`None`: absent), as HMGET answers.
+    pub(crate) fn hash_fields(
+        &self,
+        keys: &[String],
+        fields: &[String],
+    ) -> Vec<Vec<Option<String>>> {
+        let mut d = self.data();
+        let now = crate::now_ms();
+        keys.iter()
+            .map(|k| {
+                d.expire(k, now);
+                let hash = d.hashes.get(k);
+                fields
+                    .iter()
+                    .map(|f| hash.and_then(|h| h.get(f)).cloned())
+                    .collect()
             })
             .collect()
     }

@@ -16,7 +16,8 @@ use crate::config::RedisUrl;
 use crate::events::Event;
 use crate::keys;
 use crate::records::{
-    AppRecord, BuildStatus, CertRecord, Challenge, LockGuard, LogEntry, Route, Spinlet,
+    AppRecord, BuildStatus, CertRecord, Challenge, Drain, DrainLoad, DrainReport, LockGuard,
+    LogEntry, Route, Spinlet,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,13 @@ pub(crate) enum Write {
     HashReplace {
         key: String,
         fields: BTreeMap<&'static str, String>,
+    },
+    /// Replace a whole HASH whose field names are data (none: the key goes), expiring after
+    /// `ttl_ms` when given.
+    HashOf {
+        key: String,
+        fields: Vec<(String, String)>,
+        ttl_ms: Option<u64>,
     },
     SetAdd {
         key: String,
@@ -282,6 +290,9 @@ impl Store {
             Write::Del {
                 key: keys::upstreams(name),
             },
+            Write::Del {
+                key: keys::drains(name),
+            },
         ];
         self.write(
             writes,
@@ -409,6 +420,158 @@ impl Store {
             Backend::Embedded(b) => Ok(b.members_of(&keys)),
             Backend::Redis(b) => b.members_of(&keys).await,
         }
+    }
+
+    // --- drains ---
+
+    /// Replaces an app's upstreams with exactly `addrs` and its draining spinlets with exactly
+    /// `drains`, in one batch with one `upstreams_changed`: an edge sees a spinlet leave its
+    /// routing and start draining in the same update.
+    pub async fn set_upstreams_and_drains(
+        &self,
+        app: &str,
+        addrs: &[String],
+        drains: &[Drain],
+    ) -> Result<()> {
+        let key = keys::upstreams(app);
+        let mut writes = vec![Write::Del { key: key.clone() }];
+        writes.extend(addrs.iter().map(|a| Write::SetAdd {
+            key: key.clone(),
+            member: a.clone(),
+        }));
+        writes.push(Write::HashOf {
+            key: keys::drains(app),
+            fields: drains
+                .iter()
+                .map(|d| (d.spinlet.clone(), d.to_value()))
+                .collect(),
+            ttl_ms: None,
+        });
+        self.write(
+            writes,
+            Some(&Event::UpstreamsChanged {
+                app: app.to_string(),
+            }),
+        )
+        .await
+    }
+
+    /// The upstreams and the draining spinlets of many apps in one round trip, in the order
+    /// asked (malformed drain entries are left out).
+    pub async fn upstreams_and_drains_of(
+        &self,
+        apps: &[String],
+    ) -> Result<Vec<(Vec<String>, Vec<Drain>)>> {
+        let keys: Vec<(String, String)> = apps
+            .iter()
+            .map(|a| (keys::upstreams(a), keys::drains(a)))
+            .collect();
+        let raw = match &*self.backend {
+            Backend::Embedded(b) => b.sets_and_hashes(&keys),
+            Backend::Redis(b) => b.sets_and_hashes(&keys).await?,
+        };
+        Ok(raw
+            .into_iter()
+            .map(|(addrs, fields)| {
+                let mut drains: Vec<Drain> = fields
+                    .iter()
+                    .filter_map(|(id, v)| Drain::from_value(id, v))
+                    .collect();
+                drains.sort();
+                (addrs, drains)
+            })
+            .collect())
+    }
+
+    /// An edge's report, valid for `ttl`: it is alive, and still has `loads` on these draining
+    /// spinlets (by id). A drain it does not list is one it has not taken out of its routing yet.
+    pub async fn report_drains(
+        &self,
+        edge: &str,
+        loads: &[(String, DrainLoad)],
+        ttl: Duration,
+    ) -> Result<()> {
+        let mut fields = Vec::with_capacity(loads.len() + 1);
+        fields.push((EDGE_ALIVE.to_string(), crate::now_ms().to_string()));
+        fields.extend(loads.iter().map(|(id, l)| (id.clone(), l.to_value())));
+        let writes = vec![
+            Write::SetAdd {
+                key: keys::EDGES.into(),
+                member: edge.to_string(),
+            },
+            Write::HashOf {
+                key: keys::inflight(edge),
+                fields,
+                ttl_ms: Some(ttl.as_millis().max(1) as u64),
+            },
+        ];
+        self.write(writes, None).await
+    }
+
+    /// The edge stopped (everything it had in flight ended): it holds no drain any more.
+    pub async fn withdraw_edge(&self, edge: &str) -> Result<()> {
+        let writes = vec![
+            Write::SetRemove {
+                key: keys::EDGES.into(),
+                member: edge.to_string(),
+            },
+            Write::Del {
+                key: keys::inflight(edge),
+            },
+        ];
+        self.write(writes, None).await
+    }
+
+    /// What the live edges reported on each of `spinlets`, added up, in the order asked. Edges
+    /// whose reports expired are not counted (and are forgotten).
+    pub async fn drain_reports(&self, spinlets: &[String]) -> Result<Vec<DrainReport>> {
+        let mut out = vec![DrainReport::default(); spinlets.len()];
+        if spinlets.is_empty() {
+            return Ok(out);
+        }
+        let edges = match &*self.backend {
+            Backend::Embedded(b) => b.members_of(&[keys::EDGES.to_string()]),
+            Backend::Redis(b) => b.members_of(&[keys::EDGES.to_string()]).await?,
+        }
+        .pop()
+        .unwrap_or_default();
+        let mut fields = Vec::with_capacity(spinlets.len() + 1);
+        fields.push(EDGE_ALIVE.to_string());
+        fields.extend(spinlets.iter().cloned());
+        let keys: Vec<String> = edges.iter().map(|e| keys::inflight(e)).collect();
+        let reports = match &*self.backend {
+            Backend::Embedded(b) => b.hash_fields(&keys, &fields),
+            Backend::Redis(b) => b.hash_fields(&keys, &fields).await?,
+        };
+        let mut gone = Vec::new();
+        for (edge, values) in edges.iter().zip(reports) {
+            // `_` missing: its report expired, the edge is gone.
+            if values.first().is_none_or(Option::is_none) {
+                gone.push(Write::SetRemove {
+                    key: keys::EDGES.into(),
+                    member: edge.clone(),
+                });
+                continue;
+            }
+            for (report, value) in out.iter_mut().zip(values.iter().skip(1)) {
+                report.edges += 1;
+                // A value that does not parse counts as busy: better a drain that waits.
+                if let Some(v) = value {
+                    let load = DrainLoad::from_value(v).unwrap_or(DrainLoad {
+                        requests: 1,
+                        streams: 0,
+                    });
+                    report.reported += 1;
+                    report.load.requests += load.requests;
+                    report.load.streams += load.streams;
+                }
+            }
+        }
+        if !gone.is_empty() {
+            // Housekeeping only: the next read tries again.
+            let _ = self.write(gone, None).await;
+        }
+        Ok(out)
     }
 
     // --- activity ---
@@ -802,6 +965,9 @@ pub struct RateCount {
 /// Entries per store call in [`Store::exchange_rate_counts`] (one Lua call on Redis: bounded
 /// so that Redis is never blocked for long).
 const RATE_EXCHANGE_CHUNK: usize = 1000;
+
+/// The field of `inflight:{edge}` that is there while the edge lives (its value: when written).
+const EDGE_ALIVE: &str = "_";
 
 /// `spinforge:rl:{window}:{app}`: a HASH client → requests let through in that window.
 fn rate_window_key(window: u64, app: &str) -> String {

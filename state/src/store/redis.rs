@@ -131,6 +131,19 @@ impl Redis {
                         .collect();
                     trx.hset::<(), _, _>(key, fields).await?
                 }
+                Write::HashOf {
+                    key,
+                    fields,
+                    ttl_ms,
+                } => {
+                    trx.del::<(), _>(key.clone()).await?;
+                    if !fields.is_empty() {
+                        trx.hset::<(), _, _>(key.clone(), fields).await?;
+                        if let Some(ttl) = ttl_ms {
+                            trx.pexpire::<(), _>(key, ttl as i64, None).await?;
+                        }
+                    }
+                }
                 Write::SetAdd { key, member } => trx.sadd::<(), _, _>(key, member).await?,
                 Write::SetRemove { key, member } => trx.srem::<(), _, _>(key, member).await?,
                 Write::ZAddGreater { key, entries } => {
@@ -268,6 +281,65 @@ impl Redis {
             }
         }
         Ok(sets)
+    }
+
+    /// For each `(set key, hash key)`: the set's members (sorted) and the hash's fields, in
+    /// pipelines of 250 pairs.
+    pub(crate) async fn sets_and_hashes(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<(Vec<String>, BTreeMap<String, String>)>> {
+        self.ensure_connected()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(250) {
+            let pipeline = self.client.pipeline();
+            for (set, hash) in chunk {
+                pipeline.smembers::<(), _>(set.as_str()).await?;
+                pipeline.hgetall::<(), _>(hash.as_str()).await?;
+            }
+            let mut replies = pipeline.try_all::<Value>().await.into_iter();
+            while let (Some(set), Some(hash)) = (replies.next(), replies.next()) {
+                let mut members: Vec<String> = set?.convert()?;
+                members.sort();
+                let fields: HashMap<String, String> = hash?.convert()?;
+                out.push((members, fields.into_iter().collect()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// For each hash in `keys`, the values of `fields` (`None`: absent), in one pipeline of
+    /// HMGETs.
+    pub(crate) async fn hash_fields(
+        &self,
+        keys: &[String],
+        fields: &[String],
+    ) -> Result<Vec<Vec<Option<String>>>> {
+        self.ensure_connected()?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(250) {
+            let pipeline = self.client.pipeline();
+            for k in chunk {
+                pipeline
+                    .hmget::<(), _, _>(k.as_str(), fields.to_vec())
+                    .await?;
+            }
+            for values in pipeline.try_all::<Value>().await {
+                let values = match values? {
+                    Value::Array(items) => items
+                        .into_iter()
+                        .map(|v| v.convert::<Option<String>>())
+                        .collect::<Result<Vec<_>, _>>()?,
+                    // One field asked: a bare reply.
+                    other => vec![other.convert::<Option<String>>()?],
+                };
+                out.push(values);
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn hash(&self, key: &str) -> Result<Option<BTreeMap<String, String>>> {

@@ -1,8 +1,8 @@
 //! Taking over the spinlets a previous supervisor left running (an upgrade, a restart over
 //! Redis). The driver has already checked each record's process (pid *and* start time, so a
 //! reused pid is never taken for a spinlet); what to do with each is decided here, without I/O:
-//! keep up to `instances` running one release that is still on disk, stop the other live ones,
-//! forget the dead.
+//! keep up to `instances` running one release that is still on disk, stop the other live ones
+//! (those that were starting, draining or stopping too), forget the dead.
 
 use super::effect::{Adoptee, Effect, Now, ProcInfo};
 use super::machine::{Fx, Machine};
@@ -28,6 +28,11 @@ pub fn plan(adopted: Vec<Adoptee>, releases: &[Release], instances: usize) -> Pl
     for a in adopted {
         if !a.alive {
             plan.forget.push(a.record.id);
+            continue;
+        }
+        if a.record.state != SpinletState::Running {
+            // Starting, draining or stopping when its supervisor went away: not one to serve.
+            plan.stop.push(a.record);
             continue;
         }
         let release = releases.iter().find(|r| r.info.number == a.record.release);

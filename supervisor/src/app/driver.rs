@@ -62,6 +62,7 @@ enum Owed {
     Health(String),
     Probe(String),
     Stop(String),
+    Drain(String),
 }
 
 /// A spinlet process the task holds, and the port it was given.
@@ -90,6 +91,8 @@ pub struct AppTask {
     exits: mpsc::UnboundedReceiver<Exit>,
     work: JoinSet<Input>,
     owed: HashMap<tokio::task::Id, Owed>,
+    /// Drain watches, by spinlet: a spinlet stopped or gone needs its watch no more.
+    drain_watches: HashMap<String, tokio::task::AbortHandle>,
     procs: HashMap<String, Held>,
     /// Build ids of the builds in flight, by the machine's number.
     builds: HashMap<BuildSeq, String>,
@@ -138,6 +141,7 @@ impl AppTask {
             exits,
             work: JoinSet::new(),
             owed: HashMap::new(),
+            drain_watches: HashMap::new(),
             procs: HashMap::new(),
             builds: HashMap::new(),
             deploy: None,
@@ -178,6 +182,8 @@ impl AppTask {
             }
             adoptees.push(Adoptee { record, alive });
         }
+        let keep: Vec<&str> = self.procs.keys().map(String::as_str).collect();
+        self.ctx.spawner.sweep(&config.name, &keep);
         self.queued.push_back(Input::Begin {
             adopted: adoptees,
             releases,
@@ -340,6 +346,7 @@ impl AppTask {
                 result: Err("the probe stopped on an internal error".into()),
             },
             Owed::Stop(id) => Input::Stopped { id },
+            Owed::Drain(id) => Input::Drained { id, idle: false },
         })
     }
 
@@ -347,9 +354,10 @@ impl AppTask {
         &mut self,
         owed: Owed,
         work: impl std::future::Future<Output = Input> + Send + 'static,
-    ) {
+    ) -> tokio::task::AbortHandle {
         let handle = self.work.spawn(work);
         self.owed.insert(handle.id(), owed);
+        handle
     }
 
     /// Carries out a step's effects, in order; true once the task is done.
@@ -396,8 +404,23 @@ impl AppTask {
                         }
                     });
                 }
+                Effect::WatchDrain { id, until } => {
+                    let watch = watch_drain(
+                        self.ctx.store.clone(),
+                        id.clone(),
+                        until,
+                        self.ctx.timing.drain_poll,
+                    );
+                    let handle = self.spawn_work(Owed::Drain(id.clone()), watch);
+                    if let Some(old) = self.drain_watches.insert(id, handle) {
+                        old.abort();
+                    }
+                }
                 Effect::Stop { id, kill_at } => match self.procs.get(&id) {
                     Some(held) => {
+                        if let Some(watch) = self.drain_watches.remove(&id) {
+                            watch.abort();
+                        }
                         let stop = held.proc.clone().stop(kill_at);
                         let owed = Owed::Stop(id.clone());
                         self.spawn_work(owed, async move {
@@ -409,13 +432,18 @@ impl AppTask {
                 },
                 Effect::Record(spinlet) => self.publisher.spinlet(&spinlet).await,
                 Effect::Forget { id } => {
+                    if let Some(watch) = self.drain_watches.remove(&id) {
+                        watch.abort();
+                    }
                     self.publisher.forget_spinlet(&id).await;
                     if let Some(held) = self.procs.remove(&id) {
                         self.ctx.ports.release(held.port);
                         tokio::spawn(held.proc.cleanup());
                     }
                 }
-                Effect::Upstreams(addrs) => self.publisher.upstreams(&addrs).await,
+                Effect::Upstreams { addrs, drains } => {
+                    self.publisher.upstreams_and_drains(&addrs, &drains).await
+                }
                 Effect::Publish(view) => {
                     let releases = self.releases().await;
                     let numbers = releases.iter().map(|r| r.info.number).collect();
@@ -568,6 +596,47 @@ impl AppTask {
 
     async fn releases(&self) -> Vec<Release> {
         release::list_releases(&self.ctx.releases_dir(self.name())).await
+    }
+}
+
+/// No read of the edges' reports waits longer than this.
+const DRAIN_READ_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Reads the edges' reports on draining spinlet `id` every `poll` until none has anything left
+/// on it, or `until`. A store that does not answer only makes the drain last to its deadline.
+async fn watch_drain(store: Store, id: String, until: Instant, poll: Duration) -> Input {
+    let ids = [id];
+    let mut last = None;
+    loop {
+        let read = tokio::time::timeout_at(
+            until.min(Instant::now() + DRAIN_READ_DEADLINE),
+            store.drain_reports(&ids),
+        );
+        match read.await {
+            Ok(Ok(reports)) => {
+                let report = reports.first().copied().unwrap_or_default();
+                if report.idle() {
+                    let [id] = ids;
+                    return Input::Drained { id, idle: true };
+                }
+                if last != Some(report) {
+                    tracing::debug!(spinlet = %ids[0], edges = report.edges, reported = report.reported, requests = report.load.requests, streams = report.load.streams, "draining");
+                    last = Some(report);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(spinlet = %ids[0], error = %e, "cannot read the edges' drain reports")
+            }
+            Err(_) => {
+                tracing::debug!(spinlet = %ids[0], "reading the edges' drain reports timed out")
+            }
+        }
+        let now = Instant::now();
+        if now >= until {
+            let [id] = ids;
+            return Input::Drained { id, idle: false };
+        }
+        tokio::time::sleep_until(until.min(now + poll)).await;
     }
 }
 

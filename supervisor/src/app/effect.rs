@@ -6,7 +6,7 @@ use super::publish::AppView;
 use crate::control::Lifecycle;
 use crate::release::Release;
 use spinforge_state::config::AppConfig;
-use spinforge_state::records::Spinlet;
+use spinforge_state::records::{Drain, Spinlet};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +149,12 @@ pub enum Input {
     Stopped {
         id: String,
     },
+    /// A drain watch ended: `idle` when every edge reported nothing left on the spinlet (else
+    /// it gave up at its deadline, which the machine has its own timer for).
+    Drained {
+        id: String,
+        idle: bool,
+    },
     BuildEnded {
         seq: BuildSeq,
         result: BuildResult,
@@ -178,6 +184,12 @@ pub enum Effect {
         port: u16,
         path: String,
     },
+    /// Read the edges' reports on a draining spinlet until none has anything left on it (→
+    /// `Drained { idle: true }`) or `until` passes (→ `Drained { idle: false }`).
+    WatchDrain {
+        id: String,
+        until: Instant,
+    },
     /// SIGTERM, SIGKILL at `kill_at` → `Stopped`.
     Stop {
         id: String,
@@ -189,9 +201,13 @@ pub enum Effect {
     Forget {
         id: String,
     },
-    /// Replace the app's upstreams with exactly these addresses (one write: edges go from the
-    /// old set straight to the new one).
-    Upstreams(Vec<String>),
+    /// Replace the app's upstreams with exactly `addrs`, and its draining spinlets with exactly
+    /// `drains` (one write: edges go from the old set straight to the new one, and learn which
+    /// spinlets drain in the same update).
+    Upstreams {
+        addrs: Vec<String>,
+        drains: Vec<Drain>,
+    },
     /// Write the app's record and routes.
     Publish(AppView),
     /// The app is removed: its routes, record and upstreams go.

@@ -1,7 +1,7 @@
 //! Health checks of running spinlets: every `timing.check_every` each running spinlet of the
 //! serving set is probed (within `timing.check_timeout`, concurrently); one that fails
-//! `timing.check_failures` probes in a row is taken out of routing, stopped and replaced with
-//! backoff, while the others serve. A probe whose answer never comes counts as failed.
+//! `timing.check_failures` probes in a row is taken out of routing, drained, stopped and
+//! replaced with backoff, while the others serve. A probe whose answer never comes counts as failed.
 //!
 //! (A starting spinlet's first healthy answer is awaited by the driver, within the app's
 //! `health_check.timeout`; see [`super::effect::Effect::AwaitHealthy`].)
@@ -65,11 +65,12 @@ impl Machine {
         }
         let reason = format!("failed {failures} health checks in a row ({why} at {path})");
         tracing::warn!(app = %self.name, spinlet = %id, %reason, "replacing an unhealthy spinlet");
-        let kill_at = now.at + self.timing.stop_grace;
-        self.stop(
+        // Out of routing at once; what it still serves may finish (a busy spinlet can fail a
+        // probe), and what hangs is cut at its drain's deadline.
+        self.drain(
             id,
             AfterStop::Record(SpinletState::Crashed, Some(reason)),
-            kill_at,
+            now,
             fx,
         );
         let at = self.backoff(now.at);

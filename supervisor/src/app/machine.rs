@@ -26,7 +26,7 @@ use super::timing::Timing;
 use crate::release::Release;
 use crate::settings;
 use spinforge_state::config::AppConfig;
-use spinforge_state::records::{Spinlet, SpinletState};
+use spinforge_state::records::{Drain, Spinlet, SpinletState};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -89,7 +89,8 @@ pub struct Machine {
     pub(super) exiting: Option<Exiting>,
 
     // --- what was last written, so only changes are ---
-    pub(super) published_upstreams: Option<Vec<String>>,
+    /// The upstreams and the drains.
+    pub(super) published_upstreams: Option<(Vec<String>, Vec<Drain>)>,
     /// The serving set has been published since it was last empty.
     pub(super) shown: bool,
     pub(super) published_view: Option<AppView>,
@@ -206,6 +207,26 @@ impl Machine {
         out
     }
 
+    /// The spinlets that drain, as the edges are told: each ends its streams at `close_at_ms`.
+    pub fn drains(&self) -> Vec<Drain> {
+        let mut out: Vec<Drain> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.phase {
+                Phase::Draining {
+                    proc, close_at_ms, ..
+                } => Some(Drain {
+                    spinlet: s.id.clone(),
+                    addr: proc.addr(),
+                    close_at_ms: *close_at_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// True when nothing is in flight: no build, rollout, start, stop, drain or pending restart.
     pub fn is_settled(&self) -> bool {
         self.build.is_none()
@@ -265,6 +286,7 @@ impl Machine {
             Input::Exited { id, status, tail } => self.exited(&id, &status, &tail, now, fx),
             Input::Probed { id, result } => self.probed(&id, result, now, fx),
             Input::Stopped { id } => self.stopped(&id, fx),
+            Input::Drained { id, idle } => self.drained(&id, idle, now, fx),
             Input::BuildEnded { seq, result } => self.build_ended(seq, result, now, fx),
             Input::Tick => self.tick(now, fx),
         }
@@ -427,7 +449,8 @@ impl Machine {
         members.sort_by_key(|(_, running)| *running);
         for (id, running) in members.drain(..members.len() - wanted) {
             if running {
-                self.drain(&id, now, fx);
+                let then = AfterStop::Record(SpinletState::Stopped, None);
+                self.drain(&id, then, now, fx);
             } else {
                 self.stop(&id, AfterStop::Forget, now.at + self.timing.stop_grace, fx);
             }
@@ -435,7 +458,7 @@ impl Machine {
     }
 
     /// Stops the serving set (the app goes to sleep): out of routing first (the upstream write
-    /// leads the step's effects), recorded `stopping`, then `stopped`.
+    /// leads the step's effects); running ones drain, recorded `stopping`, then `stopped`.
     pub(super) fn stop_serving(&mut self, now: Now, fx: &mut Fx) {
         let members: Vec<(String, bool)> = self
             .slots
@@ -446,14 +469,8 @@ impl Machine {
         let kill_at = now.at + self.timing.stop_grace;
         for (id, running) in members {
             if running {
-                let record = self.record_of(&id, SpinletState::Stopping, None);
-                fx.extend_record(record);
-                self.stop(
-                    &id,
-                    AfterStop::Record(SpinletState::Stopped, None),
-                    kill_at,
-                    fx,
-                );
+                let then = AfterStop::Record(SpinletState::Stopped, None);
+                self.drain(&id, then, now, fx);
             } else {
                 self.stop(&id, AfterStop::Forget, kill_at, fx);
             }
@@ -470,11 +487,12 @@ impl Machine {
             })
         );
         if !forgotten && self.begun {
-            let ups = self.upstreams();
-            self.shown = !ups.is_empty();
+            let ups = (self.upstreams(), self.drains());
+            self.shown = !ups.0.is_empty();
             if self.published_upstreams.as_ref() != Some(&ups) {
                 self.published_upstreams = Some(ups.clone());
-                out.push(Effect::Upstreams(ups));
+                let (addrs, drains) = ups;
+                out.push(Effect::Upstreams { addrs, drains });
             }
         }
         out.extend(fx.effects);

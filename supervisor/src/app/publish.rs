@@ -6,7 +6,7 @@
 
 use crate::release::Release;
 use spinforge_state::config::AppConfig;
-use spinforge_state::records::{AppRecord, Route, Spinlet};
+use spinforge_state::records::{AppRecord, Drain, Route, Spinlet};
 use spinforge_state::{Store, StoreError};
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -114,10 +114,16 @@ impl Publisher {
         self.app(&view, Vec::new()).await;
     }
 
+    /// The app's upstreams (and no drains: an app SpinForge does not run).
     pub async fn upstreams(&self, addrs: &[String]) {
-        let (name, addrs) = (self.app.clone(), addrs.to_vec());
+        self.upstreams_and_drains(addrs, &[]).await;
+    }
+
+    /// The app's upstreams and its draining spinlets, in one write.
+    pub async fn upstreams_and_drains(&self, addrs: &[String], drains: &[Drain]) {
+        let (name, addrs, drains) = (self.app.clone(), addrs.to_vec(), drains.to_vec());
         self.call("publishing upstreams", |s| async move {
-            s.set_upstreams(&name, &addrs).await
+            s.set_upstreams_and_drains(&name, &addrs, &drains).await
         })
         .await;
     }

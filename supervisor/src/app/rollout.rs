@@ -8,6 +8,7 @@ use super::effect::{Answer, Effect, Now};
 use super::machine::{Fx, Machine};
 use super::state::{AfterStop, Phase, Refusal, Role, Rollout, Serving, Target};
 use crate::release::Release;
+use spinforge_state::records::SpinletState;
 
 impl Machine {
     pub(super) fn begin_rollout(
@@ -72,7 +73,8 @@ impl Machine {
         let replaced = old.iter().filter(|(_, running)| *running).count();
         for (id, running) in old {
             if running {
-                self.drain(&id, now, fx);
+                let then = AfterStop::Record(SpinletState::Stopped, None);
+                self.drain(&id, then, now, fx);
             } else {
                 self.stop(&id, AfterStop::Forget, now.at + self.timing.stop_grace, fx);
             }

@@ -57,6 +57,10 @@ pub trait Spawner: Send + Sync + std::fmt::Debug + 'static {
 
     /// The last lines of the app's log as `"; log: a | b"`, or nothing: quoted with failures.
     fn log_tail(&self, app: &str) -> BoxFuture<'static, String>;
+
+    /// Frees what earlier supervisors left behind for `app` (the cgroups of its spinlets other
+    /// than `keep`, the ones adopted). Called once, before the app starts anything.
+    fn sweep(&self, app: &str, keep: &[&str]);
 }
 
 /// A running spinlet process.
@@ -156,6 +160,10 @@ impl Spawner for ProcessSpawner {
                 Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
             }
         })
+    }
+
+    fn sweep(&self, app: &str, keep: &[&str]) {
+        crate::cgroup::sweep_app(app, keep);
     }
 
     fn log_tail(&self, app: &str) -> BoxFuture<'static, String> {

@@ -190,9 +190,12 @@ impl Machine {
                 );
                 self.retry_at(at);
             }
-            (Phase::Draining { .. }, _) => {
+            (Phase::Draining { then, .. }, _) => {
                 // It ended before its drain did: nothing left to stop.
-                let record = self.record_of(id, SpinletState::Stopped, None);
+                let record = match then.clone() {
+                    AfterStop::Record(state, reason) => self.record_of(id, state, reason),
+                    AfterStop::Forget => None,
+                };
                 self.remove(id);
                 fx.extend_record(record);
                 fx.push(Effect::Forget { id: id.to_string() });
@@ -242,14 +245,10 @@ impl Machine {
                         format!("no answer within {}s", self.timing.check_timeout.as_secs());
                     self.probed(&id, Err(reason), now, fx);
                 }
-                Phase::Draining { until, .. } if until <= now.at => {
-                    let kill_at = now.at + self.timing.stop_grace;
-                    self.stop(
-                        &id,
-                        AfterStop::Record(SpinletState::Stopped, None),
-                        kill_at,
-                        fx,
-                    );
+                Phase::Draining { until, then, .. } if until <= now.at => {
+                    tracing::info!(app = %self.name, spinlet = %id, "drain_timeout is over: stopping the replaced spinlet, cutting what it still serves");
+                    let kill_at = now.at + self.timing.drain_kill_grace;
+                    self.stop(&id, then, kill_at, fx);
                 }
                 Phase::Stopping { deadline, .. } if deadline <= now.at => {
                     tracing::warn!(app = %self.name, spinlet = %id, "a stop was never confirmed; taking the spinlet as stopped");
@@ -338,18 +337,46 @@ impl Machine {
         }
     }
 
-    /// A replaced spinlet finishes what it serves for `timing.drain`, then stops. It is
-    /// recorded `stopping` at once: a supervisor that takes over meanwhile must not adopt it as
-    /// serving.
-    pub(super) fn drain(&mut self, id: &str, now: Now, fx: &mut Fx) {
-        let until = now.at + self.timing.drain;
+    /// A replaced spinlet, out of routing from this step on, finishes what it serves: it stops
+    /// once every edge reports nothing left on it ([`Machine::drained`]), or when the app's
+    /// `drain_timeout` is over (the edges then end its streams) plus `timing.drain_margin`. It
+    /// is recorded `stopping` at once: a supervisor that takes over meanwhile must not adopt it
+    /// as serving. `then` is recorded once it has stopped.
+    pub(super) fn drain(&mut self, id: &str, then: AfterStop, now: Now, fx: &mut Fx) {
+        let timeout = self.config.drain_timeout;
+        let until = now.at + timeout + self.timing.drain_margin;
+        let close_at_ms = now.wall_ms + timeout.as_millis() as u64;
         let Some(s) = self.slot_mut(id) else { return };
         let Phase::Running { proc, .. } = s.phase else {
             return;
         };
-        s.phase = Phase::Draining { proc, until };
+        s.phase = Phase::Draining {
+            proc,
+            close_at_ms,
+            until,
+            then,
+        };
         let record = self.record_of(id, SpinletState::Stopping, None);
         fx.extend_record(record);
+        fx.push(Effect::WatchDrain {
+            id: id.to_string(),
+            until,
+        });
+    }
+
+    /// The edges have nothing left on a draining spinlet (`idle`): it stops now. A watch that
+    /// gave up changes nothing: the drain's own deadline stops it.
+    pub(super) fn drained(&mut self, id: &str, idle: bool, now: Now, fx: &mut Fx) {
+        let Some(s) = self.slot(id) else { return };
+        let Phase::Draining { then, .. } = &s.phase else {
+            return;
+        };
+        if !idle {
+            return;
+        }
+        let then = then.clone();
+        tracing::info!(app = %self.name, spinlet = %id, "drained: no edge has anything left on the replaced spinlet; stopping it");
+        self.stop(id, then, now.at + self.timing.stop_grace, fx);
     }
 
     pub(super) fn backoff(&mut self, now: Instant) -> Instant {

@@ -68,8 +68,16 @@ pub enum Phase {
         /// A probe is out; it counts as failed if no answer came by then.
         probing: Option<Instant>,
     },
-    /// Replaced: out of routing, finishing what it serves until `until`.
-    Draining { proc: ProcInfo, until: Instant },
+    /// Replaced: out of routing, finishing what it serves. The edges report what they still
+    /// have on it; it stops once none has anything left, or at `until` at the latest: the app's
+    /// `drain_timeout` — when the edges end the streams still open on it (`close_at_ms`, their
+    /// clock) — plus a margin for them to do so. `then` is recorded once it has stopped.
+    Draining {
+        proc: ProcInfo,
+        close_at_ms: u64,
+        until: Instant,
+        then: AfterStop,
+    },
     /// Told to stop (or to be stopped as soon as its spawn answers, without a process yet).
     Stopping {
         proc: Option<ProcInfo>,

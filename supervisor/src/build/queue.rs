@@ -17,7 +17,7 @@
 
 use super::runner::{BuildLog, Runner};
 use super::{BuildContext, BuildError, Outcome, prepare};
-use spinforge_state::config::AppConfig;
+use spinforge_state::config::{AppConfig, BuildLimits};
 use spinforge_state::records::{BuildState, BuildStatus};
 use spinforge_state::{Event, Store};
 
@@ -47,6 +47,9 @@ pub struct Builder {
 struct Inner {
     store: Store,
     ctx: BuildContext,
+    /// `supervisor.builds` as last set (a reload changes it: [`Builder::set_limits`]); a build
+    /// takes the limits current when it starts.
+    limits: Mutex<BuildLimits>,
     slots: Semaphore,
     /// Cancel switches of queued and running builds.
     live: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -79,6 +82,7 @@ impl Builder {
         Builder {
             inner: Arc::new(Inner {
                 store,
+                limits: Mutex::new(ctx.limits.clone()),
                 ctx,
                 slots,
                 live: Mutex::new(HashMap::new()),
@@ -86,8 +90,44 @@ impl Builder {
         }
     }
 
-    pub fn context(&self) -> &BuildContext {
-        &self.inner.ctx
+    /// What builds share, with the limits current now.
+    pub fn context(&self) -> BuildContext {
+        BuildContext {
+            limits: self.limits(),
+            ..self.inner.ctx.clone()
+        }
+    }
+
+    /// The limits current now.
+    pub fn limits(&self) -> BuildLimits {
+        self.inner
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New limits (a reload): builds that start from now on take the new time limit and
+    /// archive size, pruning keeps the new number of releases, and the number of builds that
+    /// run at once grows at once or shrinks as running builds end.
+    pub fn set_limits(&self, limits: BuildLimits) {
+        let old = {
+            let mut current = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, limits.clone())
+        };
+        let (was, now) = (old.concurrency.max(1), limits.concurrency.max(1));
+        if now > was {
+            self.inner.slots.add_permits(now - was);
+        } else if now < was {
+            // Taken in the queue's order, as builds end, and never given back.
+            let inner = self.inner.clone();
+            let fewer = u32::try_from(was - now).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = inner.slots.acquire_many(fewer).await {
+                    p.forget();
+                }
+            });
+        }
     }
 
     /// A new build id: `<app>-<ms>-<random>`.
@@ -253,6 +293,12 @@ impl Ticket {
             .map_err(super::io("choosing the app's user id"))?;
         let ctx = &BuildContext {
             run_as: app_user,
+            limits: self
+                .inner
+                .limits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             ..ctx.clone()
         };
         let log = self.log.clone().ok_or(BuildError::Cancelled)?;

@@ -126,6 +126,8 @@ impl Spawner for FakeSpawner {
     fn log_tail(&self, _: &str) -> BoxFuture<'static, String> {
         Box::pin(async { String::new() })
     }
+
+    fn sweep(&self, _: &str, _: &[&str]) {}
 }
 
 impl Process for FakeHandle {
@@ -278,9 +280,8 @@ impl Harness {
                 stop_grace: Duration::from_secs(1),
                 check_every: Duration::from_millis(200),
                 check_timeout: Duration::from_millis(200),
-                drain: Duration::from_millis(200),
                 slack: Duration::from_secs(2),
-                ..Timing::new(Duration::from_millis(200))
+                ..Timing::new()
             },
             settings_key: crate::settings::Key::fixed([1; 32]),
         });
@@ -442,4 +443,90 @@ async fn a_removed_app_takes_its_records_away() {
             .iter()
             .all(|s| s.app != "gone")
     );
+}
+
+/// A replaced spinlet drains as long as an edge reports a request on it, and stops as soon as
+/// that edge reports none — through the store, as edges and the supervisor talk. An edge that
+/// has not reported on the drain yet holds it too; one that stops reporting holds it no more.
+#[tokio::test]
+async fn a_drain_lasts_while_an_edge_reports_requests_on_the_spinlet() {
+    use spinforge_state::records::DrainLoad;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let h = Harness::new((25260, 25299));
+    let mut config = app("busy", &["busy.test"], "a");
+    config.instances = 1;
+    config.drain_timeout = Duration::from_secs(60);
+    let outbox = h.start(config.clone());
+    until("it serves", || async {
+        (h.fakes.modes() == ["a"]).then_some(())
+    })
+    .await;
+    // A fake edge: every 50 ms, the requests it has on each draining spinlet it knows.
+    let busy = Arc::new(AtomicU64::new(1));
+    let edge = {
+        let (store, busy) = (h.store.clone(), busy.clone());
+        tokio::spawn(async move {
+            loop {
+                let drains = store
+                    .upstreams_and_drains_of(&["busy".to_string()])
+                    .await
+                    .expect("read");
+                let loads: Vec<(String, DrainLoad)> = drains[0]
+                    .1
+                    .iter()
+                    .map(|d| {
+                        let requests = busy.load(Ordering::Relaxed);
+                        (
+                            d.spinlet.clone(),
+                            DrainLoad {
+                                requests,
+                                streams: 0,
+                            },
+                        )
+                    })
+                    .collect();
+                store
+                    .report_drains("edge-1", &loads, Duration::from_millis(500))
+                    .await
+                    .expect("report");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut edit = config;
+    edit.env.insert("MODE".into(), EnvValue::new("b"));
+    outbox.define(edit);
+    until("b serves and a drains", || async {
+        let (ups, drains) = h
+            .store
+            .upstreams_and_drains_of(&["busy".to_string()])
+            .await
+            .ok()?
+            .pop()?;
+        (ups.len() == 1 && drains.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.fakes.modes(),
+        ["a", "b"],
+        "a drains while a request runs on it"
+    );
+    busy.store(0, Ordering::Relaxed);
+    let t = std::time::Instant::now();
+    until("a stops once the edge has nothing left on it", || async {
+        (h.fakes.modes() == ["b"]).then_some(())
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    until("no drain is left", || async {
+        let drains = h
+            .store
+            .upstreams_and_drains_of(&["busy".to_string()])
+            .await
+            .ok()?;
+        drains[0].1.is_empty().then_some(())
+    })
+    .await;
+    edge.abort();
 }

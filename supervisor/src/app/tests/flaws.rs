@@ -6,6 +6,7 @@ use crate::app::effect::{Answer, Input};
 use crate::app::state::{Phase, Want};
 use crate::control::Lifecycle;
 use spinforge_state::config::{AppConfig, EnvValue};
+use spinforge_state::records::SpinletState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -304,4 +305,131 @@ fn adopted_spinlets_with_stale_settings_roll_after_the_check_build() {
     for id in adopted {
         assert_eq!(w.procs[&id].truth, Truth::Dead, "replaced after draining");
     }
+}
+
+/// Flaw: a replaced spinlet got SIGTERM a fixed `edge.grace` after it left routing, whatever
+/// it still served. Now it stops as soon as the edges have nothing left on it, well before its
+/// `drain_timeout`; until then it is out of routing and listed as draining.
+#[test]
+fn a_replaced_spinlet_stops_once_the_edges_have_nothing_left_on_it() {
+    let mut w = serving();
+    w.drain_busy = Some(Duration::from_millis(1500));
+    let old: Vec<String> = w.alive().iter().map(|p| p.id.clone()).collect();
+    set_mode(&mut w, "b");
+    while w.m.rollout.is_some() {
+        w.run_for(Duration::from_millis(10));
+    }
+    let flipped = w.now.at;
+    let drained: Vec<&str> = w.store.drains.iter().map(|d| d.spinlet.as_str()).collect();
+    assert_eq!(drained, old, "the old ones drain, and the edges are told");
+    assert!(w.published_procs().iter().all(|p| !old.contains(&p.id)));
+    w.run_for(Duration::from_millis(1400));
+    for id in &old {
+        assert_ne!(w.procs[id].truth, Truth::Dead, "{id} still has requests");
+        assert_eq!(w.store.spinlets[id].state.as_str(), "stopping");
+    }
+    w.run_for(Duration::from_millis(200));
+    for id in &old {
+        assert_ne!(w.procs[id].truth, Truth::Healthy, "{id} stops once idle");
+    }
+    assert!(w.settle(SETTLE));
+    assert!(w.store.drains.is_empty());
+    let deadline = w.m.config.drain_timeout + w.m.timing.drain_margin;
+    assert!(
+        w.now.at - flipped >= Duration::from_millis(1500) && w.drain_ends == (2, 0),
+        "both ended idle, before their deadline ({deadline:?})"
+    );
+}
+
+/// A request that outlasts `drain_timeout` does not hold the drain: the spinlet stops at its
+/// deadline (the edges have ended its streams by then), not a moment before.
+#[test]
+fn a_drain_ends_at_its_deadline_when_requests_outlast_it() {
+    let mut w = serving();
+    w.drain_busy = Some(Duration::from_secs(600));
+    let old: Vec<String> = w.alive().iter().map(|p| p.id.clone()).collect();
+    set_mode(&mut w, "b");
+    while w.m.rollout.is_some() {
+        w.run_for(Duration::from_millis(10));
+    }
+    let deadline = w.m.config.drain_timeout + w.m.timing.drain_margin;
+    w.run_for(deadline - Duration::from_millis(20));
+    for id in &old {
+        assert_ne!(
+            w.procs[id].truth,
+            Truth::Dead,
+            "{id} drains to its deadline"
+        );
+    }
+    w.run_for(Duration::from_millis(30));
+    for id in &old {
+        assert_ne!(
+            w.procs[id].truth,
+            Truth::Healthy,
+            "{id} is stopped at its deadline"
+        );
+    }
+    assert!(w.settle(SETTLE));
+    assert_eq!(w.drain_ends, (0, 2));
+}
+
+/// An unhealthy spinlet leaves routing at once and drains like a replaced one (what it still
+/// serves may finish), then stops and is replaced.
+#[test]
+fn an_unhealthy_spinlet_drains_before_it_stops() {
+    let mut w = serving();
+    w.drain_busy = Some(Duration::from_millis(500));
+    let sick = w.published_procs()[0].id.clone();
+    w.sicken(&sick);
+    let mut seen_draining = false;
+    for _ in 0..3000 {
+        w.run_for(Duration::from_millis(10));
+        if w.store.drains.iter().any(|d| d.spinlet == sick) {
+            seen_draining = true;
+            assert!(!w.published_procs().iter().any(|p| p.id == sick));
+        }
+        if w.procs[&sick].truth == Truth::Dead {
+            break;
+        }
+    }
+    assert!(seen_draining, "it drained");
+    assert_eq!(w.procs[&sick].truth, Truth::Dead);
+    assert!(w.settle(SETTLE));
+    assert_eq!(w.published_procs().len(), 2);
+}
+
+/// Flaw (found by the chaos soak): a spinlet still draining when its supervisor was killed was
+/// signalled from outside its app's task by the next supervisor, so nothing freed its cgroup.
+/// Now the app's task takes it over and stops it like any other (SIGTERM, SIGKILL at the
+/// deadline, then its cgroup and port are freed), while the new release serves on.
+#[test]
+fn a_spinlet_draining_when_its_supervisor_was_killed_is_stopped_by_the_next() {
+    let mut w = serving();
+    w.drain_busy = Some(Duration::from_secs(20));
+    let old: Vec<String> = w.alive().iter().map(|p| p.id.clone()).collect();
+    set_mode(&mut w, "b");
+    while w.m.rollout.is_some() {
+        w.run_for(Duration::from_millis(10));
+    }
+    for id in &old {
+        assert!(
+            w.procs[id].alive(),
+            "{id} drains while the edges are busy on it"
+        );
+        assert_ne!(w.store.spinlets[id].state, SpinletState::Running, "{id}");
+    }
+    w.restart_supervisor(false);
+    assert!(w.settle(SETTLE));
+    for id in &old {
+        assert_eq!(
+            w.procs[id].truth,
+            Truth::Dead,
+            "{id} stopped by the new supervisor"
+        );
+        assert!(
+            !w.store.spinlets.contains_key(id),
+            "{id}: its record is gone"
+        );
+    }
+    assert_eq!(modes(&w), ["b", "b"]);
 }

@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 
 /// The store's writes of `routes:*` and `upstreams:*`.
-const WRITES: [&str; 5] = [
+const WRITES: [&str; 6] = [
     ".put_route(",
     ".delete_route(",
     ".set_upstreams(",
+    ".set_upstreams_and_drains(",
     ".add_upstream(",
     ".remove_upstream(",
 ];
@@ -56,7 +57,11 @@ fn only_the_publisher_writes_routes_and_upstreams() {
         found.join("\n")
     );
     let publish = std::fs::read_to_string(&publisher).expect("publish.rs");
-    for w in [".put_route(", ".delete_route(", ".set_upstreams("] {
+    for w in [
+        ".put_route(",
+        ".delete_route(",
+        ".set_upstreams_and_drains(",
+    ] {
         assert!(publish.contains(w), "the publisher writes with {w}");
     }
 }

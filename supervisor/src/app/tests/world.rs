@@ -12,7 +12,11 @@
 //! - a refused rollout was refused because one of its spinlets really failed;
 //! - pruning never removes a release a process runs;
 //! - the store's routes and upstreams are written only through the machine's publishing
-//!   effects (the fake store records the writer of each write).
+//!   effects (the fake store records the writer of each write);
+//! - drains: a draining spinlet is never published (and is listed as draining); it is stopped
+//!   only once the edges have nothing left on it or its deadline has passed (or the supervisor
+//!   is going away); every drain ends by its deadline, which is the app's `drain_timeout` plus
+//!   the margin.
 
 use crate::app::effect::{Adoptee, Answer, BuildResult, BuildSeq, Effect, Input, Now, ProcInfo};
 use crate::app::machine::Machine;
@@ -20,7 +24,7 @@ use crate::app::publish::AppView;
 use crate::app::timing::Timing;
 use crate::release::{self, Release, ReleaseInfo};
 use spinforge_state::config::{AppConfig, AppSource, EnvValue, Framework, HealthCheck};
-use spinforge_state::records::{AppRecord, Route, Spinlet, SpinletState};
+use spinforge_state::records::{AppRecord, Drain, Route, Spinlet, SpinletState};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +43,7 @@ pub fn timing() -> Timing {
     Timing {
         failed_retry: Duration::from_secs(20),
         backoff_max: Duration::from_secs(8),
-        drain: Duration::from_secs(2),
-        ..Timing::new(Duration::from_secs(2))
+        ..Timing::new()
     }
 }
 
@@ -55,6 +58,7 @@ pub fn config() -> AppConfig {
         memory: None,
         cpu: None,
         idle_timeout: Some(Duration::from_secs(30)),
+        drain_timeout: Duration::from_secs(3),
         health_check: HealthCheck {
             path: "/health".into(),
             timeout: Duration::from_secs(5),
@@ -160,10 +164,20 @@ enum Ev {
     },
 }
 
+/// A drain as the world's edges see it: requests in flight on the spinlet until `busy_until`
+/// (none are added: it is out of routing).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSim {
+    pub started: Instant,
+    pub busy_until: Instant,
+    pub until: Instant,
+}
+
 /// The store as the world keeps it, with who wrote what.
 #[derive(Debug, Default)]
 pub struct FakeStore {
     pub upstreams: Vec<String>,
+    pub drains: Vec<Drain>,
     pub record: Option<AppRecord>,
     pub routes: BTreeMap<String, Route>,
     pub spinlets: BTreeMap<String, Spinlet>,
@@ -203,6 +217,12 @@ pub struct World {
     pub replies: BTreeMap<u64, Option<Answer>>,
     next_reply: u64,
     pub store: FakeStore,
+    /// Drains in progress, by spinlet id.
+    pub drains: BTreeMap<String, DrainSim>,
+    /// Drains that ended, and how: `(idle before its deadline, ended at its deadline)`.
+    pub drain_ends: (u64, u64),
+    /// How long the edges keep requests on a draining spinlet; random when `None`.
+    pub drain_busy: Option<Duration>,
     /// Random spawn failures.
     pub faults: bool,
     /// Processes whose failure the world caused (broken, crashed, sickened, spawn refused).
@@ -257,6 +277,9 @@ impl World {
             replies: BTreeMap::new(),
             next_reply: 0,
             store: FakeStore::default(),
+            drains: BTreeMap::new(),
+            drain_ends: (0, 0),
+            drain_busy: None,
             faults: false,
             faulted: BTreeSet::new(),
             refusals: 0,
@@ -578,7 +601,37 @@ impl World {
                 let epoch = self.epoch;
                 self.schedule(after, Ev::Probe { id, epoch });
             }
+            Effect::WatchDrain { id, until } => {
+                // Requests in flight on it end at a random moment: mostly soon, sometimes after
+                // its deadline (a long request, an open stream).
+                let timeout = self.m.config.drain_timeout.as_millis() as u64;
+                let busy = match self.drain_busy {
+                    Some(d) => d,
+                    None => self.rand_ms(200, timeout * 2),
+                };
+                let sim = DrainSim {
+                    started: self.now.at,
+                    busy_until: self.now.at + busy,
+                    until,
+                };
+                let idle = sim.busy_until < until;
+                let after = if idle { busy } else { until - self.now.at };
+                self.drains.insert(id.clone(), sim);
+                self.deliver_later(after, Input::Drained { id, idle });
+            }
             Effect::Stop { id, kill_at } => {
+                if let Some(d) = self.drains.remove(&id) {
+                    let now = self.now.at;
+                    assert!(
+                        now >= d.busy_until || now >= d.until || self.m.exiting.is_some(),
+                        "stopped draining {id} while the edges still had requests on it, before its deadline"
+                    );
+                    if now >= d.busy_until && now < d.until {
+                        self.drain_ends.0 += 1;
+                    } else if now >= d.until {
+                        self.drain_ends.1 += 1;
+                    }
+                }
                 let Some(p) = self.procs.get_mut(&id) else {
                     self.immediate.push_back(Input::Stopped { id });
                     return;
@@ -599,13 +652,15 @@ impl World {
                 self.store.spinlets.insert(s.id.clone(), s);
             }
             Effect::Forget { id } => {
+                self.drains.remove(&id);
                 self.store.spinlets.remove(&id);
             }
-            Effect::Upstreams(addrs) => {
+            Effect::Upstreams { addrs, drains } => {
                 self.store
                     .writes
                     .push(("publisher".into(), format!("upstreams:{APP}")));
                 self.store.upstreams = addrs;
+                self.store.drains = drains;
             }
             Effect::Publish(view) => self.publish(view),
             Effect::Unpublish => {
@@ -616,6 +671,7 @@ impl World {
                 }
                 self.store.record = None;
                 self.store.upstreams.clear();
+                self.store.drains.clear();
             }
             Effect::Build { seq, config } => self.build(seq, &config),
             Effect::CancelBuild { seq } => {
@@ -796,6 +852,32 @@ impl World {
                 self.model.release = self.m.serving.as_ref().map(|s| s.release.info.number);
             }
         }
+        // Every drain ends by its deadline: the app's drain_timeout plus the margin.
+        let longest = self.m.config.drain_timeout + self.m.timing.drain_margin;
+        for (id, d) in &self.drains {
+            assert!(now <= d.until, "{id} drains past its deadline");
+            assert!(
+                d.until - d.started <= longest,
+                "{id}'s drain deadline is past its drain_timeout"
+            );
+        }
+        // The edges are told exactly which spinlets drain (once a step is done).
+        let told: BTreeSet<&str> = self
+            .store
+            .drains
+            .iter()
+            .map(|d| d.spinlet.as_str())
+            .collect();
+        let draining: BTreeSet<&str> = self
+            .m
+            .slots
+            .iter()
+            .filter(|s| matches!(s.phase, crate::app::state::Phase::Draining { .. }))
+            .map(|s| s.id.as_str())
+            .collect();
+        if self.m.exiting.is_none() {
+            assert_eq!(told, draining, "the drains the edges are told of");
+        }
         match &self.m.exiting {
             Some(e) => {
                 let since = *self.exit_since.get_or_insert(now);
@@ -843,6 +925,15 @@ impl World {
                 .values()
                 .find(|p| p.port == port)
                 .unwrap_or_else(|| panic!("published {addr}, which no process has"));
+            assert!(
+                !self.drains.contains_key(&p.id),
+                "published {}, which drains",
+                p.id
+            );
+            assert!(
+                !self.store.drains.iter().any(|d| d.addr == *addr),
+                "{addr} is published and listed as draining"
+            );
             assert!(p.healthy_told, "published {} before it was healthy", p.id);
             assert!(!p.exit_told, "published {} after its exit", p.id);
             assert!(!p.stop_asked, "published {} while it stops", p.id);
@@ -874,9 +965,8 @@ impl World {
     }
 
     /// The supervisor goes away — gracefully (it detaches: serving spinlets keep running) or
-    /// killed — and a new one starts, adopting what runs as `lib.rs` hands it over: records in
-    /// state `running` whose process lives; every other process is stopped and its record
-    /// deleted.
+    /// killed — and a new one starts, taking the app's records as `lib.rs` hands them over: it
+    /// adopts those in state `running` whose process lives and stops the other live ones.
     pub fn restart_supervisor(&mut self, graceful: bool) {
         if graceful {
             let reply = self.reply_id();
@@ -902,6 +992,8 @@ impl World {
         }
         self.epoch += 1;
         self.done = false;
+        // The edges' drain reports belonged to the old supervisor's drains.
+        self.drains.clear();
         self.rollout_since = None;
         self.build_since = None;
         self.refusals = 0;
@@ -909,23 +1001,18 @@ impl World {
         let records: Vec<Spinlet> = self.store.spinlets.values().cloned().collect();
         let mut adopted = Vec::new();
         for r in records {
-            if r.state == SpinletState::Running {
-                let alive = self.procs.get(&r.id).is_some_and(Proc::alive);
-                if let Some(p) = self.procs.get_mut(&r.id).filter(|_| alive) {
-                    p.owner = self.epoch;
-                    p.stop_asked = false;
-                    p.stopped_told = false;
-                    p.exit_told = false;
-                    p.healthy_told = true;
-                    p.failed_probes_told = 0;
-                }
-                adopted.push(Adoptee { record: r, alive });
-            } else {
-                if let Some(p) = self.procs.get_mut(&r.id) {
-                    p.truth = Truth::Dead;
-                }
-                self.store.spinlets.remove(&r.id);
+            // Every record of the app is handed over: the machine keeps running ones and stops
+            // the others (starting, draining, stopping) whose process lives.
+            let alive = self.procs.get(&r.id).is_some_and(Proc::alive);
+            if let Some(p) = self.procs.get_mut(&r.id).filter(|_| alive) {
+                p.owner = self.epoch;
+                p.stop_asked = false;
+                p.stopped_told = false;
+                p.exit_told = false;
+                p.healthy_told = r.state == SpinletState::Running;
+                p.failed_probes_told = 0;
             }
+            adopted.push(Adoptee { record: r, alive });
         }
         // Processes with no record left (a kill between spawn and record cannot happen here:
         // records are written at once) or whose record says otherwise are gone.
@@ -983,7 +1070,7 @@ impl World {
 fn adopted_release(adopted: &[Adoptee], releases: &[Release]) -> Option<u64> {
     adopted
         .iter()
-        .filter(|a| a.alive)
+        .filter(|a| a.alive && a.record.state == SpinletState::Running)
         .map(|a| a.record.release)
         .find(|n| releases.iter().any(|r| r.info.number == *n))
 }
