@@ -316,7 +316,8 @@ async fn config_edits_apply_live_and_a_bad_edit_changes_nothing() {
         "the bad edit is reported",
         || async {
             let log = sf.log_text();
-            (log.contains("keeping the last good one") && log.contains("idle_timeout"))
+            (log.contains("the config file is invalid; nothing was changed")
+                && log.contains("idle_timeout"))
                 .then_some(())
         },
     )
