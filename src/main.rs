@@ -8,6 +8,7 @@
 mod cli;
 mod hints;
 mod init;
+mod manual;
 mod preflight;
 mod reload;
 
@@ -68,6 +69,9 @@ enum Cmd {
     /// Admin API clients: deploy, apps, status, logs, rollback, start, stop, restart.
     #[command(flatten)]
     Client(cli::ClientCmd),
+    /// Shell completions and man pages.
+    #[command(flatten)]
+    Manual(manual::ManualCmd),
     /// Serve a static site (what static-site spinlets run; not for direct use).
     #[command(hide = true)]
     StaticServe(StaticArgs),
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Cmd::Client(c) => return cli::run(c),
+        Cmd::Manual(c) => return manual::run(c),
         other => other,
     };
     init_tracing();
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
                 Cmd::Supervisor(arg) => supervisor(load(&arg.config)?).await,
                 Cmd::Certs(arg) => certs(load(&arg.config)?).await,
                 Cmd::StaticServe(arg) => static_serve(arg).await,
-                Cmd::Check(_) | Cmd::Init(_) | Cmd::Schema | Cmd::Client(_) => {
+                Cmd::Check(_) | Cmd::Init(_) | Cmd::Schema | Cmd::Client(_) | Cmd::Manual(_) => {
                     unreachable!("handled above")
                 }
             }
