@@ -8,6 +8,7 @@
 mod apps;
 mod audit;
 mod auth;
+mod dashboard;
 mod metrics;
 mod problem;
 mod reads;
@@ -80,6 +81,8 @@ pub(crate) struct Ctx {
     pub metrics: metrics::Metrics,
     pub streams: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// The web dashboard's sessions and failed sign-ins.
+    pub sessions: dashboard::Sessions,
 }
 
 /// The admin API, bound and ready to serve.
@@ -191,6 +194,7 @@ impl AdminApi {
             metrics: metrics::Metrics::default(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             shutdown,
+            sessions: dashboard::Sessions::default(),
         });
         tracing::info!(%addr, "admin API listening");
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -58,15 +58,10 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
     let record = ctx.store.app(name).await?;
     let current = record.as_ref().and_then(|r| r.current_release);
     let numbers = record.map(|r| r.releases).unwrap_or_default();
-    let dir = ctx.data_dir.join("apps").join(name).join("releases");
     let mut list = Vec::new();
     for n in numbers.iter().rev() {
         // release.json says how it was built; a release whose file is gone still shows.
-        let info: Option<Value> =
-            tokio::fs::read_to_string(dir.join(n.to_string()).join("release.json"))
-                .await
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
+        let info = release_info(&ctx.data_dir, name, *n).await;
         let field = |k: &str| {
             info.as_ref()
                 .and_then(|i| i.get(k))
@@ -85,6 +80,18 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
         }));
     }
     Ok(json(StatusCode::OK, &Value::Array(list)))
+}
+
+/// A release's `release.json` (how it was built), when it can be read.
+pub(crate) async fn release_info(data_dir: &std::path::Path, app: &str, n: u64) -> Option<Value> {
+    let path = data_dir
+        .join("apps")
+        .join(app)
+        .join("releases")
+        .join(n.to_string())
+        .join("release.json");
+    let text = tokio::fs::read_to_string(path).await.ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Build ids are `<app>-<ms>-<random>`: anything else cannot name one.

@@ -141,6 +141,9 @@ impl<'a> Route<'a> {
 pub(crate) async fn handle(ctx: Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if crate::dashboard::owns(&path) {
+        return crate::dashboard::handle(ctx, req, peer).await;
+    }
     let Some(route) = Route::parse(&path) else {
         ctx.metrics.count("unknown", 404);
         return Problem::not_found(format!("there is no endpoint {path}")).into_response();

@@ -1,0 +1,560 @@
+//! The web dashboard in a real browser: headless Chromium driven through WebDriver
+//! (`chromedriver`, started here on an ephemeral port) against a real `spinforge up`. Signs in,
+//! sees the app, and checks over plain HTTP what a browser would not show: no cookie, a wrong
+//! CSRF token and a wrong token are refused, and the failed sign-in is audited.
+//!
+//! Screenshots of every page, and the first paint and bytes of each, go to
+//! `target/dashboard-screenshots/`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use fantoccini::{Client, Locator};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::free_port;
+use support::spinforge::{ADMIN_TOKEN, Spinforge, Workspace, port_block};
+
+/// The demo app: answers `/`, and writes `?line=` to its log (stdout) on `/log`.
+const SERVER_JS: &str = r#"const http = require("http");
+const version = process.env.VERSION || "1";
+http.createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  if (url.pathname === "/log") {
+    console.log(url.searchParams.get("line"));
+    res.end("logged\n");
+    return;
+  }
+  res.end("demo " + version + "\n");
+}).listen(process.env.PORT, () => console.log("demo listening"));
+"#;
+const PACKAGE_JSON: &str =
+    r#"{"name":"demo","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#;
+
+/// Where the screenshots and timings go.
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `chromedriver` on an ephemeral port; killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (Debian: apt-get install chromium chromium-driver; scripts/setup installs them)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Driver {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,900", "--no-first-run", "--no-proxy-server",
+                ],
+            }),
+        );
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A page's screenshot, and what it cost: first contentful paint (ms after navigation start) and
+/// bytes transferred (the document and every resource).
+async fn record(b: &Client, name: &str, timings: &mut Vec<String>) -> (f64, u64) {
+    // Fonts and layout settle in a frame or two.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let png = b.screenshot().await.unwrap();
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+    let v = b
+        .execute(
+            r#"const nav = performance.getEntriesByType("navigation")[0] || {};
+const paint = performance.getEntriesByName("first-contentful-paint")[0];
+let bytes = nav.transferSize || 0;
+for (const r of performance.getEntriesByType("resource")) bytes += r.transferSize || 0;
+return { fcp: paint ? paint.startTime : -1, bytes: bytes, decoded: nav.decodedBodySize || 0 };"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let fcp = v["fcp"].as_f64().unwrap_or(-1.0);
+    let bytes = v["bytes"].as_u64().unwrap_or(0);
+    timings.push(format!(
+        "{name}: first contentful paint {fcp:.0} ms, {bytes} bytes transferred (document {} bytes)",
+        v["decoded"]
+    ));
+    (fcp, bytes)
+}
+
+/// Waits until `script` (a JS expression) is true in the page.
+async fn until(b: &Client, what: &str, script: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = b
+            .execute(&format!("return !!({script});"), vec![])
+            .await
+            .unwrap_or(Value::Bool(false));
+        if v == Value::Bool(true) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let text = b
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("not true after 15 s: {what}\npage: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client that keeps no cookies and follows no redirects, from `local` (any loopback
+/// address reaches the admin API on 127.0.0.1; the sign-in rate limit is per address).
+fn http(local: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// The value of `name="<field>" value="…"` in a page.
+fn field(page: &str, name: &str) -> String {
+    let at = page
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no field {name} in {page}"));
+    let rest = &page[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// The `name=value` of a `Set-Cookie` for `name`.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+/// Signs in over plain HTTP: the session cookie (`name=value`) and the page's CSRF token.
+async fn sign_in(c: &reqwest::Client, base: &str, token: &str) -> (reqwest::Response, String) {
+    let r = c.get(format!("{base}/ui/login")).send().await.unwrap();
+    let login = set_cookie(&r, "spinforge_signin").unwrap();
+    let login = login.split(';').next().unwrap().to_string();
+    let csrf = field(&r.text().await.unwrap(), "csrf");
+    let r = c
+        .post(format!("{base}/ui/login"))
+        .header("cookie", &login)
+        .form(&[("csrf", csrf.as_str()), ("token", token)])
+        .send()
+        .await
+        .unwrap();
+    (r, login)
+}
+
+fn audit(ws: &Workspace) -> Vec<Value> {
+    std::fs::read_to_string(ws.data_dir().join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_a_browser() {
+    let started = Instant::now();
+    let ws = Workspace::new();
+    let edge_port = free_port();
+    let config = ws.write(
+        "spinforge.yaml",
+        &format!(
+            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
+            port_block()
+        ),
+    );
+    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], edge_port).into()));
+    let base = format!("http://{}", sf.admin.unwrap());
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    let mut timings = Vec::new();
+
+    // Not signed in: the overview sends the browser to the sign-in page.
+    b.goto(&format!("{base}/")).await.unwrap();
+    assert_eq!(b.current_url().await.unwrap().path(), "/ui/login");
+    record(&b, "1-sign-in", &mut timings).await;
+
+    // A wrong token: refused, said so, and the token typed is not echoed.
+    let token = b.find(Locator::Css("#token")).await.unwrap();
+    token.send_keys("not-the-token").await.unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the refusal shows",
+        "document.getElementById('signin-error')",
+    )
+    .await;
+    let page = b.source().await.unwrap();
+    assert!(!page.contains("not-the-token"), "{page}");
+
+    // The right token: the overview, empty (no apps yet), with its hint.
+    let token = b.find(Locator::Css("#token")).await.unwrap();
+    token.send_keys(ADMIN_TOKEN).await.unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&b, "the overview", "location.pathname === '/ui/'").await;
+    let text = b
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("No apps yet"), "{text}");
+    assert!(text.contains("spinforge deploy"), "{text}");
+    let (fcp, bytes) = record(&b, "2-overview-empty", &mut timings).await;
+    assert!(bytes < 200_000, "{bytes} bytes");
+    assert!(fcp < 2_000.0, "first paint after {fcp} ms");
+    // The session cookie is out of the page's reach.
+    let cookies = b.execute("return document.cookie;", vec![]).await.unwrap();
+    assert_eq!(cookies, json!(""), "HttpOnly cookies are not readable");
+
+    // An app through the API, built from a folder with a secret env value.
+    let api = http([127, 0, 0, 1]);
+    let src = ws.path().join("demo");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("server.js"), SERVER_JS).unwrap();
+    std::fs::write(src.join("package.json"), PACKAGE_JSON).unwrap();
+    let r = api
+        .put(format!("{base}/api/v1/apps/demo"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "domains": ["demo.test"],
+                "source": src.display().to_string(),
+                "env": { "DEMO_SECRET": "hunter2-never-shown" },
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = api
+        .post(format!("{base}/api/v1/apps/demo/deploy"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/gzip")
+        .body(tarball(&[
+            ("server.js", SERVER_JS),
+            ("package.json", PACKAGE_JSON),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let build: Value = r.json().await.unwrap();
+    let build = build["build"].as_str().unwrap().to_string();
+    let log = api
+        .get(format!("{base}/api/v1/builds/{build}/log?follow=1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("\"state\":\"succeeded\""), "{log}");
+    // The app's own first build (from its folder) and the upload's: two releases.
+    let current = support::eventually(support::EVENTUALLY, "two releases", || async {
+        let v: Value = api
+            .get(format!("{base}/api/v1/apps/demo"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["releases"].as_array()?.len() >= 2).then_some(v["current_release"].as_u64()?)
+    })
+    .await;
+
+    // The overview lists it, with its release and domain.
+    b.refresh().await.unwrap();
+    until(
+        &b,
+        "the demo app on the overview",
+        "document.querySelector('tr[data-app=demo]')",
+    )
+    .await;
+    let row = b
+        .find(Locator::Css("tr[data-app=demo]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("demo.test"), "{row}");
+    assert!(row.contains(&format!("#{current}")), "{row}");
+    let page = b.source().await.unwrap();
+    assert!(!page.contains("hunter2"), "an env value reached the page");
+    assert!(!page.contains(ADMIN_TOKEN), "the token reached the page");
+    let (_, bytes) = record(&b, "3-overview", &mut timings).await;
+    assert!(bytes < 200_000, "{bytes} bytes");
+    // At phone width, nothing overflows the page sideways.
+    b.set_window_size(390, 844).await.unwrap();
+    record(&b, "3-overview-phone", &mut timings).await;
+    let wide = b
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wide,
+        json!(true),
+        "the page scrolls sideways at phone width"
+    );
+    b.set_window_size(1280, 900).await.unwrap();
+
+    // Sign out: back to the sign-in page, and the overview is gone with the session.
+    b.find(Locator::Css("form.signout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&b, "the sign-in page", "location.pathname === '/ui/login'").await;
+    b.goto(&format!("{base}/ui/")).await.unwrap();
+    assert_eq!(b.current_url().await.unwrap().path(), "/ui/login");
+    b.close().await.unwrap();
+
+    // --- Over plain HTTP: what a browser would not show. ---
+    // No cookie: pages redirect to the sign-in page; changes are refused.
+    let r = api.get(format!("{base}/ui/")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let r = api
+        .post(format!("{base}/ui/logout"))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A forged session id is no session.
+    let r = api
+        .get(format!("{base}/ui/"))
+        .header("cookie", format!("spinforge_session={}", "ab".repeat(32)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+
+    // A session; its cookie's attributes.
+    let (r, _) = sign_in(&api, &base, ADMIN_TOKEN).await;
+    assert_eq!(r.status(), 303);
+    let cookie = set_cookie(&r, "spinforge_session").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = api
+        .get(format!("{base}/ui/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let csrf = field(&page.text().await.unwrap(), "csrf");
+    // Behind an HTTPS proxy the cookie is Secure.
+    let (r, _) = {
+        let r = api.get(format!("{base}/ui/login")).send().await.unwrap();
+        let login = set_cookie(&r, "spinforge_signin").unwrap();
+        let login = login.split(';').next().unwrap().to_string();
+        let nonce = field(&r.text().await.unwrap(), "csrf");
+        let r = api
+            .post(format!("{base}/ui/login"))
+            .header("cookie", &login)
+            .header("x-forwarded-proto", "https")
+            .form(&[("csrf", nonce.as_str()), ("token", ADMIN_TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        (r, login)
+    };
+    assert!(
+        set_cookie(&r, "spinforge_session")
+            .unwrap()
+            .contains("; Secure"),
+        "over HTTPS the cookie is Secure"
+    );
+
+    // A wrong CSRF token: 403, the session stays, and the refusal is audited.
+    for wrong in ["", "0000", &csrf[..csrf.len() - 1]] {
+        let r = api
+            .post(format!("{base}/ui/logout"))
+            .header("cookie", &session)
+            .form(&[("csrf", wrong)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "csrf `{wrong}`");
+    }
+    // The right one from another site: refused too.
+    let r = api
+        .post(format!("{base}/ui/logout"))
+        .header("cookie", &session)
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = api
+        .get(format!("{base}/ui/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the session survived the refused changes");
+
+    // Failed sign-ins: refused, audited, and rate-limited per address (from another loopback
+    // address, so the limit does not touch the rest of this test).
+    let other = http([127, 0, 0, 2]);
+    let (r, _) = sign_in(&other, &base, "wrong-token").await;
+    assert_eq!(r.status(), 401);
+    let body = r.text().await.unwrap();
+    assert!(
+        !body.contains("wrong-token"),
+        "the token typed is not echoed"
+    );
+    let mut limited = false;
+    for _ in 0..10 {
+        let (r, _) = sign_in(&other, &base, "wrong-token").await;
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            limited = true;
+            break;
+        }
+        assert_eq!(r.status(), 401);
+    }
+    assert!(limited, "failed sign-ins are rate-limited");
+    // Even the right token waits now, from that address…
+    let (r, _) = sign_in(&other, &base, ADMIN_TOKEN).await;
+    assert_eq!(r.status(), 429);
+    // …but not from another.
+    let (r, _) = sign_in(&api, &base, ADMIN_TOKEN).await;
+    assert_eq!(r.status(), 303);
+
+    let lines = audit(&ws);
+    let refused: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["result"]
+                .as_str()
+                .is_some_and(|r| r.contains("sign-in refused"))
+        })
+        .collect();
+    assert!(!refused.is_empty(), "{lines:?}");
+    assert_eq!(refused[0]["token"], "unauthenticated");
+    assert_eq!(refused[0]["status"], 401);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 403 && l["path"] == "/ui/logout"),
+        "the wrong CSRF token is audited: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["result"] == "dashboard: signed in" && l["token"] != "unauthenticated"),
+        "{lines:?}"
+    );
+    let text = std::fs::read_to_string(ws.data_dir().join("audit.log")).unwrap();
+    assert!(!text.contains(ADMIN_TOKEN) && !text.contains("wrong-token"));
+
+    let mut f = std::fs::File::create(shots().join("timings.txt")).unwrap();
+    for t in &timings {
+        writeln!(f, "{t}").unwrap();
+        eprintln!("{t}");
+    }
+    eprintln!(
+        "dashboard test: {:?}; screenshots in {}",
+        started.elapsed(),
+        shots().display()
+    );
+}
+
+fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        builder.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
