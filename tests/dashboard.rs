@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium driven through WebDriver
 //! (`chromedriver`, started here on an ephemeral port) against a real `spinforge up`. Signs in,
-//! sees the app, and checks over plain HTTP what a browser would not show: no cookie, a wrong
-//! CSRF token and a wrong token are refused, and the failed sign-in is audited.
+//! sees the app, opens its page, watches a line the app writes (with markup in it) appear live
+//! as text, rolls back, signs out; and checks over plain HTTP what a browser would not show: no
+//! cookie, a wrong CSRF token and a wrong token are refused, and the failed sign-in is audited.
 //!
 //! Screenshots of every page, and the first paint and bytes of each, go to
 //! `target/dashboard-screenshots/`.
@@ -371,6 +372,136 @@ async fn the_dashboard_in_a_browser() {
     );
     b.set_window_size(1280, 900).await.unwrap();
 
+    // The app's page: facts, env names without values, releases, buttons.
+    b.find(Locator::Css("tr[data-app=demo] a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the app's page",
+        "location.pathname === '/ui/apps/demo'",
+    )
+    .await;
+    let text = b
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("DEMO_SECRET"), "{text}");
+    assert!(!b.source().await.unwrap().contains("hunter2"));
+    let older = (1..current).next_back().expect("an older release");
+    let serving = b
+        .find(Locator::Css(&format!("tr[data-release='{current}']")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(serving.contains("serving"), "{serving}");
+
+    // A line the app writes shows up live, as text: markup in it stays text.
+    until(
+        &b,
+        "the log stream is open",
+        "document.getElementById('log-status').textContent.startsWith('Live')",
+    )
+    .await;
+    let marker = format!("marker-{}", std::process::id());
+    let r = sf
+        .client()
+        .fetch(
+            "demo.test",
+            &format!(
+                "/log?line=%3Cscript%3Ewindow.pwned%3D1%3C%2Fscript%3E%3Cb%3E{marker}%3C%2Fb%3E"
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    until(
+        &b,
+        "the app's log line in the page",
+        &format!("document.getElementById('log').textContent.includes('<script>window.pwned=1</script><b>{marker}</b>')"),
+    )
+    .await;
+    let injected = b
+        .execute(
+            "return [window.pwned === undefined, document.querySelectorAll('#log *').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!([true, 0]), "a log line became markup");
+    let log = b.find(Locator::Css("#log")).await.unwrap();
+    log.click().await.unwrap();
+    std::fs::write(
+        shots().join("4-app-log.png"),
+        log.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    let (_, bytes) = record(&b, "4-app", &mut timings).await;
+    assert!(bytes < 200_000, "{bytes} bytes");
+
+    // Roll back to the older release with its button.
+    b.find(Locator::Css(&format!("tr[data-release='{older}'] button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the rollback's notice",
+        &format!("location.search === '?done=rollback-{older}'"),
+    )
+    .await;
+    let notice = b
+        .find(Locator::Css(".notice"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.contains(&format!("release {older}")), "{notice}");
+    let v: Value = api
+        .get(format!("{base}/api/v1/apps/demo"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["current_release"], older, "the API sees the rollback");
+    let serving = b
+        .find(Locator::Css(&format!("tr[data-release='{older}']")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(serving.contains("serving"), "{serving}");
+    record(&b, "5-app-rolled-back", &mut timings).await;
+    b.set_window_size(390, 844).await.unwrap();
+    record(&b, "5-app-phone", &mut timings).await;
+    let wide = b
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wide,
+        json!(true),
+        "the app page scrolls sideways at phone width"
+    );
+    b.set_window_size(1280, 900).await.unwrap();
+
     // Sign out: back to the sign-in page, and the overview is gone with the session.
     b.find(Locator::Css("form.signout button"))
         .await
@@ -460,6 +591,15 @@ async fn the_dashboard_in_a_browser() {
             .unwrap();
         assert_eq!(r.status(), 403, "csrf `{wrong}`");
     }
+    // The app's buttons too: nothing restarts.
+    let r = api
+        .post(format!("{base}/ui/apps/demo/restart"))
+        .header("cookie", &session)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // The right one from another site: refused too.
     let r = api
         .post(format!("{base}/ui/logout"))

@@ -199,8 +199,15 @@ pub(crate) async fn rollback(ctx: &Ctx, name: &str, req: Req) -> Outcome {
     } else {
         RollbackBody::default()
     };
+    rollback_to(ctx, name, body.release).await
+}
+
+/// Serves `release` of `name` again (default: the previous one); the API's rollback and the
+/// dashboard's button.
+pub(crate) async fn rollback_to(ctx: &Ctx, name: &str, release: Option<u64>) -> Outcome {
+    app_name(name)?;
     ctx.handle.app(name).await?;
-    let release = ctx.handle.rollback(name, body.release).await?;
+    let release = ctx.handle.rollback(name, release).await?;
     Ok((
         json(StatusCode::OK, &json!({ "app": name, "release": release })),
         format!("release {release}"),

@@ -8,6 +8,7 @@
 //! a token the dashboard, like the API, is for loopback clients only, and it also wants a
 //! loopback `Host` (so that a web page cannot reach it through DNS rebinding).
 
+mod app;
 mod html;
 mod pages;
 mod session;
@@ -119,6 +120,9 @@ async fn route(ctx: &Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
     match (&method, segs.as_slice()) {
         (&Method::GET, ["ui", ""]) => pages::overview(a, &session).await,
         (&Method::POST, ["ui", "logout"]) => pages::sign_out(a, &id, &session).await,
+        (&Method::GET, ["ui", "apps", app]) => app::page(a, &session, app).await,
+        (&Method::GET, ["ui", "apps", app, "logs"]) => app::log(a, app).await,
+        (&Method::POST, ["ui", "apps", app, action]) => app::change(a, &session, app, action).await,
         (&Method::GET | &Method::POST, _) => error_page(
             StatusCode::NOT_FOUND,
             "No such page",

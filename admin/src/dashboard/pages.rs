@@ -14,7 +14,7 @@ use std::time::Duration;
 /// How long the sign-in form's own CSRF cookie lasts.
 const SIGN_IN_FORM: Duration = Duration::from_secs(3600);
 
-fn signed_in_page(session: &Session, title: &str, nav: Nav, main: &str) -> String {
+pub(super) fn signed_in_page(session: &Session, title: &str, nav: Nav, main: &str) -> String {
     html::page(
         &Frame {
             title,
@@ -282,12 +282,12 @@ async fn rows(a: &Asked<'_>) -> Result<Vec<Row>, Problem> {
     Ok(out)
 }
 
-fn str_of<'v>(v: &'v Value, k: &str) -> &'v str {
+pub(super) fn str_of<'v>(v: &'v Value, k: &str) -> &'v str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
 /// A state as a badge (text, not only colour).
-fn badge(state: &str) -> String {
+pub(super) fn badge(state: &str) -> String {
     let class = match state {
         "running" => "ok",
         "failed" | "crashed" => "bad",
@@ -298,7 +298,7 @@ fn badge(state: &str) -> String {
 }
 
 /// The domains of an app, one per line.
-fn domains(view: &Value) -> String {
+pub(super) fn domains(view: &Value) -> String {
     let list: Vec<String> = view
         .get("domains")
         .and_then(Value::as_array)
