@@ -81,7 +81,6 @@ struct ScratchRoot {
     unshare: Child,
     /// The namespace's pid 1 (a chrooted `sleep`), as the host sees it.
     init: u32,
-    upper: PathBuf,
 }
 
 /// Run by `unshare` inside the new namespaces: $1 is the folder holding upper/, work/, merged/.
@@ -148,11 +147,7 @@ impl ScratchRoot {
             assert!(Instant::now() < deadline, "unshare's child never showed");
             std::thread::sleep(Duration::from_millis(10));
         };
-        ScratchRoot {
-            unshare,
-            init,
-            upper,
-        }
+        ScratchRoot { unshare, init }
     }
 
     /// A command in the root, as root, with an empty environment but PATH (and `env`).
@@ -288,6 +283,14 @@ impl Drop for Up {
             eprintln!("--- spinforge up's log ---\n{}", self.log_text());
         }
     }
+}
+
+/// The spinforge user's line in the root's /etc/passwd.
+fn passwd_entry(root: &ScratchRoot) -> Option<String> {
+    root.read("/etc/passwd")
+        .lines()
+        .find(|l| l.starts_with("spinforge:"))
+        .map(str::to_string)
 }
 
 /// A helper process that is killed if the test ends before it is waited for.
@@ -452,15 +455,17 @@ fn the_package_passes_lintian_installs_serves_its_config_and_purges() {
     );
     assert!(!root.exists("/usr/bin/spinforge") || host_had_binary);
 
+    // man-db's trigger would rebuild the whole manual's index after each dpkg run (seconds
+    // each); container images turn it off the same way.
+    succeeded(
+        "rm man-db/auto-update",
+        root.run(&["rm", "-f", "/var/lib/man-db/auto-update"]),
+    );
+
     // Install, maintainer scripts and all.
     succeeded("dpkg -i", root.run(&["dpkg", "-i", "/root/spinforge.deb"]));
     assert!(root.exists("/usr/bin/spinforge"));
-    let passwd = std::fs::read_to_string(root.upper.join("etc/passwd"))
-        .expect("the root's /etc/passwd was written");
-    let user = passwd
-        .lines()
-        .find(|l| l.starts_with("spinforge:"))
-        .unwrap_or_else(|| panic!("no spinforge user in the root's /etc/passwd:\n{passwd}"));
+    let user = passwd_entry(&root).expect("no spinforge user in the root's /etc/passwd");
     assert!(
         user.ends_with(":/var/lib/spinforge:/usr/sbin/nologin"),
         "{user}"
@@ -548,6 +553,18 @@ fn the_package_passes_lintian_installs_serves_its_config_and_purges() {
         up.log_text()
     );
 
+    // Installed again over itself (an upgrade, as far as the scripts know): an edit of the
+    // config is kept, the unit stays enabled, the user is the same.
+    let edited = root.read("/etc/spinforge/spinforge.yaml") + "# edited by the administrator\n";
+    root.write("/etc/spinforge/spinforge.yaml", &edited);
+    succeeded(
+        "dpkg -i (again)",
+        root.run(&["dpkg", "-i", "/root/spinforge.deb"]),
+    );
+    assert_eq!(root.read("/etc/spinforge/spinforge.yaml"), edited);
+    assert!(root.exists("/etc/systemd/system/multi-user.target.wants/spinforge.service"));
+    assert_eq!(passwd_entry(&root), Some(user));
+
     // Remove: the program goes, the config and the data stay.
     succeeded("dpkg -r", root.run(&["dpkg", "-r", "spinforge"]));
     assert!(!root.exists("/usr/bin/spinforge"));
@@ -566,6 +583,41 @@ fn the_package_passes_lintian_installs_serves_its_config_and_purges() {
         assert!(!root.exists(gone), "{gone} is left after purge");
     }
     assert!(!root.run(&["dpkg", "-s", "spinforge"]).status.success());
+
+    // Where systemd's tools are missing (a container image), postinst falls back to useradd
+    // and install -d, and skips the unit's enabling.
+    succeeded("userdel", root.run(&["userdel", "spinforge"]));
+    let hide = "for t in systemd-sysusers systemd-tmpfiles deb-systemd-helper deb-systemd-invoke; do \
+                p=$(command -v $t) && mv \"$p\" \"$p.hidden\"; done; true";
+    succeeded("hide systemd's tools", root.run(&["sh", "-c", hide]));
+    assert!(
+        !root
+            .run(&["sh", "-c", "command -v systemd-sysusers"])
+            .status
+            .success()
+    );
+    succeeded(
+        "dpkg -i (no systemd tools)",
+        root.run(&["dpkg", "-i", "/root/spinforge.deb"]),
+    );
+    let user = passwd_entry(&root).expect("useradd made no spinforge user");
+    assert!(
+        user.ends_with(":/var/lib/spinforge:/usr/sbin/nologin"),
+        "{user}"
+    );
+    let data = root.run(&["stat", "-c", "%U:%G %a", "/var/lib/spinforge"]);
+    assert_eq!(
+        text(&succeeded("stat /var/lib/spinforge", data).stdout).trim(),
+        "spinforge:spinforge 750"
+    );
+    assert!(!root.exists("/etc/systemd/system/multi-user.target.wants/spinforge.service"));
+    succeeded("spinforge check (no systemd tools)", root.run(&check));
+    succeeded(
+        "dpkg --purge (no systemd tools)",
+        root.run(&["dpkg", "--purge", "spinforge"]),
+    );
+    assert!(!root.exists("/var/lib/spinforge"));
+    assert!(!root.exists("/etc/spinforge"));
     drop(up);
     drop(root);
 
