@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium driven through WebDriver
 //! (`chromedriver`, started here on an ephemeral port) against a real `spinforge up`. Signs in,
-//! sees the app, opens its page, watches a line the app writes (with markup in it) appear live
-//! as text, rolls back, signs out; and checks over plain HTTP what a browser would not show: no
+//! sees the app appear live, opens its page, watches a line the app writes (with markup in it)
+//! appear live as text and the woken spinlet show up, rolls back (and sees a rollback made through
+//! the API within a second), deploys a .tar.gz from the deploy page, signs out; and checks over plain HTTP what a browser would not show: no
 //! cookie, a wrong CSRF token and a wrong token are refused, and the failed sign-in is audited.
 //!
 //! Screenshots of every page, and the first paint and bytes of each, go to
@@ -102,7 +103,8 @@ impl Drop for Driver {
 }
 
 /// A page's screenshot, and what it cost: first contentful paint (ms after navigation start) and
-/// bytes transferred (the document and every resource).
+/// bytes transferred to load it (the document, its style sheet and script; not the live
+/// updates and log lines that follow).
 async fn record(b: &Client, name: &str, timings: &mut Vec<String>) -> (f64, u64) {
     // Fonts and layout settle in a frame or two.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -113,7 +115,8 @@ async fn record(b: &Client, name: &str, timings: &mut Vec<String>) -> (f64, u64)
             r#"const nav = performance.getEntriesByType("navigation")[0] || {};
 const paint = performance.getEntriesByName("first-contentful-paint")[0];
 let bytes = nav.transferSize || 0;
-for (const r of performance.getEntriesByType("resource")) bytes += r.transferSize || 0;
+for (const r of performance.getEntriesByType("resource"))
+  if (r.initiatorType === "link" || r.initiatorType === "script") bytes += r.transferSize || 0;
 return { fcp: paint ? paint.startTime : -1, bytes: bytes, decoded: nav.decodedBodySize || 0 };"#,
             vec![],
         )
@@ -130,7 +133,11 @@ return { fcp: paint ? paint.startTime : -1, bytes: bytes, decoded: nav.decodedBo
 
 /// Waits until `script` (a JS expression) is true in the page.
 async fn until(b: &Client, what: &str, script: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    until_within(b, Duration::from_secs(15), what, script).await
+}
+
+async fn until_within(b: &Client, limit: Duration, what: &str, script: &str) {
+    let deadline = Instant::now() + limit;
     loop {
         let v = b
             .execute(&format!("return !!({script});"), vec![])
@@ -144,7 +151,7 @@ async fn until(b: &Client, what: &str, script: &str) {
                 .execute("return document.body.innerText;", vec![])
                 .await
                 .unwrap_or_default();
-            panic!("not true after 15 s: {what}\npage: {text}");
+            panic!("not true after {limit:?}: {what}\npage: {text}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -272,6 +279,14 @@ async fn the_dashboard_in_a_browser() {
     let cookies = b.execute("return document.cookie;", vec![]).await.unwrap();
     assert_eq!(cookies, json!(""), "HttpOnly cookies are not readable");
 
+    // The page listens to the store's events before anything happens.
+    until(
+        &b,
+        "the live event stream is open",
+        "document.documentElement.getAttribute('data-live') === 'open'",
+    )
+    .await;
+
     // An app through the API, built from a folder with a secret env value.
     let api = http([127, 0, 0, 1]);
     let src = ws.path().join("demo");
@@ -294,6 +309,20 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
+    // Its first release, from the folder; then an upload makes the second.
+    let first = support::eventually(Duration::from_secs(30), "the first release", || async {
+        let v: Value = api
+            .get(format!("{base}/api/v1/apps/demo"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["current_release"].as_u64()
+    })
+    .await;
     let r = api
         .post(format!("{base}/api/v1/apps/demo/deploy"))
         .bearer_auth(ADMIN_TOKEN)
@@ -318,8 +347,7 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     assert!(log.contains("\"state\":\"succeeded\""), "{log}");
-    // The app's own first build (from its folder) and the upload's: two releases.
-    let current = support::eventually(support::EVENTUALLY, "two releases", || async {
+    let current = support::eventually(support::EVENTUALLY, "the upload's release", || async {
         let v: Value = api
             .get(format!("{base}/api/v1/apps/demo"))
             .bearer_auth(ADMIN_TOKEN)
@@ -329,16 +357,17 @@ async fn the_dashboard_in_a_browser() {
             .json()
             .await
             .ok()?;
-        (v["releases"].as_array()?.len() >= 2).then_some(v["current_release"].as_u64()?)
+        v["current_release"].as_u64().filter(|n| *n > first)
     })
     .await;
 
-    // The overview lists it, with its release and domain.
-    b.refresh().await.unwrap();
+    // The open overview lists it, live (no reload), with its release and domain.
     until(
         &b,
-        "the demo app on the overview",
-        "document.querySelector('tr[data-app=demo]')",
+        "the demo app on the overview, live",
+        &format!(
+            "document.querySelector('tr[data-app=demo]') && document.querySelector('tr[data-app=demo]').textContent.includes('#{current}')"
+        ),
     )
     .await;
     let row = b
@@ -394,7 +423,7 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(text.contains("DEMO_SECRET"), "{text}");
     assert!(!b.source().await.unwrap().contains("hunter2"));
-    let older = (1..current).next_back().expect("an older release");
+    let older = first;
     let serving = b
         .find(Locator::Css(&format!("tr[data-release='{current}']")))
         .await
@@ -426,6 +455,13 @@ async fn the_dashboard_in_a_browser() {
         &b,
         "the app's log line in the page",
         &format!("document.getElementById('log').textContent.includes('<script>window.pwned=1</script><b>{marker}</b>')"),
+    )
+    .await;
+    // The request woke a spinlet: the open page shows it running, live.
+    until(
+        &b,
+        "the spinlet running on the open page",
+        "document.getElementById('spinlets').textContent.includes('running')",
     )
     .await;
     let injected = b
@@ -486,6 +522,36 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(serving.contains("serving"), "{serving}");
     record(&b, "5-app-rolled-back", &mut timings).await;
+    // A rollback from elsewhere (the API) reaches the open page within a second.
+    until(
+        &b,
+        "the live event stream is open",
+        "document.documentElement.getAttribute('data-live') === 'open'",
+    )
+    .await;
+    let r = api
+        .post(format!("{base}/api/v1/apps/demo/rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(json!({ "release": current }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let changed = Instant::now();
+    until_within(
+        &b,
+        Duration::from_secs(1),
+        "the API's rollback on the open page within a second",
+        &format!(
+            "document.querySelector(\"tr[data-release='{current}']\").textContent.includes('serving')"
+        ),
+    )
+    .await;
+    timings.push(format!(
+        "live update: a rollback through the API shown on the open app page after {} ms",
+        changed.elapsed().as_millis()
+    ));
     b.set_window_size(390, 844).await.unwrap();
     record(&b, "5-app-phone", &mut timings).await;
     let wide = b
@@ -501,6 +567,82 @@ async fn the_dashboard_in_a_browser() {
         "the app page scrolls sideways at phone width"
     );
     b.set_window_size(1280, 900).await.unwrap();
+
+    // Deploy a .tar.gz from the deploy page: the build log streams, and it ends with the URL.
+    let archive = ws.path().join("demo-v3.tar.gz");
+    std::fs::write(
+        &archive,
+        tarball(&[
+            ("server.js", SERVER_JS),
+            ("package.json", PACKAGE_JSON),
+            ("VERSION", "3"),
+        ]),
+    )
+    .unwrap();
+    b.find(Locator::Css("a.button[href='/ui/deploy?app=demo']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&b, "the deploy page", "location.pathname === '/ui/deploy'").await;
+    let chosen = b
+        .execute(
+            "return document.getElementById('deploy-app').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(chosen, json!("demo"));
+    record(&b, "6-deploy", &mut timings).await;
+    b.find(Locator::Css("#deploy-file"))
+        .await
+        .unwrap()
+        .send_keys(archive.to_str().unwrap())
+        .await
+        .unwrap();
+    b.find(Locator::Css("#deploy button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the build succeeded",
+        "document.getElementById('deploy-status').textContent.startsWith('Deployed')",
+    )
+    .await;
+    let result = b
+        .find(Locator::Css("#deploy-result a"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(result, "https://demo.test/");
+    let build_log = b
+        .find(Locator::Css("#build-log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!build_log.trim().is_empty(), "the build log streamed");
+    record(&b, "6-deploy-done", &mut timings).await;
+    let v: Value = api
+        .get(format!("{base}/api/v1/apps/demo"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let newest = v["current_release"].as_u64().unwrap();
+    assert!(newest > current, "the upload is a new release: {v}");
+    let served = sf.client().fetch("demo.test", "/").await;
+    assert_eq!(served.status, 200, "{}", served.body);
 
     // Sign out: back to the sign-in page, and the overview is gone with the session.
     b.find(Locator::Css("form.signout button"))

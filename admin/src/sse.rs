@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 64 << 10;
 /// `data:` line. Lines end at CRLF, LF or a lone CR, as an EventSource reads them, so text from a
 /// log cannot start a field of its own (`event: end`) or end the event early. `id` and `name`
 /// are ours; a line end in them is dropped all the same.
-fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Bytes {
+pub(crate) fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 32);
     for (field, value) in [("event", name), ("id", id)] {
         if let Some(value) = value {
@@ -79,13 +79,23 @@ fn data_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The sending half of a stream; `send` is false once the client is gone.
-struct Sink {
+pub(crate) struct Sink {
     tx: mpsc::Sender<Bytes>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Sink {
-    async fn send(&self, b: Bytes) -> bool {
+    /// Resolves once the client is gone.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Turns true when the API is stopping.
+    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub(crate) async fn send(&self, b: Bytes) -> bool {
         matches!(
             tokio::time::timeout(SEND_DEADLINE, self.tx.send(b)).await,
             Ok(Ok(()))
@@ -102,8 +112,8 @@ impl Sink {
     }
 }
 
-/// A response whose body is what the returned sink sends.
-fn stream(ctx: &Ctx) -> Result<(Resp, Sink, OwnedSemaphorePermit), Problem> {
+/// A response whose body is what the returned sink sends (one of the `MAX_STREAMS`).
+pub(crate) fn stream(ctx: &Ctx) -> Result<(Resp, Sink, OwnedSemaphorePermit), Problem> {
     let permit = ctx.streams.clone().try_acquire_owned().map_err(|_| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,

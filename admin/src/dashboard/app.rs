@@ -159,7 +159,10 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
 <button type=\"submit\" class=\"{class}\">{label}</button></form>"
             );
         }
-        out.push_str("</div>");
+        let _ = write!(
+            out,
+            "<a class=\"button\" href=\"/ui/deploy?app={n}\">Deploy a new release</a></div>"
+        );
     }
 
     // Spinlets.

@@ -45,6 +45,7 @@ pub(crate) struct Frame<'a> {
 pub(crate) enum Nav {
     None,
     Overview,
+    Deploy,
 }
 
 /// A whole page around `main` (already HTML).
@@ -81,11 +82,12 @@ pub(crate) fn page(frame: &Frame<'_>, main: &str) -> String {
         };
         let _ = write!(
             out,
-            "<nav aria-label=\"Main\"><a href=\"/ui/\"{}>Overview</a></nav>\
+            "<nav aria-label=\"Main\"><a href=\"/ui/\"{}>Overview</a><a href=\"/ui/deploy\"{}>Deploy</a></nav>\
 <form class=\"signout\" method=\"post\" action=\"/ui/logout\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <button type=\"submit\">Sign out</button></form>",
             current(Nav::Overview),
+            current(Nav::Deploy),
             Esc(csrf)
         );
     }

@@ -10,6 +10,7 @@
 
 mod app;
 mod html;
+mod live;
 mod pages;
 mod session;
 
@@ -122,6 +123,10 @@ async fn route(ctx: &Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         (&Method::POST, ["ui", "logout"]) => pages::sign_out(a, &id, &session).await,
         (&Method::GET, ["ui", "apps", app]) => app::page(a, &session, app).await,
         (&Method::GET, ["ui", "apps", app, "logs"]) => app::log(a, app).await,
+        (&Method::GET, ["ui", "events"]) => live::events(a).await,
+        (&Method::GET, ["ui", "deploy"]) => live::deploy_page(a, &session).await,
+        (&Method::GET, ["ui", "builds", id, "log"]) => live::build_log(a, id).await,
+        (&Method::POST, ["ui", "apps", app, "deploy"]) => live::deploy(a, &session, app).await,
         (&Method::POST, ["ui", "apps", app, action]) => app::change(a, &session, app, action).await,
         (&Method::GET | &Method::POST, _) => error_page(
             StatusCode::NOT_FOUND,

@@ -38,5 +38,124 @@
   const pre = document.querySelector("pre.log[data-src]");
   if (pre) tail(pre);
 
-  window.spinforge = { csrf: csrf };
+  // Live pages: the store's events (/ui/events) make the page fetch itself again and swap in
+  // the parts marked data-live that changed. Bursts are coalesced; no polling.
+  function live() {
+    if (!document.querySelector("[data-live][id]")) return;
+    const m = location.pathname.match(/^\/ui\/apps\/([^/]+)$/);
+    const mine = m ? decodeURIComponent(m[1]) : null;
+    let timer = null;
+    let busy = false;
+    let again = false;
+    function refresh() {
+      if (busy) { again = true; return; }
+      busy = true;
+      fetch(location.pathname, { credentials: "same-origin", headers: { Accept: "text/html" } })
+        .then(function (r) {
+          if (r.redirected || !r.ok) throw new Error("HTTP " + r.status);
+          return r.text();
+        })
+        .then(function (text) {
+          const doc = new DOMParser().parseFromString(text, "text/html");
+          document.querySelectorAll("[data-live][id]").forEach(function (old) {
+            const fresh = doc.getElementById(old.id);
+            if (fresh && fresh.innerHTML !== old.innerHTML) {
+              old.replaceWith(document.importNode(fresh, true));
+            }
+          });
+          document.documentElement.setAttribute("data-live-at", String(Date.now()));
+        })
+        .catch(function () {})
+        .finally(function () {
+          busy = false;
+          if (again) { again = false; schedule(); }
+        });
+    }
+    function schedule() {
+      if (timer === null) timer = setTimeout(function () { timer = null; refresh(); }, 100);
+    }
+    const events = new EventSource("/ui/events");
+    let broke = false;
+    events.addEventListener("change", function (ev) {
+      let d = {};
+      try { d = JSON.parse(ev.data); } catch (e) { /* a change all the same */ }
+      if (mine && d.app && d.app !== mine) return;
+      schedule();
+    });
+    events.addEventListener("resync", schedule);
+    events.onopen = function () {
+      document.documentElement.setAttribute("data-live", "open");
+      if (broke) schedule();
+      broke = false;
+    };
+    events.onerror = function () { broke = true; };
+  }
+  live();
+
+  // The deploy page: upload the archive, then stream the build's log to its end.
+  const form = document.getElementById("deploy");
+  if (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      const app = form.elements.app.value;
+      const option = form.elements.app.selectedOptions[0];
+      const file = form.elements.file.files[0];
+      const button = form.querySelector("button");
+      const status = document.getElementById("deploy-status");
+      const log = document.getElementById("build-log");
+      const result = document.getElementById("deploy-result");
+      const say = function (text) { status.textContent = text; };
+      if (!file) return;
+      button.disabled = true;
+      result.textContent = "";
+      say("Uploading " + file.name + "…");
+      fetch("/ui/apps/" + encodeURIComponent(app) + "/deploy", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/gzip", "X-CSRF-Token": csrf },
+        body: file,
+      })
+        .then(function (r) {
+          return r.json().then(function (j) { return { ok: r.ok, j: j }; },
+            function () { return { ok: false, j: { detail: "HTTP " + r.status } }; });
+        })
+        .then(function (a) {
+          if (!a.ok) throw new Error(a.j.detail || "the upload was refused");
+          say("Building (" + a.j.build + ")…");
+          log.hidden = false;
+          log.textContent = "";
+          const src = new EventSource("/ui/builds/" + encodeURIComponent(a.j.build) + "/log");
+          src.onmessage = function (m) {
+            log.appendChild(document.createTextNode(m.data + "\n"));
+            log.scrollTop = log.scrollHeight;
+          };
+          src.addEventListener("end", function (m) {
+            src.close();
+            button.disabled = false;
+            let end = {};
+            try { end = JSON.parse(m.data); } catch (e) { /* shown as unknown */ }
+            if (end.state === "succeeded") {
+              say("Deployed: release " + end.release + " is served now.");
+              const url = option ? option.getAttribute("data-url") : "";
+              if (url && url.indexOf("https://") === 0) {
+                result.textContent = "Live at ";
+                const link = document.createElement("a");
+                link.href = url;
+                link.textContent = url;
+                result.appendChild(link);
+              }
+            } else {
+              say("The build " + (end.state || "ended") + (end.error ? ": " + end.error : "."));
+            }
+          });
+          src.onerror = function () {
+            if (src.readyState === EventSource.CLOSED) { button.disabled = false; say("The build log broke off."); }
+          };
+        })
+        .catch(function (err) {
+          button.disabled = false;
+          say("Refused: " + err.message);
+        });
+    });
+  }
 })();
