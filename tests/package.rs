@@ -5,6 +5,7 @@
 //! (as the package's `spinforge` user, with the shipped config moved to free ports) serves its
 //! welcome page through the edge, and `dpkg -r` and `dpkg --purge` clean up.
 
+mod schema_check;
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -408,6 +409,7 @@ fn the_package_passes_lintian_installs_serves_its_config_and_purges() {
         "./usr/share/doc/spinforge/copyright",
         "./usr/share/doc/spinforge/changelog.gz",
         "./usr/share/spinforge/welcome/index.html",
+        "./usr/share/spinforge/spinforge.schema.json",
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(&format!(" {path}"))),
@@ -447,6 +449,16 @@ fn the_package_passes_lintian_installs_serves_its_config_and_purges() {
         .output();
     let conffiles = text(&succeeded("dpkg-deb -I conffiles", conffiles.expect("dpkg-deb")).stdout);
     assert_eq!(conffiles.trim(), "/etc/spinforge/spinforge.yaml");
+
+    // The default config names the schema the package ships, and matches it (as an editor
+    // would check it).
+    let shipped = repo().join("packaging/debian/spinforge.yaml");
+    let first = std::fs::read_to_string(&shipped).expect("read the default config");
+    assert_eq!(
+        first.lines().next(),
+        Some("# yaml-language-server: $schema=/usr/share/spinforge/spinforge.schema.json")
+    );
+    schema_check::assert_valid(&shipped);
 
     let deb_bytes = std::fs::read(&deb).expect("read the package");
     let root = ScratchRoot::new(
