@@ -363,3 +363,53 @@ fn problem_page(p: Problem, back: Option<&str>) -> Resp {
     }
     resp
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parts(host: &str) -> Parts {
+        let (parts, ()) = Request::builder()
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn only_loopback_hosts_without_a_token() {
+        for ok in [
+            "127.0.0.1:9000",
+            "localhost:9000",
+            "LOCALHOST",
+            "[::1]:9000",
+            "127.1.2.3",
+        ] {
+            assert!(loopback_host(&parts(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:9000",
+            "localhost.evil.example",
+            "10.0.0.1:9000",
+            "[2001:db8::1]:9000",
+            "",
+        ] {
+            assert!(!loopback_host(&parts(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forms_decode() {
+        let f = Form::parse(b"csrf=ab%2Bc&token=a+b%20c&bad=%zz%&empty=&release=3");
+        assert_eq!(f.get("csrf"), Some("ab+c"));
+        assert_eq!(f.get("token"), Some("a b c"));
+        assert_eq!(f.get("bad"), Some("%zz%"));
+        assert_eq!(f.get("empty"), Some(""));
+        assert_eq!(f.get("release"), Some("3"));
+        assert_eq!(f.get("missing"), None);
+        assert!(owns("/") && owns("/ui") && owns("/ui/apps/x"));
+        assert!(!owns("/api/v1/apps") && !owns("/uix") && !owns("/healthz"));
+    }
+}
