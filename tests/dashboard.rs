@@ -5,8 +5,9 @@
 //! the API within a second), deploys a .tar.gz from the deploy page, signs out; and checks over plain HTTP what a browser would not show: no
 //! cookie, a wrong CSRF token and a wrong token are refused, and the failed sign-in is audited.
 //!
-//! Screenshots of every page, and the first paint and bytes of each, go to
-//! `target/dashboard-screenshots/`.
+//! axe-core (from npm, put under ~/.cache by scripts/setup) checks every page in the same browser:
+//! a serious or critical violation fails the test. Screenshots of every page, and the first paint
+//! and bytes of each, go to `target/dashboard-screenshots/`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -131,6 +132,67 @@ return { fcp: paint ? paint.startTime : -1, bytes: bytes, decoded: nav.decodedBo
     (fcp, bytes)
 }
 
+/// axe-core's script: `AXE_CORE`, or where scripts/setup puts it.
+fn axe_source() -> String {
+    let path = std::env::var_os("AXE_CORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/spinforge/axe-core/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "axe-core at {}: {e} (scripts/setup installs it; or set AXE_CORE to an axe.min.js)",
+            path.display()
+        )
+    })
+}
+
+/// Runs axe-core on the page (WCAG 2 A and AA, and best practices) and fails on serious or
+/// critical violations; the rest are written down with the timings.
+async fn accessible(b: &Client, axe: &str, page: &str, notes: &mut Vec<String>) {
+    let loaded = b
+        .execute(
+            &format!("{axe}\n;return typeof window.axe === 'object';"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded, json!(true), "axe-core did not load");
+    let found = b
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+axe.run(document, { resultTypes: ["violations"] })
+  .then((r) => done(r.violations.map((v) => ({
+    id: v.id, impact: v.impact, help: v.help,
+    targets: v.nodes.map((n) => n.target.join(" ")),
+  }))))
+  .catch((e) => done([{ id: "axe-error", impact: "critical", help: String(e), targets: [] }]));"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let found = found.as_array().cloned().unwrap_or_default();
+    let serious: Vec<&Value> = found
+        .iter()
+        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+        .collect();
+    assert!(
+        serious.is_empty(),
+        "axe-core on {page}: {}",
+        serde_json::to_string_pretty(&serious).unwrap()
+    );
+    notes.push(format!(
+        "{page}: axe-core: no serious or critical violations; {} minor or moderate: {}",
+        found.len(),
+        found
+            .iter()
+            .map(|v| format!("{} ({})", v["id"].as_str().unwrap_or(""), v["impact"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+}
+
 /// Waits until `script` (a JS expression) is true in the page.
 async fn until(b: &Client, what: &str, script: &str) {
     until_within(b, Duration::from_secs(15), what, script).await
@@ -234,6 +296,8 @@ async fn the_dashboard_in_a_browser() {
     b.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(b.current_url().await.unwrap().path(), "/ui/login");
     record(&b, "1-sign-in", &mut timings).await;
+    let axe = axe_source();
+    accessible(&b, &axe, "sign-in", &mut timings).await;
 
     // A wrong token: refused, said so, and the token typed is not echoed.
     let token = b.find(Locator::Css("#token")).await.unwrap();
@@ -273,6 +337,7 @@ async fn the_dashboard_in_a_browser() {
     assert!(text.contains("No apps yet"), "{text}");
     assert!(text.contains("spinforge deploy"), "{text}");
     let (fcp, bytes) = record(&b, "2-overview-empty", &mut timings).await;
+    accessible(&b, &axe, "overview (empty)", &mut timings).await;
     assert!(bytes < 200_000, "{bytes} bytes");
     assert!(fcp < 2_000.0, "first paint after {fcp} ms");
     // The session cookie is out of the page's reach.
@@ -384,6 +449,7 @@ async fn the_dashboard_in_a_browser() {
     assert!(!page.contains(ADMIN_TOKEN), "the token reached the page");
     let (_, bytes) = record(&b, "3-overview", &mut timings).await;
     assert!(bytes < 200_000, "{bytes} bytes");
+    accessible(&b, &axe, "overview", &mut timings).await;
     // At phone width, nothing overflows the page sideways.
     b.set_window_size(390, 844).await.unwrap();
     record(&b, "3-overview-phone", &mut timings).await;
@@ -480,6 +546,7 @@ async fn the_dashboard_in_a_browser() {
     )
     .unwrap();
     let (_, bytes) = record(&b, "4-app", &mut timings).await;
+    accessible(&b, &axe, "app", &mut timings).await;
     assert!(bytes < 200_000, "{bytes} bytes");
 
     // Roll back to the older release with its button.
@@ -630,6 +697,7 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(!build_log.trim().is_empty(), "the build log streamed");
     record(&b, "6-deploy-done", &mut timings).await;
+    accessible(&b, &axe, "deploy", &mut timings).await;
     let v: Value = api
         .get(format!("{base}/api/v1/apps/demo"))
         .bearer_auth(ADMIN_TOKEN)
