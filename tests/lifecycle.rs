@@ -318,7 +318,7 @@ async fn config_edits_apply_live_and_a_bad_edit_changes_nothing() {
             let log = sf.log_text();
             (log.contains("the config file is invalid; nothing was changed")
                 && log.contains("idle_timeout"))
-                .then_some(())
+            .then_some(())
         },
     )
     .await;
