@@ -2,7 +2,8 @@
 //! (`chromedriver`, started here on an ephemeral port) against a real `spinforge up`. Signs in,
 //! sees the app appear live, opens its page, watches a line the app writes (with markup in it)
 //! appear live as text and the woken spinlet show up, rolls back (and sees a rollback made through
-//! the API within a second), deploys a .tar.gz from the deploy page, signs out; and checks over plain HTTP what a browser would not show: no
+//! the API within a second), deploys a .tar.gz from the deploy page, lists certificates, signs
+//! out; and checks over plain HTTP what a browser would not show: no
 //! cookie, a wrong CSRF token and a wrong token are refused, and the failed sign-in is audited.
 //!
 //! axe-core (from npm, put under ~/.cache by scripts/setup) checks every page in the same browser:
@@ -711,6 +712,45 @@ async fn the_dashboard_in_a_browser() {
     assert!(newest > current, "the upload is a new release: {v}");
     let served = sf.client().fetch("demo.test", "/").await;
     assert_eq!(served.status, 200, "{}", served.body);
+
+    // Certificates: every domain, its app and where its certificate comes from.
+    b.find(Locator::Css("nav a[href='/ui/certs']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the certificates page",
+        "location.pathname === '/ui/certs'",
+    )
+    .await;
+    let row = b
+        .find(Locator::Css("tr[data-domain='demo.test']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("demo") && row.contains("ACME"), "{row}");
+    record(&b, "7-certificates", &mut timings).await;
+    accessible(&b, &axe, "certificates", &mut timings).await;
+    b.set_window_size(390, 844).await.unwrap();
+    record(&b, "7-certificates-phone", &mut timings).await;
+    let wide = b
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wide,
+        json!(true),
+        "the certificates page scrolls sideways at phone width"
+    );
+    b.set_window_size(1280, 900).await.unwrap();
 
     // Sign out: back to the sign-in page, and the overview is gone with the session.
     b.find(Locator::Css("form.signout button"))

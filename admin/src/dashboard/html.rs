@@ -46,6 +46,7 @@ pub(crate) enum Nav {
     None,
     Overview,
     Deploy,
+    Certs,
 }
 
 /// A whole page around `main` (already HTML).
@@ -82,12 +83,13 @@ pub(crate) fn page(frame: &Frame<'_>, main: &str) -> String {
         };
         let _ = write!(
             out,
-            "<nav aria-label=\"Main\"><a href=\"/ui/\"{}>Overview</a><a href=\"/ui/deploy\"{}>Deploy</a></nav>\
+            "<nav aria-label=\"Main\"><a href=\"/ui/\"{}>Overview</a><a href=\"/ui/deploy\"{}>Deploy</a><a href=\"/ui/certs\"{}>Certificates</a></nav>\
 <form class=\"signout\" method=\"post\" action=\"/ui/logout\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <button type=\"submit\">Sign out</button></form>",
             current(Nav::Overview),
             current(Nav::Deploy),
+            current(Nav::Certs),
             Esc(csrf)
         );
     }

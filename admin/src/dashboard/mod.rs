@@ -9,6 +9,7 @@
 //! loopback `Host` (so that a web page cannot reach it through DNS rebinding).
 
 mod app;
+mod certs;
 mod html;
 mod live;
 mod pages;
@@ -124,6 +125,7 @@ async fn route(ctx: &Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         (&Method::GET, ["ui", "apps", app]) => app::page(a, &session, app).await,
         (&Method::GET, ["ui", "apps", app, "logs"]) => app::log(a, app).await,
         (&Method::GET, ["ui", "events"]) => live::events(a).await,
+        (&Method::GET, ["ui", "certs"]) => certs::page(a, &session).await,
         (&Method::GET, ["ui", "deploy"]) => live::deploy_page(a, &session).await,
         (&Method::GET, ["ui", "builds", id, "log"]) => live::build_log(a, id).await,
         (&Method::POST, ["ui", "apps", app, "deploy"]) => live::deploy(a, &session, app).await,
