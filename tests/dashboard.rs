@@ -527,8 +527,8 @@ async fn the_dashboard_in_a_browser() {
     // The request woke a spinlet: the open page shows it running, live.
     until(
         &b,
-        "the spinlet running on the open page",
-        "document.getElementById('spinlets').textContent.includes('running')",
+        "the spinlet running on the open page, with its memory",
+        "document.getElementById('spinlets').textContent.includes('running') && document.getElementById('spinlets').textContent.includes('MiB')",
     )
     .await;
     let injected = b
@@ -597,6 +597,13 @@ async fn the_dashboard_in_a_browser() {
         "document.documentElement.getAttribute('data-live') === 'open'",
     )
     .await;
+    // A keyboard user on a rollback button keeps their place through the update.
+    b.execute(
+        &format!("document.querySelector(\"tr[data-release='{current}'] button\").focus();"),
+        vec![],
+    )
+    .await
+    .unwrap();
     let r = api
         .post(format!("{base}/api/v1/apps/demo/rollback"))
         .bearer_auth(ADMIN_TOKEN)
@@ -620,6 +627,14 @@ async fn the_dashboard_in_a_browser() {
         "live update: a rollback through the API shown on the open app page after {} ms",
         changed.elapsed().as_millis()
     ));
+    let focused = b
+        .execute(
+            "const a = document.activeElement; return a.tagName === 'BUTTON' && document.getElementById('releases').contains(a);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(focused, json!(true), "focus was lost in the live update");
     b.set_window_size(390, 844).await.unwrap();
     record(&b, "5-app-phone", &mut timings).await;
     let wide = b

@@ -35,6 +35,38 @@ fn fact(out: &mut String, name: &str, value: &str) {
     let _ = write!(out, "<dt>{}</dt><dd>{value}</dd>", Esc(name));
 }
 
+/// Resident memory (bytes) and CPU time used (seconds) of a spinlet's process, from `/proc`, when
+/// that pid is still the process the record names (its start time matches).
+async fn usage(pid: u32, proc_start: u64) -> Option<(u64, f64)> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .await
+        .ok()?;
+    // Fields after the command (which may hold spaces and parentheses): field 3 first.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    if proc_start != 0 && field(22)? != proc_start {
+        return None;
+    }
+    // utime + stime, in USER_HZ (100 a second on Linux, whatever the kernel's HZ).
+    let cpu = (field(14)? + field(15)?) as f64 / 100.0;
+    let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+        .await
+        .ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    Some((rss_kib * 1024, cpu))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
 /// `GET /ui/apps/{app}`.
 pub(super) async fn page(a: Asked<'_>, s: &Session, name: &str) -> Resp {
     match render(&a, s, name).await {
@@ -178,21 +210,39 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
         out.push_str(
             "<div class=\"table-wrap cards\"><table aria-labelledby=\"spinlets-title\"><thead><tr>\
 <th scope=\"col\">Spinlet</th><th scope=\"col\">State</th><th scope=\"col\">PID</th>\
-<th scope=\"col\">Address</th><th scope=\"col\">Uptime</th><th scope=\"col\">Release</th>\
+<th scope=\"col\">Address</th><th scope=\"col\">Uptime</th><th scope=\"col\">Memory</th>\
+<th scope=\"col\">CPU time</th><th scope=\"col\">Release</th>\
 <th scope=\"col\">Restarts</th></tr></thead><tbody>",
         );
+        let memory_limit = view["memory"].as_u64();
+        let cpu_limit = view["cpu"].as_f64();
         for sp in &spinlets {
+            let (memory, cpu) = match usage(sp.pid, sp.proc_start).await {
+                Some((rss, cpu)) => (
+                    match memory_limit {
+                        Some(limit) => format!("{} of {}", mib(rss), mib(limit)),
+                        None => mib(rss),
+                    },
+                    match cpu_limit {
+                        Some(limit) => format!("{cpu:.1} s (limit {limit} core)"),
+                        None => format!("{cpu:.1} s"),
+                    },
+                ),
+                None => ("—".to_string(), "—".to_string()),
+            };
             let _ = write!(
                 out,
                 "<tr><th scope=\"row\">{}</th><td data-label=\"State\">{}</td><td data-label=\"PID\">{}</td>\
-<td data-label=\"Address\">{}:{}</td><td data-label=\"Uptime\">{}</td><td data-label=\"Release\">#{}</td>\
-<td data-label=\"Restarts\">{}</td></tr>",
+<td data-label=\"Address\">{}:{}</td><td data-label=\"Uptime\">{}</td><td data-label=\"Memory\">{}</td>\
+<td data-label=\"CPU time\">{}</td><td data-label=\"Release\">#{}</td><td data-label=\"Restarts\">{}</td></tr>",
                 Esc(&sp.id),
                 badge(sp.state.as_str()),
                 sp.pid,
                 Esc(&sp.host),
                 sp.port,
                 html::age(now.saturating_sub(sp.started)),
+                Esc(&memory),
+                Esc(&cpu),
                 sp.release,
                 sp.restarts,
             );

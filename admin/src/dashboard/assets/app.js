@@ -40,6 +40,7 @@
 
   // Live pages: the store's events (/ui/events) make the page fetch itself again and swap in
   // the parts marked data-live that changed. Bursts are coalesced; no polling.
+  const FOCUSABLE = "a[href], button, input, select, textarea, [tabindex]";
   function live() {
     if (!document.querySelector("[data-live][id]")) return;
     const m = location.pathname.match(/^\/ui\/apps\/([^/]+)$/);
@@ -59,8 +60,16 @@
           const doc = new DOMParser().parseFromString(text, "text/html");
           document.querySelectorAll("[data-live][id]").forEach(function (old) {
             const fresh = doc.getElementById(old.id);
-            if (fresh && fresh.innerHTML !== old.innerHTML) {
-              old.replaceWith(document.importNode(fresh, true));
+            if (!fresh || fresh.innerHTML === old.innerHTML) return;
+            // Keyboard users keep their place: focus goes to the same control in the new part.
+            const active = document.activeElement;
+            const at = active && old.contains(active)
+              ? Array.prototype.indexOf.call(old.querySelectorAll(FOCUSABLE), active) : -1;
+            const node = document.importNode(fresh, true);
+            old.replaceWith(node);
+            if (at >= 0) {
+              const again = node.querySelectorAll(FOCUSABLE)[at];
+              if (again) again.focus();
             }
           });
           document.documentElement.setAttribute("data-live-at", String(Date.now()));
