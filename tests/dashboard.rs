@@ -963,3 +963,68 @@ fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
+
+/// Without a token the dashboard is for this machine only: one click signs in, but only for a
+/// loopback `Host`, so that a web page cannot reach it through DNS rebinding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_loopback_hosts() {
+    let ws = Workspace::new();
+    let edge_port = free_port();
+    let config = ws.write(
+        "spinforge.yaml",
+        &format!(
+            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
+            port_block()
+        ),
+    );
+    let sf = Spinforge::start_env(
+        &ws,
+        "up",
+        &config,
+        Some(([127, 0, 0, 1], edge_port).into()),
+        &[("SPINFORGE_TOKEN", "")],
+    );
+    let admin = sf.admin.unwrap();
+    let base = format!("http://{admin}");
+    let c = http([127, 0, 0, 1]);
+    for path in ["/ui/", "/ui/login", "/ui/static/app.js"] {
+        let r = c
+            .get(format!("{base}{path}"))
+            .header("host", format!("rebound.example:{}", admin.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    let r = c.get(format!("{base}/ui/login")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(!page.contains("name=\"token\""), "no token to ask for");
+    let (r, _) = sign_in(&c, &base, "").await;
+    assert_eq!(r.status(), 303);
+    let session = set_cookie(&r, "spinforge_session").unwrap();
+    let session = session.split(';').next().unwrap().to_string();
+    let r = c
+        .get(format!("{base}/ui/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The same session through a rebound name: refused.
+    let r = c
+        .get(format!("{base}/ui/"))
+        .header("cookie", &session)
+        .header("host", format!("rebound.example:{}", admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let lines = audit(&ws);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["result"] == "dashboard: signed in" && l["token"] == "local"),
+        "{lines:?}"
+    );
+}

@@ -260,7 +260,8 @@ async fn rows(a: &Asked<'_>) -> Result<Vec<Row>, Problem> {
         let name = &app.config.name;
         let record = records.iter().find(|r| &r.name == name);
         let mine: Vec<_> = spinlets.iter().filter(|s| &s.app == name).collect();
-        let last_deploy_ms = match record.and_then(|r| r.current_release) {
+        // The newest release's build (a rollback is not a deploy).
+        let last_deploy_ms = match record.and_then(|r| r.releases.iter().max().copied()) {
             Some(n) => release_created(a, name, n).await,
             None => None,
         };
