@@ -283,7 +283,8 @@ async fn the_dashboard_in_a_browser() {
     let config = ws.write(
         "spinforge.yaml",
         &format!(
-            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
+            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  metrics: 127.0.0.1:{}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
+            free_port(),
             port_block()
         ),
     );
@@ -531,6 +532,22 @@ async fn the_dashboard_in_a_browser() {
         "document.getElementById('spinlets').textContent.includes('running') && document.getElementById('spinlets').textContent.includes('MiB')",
     )
     .await;
+    // The edge counted those requests: the open page shows them within a reading or two.
+    until(
+        &b,
+        "the app's traffic on the open page",
+        "(() => { const m = /(\\d+) in the last hour/.exec(document.getElementById('traffic').textContent); return m && Number(m[1]) > 0; })()",
+    )
+    .await;
+    let section = b.find(Locator::Css("#traffic")).await.unwrap();
+    std::fs::write(
+        shots().join("4-app-traffic.png"),
+        section.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    let traffic = section.text().await.unwrap();
+    assert!(traffic.contains("Cold starts"), "{traffic}");
+    timings.push(format!("app traffic: {}", traffic.replace('\n', " ")));
     let injected = b
         .execute(
             "return [window.pwned === undefined, document.querySelectorAll('#log *').length];",
@@ -973,7 +990,7 @@ async fn without_a_token_only_loopback_hosts() {
     let config = ws.write(
         "spinforge.yaml",
         &format!(
-            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
+            "edge:\n  listen_http: 127.0.0.1:{edge_port}\n  metrics: off\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps: {{}}\n",
             port_block()
         ),
     );

@@ -83,6 +83,8 @@ pub(crate) struct Ctx {
     pub shutdown: watch::Receiver<bool>,
     /// The web dashboard's sessions and failed sign-ins.
     pub sessions: dashboard::Sessions,
+    /// The dashboard's per-app traffic, read from the edge's `/metrics`.
+    pub traffic: Arc<dashboard::Traffic>,
 }
 
 /// The admin API, bound and ready to serve.
@@ -96,13 +98,16 @@ pub struct AdminApi {
     /// Rotated like the spinlet logs, at `supervisor.logs`.
     audit: Arc<audit::Audit>,
     reloader: Option<Reloader>,
+    traffic: Arc<dashboard::Traffic>,
 }
 
-/// What a reload changes in a running admin API: the upload limit and audit.log's rotation.
+/// What a reload changes in a running admin API: the upload limit, audit.log's rotation, and
+/// where the dashboard reads the edge's counters.
 #[derive(Debug, Clone)]
 pub struct AdminControl {
     max_upload: Arc<AtomicU64>,
     audit: Arc<audit::Audit>,
+    traffic: Arc<dashboard::Traffic>,
 }
 
 impl AdminControl {
@@ -112,6 +117,7 @@ impl AdminControl {
         self.max_upload
             .store(s.builds.max_archive_size, Ordering::Relaxed);
         self.audit.set_limits(s.logs);
+        self.traffic.set_addr(config.edge.metrics);
     }
 }
 
@@ -155,6 +161,7 @@ impl AdminApi {
             max_upload: Arc::new(AtomicU64::new(s.builds.max_archive_size)),
             token,
             reloader: None,
+            traffic: Arc::new(dashboard::Traffic::new(config.edge.metrics)),
         })
     }
 
@@ -169,6 +176,7 @@ impl AdminApi {
         AdminControl {
             max_upload: self.max_upload.clone(),
             audit: self.audit.clone(),
+            traffic: self.traffic.clone(),
         }
     }
 
@@ -195,6 +203,7 @@ impl AdminApi {
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             shutdown,
             sessions: dashboard::Sessions::default(),
+            traffic: self.traffic,
         });
         tracing::info!(%addr, "admin API listening");
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -251,6 +251,14 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
     }
     out.push_str("</div>");
 
+    // Traffic, from the edge's counters.
+    a.ctx.traffic.wanted(a.ctx.shutdown.clone());
+    let _ = write!(
+        out,
+        "<h2 id=\"traffic-title\">Traffic (last hour)</h2><div id=\"traffic\" data-live>{}</div>",
+        super::traffic::section(&a.ctx.traffic.source(), &a.ctx.traffic.series(name))
+    );
+
     // Releases.
     let _ = write!(
         out,

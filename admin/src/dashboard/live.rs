@@ -41,6 +41,7 @@ pub(super) async fn events(a: Asked<'_>) -> Resp {
         Err(p) => return p.into_response(),
     };
     let mut sub = a.ctx.store.subscribe();
+    let mut traffic = a.ctx.traffic.subscribe();
     tokio::spawn(async move {
         let _permit = permit;
         // The first signal is always a resync: the page was just rendered.
@@ -58,6 +59,10 @@ pub(super) async fn events(a: Asked<'_>) -> Resp {
                         Some(v) => crate::sse::event(None, Some("change"), &v.to_string()),
                         None => continue,
                     },
+                },
+                changed = traffic.changed() => match changed {
+                    Ok(()) => crate::sse::event(None, Some("change"), "{\"kind\":\"traffic\"}"),
+                    Err(_) => return,
                 },
                 _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
                 _ = sink.closed() => return,

@@ -14,8 +14,10 @@ mod html;
 mod live;
 mod pages;
 mod session;
+mod traffic;
 
 pub(crate) use session::Sessions;
+pub(crate) use traffic::Traffic;
 
 use crate::Ctx;
 use crate::audit::Entry;

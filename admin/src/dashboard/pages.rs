@@ -324,6 +324,8 @@ pub(super) async fn overview(a: Asked<'_>, s: &Session) -> super::Resp {
         Err(p) => return problem_page(p, None),
     };
     let now = spinforge_state::now_ms();
+    a.ctx.traffic.wanted(a.ctx.shutdown.clone());
+    let source = a.ctx.traffic.source();
     let mut main = String::from("<h1>Apps</h1><div id=\"apps\" data-live>");
     if rows.is_empty() {
         main.push_str(
@@ -341,8 +343,8 @@ spinforge deploy ./my-app --app shop --domain shop.example.com</code></pre>\
             "<p class=\"summary\">{} app{} · {running} spinlet{} running</p>\
 <div class=\"table-wrap cards\"><table><caption class=\"sr-only\">All apps</caption><thead><tr>\
 <th scope=\"col\">App</th><th scope=\"col\">State</th><th scope=\"col\">Instances</th>\
-<th scope=\"col\">Release</th><th scope=\"col\">Domains</th><th scope=\"col\">Last deploy</th>\
-</tr></thead><tbody>",
+<th scope=\"col\">Release</th><th scope=\"col\">Domains</th><th scope=\"col\">Traffic</th>\
+<th scope=\"col\">Last deploy</th></tr></thead><tbody>",
             rows.len(),
             if rows.len() == 1 { "" } else { "s" },
             if running == 1 { "" } else { "s" },
@@ -384,7 +386,8 @@ spinforge deploy ./my-app --app shop --domain shop.example.com</code></pre>\
                 main,
                 "<tr data-app=\"{n}\"><th scope=\"row\"><a href=\"/ui/apps/{n}\">{n}</a></th>\
 <td data-label=\"State\">{}{reason}</td><td data-label=\"Instances\">{} of {instances} running{}</td>\
-<td data-label=\"Release\">{release}</td><td data-label=\"Domains\">{}</td><td data-label=\"Last deploy\">{deployed}</td></tr>",
+<td data-label=\"Release\">{release}</td><td data-label=\"Domains\">{}</td><td data-label=\"Traffic\">{}</td>\
+<td data-label=\"Last deploy\">{deployed}</td></tr>",
                 badge(&r.state),
                 r.running,
                 if r.spinlets > r.running {
@@ -396,6 +399,7 @@ spinforge deploy ./my-app --app shop --domain shop.example.com</code></pre>\
                     String::new()
                 },
                 domains(&r.view),
+                super::traffic::cell(&source, &a.ctx.traffic.series(name)),
                 n = Esc(name),
             );
         }
