@@ -345,21 +345,31 @@ pub(crate) fn sparkline(values: &[f64], label: &str) -> String {
     const H: f64 = 48.0;
     let max = values.iter().copied().fold(0.0_f64, f64::max);
     let mut points = String::new();
-    let step = W / (KEEP.max(2) - 1) as f64;
+    let step = (W - 6.0) / (KEEP.max(2) - 1) as f64;
     let offset = KEEP.saturating_sub(values.len());
+    let mut last = None;
     for (i, v) in values.iter().enumerate() {
-        let x = (offset + i) as f64 * step;
+        let x = 3.0 + (offset + i) as f64 * step;
         let y = if max > 0.0 {
-            H - v / max * (H - 4.0) - 2.0
+            H - v / max * (H - 6.0) - 3.0
         } else {
-            H - 2.0
+            H - 3.0
         };
         points.push_str(&format!("{x:.1},{y:.1} "));
+        last = Some((x, y));
     }
+    // The latest reading stands out: an hour's line starts as a dot at the right.
+    let dot = last
+        .map(|(x, y)| {
+            format!(
+                "<line x1=\"{x:.1}\" y1=\"{y:.1}\" x2=\"{x:.1}\" y2=\"{y:.1}\" stroke=\"#0a58ca\" stroke-width=\"6\" stroke-linecap=\"round\" vector-effect=\"non-scaling-stroke\"/>"
+            )
+        })
+        .unwrap_or_default();
     format!(
         "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{}\">\
 <rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#f6f8fa\"/>\
-<polyline points=\"{}\" fill=\"none\" stroke=\"#0a58ca\" stroke-width=\"1.5\" vector-effect=\"non-scaling-stroke\"/></svg>",
+<polyline points=\"{}\" fill=\"none\" stroke=\"#0a58ca\" stroke-width=\"1.5\" vector-effect=\"non-scaling-stroke\"/>{dot}</svg>",
         super::html::Esc(label),
         points.trim_end()
     )
