@@ -745,6 +745,70 @@ async fn the_dashboard_in_a_browser() {
     let served = sf.client().fetch("demo.test", "/").await;
     assert_eq!(served.status, 200, "{}", served.body);
 
+    // From git: a URL that is none is refused with the API's reason; a file:// repository builds.
+    let repo = ws.path().join("demo-git");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("server.js"), SERVER_JS).unwrap();
+    std::fs::write(repo.join("package.json"), PACKAGE_JSON).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-qm",
+            "v4",
+        ],
+    ] {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    b.execute("document.getElementById('deploy-file').value = '';", vec![])
+        .await
+        .unwrap();
+    let git = b.find(Locator::Css("#deploy-git")).await.unwrap();
+    git.send_keys("not a repository").await.unwrap();
+    b.find(Locator::Css("#deploy button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the bad URL refused",
+        "document.getElementById('deploy-status').textContent.startsWith('Refused') && document.getElementById('deploy-status').textContent.includes('git URL')",
+    )
+    .await;
+    git.clear().await.unwrap();
+    git.send_keys(&format!("file://{}", repo.display()))
+        .await
+        .unwrap();
+    b.find(Locator::Css("#deploy button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the git build succeeded",
+        &format!(
+            "document.getElementById('deploy-status').textContent.startsWith('Deployed: release {}')",
+            newest + 1
+        ),
+    )
+    .await;
+    record(&b, "6-deploy-git", &mut timings).await;
+
     // Certificates: every domain, its app and where its certificate comes from.
     b.find(Locator::Css("nav a[href='/ui/certs']"))
         .await

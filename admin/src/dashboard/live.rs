@@ -131,9 +131,14 @@ creates the app and deploys it; then new releases can be uploaded here.</p></sec
             main,
             "</select>\
 <label for=\"deploy-file\">Source archive (.tar.gz)</label>\
-<input id=\"deploy-file\" name=\"file\" type=\"file\" accept=\".tar.gz,.tgz,application/gzip\" required aria-describedby=\"deploy-help\">\
+<input id=\"deploy-file\" name=\"file\" type=\"file\" accept=\".tar.gz,.tgz,application/gzip\" aria-describedby=\"deploy-help\">\
 <p id=\"deploy-help\" class=\"hint\">A <code>.tar.gz</code> of the app's folder with its <code>package.json</code> at the top, \
 at most {} MiB (<code>tar czf app.tar.gz --exclude=node_modules -C my-app .</code>).</p>\
+<label for=\"deploy-git\">Or a git URL</label>\
+<input id=\"deploy-git\" name=\"git\" type=\"text\" inputmode=\"url\" autocomplete=\"off\" spellcheck=\"false\" \
+placeholder=\"https://github.com/me/shop.git#main\" aria-describedby=\"deploy-git-help\">\
+<p id=\"deploy-git-help\" class=\"hint\">https://, ssh://, git:// or file:// with an optional <code>#branch</code>, tag or commit; \
+credentials in it are never shown.</p>\
 <button type=\"submit\" class=\"primary\">Deploy</button></form>\
 <noscript><p class=\"error\">Uploading from the browser needs JavaScript; <code>spinforge deploy</code> does the same.</p></noscript>\
 <p id=\"deploy-status\" class=\"live-status\" role=\"status\"></p>\

@@ -109,20 +109,27 @@
       const app = form.elements.app.value;
       const option = form.elements.app.selectedOptions[0];
       const file = form.elements.file.files[0];
+      const git = form.elements.git.value.trim();
       const button = form.querySelector("button");
       const status = document.getElementById("deploy-status");
       const log = document.getElementById("build-log");
       const result = document.getElementById("deploy-result");
       const say = function (text) { status.textContent = text; };
-      if (!file) return;
+      if (!file === !git) {
+        say("Choose a .tar.gz or give a git URL (one of them).");
+        return;
+      }
       button.disabled = true;
       result.textContent = "";
-      say("Uploading " + file.name + "…");
+      say(file ? "Uploading " + file.name + "…" : "Asking for a build from git…");
       fetch("/ui/apps/" + encodeURIComponent(app) + "/deploy", {
         method: "POST",
         credentials: "same-origin",
-        headers: { "Content-Type": "application/gzip", "X-CSRF-Token": csrf },
-        body: file,
+        headers: {
+          "Content-Type": file ? "application/gzip" : "application/json",
+          "X-CSRF-Token": csrf,
+        },
+        body: file ? file : JSON.stringify({ source: git }),
       })
         .then(function (r) {
           return r.json().then(function (j) { return { ok: r.ok, j: j }; },
