@@ -490,6 +490,7 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     assert!(text.contains("DEMO_SECRET"), "{text}");
+    assert!(text.contains("demo.test — certificate: ACME"), "{text}");
     assert!(!b.source().await.unwrap().contains("hunter2"));
     let older = first;
     let serving = b

@@ -117,7 +117,34 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
         let _ = write!(state_html, "<pre class=\"reason\">{}</pre>", Esc(why));
     }
     fact(&mut out, "State", &state_html);
-    fact(&mut out, "Domains", &domains(&view));
+    // Each domain with its certificate.
+    let certs = a.ctx.store.certs().await?;
+    let now_s = (now / 1000) as i64;
+    let domain_list: Vec<String> = app
+        .config
+        .domains
+        .iter()
+        .map(|d| {
+            let stored = certs.iter().find(|r| &r.domain == d);
+            format!(
+                "<span class=\"domain\">{}</span> <span class=\"muted\">— certificate: {}</span>{}",
+                Esc(d),
+                Esc(&super::certs::source(&app.config.tls, d, stored.is_some())),
+                stored
+                    .map(|r| format!(" {}", super::certs::expiry(r, now_s)))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    fact(
+        &mut out,
+        "Domains",
+        &if domain_list.is_empty() {
+            domains(&view)
+        } else {
+            domain_list.join("<br>")
+        },
+    );
     fact(
         &mut out,
         "Source",

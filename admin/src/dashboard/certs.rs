@@ -13,6 +13,31 @@ use std::fmt::Write;
 /// Days left under which a certificate is flagged (ACME renews at a third of the lifetime left).
 const SOON_DAYS: i64 = 14;
 
+/// Where `domain`'s certificate comes from.
+pub(super) fn source(tls: &AppTls, domain: &str, stored: bool) -> String {
+    match tls {
+        AppTls::Off => "none: HTTP only (tls: off)".to_string(),
+        AppTls::Files { cert, .. } => format!("files: {}", cert.display()),
+        AppTls::Auto if !acme_eligible(domain) => "self-signed (no ACME for this name)".into(),
+        AppTls::Auto if stored => "ACME".into(),
+        AppTls::Auto => "ACME (none issued yet)".into(),
+    }
+}
+
+/// A stored certificate's expiry: a badge with the days left, and the date.
+pub(super) fn expiry(r: &spinforge_state::records::CertRecord, now_s: i64) -> String {
+    let days = (r.not_after - now_s).div_euclid(86_400);
+    let state = if days < 0 {
+        badge("expired")
+    } else if days < SOON_DAYS {
+        format!("<span class=\"badge badge-busy\">{days} days left</span>")
+    } else {
+        format!("<span class=\"badge badge-ok\">{days} days left</span>")
+    };
+    let at = html::date(u64::try_from(r.not_after).unwrap_or(0) * 1000);
+    format!("{state} <time datetime=\"{d}\">{d}</time>", d = Esc(&at))
+}
+
 /// `GET /ui/certs`.
 pub(super) async fn page(a: Asked<'_>, s: &Session) -> Resp {
     match render(&a).await {
@@ -46,36 +71,15 @@ async fn render(a: &Asked<'_>) -> Result<String, Problem> {
         let c = &app.config;
         for domain in &c.domains {
             let stored = certs.iter().find(|r| &r.domain == domain);
-            let source = match &c.tls {
-                AppTls::Off => "none: HTTP only (tls: off)".to_string(),
-                AppTls::Files { cert, .. } => format!("files: {}", cert.display()),
-                AppTls::Auto if !acme_eligible(domain) => {
-                    "self-signed (no ACME for this name)".into()
-                }
-                AppTls::Auto => match stored {
-                    Some(_) => "ACME".into(),
-                    None => "ACME (none issued yet)".into(),
-                },
-            };
+            let source = source(&c.tls, domain, stored.is_some());
             let (expires, issued) = match stored {
-                Some(r) => {
-                    let days = (r.not_after - now_s).div_euclid(86_400);
-                    let state = if days < 0 {
-                        badge("expired")
-                    } else if days < SOON_DAYS {
-                        format!("<span class=\"badge badge-busy\">{days} days left</span>")
-                    } else {
-                        format!("<span class=\"badge badge-ok\">{days} days left</span>")
-                    };
-                    let at = html::date(u64::try_from(r.not_after).unwrap_or(0) * 1000);
-                    (
-                        format!("{state} <time datetime=\"{d}\">{d}</time>", d = Esc(&at)),
-                        format!(
-                            "<time datetime=\"{d}\">{d}</time>",
-                            d = Esc(&html::date(r.issued_ms))
-                        ),
-                    )
-                }
+                Some(r) => (
+                    expiry(r, now_s),
+                    format!(
+                        "<time datetime=\"{d}\">{d}</time>",
+                        d = Esc(&html::date(r.issued_ms))
+                    ),
+                ),
                 None => (
                     "<span class=\"muted\">—</span>".to_string(),
                     "<span class=\"muted\">—</span>".to_string(),
