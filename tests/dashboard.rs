@@ -50,17 +50,22 @@ fn shots() -> PathBuf {
     dir
 }
 
-/// `chromedriver` on an ephemeral port; killed when dropped.
+/// `chromedriver` on an ephemeral port, and the Chromium it starts, working in a folder of their
+/// own: when dropped (also after a failed assertion) every process working there is killed.
 struct Driver {
     child: Child,
     url: String,
+    dir: PathBuf,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    fn start(ws: &Workspace) -> Driver {
+        let dir = ws.path().join("browser");
+        std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -74,6 +79,7 @@ impl Driver {
         Driver {
             child,
             url: format!("http://{addr}"),
+            dir,
         }
     }
 
@@ -86,6 +92,7 @@ impl Driver {
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--window-size=1280,900", "--no-first-run", "--no-proxy-server",
+                    format!("--user-data-dir={}", self.dir.join("profile").display()),
                 ],
             }),
         );
@@ -101,6 +108,8 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Chromium and its helpers work where chromedriver did.
+        support::spinforge::kill_processes_under(&self.dir);
     }
 }
 
@@ -290,7 +299,7 @@ async fn the_dashboard_in_a_browser() {
     );
     let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], edge_port).into()));
     let base = format!("http://{}", sf.admin.unwrap());
-    let driver = Driver::start();
+    let driver = Driver::start(&ws);
     let b = driver.browser().await;
     let mut timings = Vec::new();
 
