@@ -143,7 +143,12 @@ impl Traffic {
                 let counters = parse(&text);
                 let active = {
                     let mut s = self.lock();
-                    s.source = Source::Reading(addr);
+                    // Figures are differences: the first reading gives none yet.
+                    s.source = if s.last.is_some() {
+                        Source::Reading(addr)
+                    } else {
+                        Source::Waiting
+                    };
                     s.add(now, counters)
                 };
                 if active {
@@ -409,11 +414,12 @@ fn missing(source: &Source, points: &[Point]) -> Option<String> {
         Source::Failed(addr, why) => Some(format!(
             "no traffic figures: the edge's /metrics at {addr} does not answer here ({why})"
         )),
-        _ if points.is_empty() => Some(format!(
+        Source::Waiting => Some(format!(
             "measuring: figures come within {} s",
             2 * EVERY.as_secs()
         )),
-        _ => None,
+        Source::Reading(_) if points.is_empty() => Some("no requests in the last hour".into()),
+        Source::Reading(_) => None,
     }
 }
 
@@ -535,6 +541,20 @@ spinforge_cold_starts_total{app=\"b\"} 0\n";
         assert_eq!(p.p50, Some(0.1));
         assert_eq!(p.p99, Some(0.1));
         assert_eq!(s.series["b"][0].p50, None);
+        let addr: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+        assert!(cell(&Source::Off, &[]).contains("edge.metrics is off"));
+        assert!(cell(&Source::Waiting, &[]).contains("measuring"));
+        assert!(cell(&Source::Reading(addr), &[]).contains("no requests"));
+        assert!(cell(&Source::Failed(addr, "<x>".into()), &[]).contains("&lt;x&gt;"));
+        let shown = cell(
+            &Source::Reading(addr),
+            &s.series["a"].iter().copied().collect::<Vec<_>>(),
+        );
+        assert!(shown.starts_with("20.0 req/s"), "{shown}");
+        assert!(
+            shown.contains("100 in 1 h") && shown.contains("1 cold start"),
+            "{shown}"
+        );
         let svg = sparkline(&[0.0, 1.0, 2.0], "<rate>");
         assert!(svg.contains("aria-label=\"&lt;rate&gt;\""));
         assert_eq!(seconds(0.1), "≤ 100 ms");
