@@ -819,6 +819,50 @@ async fn the_dashboard_in_a_browser() {
     .await;
     record(&b, "6-deploy-git", &mut timings).await;
 
+    // A folder, packed in the browser: long paths kept, node_modules left out.
+    let folder = ws.path().join("demo-folder");
+    let long = format!("assets/{}/{}.txt", "d".repeat(60), "f".repeat(60));
+    for (path, text) in [
+        ("server.js", SERVER_JS),
+        ("package.json", PACKAGE_JSON),
+        (long.as_str(), "long path"),
+        ("node_modules/junk/index.js", "left out"),
+    ] {
+        let at = folder.join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, text).unwrap();
+    }
+    git.clear().await.unwrap();
+    b.find(Locator::Css("#deploy-folder"))
+        .await
+        .unwrap()
+        .send_keys(folder.to_str().unwrap())
+        .await
+        .unwrap();
+    b.find(Locator::Css("#deploy button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "the folder's build succeeded",
+        &format!(
+            "document.getElementById('deploy-status').textContent.startsWith('Deployed: release {}')",
+            newest + 2
+        ),
+    )
+    .await;
+    let release = ws
+        .data_dir()
+        .join(format!("apps/demo/releases/{}", newest + 2));
+    assert_eq!(
+        std::fs::read_to_string(release.join(&long)).unwrap(),
+        "long path"
+    );
+    assert!(!release.join("node_modules/junk").exists());
+
     // Certificates: every domain, its app and where its certificate comes from.
     b.find(Locator::Css("nav a[href='/ui/certs']"))
         .await

@@ -134,6 +134,10 @@ creates the app and deploys it; then new releases can be uploaded here.</p></sec
 <input id=\"deploy-file\" name=\"file\" type=\"file\" accept=\".tar.gz,.tgz,application/gzip\" aria-describedby=\"deploy-help\">\
 <p id=\"deploy-help\" class=\"hint\">A <code>.tar.gz</code> of the app's folder with its <code>package.json</code> at the top, \
 at most {} MiB (<code>tar czf app.tar.gz --exclude=node_modules -C my-app .</code>).</p>\
+<label for=\"deploy-folder\">Or a folder</label>\
+<input id=\"deploy-folder\" name=\"folder\" type=\"file\" webkitdirectory multiple aria-describedby=\"deploy-folder-help\">\
+<p id=\"deploy-folder-help\" class=\"hint\">Packed here, leaving out <code>node_modules</code> and <code>.git</code> \
+(<code>.gitignore</code> files are not read: <code>spinforge deploy</code> reads them).</p>\
 <label for=\"deploy-git\">Or a git URL</label>\
 <input id=\"deploy-git\" name=\"git\" type=\"text\" inputmode=\"url\" autocomplete=\"off\" spellcheck=\"false\" \
 placeholder=\"https://github.com/me/shop.git#main\" aria-describedby=\"deploy-git-help\">\

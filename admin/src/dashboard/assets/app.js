@@ -101,6 +101,75 @@
   }
   live();
 
+  // A folder chosen in the browser, packed as a .tar.gz here (ustar, then CompressionStream):
+  // node_modules and .git are left out, as the CLI leaves them out.
+  const enc = new TextEncoder();
+  function octal(n, width) {
+    return n.toString(8).padStart(width - 1, "0") + "\0";
+  }
+  function header(path, size, dir) {
+    const h = new Uint8Array(512);
+    let name = enc.encode(path);
+    let prefix = new Uint8Array(0);
+    if (name.length > 100) {
+      // Split at a slash: prefix (155 bytes at most) / name (100 at most).
+      const cut = path.lastIndexOf("/", path.length - 1);
+      let at = -1;
+      for (let i = cut; i > 0; i = path.lastIndexOf("/", i - 1)) {
+        if (enc.encode(path.slice(i + 1)).length > 100) break;
+        if (enc.encode(path.slice(0, i)).length <= 155) { at = i; break; }
+      }
+      if (at < 0) throw new Error("a path is too long for a tar archive: " + path);
+      prefix = enc.encode(path.slice(0, at));
+      name = enc.encode(path.slice(at + 1));
+    }
+    const put = function (bytes, at) { h.set(bytes, at); };
+    put(name, 0);
+    put(enc.encode(octal(dir ? 0o755 : 0o644, 8)), 100);
+    put(enc.encode(octal(0, 8)), 108);
+    put(enc.encode(octal(0, 8)), 116);
+    put(enc.encode(octal(size, 12)), 124);
+    put(enc.encode(octal(Math.floor(Date.now() / 1000), 12)), 136);
+    put(enc.encode("        "), 148);
+    h[156] = dir ? 0x35 : 0x30;
+    put(enc.encode("ustar\0" + "00"), 257);
+    put(prefix, 345);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += h[i];
+    put(enc.encode(sum.toString(8).padStart(6, "0") + "\0 "), 148);
+    return h;
+  }
+  // files: [{ path, blob }], paths relative to the app's folder.
+  async function pack(files) {
+    const parts = [];
+    const dirs = new Set();
+    for (const f of files) {
+      const segs = f.path.split("/");
+      for (let i = 1; i < segs.length; i++) {
+        const d = segs.slice(0, i).join("/") + "/";
+        if (!dirs.has(d)) { dirs.add(d); parts.push(header(d, 0, true)); }
+      }
+      parts.push(header(f.path, f.blob.size, false));
+      parts.push(new Uint8Array(await f.blob.arrayBuffer()));
+      const pad = (512 - (f.blob.size % 512)) % 512;
+      if (pad) parts.push(new Uint8Array(pad));
+    }
+    parts.push(new Uint8Array(1024));
+    const gz = new Blob(parts).stream().pipeThrough(new CompressionStream("gzip"));
+    return new Response(gz).blob();
+  }
+  // The files of an <input webkitdirectory>, without the chosen folder's own name.
+  function folderFiles(list) {
+    const out = [];
+    for (const file of list) {
+      const segs = (file.webkitRelativePath || file.name).split("/").slice(1);
+      if (segs.some(function (s) { return s === "node_modules" || s === ".git"; })) continue;
+      if (segs.length) out.push({ path: segs.join("/"), blob: file });
+    }
+    return out;
+  }
+  window.spinforge = { pack: pack };
+
   // The deploy page: upload the archive, then stream the build's log to its end.
   const form = document.getElementById("deploy");
   if (form) {
@@ -108,28 +177,37 @@
       ev.preventDefault();
       const app = form.elements.app.value;
       const option = form.elements.app.selectedOptions[0];
-      const file = form.elements.file.files[0];
+      const folder = form.elements.folder.files;
+      let file = form.elements.file.files[0];
       const git = form.elements.git.value.trim();
       const button = form.querySelector("button");
       const status = document.getElementById("deploy-status");
       const log = document.getElementById("build-log");
       const result = document.getElementById("deploy-result");
       const say = function (text) { status.textContent = text; };
-      if (!file === !git) {
-        say("Choose a .tar.gz or give a git URL (one of them).");
+      if ((file ? 1 : 0) + (git ? 1 : 0) + (folder.length ? 1 : 0) !== 1) {
+        say("Choose a .tar.gz, a folder or give a git URL (one of them).");
         return;
       }
       button.disabled = true;
       result.textContent = "";
-      say(file ? "Uploading " + file.name + "…" : "Asking for a build from git…");
-      fetch("/ui/apps/" + encodeURIComponent(app) + "/deploy", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: {
-          "Content-Type": file ? "application/gzip" : "application/json",
-          "X-CSRF-Token": csrf,
-        },
-        body: file ? file : JSON.stringify({ source: git }),
+      let packed = Promise.resolve(file);
+      if (folder.length) {
+        say("Packing " + folder.length + " files…");
+        packed = pack(folderFiles(folder));
+      }
+      packed.then(function (archive) {
+        file = archive;
+        say(file ? "Uploading " + (file.name || "the folder") + "…" : "Asking for a build from git…");
+        return fetch("/ui/apps/" + encodeURIComponent(app) + "/deploy", {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "Content-Type": file ? "application/gzip" : "application/json",
+            "X-CSRF-Token": csrf,
+          },
+          body: file ? file : JSON.stringify({ source: git }),
+        });
       })
         .then(function (r) {
           return r.json().then(function (j) { return { ok: r.ok, j: j }; },
