@@ -17,7 +17,7 @@
 #   SKIP_BUILD=1                              use target/$PROFILE/spinforge as it is
 #   EDGE_EXTRA='  access_log: json\n'          extra lines under `edge:` in the edge's config
 #   COMPARE_SHARED=1                          also run an edge with SPINFORGE_EDGE_RUNTIME=shared
-#   EDGE2_BIN=path EDGE2_ENV='A=1'            also run another spinforge binary ("edge2"; EDGE3_* too)
+#   EDGE2_BIN=path EDGE2_ENV='A=1'            also run another spinforge binary ("edge2"; EDGE3_*, EDGE4_* too)
 #   KEEP=1                                    keep the work folder (configs, logs)
 # Needs nginx and wrk (apt-get install nginx wrk) or oha (cargo install oha). Loopback only.
 set -euo pipefail
@@ -79,6 +79,7 @@ edges=("edge|$BIN|")
 [ -n "${COMPARE_SHARED:-}" ] && edges+=("shared|$BIN|SPINFORGE_EDGE_RUNTIME=shared")
 [ -n "${EDGE2_BIN:-}" ] && edges+=("edge2|$EDGE2_BIN|${EDGE2_ENV:-}")
 [ -n "${EDGE3_BIN:-}" ] && edges+=("edge3|$EDGE3_BIN|${EDGE3_ENV:-}")
+[ -n "${EDGE4_BIN:-}" ] && edges+=("edge4|$EDGE4_BIN|${EDGE4_ENV:-}")
 declare -A port_of pid_of
 port_of[nginx]=$NGINX_PORT
 pid_of[nginx]=$nginx_pid

@@ -989,3 +989,70 @@ async fn a_build_id_is_known_as_soon_as_the_deploy_answers() {
         assert!(want.contains(&state.as_str()), "{id}: {}", end.body);
     }
 }
+
+/// Without a token the API answers loopback clients — but not a web page the user has open,
+/// which can make the browser POST to 127.0.0.1 (no CORS preflight for a form) or, through DNS
+/// rebinding, read the answers. Canary: the app those requests try to stop keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_requests_from_web_pages_are_refused() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let path = config(&ws, port, "", &echo_app(&ws, "echo", "echo.test", ""));
+    let sf = Spinforge::start_env(
+        &ws,
+        "up",
+        &path,
+        Some(([127, 0, 0, 1], port).into()),
+        &[("SPINFORGE_TOKEN", "")],
+    );
+    let edge = support::spinforge::Http::new(sf.http.expect("edge"));
+    let pid = support::eventually(Duration::from_secs(60), "the app serves", || async {
+        let r = edge.get("echo.test", "/").send().await.ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["pid"].as_u64()
+    })
+    .await;
+    let api = api(&sf);
+    let admin = sf.admin.expect("admin");
+    let attacks: [(&str, &str); 4] = [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("host", "rebound.evil.example"),
+    ];
+    for (name, value) in attacks {
+        for action in ["stop", "restart"] {
+            let r = api
+                .send(
+                    api.req("POST", &format!("/api/v1/apps/echo/{action}"), None)
+                        .header(name, value),
+                )
+                .await;
+            assert_problem(&r, 403, "without a token");
+        }
+        let r = api
+            .send(
+                api.req("GET", "/api/v1/apps/echo", None)
+                    .header(name, value),
+            )
+            .await;
+        assert_problem(&r, 403, "without a token");
+    }
+    // The CLI's requests (no Origin, no Sec-Fetch-*, a loopback Host) are answered.
+    let r = api.send(api.req("GET", "/api/v1/apps/echo", None)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (code, out, err) = cli(&format!("http://{admin}"), "", &["apps"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The canary: the same spinlet still serves.
+    let r = edge
+        .get("echo.test", "/")
+        .send()
+        .await
+        .expect("the app answers");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        v["pid"].as_u64(),
+        Some(pid),
+        "the app was not stopped or restarted"
+    );
+}

@@ -111,3 +111,87 @@ mod tests {
         assert!(check(None, None).is_ok());
     }
 }
+
+/// Whether the `Host` a request names is a loopback name or address.
+pub(crate) fn loopback_host(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Without a token the API trusts any loopback client — but a web page the user has open can
+/// make the browser send requests to 127.0.0.1 too (a form POST to `…/stop` needs no CORS
+/// preflight), and through DNS rebinding even read the answers. Such requests are refused: one
+/// a browser marks as coming from another site (`Sec-Fetch-Site`, or an `Origin` header, which
+/// the CLI and scripts do not send), or one whose `Host` is not a loopback name.
+pub(crate) fn refuse_browser_without_token(headers: &http::HeaderMap) -> Option<&'static str> {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| !s.eq_ignore_ascii_case("none")) {
+        return Some("without a token, the admin API does not answer requests a web page makes");
+    }
+    if headers.contains_key(http::header::ORIGIN) {
+        return Some(
+            "without a token, the admin API does not answer requests a web page makes (Origin)",
+        );
+    }
+    if !loopback_host(headers) {
+        return Some("without a token, the admin API answers only a loopback Host");
+    }
+    None
+}
+
+#[cfg(test)]
+mod browser_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn browsers_and_rebound_names_are_refused_without_a_token() {
+        for ok in [
+            &[("host", "127.0.0.1:9000")][..],
+            &[("host", "localhost")],
+            &[("host", "[::1]:9000")],
+            &[("host", "127.0.0.1:9000"), ("sec-fetch-site", "none")],
+        ] {
+            assert_eq!(refuse_browser_without_token(&headers(ok)), None, "{ok:?}");
+        }
+        for bad in [
+            &[("host", "127.0.0.1:9000"), ("sec-fetch-site", "cross-site")][..],
+            &[("host", "127.0.0.1:9000"), ("sec-fetch-site", "same-site")],
+            &[
+                ("host", "127.0.0.1:9000"),
+                ("origin", "https://evil.example"),
+            ],
+            &[("host", "evil.example:9000")],
+            &[("host", "127.0.0.1.evil.example")],
+            &[],
+        ] {
+            assert!(
+                refuse_browser_without_token(&headers(bad)).is_some(),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -161,6 +161,15 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         .with_header(header::ALLOW, allow.join(", "))
         .into_response();
     }
+    if ctx.token.is_none()
+        && !route.public()
+        && let Some(why) = auth::refuse_browser_without_token(req.headers())
+    {
+        tracing::info!(%peer, %method, path = %shown_path(&path), "admin API: refused: {why}");
+        let resp = Problem::new(StatusCode::FORBIDDEN, why).into_response();
+        finish(&ctx, route, &method, &path, peer, None, &resp, why);
+        return resp;
+    }
     let caller = if route.public() {
         Caller::Local
     } else {

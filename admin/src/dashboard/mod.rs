@@ -158,21 +158,7 @@ fn shown(path: &str) -> &str {
 
 /// Whether the `Host` the browser asked for is a loopback name or address.
 fn loopback_host(parts: &Parts) -> bool {
-    let Some(host) = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    crate::auth::loopback_host(&parts.headers)
 }
 
 impl Asked<'_> {
