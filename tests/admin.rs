@@ -851,10 +851,19 @@ async fn api_apps_persist_and_build_logs_stream() {
         .await;
     assert!(log.body.contains("event: end"), "{}", log.body);
     assert!(log.body.contains("\"state\":\"succeeded\""), "{}", log.body);
-    assert_eq!(
-        api.get(&format!("/api/v1/builds/{build}")).await.json()["state"],
-        "succeeded"
-    );
+    let status = api.get(&format!("/api/v1/builds/{build}")).await.json();
+    assert_eq!(status["state"], "succeeded");
+    // Each step the builder went through, in order, with how long it took (no build script).
+    let steps: Vec<&str> = status["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            assert!(s["ms"].is_u64(), "{s}");
+            s["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(steps, ["source", "install", "prune", "release"], "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -511,6 +511,60 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(serving.contains("serving"), "{serving}");
 
+    // Its builds, newest first, each with its steps as a bar and in words; a build's own page
+    // has its log.
+    let builds = b
+        .find(Locator::Css("#builds"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(builds.contains("succeeded"), "{builds}");
+    let steps = b
+        .find(Locator::Css("#builds tr[data-build] svg.steps"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    for step in ["Build steps: source ", " · install ", " · release "] {
+        assert!(steps.contains(step), "{step:?} in {steps:?}");
+    }
+    b.find(Locator::Css("#builds tr[data-build] a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "a build's page",
+        "location.pathname.startsWith('/ui/builds/')",
+    )
+    .await;
+    let build_log = b
+        .find(Locator::Css("#build-log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        build_log.contains("[spinforge] build succeeded"),
+        "{build_log}"
+    );
+    record(&b, "4-build", &mut timings).await;
+    accessible(&b, &axe, "build", &mut timings).await;
+    b.goto(&format!("{base}/ui/apps/demo")).await.unwrap();
+    until(
+        &b,
+        "the app's page again",
+        "location.pathname === '/ui/apps/demo' && !!document.getElementById('log-status')",
+    )
+    .await;
+
     // A line the app writes shows up live, as text: markup in it stays text.
     until(
         &b,

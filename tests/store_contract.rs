@@ -6,8 +6,8 @@ mod support;
 
 use spinforge_state::config::RedisUrl;
 use spinforge_state::records::{
-    AppRecord, BuildState, BuildStatus, CertRecord, Challenge, ChallengeType, Route, Spinlet,
-    SpinletState,
+    AppRecord, BuildState, BuildStatus, BuildStep, CertRecord, Challenge, ChallengeType, Route,
+    Spinlet, SpinletState,
 };
 use spinforge_state::{Event, Signal, Store, Subscription};
 use std::collections::BTreeMap;
@@ -85,6 +85,7 @@ fn build(id: &str, app: &str, state: BuildState) -> BuildStatus {
         finished: None,
         release: None,
         error: None,
+        steps: Vec::new(),
     }
 }
 
@@ -1097,6 +1098,16 @@ async fn builds_queue_status_and_log(store: Store) {
         state: BuildState::Failed,
         finished: Some(1_700_000_009_000),
         error: Some("`npm ci` failed (exit status: 1)\nline".into()),
+        steps: vec![
+            BuildStep {
+                name: "source".into(),
+                ms: 12,
+            },
+            BuildStep {
+                name: "install".into(),
+                ms: 8_400,
+            },
+        ],
         ..running
     };
     store.put_build(&done).await.expect("failed");
@@ -1117,6 +1128,29 @@ async fn builds_queue_status_and_log(store: Store) {
         Some(BuildState::Failed),
         "a final status stays readable (it expires days later)"
     );
+
+    // Each app lists its builds, newest first, the newest BUILDS_KEPT_PER_APP of them.
+    let listed = |v: Vec<BuildStatus>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(listed(store.builds_of("a").await.expect("a's")), ["a-1"]);
+    assert_eq!(listed(store.builds_of("b").await.expect("b's")), ["b-1"]);
+    assert!(store.builds_of("nope").await.expect("none").is_empty());
+    let kept = spinforge_state::store::BUILDS_KEPT_PER_APP;
+    for n in 2..=kept + 3 {
+        let next = build(&format!("a-{n}"), "a", BuildState::Queued);
+        store.enqueue_build(&next).await.expect("enqueue");
+        store
+            .put_build(&BuildStatus {
+                state: BuildState::Cancelled,
+                ..next
+            })
+            .await
+            .expect("end");
+    }
+    let a_builds = listed(store.builds_of("a").await.expect("a's"));
+    assert_eq!(a_builds.len(), kept);
+    assert_eq!(a_builds[0], format!("a-{}", kept + 3), "newest first");
+    assert_eq!(a_builds[kept - 1], "a-4", "the oldest ones left the list");
+    assert!(store.build_queue().await.expect("queue").is_empty());
 
     // Build bookkeeping announces nothing on the events channel.
     store

@@ -118,6 +118,7 @@ pub(crate) fn build_view(b: &spinforge_state::records::BuildStatus) -> Value {
         "finished_ms": b.finished,
         "release": b.release,
         "error": b.error.as_deref().map(redact_userinfo),
+        "steps": b.steps.iter().map(|s| json!({"name": s.name, "ms": s.ms})).collect::<Vec<_>>(),
     })
 }
 

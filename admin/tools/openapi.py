@@ -70,7 +70,9 @@ schemas = {
         "id": {"type": "string"}, "app": {"type": "string"},
         "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
         "queued_ms": {"type": "integer"}, "started_ms": nullable_int, "finished_ms": nullable_int,
-        "release": nullable_int, "error": {"type": ["string", "null"]}}},
+        "release": nullable_int, "error": {"type": ["string", "null"]},
+        "steps": {"type": "array", "description": "How long each step took, in order (source, install, compile, prune, release); empty until the build ends",
+                  "items": {"type": "object", "required": ["name", "ms"], "properties": {"name": {"type": "string"}, "ms": {"type": "integer"}}}}}},
     "Release": {"type": "object", "required": ["release", "current"], "properties": {
         "release": {"type": "integer"}, "current": {"type": "boolean"}, "framework": {"type": ["string", "null"]},
         "source": {"type": ["string", "null"]}, "source_commit": {"type": ["string", "null"]},

@@ -59,6 +59,12 @@ pub fn build_status(id: &str) -> String {
     format!("spinforge:build:status:{id}")
 }
 
+/// LIST of an app's newest build ids, oldest first (at most
+/// [`crate::store::BUILDS_KEPT_PER_APP`]); their statuses expire on their own.
+pub fn app_builds(app: &str) -> String {
+    format!("spinforge:builds:{app}")
+}
+
 /// STREAM of one build's log lines (field `line`).
 pub fn build_log(id: &str) -> String {
     format!("spinforge:build:log:{id}")

@@ -284,6 +284,44 @@ pub struct BuildStatus {
     pub release: Option<u64>,
     /// Why it failed, with the end of its log.
     pub error: Option<String>,
+    /// How long each step took, in order (empty until it ends; a reused release has only
+    /// `source`).
+    pub steps: Vec<BuildStep>,
+}
+
+/// One step of a build and how long it took: `source` (fetching or unpacking it), `install`
+/// (the packages, or restoring them), `compile` (the build script or tsc), `prune` (dev
+/// dependencies), `release` (writing the release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStep {
+    pub name: String,
+    pub ms: u64,
+}
+
+impl BuildStep {
+    /// `name=ms;name=ms` (names are plain words).
+    fn join(steps: &[BuildStep]) -> String {
+        steps
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.ms))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// The pairs that parse; anything else is skipped.
+    fn split(text: &str) -> Vec<BuildStep> {
+        text.split(';')
+            .filter_map(|pair| {
+                let (name, ms) = pair.split_once('=')?;
+                let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase());
+                ok.then_some(())?;
+                Some(BuildStep {
+                    name: name.to_string(),
+                    ms: ms.parse().ok()?,
+                })
+            })
+            .collect()
+    }
 }
 
 impl BuildStatus {
@@ -305,6 +343,9 @@ impl BuildStatus {
         if let Some(v) = &self.error {
             f.insert("error", v.clone());
         }
+        if !self.steps.is_empty() {
+            f.insert("steps", BuildStep::join(&self.steps));
+        }
         f
     }
 
@@ -320,6 +361,10 @@ impl BuildStatus {
             finished: num("finished"),
             release: num("release"),
             error: f.get("error").cloned(),
+            steps: f
+                .get("steps")
+                .map(|t| BuildStep::split(t))
+                .unwrap_or_default(),
         })
     }
 }

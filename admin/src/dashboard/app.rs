@@ -347,6 +347,9 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
     }
     out.push_str("</div>");
 
+    // Builds, with their step timings.
+    out.push_str(&super::builds::section(a, name).await);
+
     // The live log.
     let _ = write!(
         out,

@@ -9,6 +9,7 @@
 //! loopback `Host` (so that a web page cannot reach it through DNS rebinding).
 
 mod app;
+mod builds;
 mod certs;
 mod html;
 mod live;
@@ -129,6 +130,7 @@ async fn route(ctx: &Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
         (&Method::GET, ["ui", "events"]) => live::events(a).await,
         (&Method::GET, ["ui", "certs"]) => certs::page(a, &session).await,
         (&Method::GET, ["ui", "deploy"]) => live::deploy_page(a, &session).await,
+        (&Method::GET, ["ui", "builds", id]) => builds::page(a, &session, id).await,
         (&Method::GET, ["ui", "builds", id, "log"]) => live::build_log(a, id).await,
         (&Method::POST, ["ui", "apps", app, "deploy"]) => live::deploy(a, &session, app).await,
         (&Method::POST, ["ui", "apps", app, action]) => app::change(a, &session, app, action).await,

@@ -124,6 +124,16 @@ impl Data {
                 Write::ListPush { key, value } => {
                     self.lists.entry(key).or_default().push_back(value);
                 }
+                Write::ListKeepLast { key, keep } => {
+                    if let Some(list) = self.lists.get_mut(&key) {
+                        while list.len() > keep {
+                            list.pop_front();
+                        }
+                        if list.is_empty() {
+                            self.lists.remove(&key);
+                        }
+                    }
+                }
                 Write::ListRemove { key, value } => {
                     if let Some(list) = self.lists.get_mut(&key) {
                         list.retain(|v| *v != value);

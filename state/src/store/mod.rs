@@ -93,6 +93,11 @@ pub(crate) enum Write {
         key: String,
         value: String,
     },
+    /// `LTRIM key -keep -1`: only the last `keep` entries stay.
+    ListKeepLast {
+        key: String,
+        keep: usize,
+    },
     /// `XADD key MAXLEN ~ max_len * line <line>`, once per line.
     StreamAdd {
         key: String,
@@ -108,6 +113,8 @@ pub(crate) enum Write {
 
 /// Lines kept per build log; older ones are trimmed.
 pub const BUILD_LOG_MAX_LINES: usize = 10_000;
+/// Build ids listed per app (`builds:{app}`), the newest.
+pub const BUILDS_KEPT_PER_APP: usize = 20;
 /// How long a finished build's status and log stay in the store.
 pub const BUILD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -292,6 +299,9 @@ impl Store {
             },
             Write::Del {
                 key: keys::drains(name),
+            },
+            Write::Del {
+                key: keys::app_builds(name),
             },
         ];
         self.write(
@@ -812,10 +822,35 @@ impl Store {
                     key: keys::BUILD_QUEUE.into(),
                     value: status.id.clone(),
                 },
+                Write::ListPush {
+                    key: keys::app_builds(&status.app),
+                    value: status.id.clone(),
+                },
+                Write::ListKeepLast {
+                    key: keys::app_builds(&status.app),
+                    keep: BUILDS_KEPT_PER_APP,
+                },
             ],
             None,
         )
         .await
+    }
+
+    /// An app's newest builds, newest first (at most [`BUILDS_KEPT_PER_APP`]; those whose
+    /// status expired are left out).
+    pub async fn builds_of(&self, app: &str) -> Result<Vec<BuildStatus>> {
+        let key = keys::app_builds(app);
+        let ids = match &*self.backend {
+            Backend::Embedded(b) => b.list(&key),
+            Backend::Redis(b) => b.list(&key).await?,
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids.iter().rev() {
+            if let Some(status) = self.build(id).await? {
+                out.push(status);
+            }
+        }
+        Ok(out)
     }
 
     /// Writes a build's status; once it left the queued state it leaves `build:queue`, and once

@@ -163,6 +163,9 @@ impl Redis {
                 }
                 Write::ListPush { key, value } => trx.rpush::<(), _, _>(key, value).await?,
                 Write::ListRemove { key, value } => trx.lrem::<(), _, _>(key, 0, value).await?,
+                Write::ListKeepLast { key, keep } => {
+                    trx.ltrim::<(), _>(key, -(keep as i64), -1).await?
+                }
                 Write::StreamAdd {
                     key,
                     lines,

@@ -118,6 +118,7 @@ pub async fn prepare(
     let runner = &runner.with_env(build_env(app, ctx, &staging)?);
 
     // 1. The source, into the staging folder.
+    runner.log.step("source");
     let (identity, commit) = match &app.source {
         AppSource::External(upstream) => {
             // Not ours to build: the supervisor runs an ExternalTask for it instead.
@@ -340,6 +341,7 @@ async fn build_in(
         }
     }
     chown_tree(dir, ctx.run_as, false).await?;
+    runner.log.step("install");
     let mut lockfile_hash = None;
     let pm = detected.package_manager;
     if let (Some(pm), Some(m)) = (pm, &manifest) {
@@ -409,6 +411,9 @@ async fn build_in(
             }
         }
         runner.check()?;
+        if detected.typescript || detected.build_script {
+            runner.log.step("compile");
+        }
         if detected.typescript && !detected.build_script {
             let tsc = dir.join("node_modules/typescript/bin/tsc");
             if !tsc.is_file() {
@@ -434,6 +439,7 @@ async fn build_in(
             runner.run(&program, &args, dir, &[]).await?;
         }
         runner.check()?;
+        runner.log.step("prune");
         if detected.framework == Framework::Static {
             // The static server needs no packages.
             let _ = tokio::fs::remove_dir_all(dir.join("node_modules")).await;
@@ -460,6 +466,7 @@ async fn build_in(
         }
     }
 
+    runner.log.step("release");
     let static_root = if detected.framework == Framework::Static {
         Some(static_root(dir, manifest.is_some(), detected.build_script)?)
     } else {

@@ -155,6 +155,7 @@ impl Builder {
             finished: None,
             release: None,
             error: None,
+            steps: Vec::new(),
         };
         // The ticket first: should this future be dropped during the write, the build still ends.
         let ticket = Ticket {
@@ -343,6 +344,9 @@ impl Ticket {
         };
         let (app, id) = (self.status.app.clone(), self.status.id.clone());
         self.status.finished = Some(spinforge_state::now_ms());
+        if let Some(log) = &log {
+            self.status.steps = log.step_times(tokio::time::Instant::now());
+        }
         match result {
             Ok(outcome) => {
                 let release = outcome.release.info.number;

@@ -37,7 +37,12 @@ pub struct BuildLog {
     store: Option<mpsc::Sender<String>>,
     /// Values shown as `***` wherever they appear (env values, a git URL's credentials).
     secrets: Vec<String>,
+    /// Where each step began ([`BuildLog::step`]).
+    steps: Mutex<Vec<(&'static str, Instant)>>,
 }
+
+/// Steps a build marks at most (a handful are named).
+const MAX_STEPS: usize = 16;
 
 impl BuildLog {
     pub fn create(
@@ -74,7 +79,33 @@ impl BuildLog {
             store,
             // Short values would blank out ordinary words.
             secrets: secrets.into_iter().filter(|s| s.len() >= 6).collect(),
+            steps: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Marks the start of step `name` (one word: `source`, `install`, `compile`, `prune`,
+    /// `release`); it lasts until the next one starts or the build ends.
+    pub fn step(&self, name: &'static str) {
+        let mut steps = lock(&self.steps);
+        if steps.len() < MAX_STEPS {
+            steps.push((name, Instant::now()));
+        }
+    }
+
+    /// How long each marked step took, the last one until `end`.
+    pub fn step_times(&self, end: Instant) -> Vec<spinforge_state::records::BuildStep> {
+        let steps = lock(&self.steps);
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, (name, began))| {
+                let until = steps.get(i + 1).map_or(end, |next| next.1);
+                spinforge_state::records::BuildStep {
+                    name: (*name).to_string(),
+                    ms: until.saturating_duration_since(*began).as_millis() as u64,
+                }
+            })
+            .collect()
     }
 
     pub fn path(&self) -> &Path {
