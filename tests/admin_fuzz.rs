@@ -40,28 +40,42 @@ fn openapi_document_holds_against_the_live_api() {
     let admin = sf.admin.expect("up has an admin API");
     let st = schemathesis();
     let started = std::time::Instant::now();
-    let out = Command::new(&st)
-        .args(["run", &format!("http://{admin}/api/v1/openapi.json")])
-        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
-        ])
-        .args(["--max-examples", "5", "--seed", "1", "--no-color", "--request-timeout", "20"])
-        .args(["--workers", "2"])
-        .current_dir(ws.path())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run schemathesis ({}): {e}; run ./scripts/setup, or set SCHEMATHESIS",
-                st.display()
-            )
-        });
-    let report = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = || {
+        Command::new(&st)
+            .args(["run", &format!("http://{admin}/api/v1/openapi.json")])
+            .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
+            ])
+            .args(["--max-examples", "5", "--seed", "1", "--no-color", "--request-timeout", "20"])
+            .args(["--workers", "2"])
+            .current_dir(ws.path())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run schemathesis ({}): {e}; run ./scripts/setup, or set SCHEMATHESIS",
+                    st.display()
+                )
+            })
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let mut out = run();
+    // Schemathesis itself now and then stops on an internal error of its generator (seen: "AST
+    // constructor recursion depth mismatch", in its coverage phase) with no finding about the
+    // API: run it once more then. A finding (FAILURES) is never retried.
+    let first = text(&out);
+    if !out.status.success() && first.contains("Runtime Error") && !first.contains("FAILURES") {
+        eprintln!("schemathesis stopped on an error of its own; running it again:\n{first}");
+        out = run();
+    }
+    let report = text(&out);
     assert!(
         out.status.success(),
         "schemathesis found problems:\n{report}"
