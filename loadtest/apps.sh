@@ -61,6 +61,7 @@
 #   KEEP=1                         keep the work folder (configs, logs, every tool's output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 REPO=$PWD
 BIN=${BIN:-target/release/spinforge}
 SECS=${SECS:-10}
@@ -76,7 +77,6 @@ PAGE_H2=${PAGE_H2:--c16 -m2}
 PAGE_H1=${PAGE_H1:--c32}
 
 die() { echo "apps.sh: $*" >&2; exit 1; }
-note() { printf '%s\n' "$*" >&2; }
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 [ -x "$BIN" ] || die "no spinforge binary at $BIN (build it: cargo build --release, or set BIN)"
 BIN=$(realpath "$BIN")
@@ -106,9 +106,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 report=$W/report.md
-say() { printf '%s\n' "$*" >>"$report"; printf '%s\n' "$*"; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 hz=$(getconf CLK_TCK)
 # utime+stime (clock ticks) of one process (all its threads, not its children).
 ticks_self() { if [ -r "/proc/$1/stat" ]; then sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; else echo 0; fi; }
@@ -298,7 +296,6 @@ S[2b]="h2|/|$BROWSER_AE|$PAGE_H2|Next.js page rendered per request, HTTP/2 over 
 S[2c]="h1tls|/|gzip|$PAGE_H1|Next.js page rendered per request, HTTP/1.1 over TLS, Accept-Encoding: gzip"
 S[2d]="h2|/prerendered|gzip|-c16 -m10|Next.js page prerendered at build, HTTP/2 over TLS, Accept-Encoding: gzip"
 S[2e]="h2|/styles.css|gzip|-c16 -m10|Next.js static asset (public/styles.css), HTTP/2 over TLS, Accept-Encoding: gzip"
-field() { local IFS='|'; local -a f; read -r -a f <<<"${S[$1]}"; printf '%s' "${f[$2]:-}"; }
 targets_of() { [ "$1" = 1 ] && echo "direct edge" || echo "edge nginx"; }
 scenarios=()
 part 1 && scenarios+=(1)
@@ -327,50 +324,6 @@ cmd_of() { # target scenario secs [log] [check]
       printf '%s\n' h2load -t1 $opts $amount $([ "$tool" = h1tls ] && echo --h1) \
         --connect-to="127.0.0.1:$(tls_port_of "$1")" ${4:+--log-file="$4"} ${ae:+-H "accept-encoding: $ae"} "$url" ;;
   esac
-}
-run_cmd() { local -a c; mapfile -t c; "${c[@]}"; }
-
-# Parses a tool's output: "rps p50_ms p99_ms requests errors bytes_per_answer".
-parse() { # tool outputfile logfile
-  if [ "$1" = wrk ]; then
-    python3 - "$2" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-def ms(v):
-    n = float(re.match(r"[\d.]+", v).group())
-    return n / 1000 if v.endswith("us") else n * 1000 if v.endswith("s") and not v.endswith("ms") else n
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
-m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(\w+) read", t)
-reqs = int(m.group(1))
-read = float(m.group(2)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
-errs = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", t))
-s = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
-if s:
-    errs += sum(map(int, s.groups()))
-print(f"{rps:.0f} {p50:.2f} {p99:.2f} {reqs} {errs} {read / max(reqs, 1):.0f}")
-PY
-  else
-    python3 - "$2" "$3" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", t).group(1))
-m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", t)
-done, ok, failed, errored, timeout = (int(m.group(i)) for i in (3, 4, 5, 6, 7))
-codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", t)
-non2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
-data = int(re.search(r"\((\d+)\) data", t).group(1))
-durs = []
-for line in open(sys.argv[2]):
-    f = line.split()
-    if len(f) >= 3:
-        durs.append(int(f[2]))  # microseconds
-durs.sort()
-pct = lambda q: durs[min(len(durs) - 1, int(q * len(durs)))] / 1000 if durs else float("nan")
-print(f"{rps:.0f} {pct(0.50):.2f} {pct(0.99):.2f} {ok} {failed + errored + timeout + non2xx} {data / max(ok, 1):.0f}")
-PY
-  fi
 }
 
 # --- header ------------------------------------------------------------------------------------
