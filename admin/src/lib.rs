@@ -328,9 +328,10 @@ mod connections {
         }
     }
 
-    /// Who a connection counts against: an IPv4 address (also when mapped into IPv6), or an
-    /// IPv6 /64 (one subscriber's network: its addresses cost nothing to change).
-    fn client_of(ip: IpAddr) -> IpAddr {
+    /// Who a connection or a failed sign-in counts against: an IPv4 address (also when mapped
+    /// into IPv6), or an IPv6 /64 (one subscriber's network: its addresses cost nothing to
+    /// change).
+    pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(_) => ip,
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

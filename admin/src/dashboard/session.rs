@@ -7,6 +7,7 @@
 //! operating system's CSPRNG (`ring::rand::SystemRandom`); a session is found by the blake3 hash
 //! of its id, and CSRF tokens are compared in constant time.
 
+use crate::connections::client_of;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -83,20 +84,6 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
         diff |= x ^ y;
     }
     diff == 0
-}
-
-/// Who a failure counts against: an IPv4 address, or an IPv6 /64.
-fn client_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-        },
-    }
 }
 
 impl Sessions {

@@ -8,7 +8,7 @@ use crate::app::driver::{AppContext, AppTask};
 use crate::app::spawner::{Exits, Process, Spawner, StartSpec};
 use crate::app::timing::Timing;
 use crate::ports::PortAllocator;
-use crate::release::{Release, ReleaseInfo};
+use crate::release::Release;
 use futures::future::BoxFuture;
 use spinforge_state::Store;
 use spinforge_state::config::{AppConfig, AppSource, EnvValue, PortRange};
@@ -229,22 +229,7 @@ impl BuildJob for FakeJob {
 }
 
 fn release_at(dir: &std::path::Path, number: u64, source: &str) -> Release {
-    let info = ReleaseInfo {
-        number,
-        framework: "node".into(),
-        start: vec!["node".into()],
-        source: source.into(),
-        source_checksum: source.into(),
-        source_commit: None,
-        lockfile_hash: None,
-        package_manager: None,
-        typescript: false,
-        node_version: String::new(),
-        build_config: String::new(),
-        build_id: String::new(),
-        build_ms: 0,
-        created_ms: 0,
-    };
+    let info = super::world::release_info(number, source);
     let path = dir.join(number.to_string());
     std::fs::create_dir_all(&path).expect("release dir");
     std::fs::write(

@@ -77,25 +77,30 @@ pub fn key() -> crate::settings::Key {
     crate::settings::Key::fixed([7; 32])
 }
 
+/// What a fake build of `source` records as release `number`.
+pub fn release_info(number: u64, source: &str) -> ReleaseInfo {
+    ReleaseInfo {
+        number,
+        framework: "node".into(),
+        start: vec!["node".into(), "server.js".into()],
+        source: source.into(),
+        source_checksum: source.into(),
+        source_commit: None,
+        lockfile_hash: None,
+        package_manager: None,
+        typescript: false,
+        node_version: String::new(),
+        build_config: String::new(),
+        build_id: String::new(),
+        build_ms: 0,
+        created_ms: 0,
+    }
+}
+
 fn release(number: u64, source: &str) -> Release {
     Release {
         dir: format!("/releases/{number}").into(),
-        info: ReleaseInfo {
-            number,
-            framework: "node".into(),
-            start: vec!["node".into(), "server.js".into()],
-            source: source.into(),
-            source_checksum: source.into(),
-            source_commit: None,
-            lockfile_hash: None,
-            package_manager: None,
-            typescript: false,
-            node_version: String::new(),
-            build_config: String::new(),
-            build_id: String::new(),
-            build_ms: 0,
-            created_ms: 0,
-        },
+        info: release_info(number, source),
     }
 }
 
