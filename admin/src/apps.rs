@@ -218,11 +218,7 @@ pub(crate) async fn lifecycle(ctx: &Ctx, name: &str, action: Lifecycle) -> Outco
     app_name(name)?;
     ctx.handle.app(name).await?;
     ctx.handle.lifecycle(name, action).await?;
-    let action = match action {
-        Lifecycle::Start => "start",
-        Lifecycle::Stop => "stop",
-        Lifecycle::Restart => "restart",
-    };
+    let action = action.as_str();
     Ok((
         json(StatusCode::OK, &json!({ "app": name, "action": action })),
         action.into(),

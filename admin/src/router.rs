@@ -75,9 +75,9 @@ impl<'a> Route<'a> {
             ["apps", app, "logs"] => Route::Logs(app),
             ["apps", app, "releases"] => Route::Releases(app),
             ["apps", app, "rollback"] => Route::Rollback(app),
-            ["apps", app, "start"] => Route::Lifecycle(app, Lifecycle::Start),
-            ["apps", app, "stop"] => Route::Lifecycle(app, Lifecycle::Stop),
-            ["apps", app, "restart"] => Route::Lifecycle(app, Lifecycle::Restart),
+            ["apps", app, action] if let Some(l) = Lifecycle::parse(action) => {
+                Route::Lifecycle(app, l)
+            }
             ["builds", id] => Route::Build(id),
             ["builds", id, "log"] => Route::BuildLog(id),
             ["routes"] => Route::Routes,

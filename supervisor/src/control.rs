@@ -113,6 +113,23 @@ pub enum Lifecycle {
     Restart,
 }
 
+impl Lifecycle {
+    /// The word the API's paths and the dashboard's forms use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Start => "start",
+            Lifecycle::Stop => "stop",
+            Lifecycle::Restart => "restart",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Lifecycle> {
+        [Lifecycle::Start, Lifecycle::Stop, Lifecycle::Restart]
+            .into_iter()
+            .find(|l| l.as_str() == word)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SupervisorHandle {
     tx: mpsc::Sender<Request>,

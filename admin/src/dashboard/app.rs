@@ -114,7 +114,8 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
     let _ = write!(out, "<div id=\"facts\" data-live><dl class=\"facts\">");
     let mut state_html = badge(state);
     if let Some(why) = record.as_ref().and_then(|r| r.reason.as_deref()) {
-        let _ = write!(state_html, "<pre class=\"reason\">{}</pre>", Esc(why));
+        let why = spinforge_state::config::redact_userinfo(why);
+        let _ = write!(state_html, "<pre class=\"reason\">{}</pre>", Esc(&why));
     }
     fact(&mut out, "State", &state_html);
     // Each domain with its certificate.
@@ -370,9 +371,7 @@ pub(super) async fn change(mut a: Asked<'_>, s: &Session, name: &str, action: &s
     }
     let back = format!("/ui/apps/{name}");
     let outcome = match action {
-        "start" => crate::apps::lifecycle(a.ctx, name, Lifecycle::Start).await,
-        "stop" => crate::apps::lifecycle(a.ctx, name, Lifecycle::Stop).await,
-        "restart" => crate::apps::lifecycle(a.ctx, name, Lifecycle::Restart).await,
+        _ if let Some(l) = Lifecycle::parse(action) => crate::apps::lifecycle(a.ctx, name, l).await,
         "rollback" => {
             let release = match form.get("release").map(str::parse::<u64>) {
                 None => None,

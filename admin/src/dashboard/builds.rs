@@ -147,6 +147,7 @@ pub(super) async fn page(a: Asked<'_>, s: &Session, id: &str) -> Resp {
 }
 
 async fn render(a: &Asked<'_>, id: &str) -> Result<String, Problem> {
+    crate::reads::build_id(id)?;
     let Some(b) = a.ctx.store.build(id).await? else {
         return Err(Problem::not_found(format!(
             "there is no build {} (a finished build is kept for 7 days)",
@@ -170,7 +171,9 @@ async fn render(a: &Asked<'_>, id: &str) -> Result<String, Problem> {
         id = Esc(&b.id),
     );
     if let Some(e) = &b.error {
-        let _ = write!(out, "<p class=\"error\">{}</p>", Esc(e));
+        // As the API shows it: no URL credentials.
+        let e = spinforge_state::config::redact_userinfo(e);
+        let _ = write!(out, "<p class=\"error\">{}</p>", Esc(&e));
     }
     out.push_str("</div><h2 id=\"log-title\">Log</h2>");
     if b.state.is_final() {

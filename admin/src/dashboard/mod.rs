@@ -81,7 +81,9 @@ async fn route(ctx: &Arc<Ctx>, req: Req, peer: SocketAddr) -> Resp {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
-    if ctx.token.is_none() && !(peer.ip().is_loopback() && loopback_host(&parts)) {
+    if ctx.token.is_none()
+        && !(peer.ip().is_loopback() && crate::auth::loopback_host(&parts.headers))
+    {
         return error_page(
             StatusCode::FORBIDDEN,
             "Not from here",
@@ -156,11 +158,6 @@ fn shown(path: &str) -> &str {
         cut -= 1;
     }
     &path[..cut]
-}
-
-/// Whether the `Host` the browser asked for is a loopback name or address.
-fn loopback_host(parts: &Parts) -> bool {
-    crate::auth::loopback_host(&parts.headers)
 }
 
 impl Asked<'_> {
@@ -271,16 +268,16 @@ fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+            // Two hex digits exactly (`from_str_radix` alone would take `%+1`).
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                i += 2;
             }
+            b'%' => out.push(b'%'),
             c => out.push(c),
         }
         i += 1;
@@ -379,7 +376,7 @@ mod tests {
             "[::1]:9000",
             "127.1.2.3",
         ] {
-            assert!(loopback_host(&parts(ok)), "{ok}");
+            assert!(crate::auth::loopback_host(&parts(ok).headers), "{ok}");
         }
         for bad in [
             "evil.example:9000",
@@ -388,7 +385,7 @@ mod tests {
             "[2001:db8::1]:9000",
             "",
         ] {
-            assert!(!loopback_host(&parts(bad)), "{bad}");
+            assert!(!crate::auth::loopback_host(&parts(bad).headers), "{bad}");
         }
     }
 
@@ -401,6 +398,9 @@ mod tests {
         assert_eq!(f.get("empty"), Some(""));
         assert_eq!(f.get("release"), Some("3"));
         assert_eq!(f.get("missing"), None);
+        // Signs are no hex digits: `%+1` is no escape.
+        assert_eq!(Form::parse(b"x=%+1&y=%-f").get("x"), Some("% 1"));
+        assert_eq!(Form::parse(b"x=%+1&y=%-f").get("y"), Some("%-f"));
         assert!(owns("/") && owns("/ui") && owns("/ui/apps/x"));
         assert!(!owns("/api/v1/apps") && !owns("/uix") && !owns("/healthz"));
     }

@@ -378,6 +378,7 @@ spinforge deploy ./my-app --app shop --domain shop.example.com</code></pre>\
                 .reason
                 .as_deref()
                 .map(|why| {
+                    let why = spinforge_state::config::redact_userinfo(why);
                     let first = why.lines().next().unwrap_or("");
                     format!("<div class=\"reason\">{}</div>", Esc(super::shown(first)))
                 })

@@ -76,14 +76,7 @@ fn key(id: &str) -> [u8; 32] {
 
 /// Constant-time equality of two strings (their lengths are not secret).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.bytes().zip(b.bytes()) {
-        diff |= x ^ y;
-    }
-    diff == 0
+    crate::auth::same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 impl Sessions {
