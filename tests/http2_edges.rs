@@ -252,9 +252,14 @@ struct Edge {
 
 /// `spinforge up` with h2c and HTTPS, `alpha.localhost` routed to `upstream`.
 async fn up(ws: &Workspace, upstream: &Upstream, grace: &str) -> Edge {
+    up_with(ws, upstream, grace, "").await
+}
+
+/// [`up`] with more lines under `edge:`.
+async fn up_with(ws: &Workspace, upstream: &Upstream, grace: &str, edge_extra: &str) -> Edge {
     let (http, https) = (free_port(), free_port());
     let yaml = format!(
-        "edge:\n  listen_http: 127.0.0.1:{http}\n  listen_https: 127.0.0.1:{https}\n  h2c: true\n  grace: {grace}\n  metrics: off\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n  alpha:\n    domains: [{HOST}]\n    upstream: {}\n    health_check: {{ path: /__health }}\n",
+        "edge:\n  listen_http: 127.0.0.1:{http}\n  listen_https: 127.0.0.1:{https}\n  h2c: true\n  grace: {grace}\n  metrics: off\n{edge_extra}supervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n  alpha:\n    domains: [{HOST}]\n    upstream: {}\n    health_check: {{ path: /__health }}\n",
         port_block(),
         upstream.addr
     );
@@ -547,6 +552,57 @@ async fn a_slow_reader_with_a_tiny_window_gets_1_mb_whole_while_other_streams_pr
         "the other streams finished ({last_other:?}) while the slow one went on ({slow_done:?})"
     );
     drop(edge.sf);
+}
+
+/// A connection that served a request and then sits idle is closed after the keep-alive
+/// timeout with a GOAWAY, like one that never opened a stream (it was held until shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_its_first_request_too() {
+    let upstream = Upstream::start().await;
+    let ws = Workspace::new();
+    let edge = up_with(&ws, &upstream, "4s", "  keepalive_timeout: 1s\n").await;
+    let mut c = h2wire::Client::connect(edge.http, &[], 1 << 20)
+        .await
+        .expect("connect");
+    let head = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":scheme".to_string(), "http".to_string()),
+        (":authority".to_string(), HOST.to_string()),
+        (":path".to_string(), "/ready".to_string()),
+    ];
+    c.headers(1, &head, true).await.expect("send");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut answered = None;
+    let mut goaway = None;
+    loop {
+        match c.next(deadline).await {
+            Next::Frame(Frame::Data {
+                stream: 1,
+                end: true,
+                ..
+            })
+            | Next::Frame(Frame::Headers {
+                stream: 1,
+                end: true,
+                ..
+            }) => {
+                answered = Some(Instant::now());
+            }
+            Next::Frame(Frame::GoAway { .. }) => {
+                goaway = Some(Instant::now());
+            }
+            Next::Frame(_) => {}
+            Next::Closed => break,
+            Next::Timeout => panic!("the idle connection was still open after 10 s"),
+        }
+    }
+    let answered = answered.expect("stream 1 was answered");
+    let goaway = goaway.expect("a GOAWAY before the close");
+    let idle = goaway - answered;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        "closed {idle:?} after the answer (keepalive_timeout: 1s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,14 +76,21 @@ impl FastPath {
             }
             Err(_) => return,
         };
-        let open = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(OpenStreams::default());
+        // What every stream of this connection shares, made once (not per stream).
+        let shared = Arc::new(StreamShared {
+            proxy: self.proxy.clone(),
+        });
+        let keepalive = self.proxy.settings.load().keepalive;
         let mut shutdown = shutdown.clone();
         let mut closing = self.closing.subscribe();
         let mut going_away = false;
         loop {
-            let idle = open.load(Ordering::Relaxed) == 0;
+            let idle = open.count.load(Ordering::Acquire) == 0;
             let next = tokio::select! {
                 next = conn.accept() => next,
+                // The last stream ended: look again (the keep-alive timeout starts now).
+                _ = open.none_left.notified(), if !idle => continue,
                 _ = shutdown.wait_for(|s| *s), if !going_away => {
                     conn.graceful_shutdown(); // GOAWAY: streams in flight finish
                     going_away = true;
@@ -94,7 +101,7 @@ impl FastPath {
                     going_away = true;
                     continue;
                 }
-                _ = tokio::time::sleep(self.proxy.settings.load().keepalive), if idle && !going_away => {
+                _ = tokio::time::sleep(keepalive), if idle && !going_away => {
                     conn.graceful_shutdown(); // idle for the keep-alive timeout
                     going_away = true;
                     continue;
@@ -103,7 +110,7 @@ impl FastPath {
             match next {
                 Some(Ok((request, respond))) => {
                     let stream = Stream {
-                        fast: self.clone_for_stream(),
+                        fast: shared.clone(),
                         peer,
                         _open: Open::start(&open),
                     };
@@ -117,12 +124,6 @@ impl FastPath {
             }
         }
     }
-
-    fn clone_for_stream(&self) -> Arc<StreamShared> {
-        Arc::new(StreamShared {
-            proxy: self.proxy.clone(),
-        })
-    }
 }
 
 /// What every stream of a thread's connections needs (the proxy's shared state).
@@ -130,19 +131,30 @@ struct StreamShared {
     proxy: crate::proxy::EdgeProxy,
 }
 
+/// A connection's open streams, and a wake-up for its loop when the last one ends (so that
+/// the keep-alive timeout and a graceful close apply after a connection's first request too).
+#[derive(Default)]
+struct OpenStreams {
+    count: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
 /// Counts a stream as open on its connection until dropped.
-struct Open(Arc<AtomicUsize>);
+struct Open(Arc<OpenStreams>);
 
 impl Open {
-    fn start(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Open(count.clone())
+    fn start(open: &Arc<OpenStreams>) -> Self {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        Open(open.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A stored permit if the loop is not waiting yet: no wake-up is lost.
+            self.0.none_left.notify_one();
+        }
     }
 }
 
