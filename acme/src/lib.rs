@@ -246,14 +246,7 @@ impl AcmeJob {
         if http_check.ip().is_unspecified() {
             http_check.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let owner = format!(
-            "{}-{}-{:08x}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "host".into()),
-            std::process::id(),
-            fastrand::u32(..)
-        );
+        let owner = spinforge_state::instance_id("host");
         Some(AcmeJob {
             shared: Arc::new(Shared {
                 store,

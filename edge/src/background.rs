@@ -72,7 +72,7 @@ async fn flush_activity_until_stop(
 /// drain beyond that; on stop, with its requests finished, the edge withdraws at once. Nothing
 /// here touches the request path: counts are atomics the requests keep, read here.
 pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
-    let edge = edge_id();
+    let edge = spinforge_state::instance_id("edge");
     let mut tick = tokio::time::interval(DRAIN_REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Drains the previous round saw. One is reported from the round after it first appears:
@@ -128,23 +128,6 @@ pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, mut stop: watc
             _ => {}
         }
     }
-}
-
-/// This edge process's name in the store: host, pid, and a random part (a pid is reused).
-fn edge_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
-        .take(64)
-        .collect();
-    format!(
-        "{}-{}-{:08x}",
-        if host.is_empty() { "edge" } else { &host },
-        std::process::id(),
-        fastrand::u32(..)
-    )
 }
 
 async fn flush_once(store: &Store, snapshot: &Snapshot) {

@@ -84,12 +84,14 @@ impl Loads {
         let Some(slots) = self.slots.get() else {
             return 0;
         };
+        // Where `slot_for` puts it: probing from its home slot (on the request path: stop at
+        // the first match rather than reading every slot's cache line).
         let k = key(addr);
-        slots
-            .iter()
-            .filter(|s| s.addr.load(Ordering::Relaxed) == k)
-            .map(|s| s.in_flight.load(Ordering::Relaxed))
-            .sum()
+        let start = home(k);
+        (0..SLOTS)
+            .map(|i| &slots[(start + i) % SLOTS])
+            .find(|s| s.addr.load(Ordering::Relaxed) == k)
+            .map_or(0, |s| s.in_flight.load(Ordering::Relaxed))
     }
 
     /// What is still in flight to a draining `addr`: `(requests, of which streams)`. Never less

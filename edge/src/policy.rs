@@ -351,6 +351,21 @@ fn is_framing(name: &[u8]) -> bool {
     .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
+/// The size of an HTTP/2 request head, for `limits.headers`: its target as written (scheme,
+/// authority, path and query) and each field with its separators — as `uri.to_string()` plus
+/// the fields would measure it, without building the string.
+pub fn h2_head_size(uri: &http::Uri, headers: &http::HeaderMap) -> usize {
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1);
+    target
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
 /// Whether a request header reaches the app.
 pub fn request_header(name: &[u8], connection: &ConnectionHeaders<'_>) -> Forward {
     if is_framing(name) {
@@ -561,6 +576,32 @@ pub fn retry_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn h2_head_size_measures_what_to_string_would() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("accept", http::HeaderValue::from_static("*/*"));
+        headers.append("cookie", http::HeaderValue::from_static("a=1"));
+        for uri in [
+            "https://app.test/a/b?x=1&y",
+            "http://app.test:8080/",
+            "/only/a/path",
+            "/?",
+            "*",
+            "https://app.test",
+        ] {
+            let uri: http::Uri = uri.parse().expect(uri);
+            let fields: usize = headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum();
+            assert_eq!(
+                h2_head_size(&uri, &headers),
+                uri.to_string().len() + fields,
+                "{uri}"
+            );
+        }
+    }
 
     fn req<'a>(
         method: &str,

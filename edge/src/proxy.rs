@@ -304,12 +304,7 @@ fn head_size(session: &Session) -> usize {
         return h1.get_headers_raw_bytes().len();
     }
     let req = session.req_header();
-    req.uri.to_string().len()
-        + req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
+    crate::policy::h2_head_size(&req.uri, &req.headers)
 }
 
 fn is_event_stream(resp: &ResponseHeader) -> bool {

@@ -27,6 +27,25 @@ pub const DRAIN_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from
 /// holds no drain for longer.
 pub const DRAIN_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A name for this process among those sharing a store: `<hostname>-<pid>-<random>` (the
+/// hostname cut to 64 safe characters; `fallback` when there is none). Edges report drains under
+/// it; the certificate job holds its lock with it.
+pub fn instance_id(fallback: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(64)
+        .collect();
+    format!(
+        "{}-{}-{:08x}",
+        if host.is_empty() { fallback } else { &host },
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
 /// Milliseconds since the Unix epoch: the clock the store's timestamps use.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

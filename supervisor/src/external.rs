@@ -177,11 +177,7 @@ impl ExternalTask {
     /// Says the current definition is published (see [`crate::app::Outbox::published`]).
     fn acknowledge(&self) {
         let version = self.inbox.definition.borrow().version;
-        self.inbox.published.send_if_modified(|v| {
-            let newer = *v < version;
-            *v = (*v).max(version);
-            newer
-        });
+        self.inbox.acknowledge(version);
     }
 
     async fn publish_upstreams(&self) {

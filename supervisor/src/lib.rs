@@ -39,9 +39,6 @@ use tokio::time::Instant;
 /// After a resync the store refused, try again this soon.
 const RESYNC_RETRY: Duration = Duration::from_millis(500);
 
-/// How often the config file is checked for edits.
-const CONFIG_POLL: Duration = Duration::from_secs(1);
-
 /// A removed app's spinlets get this long to stop.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -106,16 +103,14 @@ pub struct Supervisor {
     requests: mpsc::Receiver<control::Request>,
     /// Live spinlets of a previous supervisor, per app, until their app task takes them.
     adoptable: HashMap<String, Vec<Spinlet>>,
-    /// The config file as last read (to notice edits).
-    config_stamp: Option<FileStamp>,
     /// The build queue (a reload changes its limits).
     builder: build::queue::Builder,
     /// `supervisor.logs`, read by the log rotator each round.
     log_limits: watch::Sender<LogLimits>,
     /// The hot-deploy watcher, while `supervisor.deploy_dir` is set.
     hot_deploy: Option<AbortHandle>,
-    /// Configs handed in by the process's reloader ([`Supervisor::config_updates`]); without
-    /// one, the supervisor polls the config file itself.
+    /// Configs handed in by the process's reloader ([`Supervisor::config_updates`]; every
+    /// binary mode attaches one, `src/reload.rs`); without one the config stays as started.
     updates: Option<mpsc::Receiver<ConfigUpdate>>,
 }
 
@@ -189,7 +184,6 @@ impl Supervisor {
             handle,
             requests,
             adoptable: HashMap::new(),
-            config_stamp: FileStamp::of(&config.file),
             builder,
             log_limits,
             hot_deploy: None,
@@ -236,8 +230,8 @@ impl Supervisor {
         self.handle.clone()
     }
 
-    /// Where the process's reloader hands this supervisor new configs. Once taken, the
-    /// supervisor no longer polls the config file itself: the reloader does (and reads SIGHUP).
+    /// Where the process's reloader (`src/reload.rs`: SIGHUP, `spinforge reload`, edits of
+    /// the file) hands this supervisor new configs.
     pub fn config_updates(&mut self) -> ConfigUpdates {
         let (tx, rx) = mpsc::channel(4);
         self.updates = Some(rx);
@@ -287,8 +281,6 @@ impl Supervisor {
         self.start_hot_deploy();
         let mut reap = tokio::time::interval(reap_interval(&self.app_configs()));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut config_poll = tokio::time::interval(CONFIG_POLL);
-        config_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A resync whose writes failed (the command connection not back yet) is tried again.
         let mut resync_retry: Option<Instant> = None;
         let deadline = loop {
@@ -311,12 +303,6 @@ impl Supervisor {
                     resync_retry = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
                 }
                 _ = reap.tick() => self.idle_checks().await,
-                _ = config_poll.tick(), if self.updates.is_none() => {
-                    if self.reload_config_if_changed().await {
-                        reap = tokio::time::interval(reap_interval(&self.app_configs()));
-                        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    }
-                }
                 Some(update) = async {
                     match self.updates.as_mut() {
                         Some(rx) => rx.recv().await,
@@ -587,41 +573,6 @@ impl Supervisor {
         Ok(build_id)
     }
 
-    /// Applies an edited config file; an invalid one changes nothing (its errors are logged).
-    /// Used when no reloader hands configs in ([`Supervisor::config_updates`]).
-    async fn reload_config_if_changed(&mut self) -> bool {
-        let stamp = FileStamp::of(&self.config.file);
-        if stamp == self.config_stamp {
-            return false;
-        }
-        self.config_stamp = stamp;
-        let path = self.config.file.clone();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "cannot read the edited config; keeping the last good one");
-                return false;
-            }
-        };
-        let new = match Config::parse(&text, &path) {
-            Ok(c) => c,
-            Err(errors) => {
-                tracing::error!(file = %path.display(), "the edited config is invalid; keeping the last good one:\n{errors}");
-                return false;
-            }
-        };
-        use spinforge_state::config::reload;
-        for r in reload::needs_restart(&self.config, &new) {
-            tracing::warn!(file = %path.display(), key = %r.key, "this change needs a restart: {}", r.why);
-        }
-        let new = reload::effective(&new, &self.config);
-        tracing::info!(file = %path.display(), "config changed; applying it");
-        for w in self.apply_config(new).await {
-            tracing::warn!("{w}");
-        }
-        true
-    }
-
     /// Applies a new config: `supervisor.builds`, `logs`, `port_range` and `deploy_dir`, then
     /// the apps — added, removed (their task unpublishes them) or given their new definition,
     /// apps losing a domain first. Keys only a new process can apply must hold their running
@@ -775,23 +726,6 @@ impl Supervisor {
 fn forward(outbox: &Outbox, cmd: Command) {
     if outbox.commands.try_send(cmd).is_err() {
         tracing::warn!("app task busy; a control request was refused");
-    }
-}
-
-/// When a file was last changed, to notice edits by polling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: std::time::SystemTime,
-    len: u64,
-}
-
-impl FileStamp {
-    fn of(path: &std::path::Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok()?,
-            len: meta.len(),
-        })
     }
 }
 

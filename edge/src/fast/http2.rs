@@ -244,7 +244,7 @@ impl Stream {
             ($error:expr) => {{
                 let error: EdgeError = $error;
                 outcome.status = error.status();
-                outcome.sent = answer(&mut respond, error, accept, id, false);
+                outcome.sent = answer(&mut respond, error, accept, id);
                 return outcome;
             }};
         }
@@ -287,12 +287,7 @@ impl Stream {
         };
         outcome.app = Some(entry.clone());
         let policy = entry.policy.clone();
-        let head_size = parts.uri.to_string().len()
-            + parts
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>();
+        let head_size = policy::h2_head_size(&parts.uri, &parts.headers);
         if head_size as u64 > policy.max_header_bytes {
             refuse!(EdgeError::HeadersTooLarge)
         }
@@ -697,7 +692,6 @@ fn answer(
     error: EdgeError,
     accept: Option<&[u8]>,
     id: &RequestId,
-    _close: bool,
 ) -> Option<u64> {
     let (page, body) = error.render(accept, id.as_str()).ok()?;
     let mut response = http::Response::new(());

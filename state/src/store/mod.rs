@@ -844,11 +844,11 @@ impl Store {
             Backend::Embedded(b) => b.list(&key),
             Backend::Redis(b) => b.list(&key).await?,
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids.iter().rev() {
-            if let Some(status) = self.build(id).await? {
-                out.push(status);
-            }
+        // Asked together: fred pipelines them on its connection, not one round-trip each.
+        let reads = futures::future::join_all(ids.iter().rev().map(|id| self.build(id))).await;
+        let mut out = Vec::with_capacity(reads.len());
+        for status in reads {
+            out.extend(status?);
         }
         Ok(out)
     }

@@ -98,6 +98,18 @@ pub struct Inbox {
     pub published: watch::Sender<u64>,
 }
 
+impl Inbox {
+    /// Says the task has (and has published) definition `version`: what [`Outbox::published`]
+    /// waits for. Versions only go up.
+    pub fn acknowledge(&self, version: u64) {
+        self.published.send_if_modified(|v| {
+            let newer = *v < version;
+            *v = (*v).max(version);
+            newer
+        });
+    }
+}
+
 /// A new task's channels, its definition at version 1.
 pub fn channel(config: AppConfig) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -149,10 +161,5 @@ impl Outbox {
             tokio::time::timeout(limit, rx.wait_for(|v| *v >= version)).await,
             Ok(Ok(_))
         )
-    }
-
-    /// The version of the definition last handed to the task.
-    pub fn version(&self) -> u64 {
-        self.definition.borrow().version
     }
 }

@@ -196,11 +196,7 @@ impl AppTask {
             let effects = self.machine.step(input, Now::current());
             let done = self.execute(effects).await;
             // Whatever the step was, the machine has (and has published) this definition.
-            self.inbox.published.send_if_modified(|v| {
-                let newer = *v < self.version;
-                *v = (*v).max(self.version);
-                newer
-            });
+            self.inbox.acknowledge(self.version);
             // A deploy's ticket is for the build its step asked for, or none: unused, it ends
             // as cancelled.
             self.deploy = None;
