@@ -105,8 +105,9 @@ async fn an_external_upstream_is_routed_while_healthy_and_refused_at_once_while_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_upstream_that_never_answers_gets_502_not_a_wait() {
-    // A port nothing listens on.
-    let dead = free_port();
+    // A port nothing listens on (held, so no other test takes it meanwhile).
+    let dead_port = support::ClosedPort::new();
+    let dead = dead_port.port();
     let ws = Workspace::new();
     let apps = format!("  gone:\n    domains: [gone.test]\n    upstream: 127.0.0.1:{dead}\n");
     let sf = up(&ws, &apps);

@@ -193,7 +193,8 @@ fn node_missing_or_too_old_and_npm_missing_or_too_old_say_what_to_install() {
 #[test]
 fn an_unreachable_npm_registry_is_named_with_the_way_round_it() {
     let ws = Workspace::new();
-    let closed = support::free_port();
+    let closed_port = support::ClosedPort::new();
+    let closed = closed_port.port();
     let http = free_addr();
     let config = write_config(&ws, http, &ws.data_dir(), "");
     let log = ws.path().join("up.log");
@@ -316,7 +317,8 @@ fn a_data_dir_the_user_cannot_write_names_the_key_and_the_fix() {
 #[test]
 fn redis_not_running_says_how_to_start_it_at_once_and_at_the_end() {
     let ws = Workspace::new();
-    let closed = support::free_port();
+    let closed_port = support::ClosedPort::new();
+    let closed = closed_port.port();
     let url = format!("redis://127.0.0.1:{closed}/0");
     let config = write_config(
         &ws,

@@ -30,6 +30,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP port on 127.0.0.1 that refuses connections for as long as this lives: the socket is
+/// bound but never listens, so no other test can take the port and the kernel never picks it as
+/// a connection's source port (which would let a connect to it succeed by connecting to itself).
+#[derive(Debug)]
+pub struct ClosedPort {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind 127.0.0.1:0");
+        let port = socket
+            .local_addr()
+            .expect("local address")
+            .as_socket()
+            .expect("an inet address")
+            .port();
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// A real `redis-server` on 127.0.0.1 with no persistence, in its own temporary directory.
 /// Killed when dropped.
 #[derive(Debug)]
