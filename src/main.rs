@@ -15,15 +15,15 @@ mod reload;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use spinforge_acme::AcmeService;
+use spinforge_edge::Edge;
 use spinforge_edge::tls::TlsPolicy;
-use spinforge_edge::{Edge, Stop};
 use spinforge_state::Store;
 use spinforge_state::config::Config;
+use spinforge_state::stop::{CancellationToken, DropGuard, Stop, StopSignal};
 use spinforge_supervisor::Supervisor;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// After handing its sockets to a new edge, how long the old one keeps idle keep-alive
@@ -269,10 +269,9 @@ async fn up(config: Config) -> Result<()> {
         admin.with_reloader(reloads.reloader.clone()),
         supervisor.handle(),
     );
-    let (edge_stop, edge_rx) = watch::channel(None);
-    let (supervisor_stop, supervisor_rx) = watch::channel(None);
-    let mut edge_task = tokio::spawn(edge.serve(edge_rx));
-    let supervisor_task = tokio::spawn(supervisor.run(supervisor_rx));
+    let (edge_stop, supervisor_stop) = (StopSignal::new(), StopSignal::new());
+    let mut edge_task = tokio::spawn(edge.serve(edge_stop.clone()));
+    let supervisor_task = tokio::spawn(supervisor.run(supervisor_stop.clone()));
     tokio::select! {
         r = shutdown_signal() => r?,
         r = &mut edge_task => return edge_failed(r),
@@ -285,9 +284,9 @@ async fn up(config: Config) -> Result<()> {
     let started = Instant::now();
     let grace = config.edge.grace;
     tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
-    let _ = edge_stop.send(Some(Stop::at(started + grace / 2)));
+    edge_stop.send(Stop::at(started + grace / 2));
     let _ = edge_task.await;
-    let _ = supervisor_stop.send(Some(
+    supervisor_stop.send(Stop::at(
         started + grace.saturating_sub(Duration::from_millis(250)),
     ));
     let _ = supervisor_task.await;
@@ -326,8 +325,8 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
         edge.handoff()
             .context("cannot keep a copy of the listening socket")?,
     );
-    let (stop, rx) = watch::channel(None);
-    let mut task = tokio::spawn(edge.serve(rx));
+    let stop = StopSignal::new();
+    let mut task = tokio::spawn(edge.serve(stop.clone()));
     let mut linger = Duration::ZERO;
     loop {
         tokio::select! {
@@ -355,10 +354,10 @@ async fn edge(config: Config, upgrade: bool) -> Result<()> {
     }
     let grace = reloads.current().edge.grace;
     reloads.stop().await;
-    let _ = stop.send(Some(Stop {
+    stop.send(Stop {
         deadline: Instant::now() + grace,
         linger,
-    }));
+    });
     let _ = task.await;
     Ok(())
 }
@@ -387,8 +386,8 @@ async fn supervisor(config: Config) -> Result<()> {
         admin.with_reloader(reloads.reloader.clone()),
         supervisor.handle(),
     );
-    let (stop, rx) = watch::channel(None);
-    let task = tokio::spawn(supervisor.run(rx));
+    let stop = StopSignal::new();
+    let task = tokio::spawn(supervisor.run(stop.clone()));
     let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit())
         .context("cannot listen for SIGQUIT")?;
     tokio::select! {
@@ -397,7 +396,7 @@ async fn supervisor(config: Config) -> Result<()> {
             let grace = reloads.current().edge.grace;
             reloads.stop().await;
             admin.stop().await;
-            let _ = stop.send(Some(Instant::now() + grace));
+            stop.send(Stop::at(Instant::now() + grace));
         }
         _ = quit.recv() => {
             // A replacement supervisor adopts the spinlets: leave them running.
@@ -516,20 +515,23 @@ async fn bind_admin(config: &Config, store: Store) -> Result<spinforge_admin::Ad
         })
 }
 
-/// The admin API, serving beside the supervisor.
-struct AdminHandle(watch::Sender<bool>, tokio::task::JoinHandle<()>);
+/// The admin API, serving beside the supervisor; it stops when this is dropped.
+struct AdminHandle(DropGuard, tokio::task::JoinHandle<()>);
 
 impl AdminHandle {
     fn start(
         api: spinforge_admin::AdminApi,
         handle: spinforge_supervisor::control::SupervisorHandle,
     ) -> AdminHandle {
-        let (tx, rx) = watch::channel(false);
-        AdminHandle(tx, tokio::spawn(api.serve(handle, rx)))
+        let stop = CancellationToken::new();
+        AdminHandle(
+            stop.clone().drop_guard(),
+            tokio::spawn(api.serve(handle, stop)),
+        )
     }
 
     async fn stop(self) {
-        let _ = self.0.send(true);
+        drop(self.0);
         let _ = self.1.await;
     }
 }

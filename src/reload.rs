@@ -15,6 +15,7 @@ use spinforge_edge::EdgeControl;
 use spinforge_edge::tls::TlsPolicy;
 use spinforge_state::config::Config;
 use spinforge_state::config::reload::{self, Outcome, ReloadReport, Reloader};
+use spinforge_state::stop::{CancellationToken, DropGuard};
 use spinforge_supervisor::{ConfigUpdate, ConfigUpdates};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,8 @@ pub struct Parts {
 pub struct ReloadHandle {
     pub reloader: Reloader,
     current: watch::Receiver<Arc<Config>>,
-    stop: watch::Sender<bool>,
+    /// Stops the reloader when dropped (with the handle, or by `stop`).
+    stop: DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +54,7 @@ impl ReloadHandle {
 
     /// Stops reloading, and the certificate job with it.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        drop(self.stop);
         let _ = self.task.await;
     }
 }
@@ -62,7 +64,7 @@ impl ReloadHandle {
 pub fn start(boot: &Config, parts: Parts, hangup: tokio::signal::unix::Signal) -> ReloadHandle {
     let (reloader, asks) = Reloader::new();
     let (current_tx, current) = watch::channel(Arc::new(boot.clone()));
-    let (stop, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     let state = State {
         boot: boot.clone(),
         current: boot.clone(),
@@ -70,11 +72,11 @@ pub fn start(boot: &Config, parts: Parts, hangup: tokio::signal::unix::Signal) -
         parts,
         published: current_tx,
     };
-    let task = tokio::spawn(state.run(asks, hangup, stop_rx));
+    let task = tokio::spawn(state.run(asks, hangup, stop.clone()));
     ReloadHandle {
         reloader,
         current,
-        stop,
+        stop: stop.drop_guard(),
         task,
     }
 }
@@ -103,7 +105,7 @@ impl State {
         mut self,
         mut asks: mpsc::Receiver<oneshot::Sender<ReloadReport>>,
         mut hangup: tokio::signal::unix::Signal,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,7 +126,7 @@ impl State {
                         self.reload().await;
                     }
                 }
-                _ = stopped(&mut stop) => break,
+                _ = stop.cancelled() => break,
             }
         }
         if let Some(acme) = self.parts.acme.take() {
@@ -227,11 +229,6 @@ impl State {
         }
         warnings
     }
-}
-
-/// Resolves once `rx` turns true (or its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// When a file was last changed, to notice edits by polling.

@@ -20,6 +20,7 @@ mod order;
 use spinforge_state::Store;
 use spinforge_state::config::{AcmeConfig, AppTls, ChallengeKind, Config, acme_eligible};
 use spinforge_state::records::{CertRecord, ChallengeType};
+use spinforge_state::stop::{CancellationToken, DropGuard};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,7 +147,8 @@ pub struct AcmeService {
 
 #[derive(Debug)]
 struct Running {
-    stop: watch::Sender<bool>,
+    /// Stops the job when dropped.
+    _stop: DropGuard,
     domains: watch::Sender<Vec<String>>,
 }
 
@@ -164,11 +166,14 @@ impl AcmeService {
 
     fn launch(&mut self, config: &Config) {
         if let Some(mut job) = AcmeJob::new(config, self.store.clone()) {
-            let (stop, stop_rx) = watch::channel(false);
+            let stop = CancellationToken::new();
             let (domains, updates) = watch::channel(job.domains.clone());
             job.updates = Some(updates);
-            tokio::spawn(job.run(stop_rx));
-            self.running = Some(Running { stop, domains });
+            tokio::spawn(job.run(stop.clone()));
+            self.running = Some(Running {
+                _stop: stop.drop_guard(),
+                domains,
+            });
         }
     }
 
@@ -188,9 +193,8 @@ impl AcmeService {
             });
         }
         match &self.running {
-            Some(r) if domains.is_empty() => {
-                let _ = r.stop.send(true);
-                self.running = None;
+            Some(_) if domains.is_empty() => {
+                self.running = None; // stops it
                 Some("certificate job stopped: no domain needs a certificate".into())
             }
             Some(r) => {
@@ -210,9 +214,7 @@ impl AcmeService {
     }
 
     fn stop_job(&mut self) {
-        if let Some(r) = self.running.take() {
-            let _ = r.stop.send(true);
-        }
+        self.running = None; // its drop guard stops it
     }
 
     /// Stops the job (at shutdown).
@@ -265,8 +267,8 @@ impl AcmeJob {
         &self.domains
     }
 
-    /// Runs until `stop` turns true.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
         tracing::info!(
             directory = %self.shared.acme.directory,
             domains = self.domains.len(),
@@ -364,7 +366,7 @@ impl AcmeJob {
                     tracing::info!(domains = wanted.len(), "certificate job: domains updated");
                     self.domains = wanted;
                 }
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.cancelled() => break,
             }
         }
         running.abort_all();

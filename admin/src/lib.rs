@@ -19,6 +19,7 @@ mod upload;
 use spinforge_state::Store;
 use spinforge_state::config::Config;
 use spinforge_state::config::reload::Reloader;
+use spinforge_state::stop::CancellationToken;
 use spinforge_supervisor::control::SupervisorHandle;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 pub use auth::token_id;
 
@@ -80,7 +81,7 @@ pub(crate) struct Ctx {
     pub reloader: Option<Reloader>,
     pub metrics: metrics::Metrics,
     pub streams: Arc<Semaphore>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
     /// The web dashboard's sessions and failed sign-ins.
     pub sessions: dashboard::Sessions,
     /// The dashboard's per-app traffic, read from the edge's `/metrics`.
@@ -186,11 +187,12 @@ impl AdminApi {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `stop` turns true; then closes open streams and returns within a second.
-    pub async fn serve(self, handle: SupervisorHandle, mut stop: watch::Receiver<bool>) {
+    /// Serves until `stop` is cancelled; then closes open streams and returns within a second.
+    pub async fn serve(self, handle: SupervisorHandle, stop: CancellationToken) {
         use hyper_util::rt::{TokioIo, TokioTimer};
         let addr = self.local_addr();
-        let (shutdown_tx, shutdown) = watch::channel(false);
+        // Open streams and the dashboard's samplers end with the API.
+        let shutdown = stop.child_token();
         let ctx = Arc::new(Ctx {
             audit: self.audit,
             store: self.store,
@@ -212,7 +214,7 @@ impl AdminApi {
         loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("never closed"),
-                _ = stopped(&mut stop) => break,
+                _ = stop.cancelled() => break,
             };
             let (stream, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -223,7 +225,7 @@ impl AdminApi {
                         continue;
                     }
                 },
-                _ = stopped(&mut stop) => break,
+                _ = stop.cancelled() => break,
             };
             let Some(client_slot) = per_client.admit(peer.ip()) else {
                 tracing::debug!(%peer, "admin API: too many connections from this address");
@@ -250,7 +252,6 @@ impl AdminApi {
                 }
             });
         }
-        let _ = shutdown_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while conns.join_next().await.is_some() {}
         })
@@ -258,11 +259,6 @@ impl AdminApi {
         conns.abort_all();
         tracing::info!("admin API stopped");
     }
-}
-
-/// Resolves once `rx` turns true (or its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// The per-client connection cap of the admin listener.

@@ -12,12 +12,13 @@ use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::json;
+use spinforge_state::stop::CancellationToken;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 const POLL: Duration = Duration::from_millis(250);
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -81,7 +82,7 @@ fn data_lines(text: &str) -> impl Iterator<Item = &str> {
 /// The sending half of a stream; `send` is false once the client is gone.
 pub(crate) struct Sink {
     tx: mpsc::Sender<Bytes>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 impl Sink {
@@ -90,8 +91,8 @@ impl Sink {
         self.tx.closed().await
     }
 
-    /// Turns true when the API is stopping.
-    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
+    /// Cancelled when the API is stopping.
+    pub(crate) fn shutdown(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
@@ -107,7 +108,7 @@ impl Sink {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => !self.tx.is_closed(),
             _ = self.tx.closed() => false,
-            _ = self.shutdown.wait_for(|s| *s) => false,
+            _ = self.shutdown.cancelled() => false,
         }
     }
 }

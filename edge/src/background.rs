@@ -4,11 +4,12 @@
 
 use crate::sync::Snapshot;
 use spinforge_state::records::DrainLoad;
+use spinforge_state::stop::CancellationToken;
 use spinforge_state::{DRAIN_REPORT_INTERVAL, DRAIN_REPORT_TTL, Event, Store};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How many wake requests may queue before new ones are dropped (they repeat every second anyway).
 pub const WAKE_QUEUE: usize = 1024;
@@ -36,27 +37,19 @@ pub async fn publish_wakes(store: Store, mut wakes: mpsc::Receiver<Arc<str>>) {
 
 /// Every [`ACTIVITY_FLUSH`], writes the apps' last access times to `active`; once more on stop.
 /// Meanwhile, on a task of its own, reports drains ([`report_drains`]).
-pub async fn flush_activity(
-    store: Store,
-    snapshot: Arc<Snapshot>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn flush_activity(store: Store, snapshot: Arc<Snapshot>, stop: CancellationToken) {
     let reports = tokio::spawn(report_drains(store.clone(), snapshot.clone(), stop.clone()));
-    flush_activity_until_stop(&store, &snapshot, &mut stop).await;
+    flush_activity_until_stop(&store, &snapshot, &stop).await;
     let _ = tokio::time::timeout(REPORT_DEADLINE, reports).await;
 }
 
-async fn flush_activity_until_stop(
-    store: &Store,
-    snapshot: &Snapshot,
-    stop: &mut watch::Receiver<bool>,
-) {
+async fn flush_activity_until_stop(store: &Store, snapshot: &Snapshot, stop: &CancellationToken) {
     let mut tick = tokio::time::interval(ACTIVITY_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
-            _ = stop.changed() => true,
+            _ = stop.cancelled() => true,
         };
         flush_once(store, snapshot).await;
         if stopping {
@@ -71,7 +64,7 @@ async fn flush_activity_until_stop(
 /// it. A report lives [`DRAIN_REPORT_TTL`], so an edge that dies (or loses the store) holds no
 /// drain beyond that; on stop, with its requests finished, the edge withdraws at once. Nothing
 /// here touches the request path: counts are atomics the requests keep, read here.
-pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, stop: CancellationToken) {
     let edge = spinforge_state::instance_id("edge");
     let mut tick = tokio::time::interval(DRAIN_REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,7 +75,7 @@ pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, mut stop: watc
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
-            _ = stop.changed() => true,
+            _ = stop.cancelled() => true,
         };
         if stopping {
             match tokio::time::timeout(REPORT_DEADLINE, store.withdraw_edge(&edge)).await {

@@ -16,12 +16,13 @@ use crate::limits::{self, ClientRates, Gcra};
 use crate::sync::Snapshot;
 use spinforge_state::Store;
 use spinforge_state::policy::RateLimitScope;
+use spinforge_state::stop::CancellationToken;
 use spinforge_state::store::RateCount;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How often counts are exchanged, and the length of a window.
 pub const INTERVAL: Duration = Duration::from_millis(100);
@@ -125,7 +126,7 @@ pub async fn exchange(
     snapshot: Arc<Snapshot>,
     client_rates: Arc<OnceLock<ClientRates>>,
     rates: Arc<ClusterRates>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut current: HashMap<Key, u64> = HashMap::new();
     // What we wrote one window ago: read back (with the others' counts) at the next tick.
@@ -149,7 +150,7 @@ pub async fn exchange(
                 None => return,
             },
             _ = tokio::time::sleep_until(next_tick) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         next_tick = tokio::time::Instant::now() + until_next_window(SystemTime::now());
         let now = window_of(SystemTime::now());

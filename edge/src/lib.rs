@@ -36,9 +36,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use spinforge_state::Store;
 use spinforge_state::config::EdgeConfig;
+use spinforge_state::stop::{CancellationToken, TaskTracker};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -60,25 +60,7 @@ pub enum EdgeError {
     Tls(#[from] rustls::Error),
 }
 
-/// How the edge should stop.
-#[derive(Debug, Clone, Copy)]
-pub struct Stop {
-    /// In-flight requests may finish until then.
-    pub deadline: Instant,
-    /// How long idle keep-alive connections stay open after the listener closed, so that their
-    /// next request is still answered (with `Connection: close`) instead of meeting a closed
-    /// socket. Worth it when a successor took the listener over; zero on a plain stop.
-    pub linger: Duration,
-}
-
-impl Stop {
-    pub fn at(deadline: Instant) -> Stop {
-        Stop {
-            deadline,
-            linger: Duration::ZERO,
-        }
-    }
-}
+pub use spinforge_state::stop::{Stop, StopSignal};
 
 /// A bound, not yet serving edge.
 #[derive(Debug)]
@@ -213,26 +195,28 @@ impl Edge {
         self.http_addr
     }
 
-    /// Serves until `shutdown` carries a [`Stop`], then stops accepting, lets in-flight requests
+    /// Serves until `shutdown` asks for a [`Stop`], then stops accepting, lets in-flight requests
     /// finish until its deadline, and returns.
-    pub async fn serve(self, mut shutdown: watch::Receiver<Option<Stop>>) -> Result<(), EdgeError> {
+    pub async fn serve(self, shutdown: StopSignal) -> Result<(), EdgeError> {
         let snapshot = Arc::new(sync::Snapshot::new());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Ends the background tasks (table sync, activity, drain reports, metrics, …).
+        let background = CancellationToken::new();
         let (wake_tx, wake_rx) = mpsc::channel(background::WAKE_QUEUE);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        // Requests in flight and the proxy threads serving: the stop waits for both.
+        let in_flight = TaskTracker::new();
         let metrics = Arc::new(metrics::Metrics::default());
 
         let mut first_table = snapshot.changes();
         let sync_task = tokio::spawn(sync::keep_in_sync(
             self.store.clone(),
             snapshot.clone(),
-            stop_rx.clone(),
+            background.clone(),
         ));
         let wake_task = tokio::spawn(background::publish_wakes(self.store.clone(), wake_rx));
         let activity_task = tokio::spawn(background::flush_activity(
             self.store.clone(),
             snapshot.clone(),
-            stop_rx.clone(),
+            background.clone(),
         ));
         let tls_config = match &self.https {
             Some(_) => Some(tls::listener::server_config(self.tls.clone())?),
@@ -244,7 +228,7 @@ impl Edge {
                 self.store.clone(),
                 self.tls.clone(),
                 model,
-                stop_rx.clone(),
+                background.clone(),
             ))
         });
         if tokio::time::timeout(FIRST_TABLE_WAIT, first_table.changed())
@@ -265,7 +249,7 @@ impl Edge {
                 snapshot.clone(),
                 client_rates.clone(),
                 rates.clone(),
-                stop_rx.clone(),
+                background.clone(),
             ));
             (Some(rates), Some(task))
         } else {
@@ -288,7 +272,7 @@ impl Edge {
             self.metrics_swaps,
             metrics.clone(),
             snapshot.clone(),
-            stop_rx.clone(),
+            background.clone(),
         ));
         let layout = RuntimeLayout::from_env();
         // The fast path's upstream pool is per thread: it needs connections that stay on theirs.
@@ -299,17 +283,17 @@ impl Edge {
             threads: layout.threads(),
             ..ServerConf::default()
         });
+        // Pingora's `process_new` takes its own shutdown watch: set when the stop begins.
         let (service_stop_tx, service_stop_rx) = watch::channel(false);
-        // Per-thread runtimes live until this says so (after the drain), then drop their tasks.
-        let (release_tx, release_rx) = watch::channel(false);
+        // Per-thread runtimes live until this is cancelled (after the drain), then drop their
+        // tasks.
+        let release = CancellationToken::new();
         // Shared by every proxy thread: one count of connections per client IP, one linger.
         let guard = accept::Guard {
             counts: Arc::new(limits::ConnectionCounts::default()),
             settings: self.settings.clone(),
         };
         let linger = Arc::new(accept::Linger::default());
-        // Threads still serving (their cleanup, with the linger, included).
-        let services_running = Arc::new(AtomicUsize::new(0));
         // One app per proxy thread, for plain and HTTPS connections alike: the fast path in
         // front (HTTP/1.1), Pingora's proxy behind it (HTTP/2, and what the fast path leaves),
         // with its own upstream pool.
@@ -332,7 +316,7 @@ impl Edge {
                 metrics: metrics.clone(),
                 fast: fast_path.then(|| fast::FastPath {
                     proxy: proxy.clone(),
-                    closing: watch::channel(false).0,
+                    closing: CancellationToken::new(),
                 }),
             })
         };
@@ -382,22 +366,23 @@ impl Edge {
             linger: linger.clone(),
         };
         let mut service_task = None;
+        // The proxy threads still serving (their cleanup, with the linger, included).
+        let serving = TaskTracker::new();
         for ((i, mine), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
             let server = server_for();
-            let (stop, running) = (service_stop_rx.clone(), services_running.clone());
-            running.fetch_add(1, Ordering::AcqRel);
+            let (stop, running) = (service_stop_rx.clone(), serving.token());
             match layout {
                 RuntimeLayout::Shared => {
                     service_task = Some(tokio::spawn(async move {
                         server.run(mine, inbox, stop).await;
-                        running.fetch_sub(1, Ordering::AcqRel);
+                        drop(running);
                     }));
                 }
                 RuntimeLayout::PerThread(_) => {
                     // Each thread serves its connections start to end, with its own upstream
                     // pool: no task migrates between threads, no cross-thread wake-ups on the
                     // request path.
-                    let mut release = release_rx.clone();
+                    let release = release.clone();
                     let spawned = std::thread::Builder::new()
                         .name(format!("spinforge-edge-{i}"))
                         .spawn(move || {
@@ -407,64 +392,59 @@ impl Edge {
                             {
                                 Ok(r) => r,
                                 Err(e) => {
-                                    running.fetch_sub(1, Ordering::AcqRel);
                                     return tracing::error!(error = %e, "cannot start a proxy thread's runtime");
                                 }
                             };
                             runtime.block_on(async move {
                                 server.run(mine, inbox, stop).await;
-                                running.fetch_sub(1, Ordering::AcqRel);
-                                let _ = release.wait_for(|r| *r).await;
+                                drop(running);
+                                release.cancelled().await;
                             });
                         });
                     if let Err(e) = spawned {
-                        services_running.fetch_sub(1, Ordering::AcqRel);
                         tracing::error!(error = %e, "cannot start a proxy thread");
                     }
                 }
             }
         }
+        serving.close();
         tracing::info!(http = %self.http_addr, metrics = ?metrics_addr, store = self.store.kind(), "edge serving");
 
-        let stop = match shutdown.wait_for(Option::is_some).await {
-            Ok(s) => s.unwrap_or_else(|| Stop::at(Instant::now())),
-            Err(_) => Stop::at(Instant::now()), // the sender is gone: shut down at once
-        };
+        let stop = shutdown.requested().await;
         let deadline = stop.deadline;
         linger.set(
             stop.linger
                 .min(deadline.saturating_duration_since(Instant::now())),
         );
         let _ = service_stop_tx.send(true);
-        let mut logged = false;
-        while (in_flight.load(Ordering::Acquire) > 0
-            || services_running.load(Ordering::Acquire) > 0)
-            && Instant::now() < deadline
-        {
-            if !logged {
-                tracing::info!(
-                    in_flight = in_flight.load(Ordering::Acquire),
-                    "draining requests"
-                );
-                logged = true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        in_flight.close();
+        if !in_flight.is_empty() {
+            tracing::info!(in_flight = in_flight.len(), "draining requests");
         }
-        let left = in_flight.load(Ordering::Acquire);
-        if left > 0 {
+        let drained = async {
+            // Threads still serving can start requests after the count first reached zero.
+            loop {
+                in_flight.wait().await;
+                serving.wait().await;
+                if in_flight.is_empty() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() && !in_flight.is_empty() {
             tracing::warn!(
-                in_flight = left,
+                in_flight = in_flight.len(),
                 "grace period over; closing requests still in flight"
             );
         }
-        let _ = stop_tx.send(true);
+        background.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), activity_task).await;
         sync_task.abort();
         for t in [tls_task, cluster_task].into_iter().flatten() {
             t.abort();
         }
         wake_task.abort();
-        let _ = release_tx.send(true);
+        release.cancel();
         if let Some(t) = service_task {
             t.abort();
         }
@@ -570,7 +550,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
 
     async fn cleanup(&self) {
         if let Some(fast) = &self.fast {
-            fast.closing.send_replace(true);
+            fast.closing.cancel();
         }
         self.inner.cleanup().await;
         if let Some(h2c) = &self.inner_h2c {
@@ -648,7 +628,7 @@ async fn serve_metrics(
     mut swaps: mpsc::UnboundedReceiver<Option<std::net::TcpListener>>,
     metrics: Arc<metrics::Metrics>,
     snapshot: Arc<sync::Snapshot>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     let mut next = first;
@@ -672,13 +652,13 @@ async fn serve_metrics(
         });
         let swap = tokio::select! {
             swap = swaps.recv() => swap,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.cancelled() => break,
         };
         next = match swap {
             Some(l) => l,
             // No reload can come any more: serve what we have until the stop.
             None => {
-                let _ = stop.wait_for(|s| *s).await;
+                stop.cancelled().await;
                 break;
             }
         };

@@ -5,6 +5,7 @@
 //! exposition format, walking the current routing table for the app names.
 
 use crate::sync::Snapshot;
+use spinforge_state::stop::CancellationToken;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 /// Methods with their own series; the rest count as `other`.
 const METHODS: [&str; 8] = [
@@ -345,12 +346,12 @@ impl Drop for Gauge {
     }
 }
 
-/// Answers `GET /metrics` on `listener` until `stop` turns true.
+/// Answers `GET /metrics` on `listener` until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     snapshot: Arc<Snapshot>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
@@ -363,7 +364,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;

@@ -18,7 +18,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use spinforge_state::now_ms;
 use spinforge_state::policy::{RateLimit, RateLimitScope};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -73,7 +72,8 @@ pub struct EdgeProxy {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) wakes: mpsc::Sender<Arc<str>>,
     pub(crate) settings: LiveSettings,
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Requests in flight (and the proxy threads serving), which a stop waits for.
+    pub(crate) in_flight: spinforge_state::stop::TaskTracker,
     /// Per-client rate state, made on the first request to an app with a rate limit.
     pub(crate) client_rates: Arc<OnceLock<ClientRates>>,
     /// Where requests under `scope: cluster` limits are noted for the other edges (Redis only).
@@ -123,22 +123,9 @@ pub struct RequestCtx {
     _in_flight: InFlight,
 }
 
-/// Counts a request as in flight until dropped; shutdown waits for the count to reach zero.
-#[derive(Debug)]
-pub(crate) struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    pub(crate) fn start(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        InFlight(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// Counts a request as in flight until dropped: the edge's stop waits for every one (within its
+/// deadline).
+pub(crate) type InFlight = spinforge_state::stop::TaskTrackerToken;
 
 impl EdgeProxy {
     /// `Some(wait)` when this request is over the app's rate limit (the app-wide cap first, then
@@ -439,7 +426,7 @@ impl ProxyHttp for EdgeProxy {
             closer: None,
             started: Instant::now(),
             websocket: None,
-            _in_flight: InFlight::start(&self.in_flight),
+            _in_flight: self.in_flight.token(),
         }
     }
 

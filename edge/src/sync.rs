@@ -6,6 +6,7 @@ use crate::routing::RoutingTable;
 use crate::routing::drain::Draining;
 use arc_swap::ArcSwap;
 use spinforge_state::records::{Drain, Route};
+use spinforge_state::stop::CancellationToken;
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -177,8 +178,8 @@ fn parse_drains(drains: &[Drain]) -> Vec<Draining> {
         .collect()
 }
 
-/// Runs until `stop` turns true. The first table is published as soon as it is loaded.
-pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` is cancelled. The first table is published as soon as it is loaded.
+pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: CancellationToken) {
     let mut model = Model::default();
     let mut sub = store.subscribe();
     let mut full_reload = tokio::time::interval(FULL_RELOAD);
@@ -203,7 +204,7 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, mut stop: watch
             },
             _ = full_reload.tick() => reload_now = true,
             _ = reload_timer => reload_now = true,
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         // Take the rest of a burst so that it makes one table, not many.
         while let Some(s) = sub.try_next() {

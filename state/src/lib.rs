@@ -12,6 +12,7 @@ pub mod events;
 pub mod keys;
 pub mod policy;
 pub mod records;
+pub mod stop;
 pub mod store;
 
 pub use events::Event;

@@ -28,6 +28,7 @@ use app::{AppContext, AppTask, Command, Outbox};
 use control::{ControlError, ManagedApp, Origin};
 use spinforge_state::config::{AppConfig, AppSource, Config, LogLimits};
 use spinforge_state::records::Spinlet;
+use spinforge_state::stop::StopSignal;
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -273,9 +274,9 @@ impl Supervisor {
         self.apps.insert(name, Entry { app, outbox, task });
     }
 
-    /// Routes wakes, idle checks, control requests and config edits until `shutdown` carries a
-    /// deadline; then stops every spinlet by that deadline.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<Option<Instant>>) {
+    /// Routes wakes, idle checks, control requests and config edits until `shutdown` asks for a
+    /// stop; then stops every spinlet by its deadline.
+    pub async fn run(mut self, shutdown: StopSignal) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
         self.start_hot_deploy();
@@ -322,9 +323,7 @@ impl Supervisor {
                     }
                     self.control(request).await;
                 }
-                d = async { shutdown.wait_for(Option::is_some).await.ok().and_then(|d| *d) } => {
-                    break d.unwrap_or_else(Instant::now);
-                }
+                stop = shutdown.requested() => break stop.deadline,
             }
         };
         self.shutdown(deadline).await;

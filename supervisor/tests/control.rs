@@ -4,12 +4,12 @@
 
 use spinforge_state::Store;
 use spinforge_state::config::{AppSource, Config};
+use spinforge_state::stop::{DropGuard, Stop, StopSignal};
 use spinforge_supervisor::Supervisor;
 use spinforge_supervisor::control::{ControlError, Lifecycle, Origin, SupervisorHandle};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 fn versioned_app(dir: &Path, version: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("app dir");
@@ -30,7 +30,9 @@ fn versioned_app(dir: &Path, version: &str) -> PathBuf {
 
 struct Running {
     handle: SupervisorHandle,
-    stop: watch::Sender<Option<tokio::time::Instant>>,
+    stop: StopSignal,
+    /// Stops the supervisor at once should the test end early.
+    _stop_on_drop: DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,16 +49,21 @@ async fn start(dir: &Path, store: Store, ports: &str) -> Running {
         .await
         .expect("supervisor starts");
     let handle = sup.handle();
-    let (stop, rx) = watch::channel(None);
-    let task = tokio::spawn(sup.run(rx));
-    Running { handle, stop, task }
+    let stop = StopSignal::new();
+    let task = tokio::spawn(sup.run(stop.clone()));
+    Running {
+        handle,
+        _stop_on_drop: stop.stop_on_drop(),
+        stop,
+        task,
+    }
 }
 
 impl Running {
     async fn shutdown(self) {
-        let _ = self
-            .stop
-            .send(Some(tokio::time::Instant::now() + Duration::from_secs(3)));
+        self.stop.send(Stop::at(
+            tokio::time::Instant::now() + Duration::from_secs(3),
+        ));
         let _ = self.task.await;
     }
 }

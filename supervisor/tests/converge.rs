@@ -11,6 +11,7 @@
 
 use spinforge_state::config::{AppSource, Config};
 use spinforge_state::records::{BuildState, SpinletState};
+use spinforge_state::stop::{DropGuard, Stop, StopSignal};
 use spinforge_state::{Event, Signal, Store};
 use spinforge_supervisor::Supervisor;
 use spinforge_supervisor::control::{Lifecycle, SupervisorHandle};
@@ -19,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 /// No build of these tests may stay in flight longer (the slow ones are cancelled well before).
 const BUILD_DEADLINE: Duration = Duration::from_secs(30);
@@ -65,7 +65,9 @@ fn app_source(dir: &Path, version: &str, build_secs: Option<u32>, broken: bool) 
 
 struct Running {
     handle: SupervisorHandle,
-    stop: watch::Sender<Option<tokio::time::Instant>>,
+    stop: StopSignal,
+    /// Stops the supervisor at once should the test end early.
+    _stop_on_drop: DropGuard,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,16 +83,21 @@ async fn start(dir: &Path, store: Store, ports: &str, builds: &str, apps: &str) 
         .await
         .expect("supervisor starts");
     let handle = sup.handle();
-    let (stop, rx) = watch::channel(None);
-    let task = tokio::spawn(sup.run(rx));
-    Running { handle, stop, task }
+    let stop = StopSignal::new();
+    let task = tokio::spawn(sup.run(stop.clone()));
+    Running {
+        handle,
+        _stop_on_drop: stop.stop_on_drop(),
+        stop,
+        task,
+    }
 }
 
 impl Running {
     async fn shutdown(self) {
-        let _ = self
-            .stop
-            .send(Some(tokio::time::Instant::now() + Duration::from_secs(3)));
+        self.stop.send(Stop::at(
+            tokio::time::Instant::now() + Duration::from_secs(3),
+        ));
         let _ = self.task.await;
     }
 }

@@ -46,7 +46,7 @@ pub(super) async fn events(a: Asked<'_>) -> Resp {
         let _permit = permit;
         // The first signal is always a resync: the page was just rendered.
         let mut first = true;
-        let mut stop = sink.shutdown();
+        let stop = sink.shutdown();
         loop {
             let frame = tokio::select! {
                 signal = sub.next() => match signal {
@@ -66,7 +66,7 @@ pub(super) async fn events(a: Asked<'_>) -> Resp {
                 },
                 _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
                 _ = sink.closed() => return,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             first = false;
             if !sink.send(frame).await {

@@ -7,6 +7,7 @@
 //! `edge.metrics` here, the pages say so. The scrape is a plain HTTP/1.0 GET, at most
 //! [`MAX_SCRAPE`] bytes, with a time limit.
 
+use spinforge_state::stop::CancellationToken;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +108,7 @@ impl Traffic {
     }
 
     /// A page shows traffic: sampling starts (or goes on).
-    pub fn wanted(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub fn wanted(self: &Arc<Self>, shutdown: CancellationToken) {
         self.seen_ms
             .store(spinforge_state::now_ms(), Ordering::Relaxed);
         if self.running.swap(true, Ordering::AcqRel) {
@@ -124,7 +125,7 @@ impl Traffic {
                 me.sample().await;
                 tokio::select! {
                     _ = tokio::time::sleep(EVERY) => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = shutdown.cancelled() => break,
                 }
             }
             me.running.store(false, Ordering::Release);

@@ -19,7 +19,7 @@ use crate::compress::{self, Encoder};
 use crate::errors::EdgeError;
 use crate::metrics::method_index;
 use crate::policy::{self, Forward, RequestBody, ResponseBody};
-use crate::proxy::{AccessLine, InFlight, log_access};
+use crate::proxy::{AccessLine, log_access};
 use crate::routing::AppEntry;
 use crate::routing::drain::{self, EventEnds};
 use bytes::Bytes;
@@ -83,7 +83,7 @@ impl FastPath {
         });
         let keepalive = self.proxy.settings.load().keepalive;
         let mut shutdown = shutdown.clone();
-        let mut closing = self.closing.subscribe();
+        let closing = self.closing.clone();
         let mut going_away = false;
         loop {
             let idle = open.count.load(Ordering::Acquire) == 0;
@@ -96,7 +96,7 @@ impl FastPath {
                     going_away = true;
                     continue;
                 }
-                _ = closing.wait_for(|c| *c), if !going_away && idle => {
+                _ = closing.cancelled(), if !going_away && idle => {
                     conn.graceful_shutdown();
                     going_away = true;
                     continue;
@@ -176,7 +176,7 @@ struct Outcome {
 impl Stream {
     async fn serve(self, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
         let proxy = &self.fast.proxy;
-        let _in_flight = InFlight::start(&proxy.in_flight);
+        let _in_flight = proxy.in_flight.token();
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let id = RequestId::for_request(parts.headers.get("x-request-id").map(|v| v.as_bytes()));

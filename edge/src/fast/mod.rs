@@ -31,7 +31,7 @@ mod upstream;
 use crate::errors::EdgeError;
 use crate::metrics::method_index;
 use crate::policy::ResponseBody;
-use crate::proxy::{AccessLine, EdgeProxy, InFlight, log_access};
+use crate::proxy::{AccessLine, EdgeProxy, log_access};
 use crate::routing::drain::{self, EventEnds};
 use crate::routing::{AppEntry, normalize_host};
 use head::{Chunks, Parsed, RequestHead, ResponseRules};
@@ -40,12 +40,12 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use rewound::Rewound;
 use spinforge_state::now_ms;
+use spinforge_state::stop::CancellationToken;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 /// What a connection's buffers start with (and go back to between requests, for the upstream
 /// side): most heads are well under this, and idle keep-alive connections should cost little.
@@ -65,8 +65,8 @@ pub struct FastPath {
     /// Its settings (`edge.header_timeout`, `edge.h2c`, …) are read per connection and request
     /// from `proxy.settings`, so that a reload applies to the next one.
     pub proxy: EdgeProxy,
-    /// Set when the service's cleanup runs: idle keep-alive connections close.
-    pub closing: watch::Sender<bool>,
+    /// Cancelled when the service's cleanup runs: idle keep-alive connections close.
+    pub closing: CancellationToken,
 }
 
 /// What reading the next request head found.
@@ -291,9 +291,9 @@ impl FastPath {
             out: Vec::new(),
             up_buf: Vec::new(),
         };
-        let mut closing = self.closing.subscribe();
+        let closing = &self.closing;
         loop {
-            let head = match self.next_head(&mut conn, &mut closing).await {
+            let head = match self.next_head(&mut conn, closing).await {
                 Some(Next::Head(head)) => head,
                 Some(Next::Http2) if self.proxy.settings.load().h2c => {
                     // h2c with prior knowledge: the preface read so far is put back.
@@ -352,7 +352,7 @@ impl FastPath {
     async fn next_head<C: Client>(
         &self,
         conn: &mut Conn<C>,
-        closing: &mut watch::Receiver<bool>,
+        closing: &CancellationToken,
     ) -> Option<Next> {
         let mut head_deadline = None;
         // Read once per request head: a reload applies from the next one.
@@ -393,7 +393,7 @@ impl FastPath {
             let read = tokio::select! {
                 biased;
                 r = tokio::time::timeout_at(deadline, read_at_most(&mut *conn.client, &mut conn.buf, room)) => r,
-                _ = closing.wait_for(|c| *c), if conn.buf.is_empty() => return None,
+                _ = closing.cancelled(), if conn.buf.is_empty() => return None,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
@@ -445,7 +445,7 @@ impl FastPath {
         plan: Plan,
         shutdown: &ShutdownWatch,
     ) -> After {
-        let _in_flight = InFlight::start(&self.proxy.in_flight);
+        let _in_flight = self.proxy.in_flight.token();
         let started = Instant::now();
         let app = plan.app;
         app.runtime.touch(now_ms());

@@ -6,12 +6,12 @@
 use super::{CertSource, CertTable, Served, TlsState, certified_key, covers, self_signed};
 use spinforge_state::config::AppTls;
 use spinforge_state::records::{CertRecord, Challenge};
+use spinforge_state::stop::CancellationToken;
 use spinforge_state::{Event, Signal, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
 
 /// A net under lost events: reload everything this often.
 const FULL_RELOAD: Duration = Duration::from_secs(30);
@@ -43,12 +43,12 @@ pub fn initial(state: &TlsState) -> Model {
     model
 }
 
-/// Runs until `stop` turns true.
+/// Runs until `stop` is cancelled.
 pub async fn keep_in_sync(
     store: Store,
     state: Arc<TlsState>,
     mut model: Model,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut sub = store.subscribe();
     let mut full = tokio::time::interval(FULL_RELOAD);
@@ -83,7 +83,7 @@ pub async fn keep_in_sync(
                 model.load_files(&state);
                 reload = true;
             }
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         while let Some(s) = sub.try_next() {
             match s {

@@ -21,10 +21,11 @@ use spinforge_state::config::{AppConfig, BuildLimits};
 use spinforge_state::records::{BuildState, BuildStatus};
 use spinforge_state::{Event, Store};
 
+use spinforge_state::stop::CancellationToken;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -52,7 +53,7 @@ struct Inner {
     limits: Mutex<BuildLimits>,
     slots: Semaphore,
     /// Cancel switches of queued and running builds.
-    live: Mutex<HashMap<String, watch::Sender<bool>>>,
+    live: Mutex<HashMap<String, CancellationToken>>,
 }
 
 /// A finished build. Only [`Ticket::finish`] makes one, after recording how the build ended.
@@ -143,8 +144,8 @@ impl Builder {
     /// an event) when this returns. Nothing runs until [`Ticket::run`].
     pub async fn enqueue(&self, app: &AppConfig) -> Ticket {
         let id = Self::new_id(&app.name);
-        let (cancel_tx, cancel) = watch::channel(false);
-        self.lock().insert(id.clone(), cancel_tx);
+        let cancel = CancellationToken::new();
+        self.lock().insert(id.clone(), cancel.clone());
         let (log, log_error, flusher) = self.open_log(app, &id);
         let status = BuildStatus {
             id,
@@ -216,20 +217,20 @@ impl Builder {
     /// Cancels a queued or running build; false if there is no such build (any more).
     pub fn cancel(&self, id: &str) -> bool {
         match self.lock().get(id) {
-            Some(tx) => {
-                let _ = tx.send(true);
+            Some(cancel) => {
+                cancel.cancel();
                 true
             }
             None => false,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
         lock_live(&self.inner)
     }
 }
 
-fn lock_live(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+fn lock_live(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
     inner.live.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -237,7 +238,7 @@ fn lock_live(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<String, watch::
 pub struct Ticket {
     inner: Arc<Inner>,
     status: BuildStatus,
-    cancel: watch::Receiver<bool>,
+    cancel: CancellationToken,
     /// Until the end is recorded.
     log: Option<Arc<BuildLog>>,
     /// The log file could not be created: the build fails when it runs.
@@ -278,10 +279,9 @@ impl Ticket {
         if let Some(e) = self.log_error.take() {
             return Err(e);
         }
-        let mut cancel = self.cancel.clone();
         let _slot = tokio::select! {
             slot = self.inner.slots.acquire() => slot.map_err(|_| BuildError::Cancelled)?,
-            _ = super::runner::cancelled(&mut cancel) => return Err(BuildError::Cancelled),
+            _ = self.cancel.cancelled() => return Err(BuildError::Cancelled),
         };
         self.status.state = BuildState::Running;
         self.status.started = Some(spinforge_state::now_ms());
@@ -308,7 +308,7 @@ impl Ticket {
             log,
             deadline: Instant::now() + limit,
             limit,
-            cancel,
+            cancel: self.cancel.clone(),
             run_as: ctx.run_as,
             env: Vec::new(),
         };

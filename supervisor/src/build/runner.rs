@@ -3,6 +3,7 @@
 //! group.
 
 use super::BuildError;
+use spinforge_state::stop::CancellationToken;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Lines of the log kept in memory for error messages.
@@ -170,7 +171,7 @@ pub struct Runner {
     pub deadline: Instant,
     /// The build's time limit, for messages.
     pub limit: std::time::Duration,
-    pub cancel: watch::Receiver<bool>,
+    pub cancel: CancellationToken,
     pub run_as: Option<RunAs>,
     /// The environment of every command (nothing else of the supervisor's leaks in).
     pub env: Vec<(OsString, OsString)>,
@@ -187,7 +188,7 @@ impl Runner {
 
     /// Fails if the build was cancelled or ran out of time (checked between steps).
     pub fn check(&self) -> Result<(), BuildError> {
-        if *self.cancel.borrow() {
+        if self.cancel.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
         if Instant::now() >= self.deadline {
@@ -239,13 +240,12 @@ impl Runner {
         let pump = async {
             tokio::join!(self.pump(out), self.pump(err));
         };
-        let mut cancel = self.cancel.clone();
         let began = Instant::now();
         let mut group = GroupKill(pid);
         let outcome = tokio::select! {
             (status, ()) = async { tokio::join!(child.wait(), pump) } => Ok(status),
             _ = tokio::time::sleep_until(self.deadline) => Err(BuildError::TimedOut { limit: self.limit }),
-            _ = cancelled(&mut cancel) => Err(BuildError::Cancelled),
+            _ = self.cancel.cancelled() => Err(BuildError::Cancelled),
         };
         if outcome.is_ok() {
             // Reaped: from here on its pid may name another process.
@@ -322,12 +322,5 @@ impl Drop for GroupKill {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-    }
-}
-
-/// Resolves once the build is cancelled; never if the switch is gone without being flipped.
-pub async fn cancelled(cancel: &mut watch::Receiver<bool>) {
-    if cancel.wait_for(|c| *c).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
