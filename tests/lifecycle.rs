@@ -27,7 +27,7 @@ fn versioned_app(dir: &Path, version: &str, broken: bool) -> PathBuf {
     } else {
         format!(
             r#"const http = require("http");
-let sick = false;
+let sick = false, stalled = false;
 http.createServer((req, res) => {{
   const url = new URL(req.url, "http://x");
   const answer = () => {{
@@ -36,7 +36,8 @@ http.createServer((req, res) => {{
   }};
   if (url.pathname === "/slow") setTimeout(answer, Number(url.searchParams.get("ms") || 500));
   else if (url.pathname === "/sick") {{ sick = true; answer(); }}
-  else if (url.pathname === "/health") {{ res.statusCode = sick ? 500 : 200; res.end(sick ? "sick" : "ok"); }}
+  else if (url.pathname === "/stall") {{ stalled = true; answer(); }}
+  else if (url.pathname === "/health") {{ if (!stalled) {{ res.statusCode = sick ? 500 : 200; res.end(sick ? "sick" : "ok"); }} }}
   else answer();
 }}).listen(Number(process.env.PORT), process.env.HOST);
 "#
@@ -204,6 +205,82 @@ async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_se
     let (answered, failed) = load.finish().await;
     assert!(answered > 10, "{answered}");
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// A spinlet whose health probes go unanswered while it answers requests is busy, not hung (a
+/// saturated app answers its probe late too): it is kept while the edge gets answers from it,
+/// and replaced once it answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinlet_that_misses_probes_but_answers_requests_is_kept_until_it_answers_nothing() {
+    let ws = Workspace::new();
+    let src = versioned_app(&ws.path().join("v1"), "1", false);
+    let port = free_port();
+    let block = format!(
+        "  stall:\n    domains: [stall.test]\n    source: {}\n    idle_timeout: 0\n    health_check: {{ path: /health, timeout: 5s }}\n",
+        src.display()
+    );
+    let config = ws.write("spinforge.yaml", &yaml(port, "", "", &block));
+    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
+    let http = sf.client();
+    eventually(Duration::from_secs(30), "stall serves", || async {
+        version_of(&http, "stall.test").await
+    })
+    .await;
+    // From now on its health probes get no answer; requests still do.
+    let stalled = http.fetch("stall.test", "/stall").await.json()["pid"]
+        .as_i64()
+        .expect("pid");
+    let load = Load::start(sf.http.expect("edge"), "stall.test", 2);
+    // Three unanswered probes in a row (every 2 s, 2 s each) would replace it within ~8 s.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(16) {
+        let running = running_pids(&sf, "stall").await;
+        assert_eq!(
+            running,
+            BTreeSet::from([stalled]),
+            "replaced while it answered requests, after {:?}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (answered, failed) = load.finish().await;
+    assert!(answered > 10, "{answered}");
+    assert!(failed.is_empty(), "{failed:?}");
+    // No requests: nothing vouches for it any more.
+    eventually(
+        Duration::from_secs(30),
+        "the stalled spinlet is replaced once it answers nothing",
+        || async {
+            let running = running_pids(&sf, "stall").await;
+            (running.len() == 1 && !running.contains(&stalled)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The pids of `app`'s running spinlets, as the admin API lists them.
+async fn running_pids(sf: &Spinforge, app: &str) -> BTreeSet<i64> {
+    let admin = sf.admin.expect("up has an admin API");
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+        .get(format!("http://{admin}/api/v1/spinlets"))
+        .bearer_auth(support::spinforge::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin API answers")
+        .text()
+        .await
+        .expect("body");
+    let list: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter(|s| s["app"] == app && s["state"] == "running")
+        .filter_map(|s| s["pid"].as_i64())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@ mod support;
 
 use spinforge_state::config::RedisUrl;
 use spinforge_state::records::{
-    AppRecord, BuildState, BuildStatus, BuildStep, CertRecord, Challenge, ChallengeType, Route,
-    Spinlet, SpinletState,
+    AppRecord, BuildState, BuildStatus, BuildStep, CertRecord, Challenge, ChallengeType, DrainLoad,
+    Route, Spinlet, SpinletState,
 };
 use spinforge_state::{Event, Signal, Store, Subscription};
 use std::collections::BTreeMap;
@@ -71,6 +71,7 @@ contract!(
     locks_exclude_expire_and_fence,
     builds_queue_status_and_log,
     rate_counts_add_up_across_edges,
+    edge_reports_add_up_and_expire,
 );
 
 // --- fixtures ---
@@ -1226,4 +1227,73 @@ async fn rate_counts_add_up_across_edges(store: Store) {
         .expect("read many");
     let expected: Vec<u64> = (0..2500).map(|i| i % 7 + 1).collect();
     assert_eq!(back, expected);
+}
+
+/// Edges' reports: drain loads add up across the live edges, the latest answer an upstream gave
+/// any of them is found, and an edge whose report expired or that withdrew counts no more.
+async fn edge_reports_add_up_and_expire(store: Store) {
+    let load = |requests, streams| DrainLoad { requests, streams };
+    let drain = "web-r1-a".to_string();
+    store
+        .report_edge(
+            "edge-a",
+            &[(drain.clone(), load(2, 1))],
+            &[("127.0.0.1:4001".into(), 1_000)],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("report a");
+    store
+        .report_edge(
+            "edge-b",
+            &[(drain.clone(), load(3, 0))],
+            &[
+                ("127.0.0.1:4001".into(), 2_000),
+                ("127.0.0.1:4002".into(), 500),
+            ],
+            Duration::from_millis(400),
+        )
+        .await
+        .expect("report b");
+    let report = &store
+        .drain_reports(std::slice::from_ref(&drain))
+        .await
+        .expect("read")[0];
+    assert_eq!((report.edges, report.reported), (2, 2));
+    assert_eq!(report.load, load(5, 1));
+    assert_eq!(
+        store.last_answered("127.0.0.1:4001").await.expect("read"),
+        Some(2_000)
+    );
+    assert_eq!(
+        store.last_answered("127.0.0.1:4002").await.expect("read"),
+        Some(500)
+    );
+    assert_eq!(
+        store.last_answered("127.0.0.1:4003").await.expect("read"),
+        None
+    );
+    // edge-b's report expires: only edge-a is heard.
+    eventually(EVENTUALLY, "edge-b's report expires", || async {
+        (store.last_answered("127.0.0.1:4001").await.ok()? == Some(1_000)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        store.last_answered("127.0.0.1:4002").await.expect("read"),
+        None
+    );
+    let report = &store
+        .drain_reports(std::slice::from_ref(&drain))
+        .await
+        .expect("read")[0];
+    assert_eq!((report.edges, report.load), (1, load(2, 1)));
+    store.withdraw_edge("edge-a").await.expect("withdraw");
+    assert_eq!(
+        store.last_answered("127.0.0.1:4001").await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.drain_reports(&[drain]).await.expect("read")[0].edges,
+        0
+    );
 }

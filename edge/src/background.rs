@@ -1,12 +1,14 @@
 //! Work the request path hands off so that it never waits on the store: publishing wakes,
 //! writing last-access times in batches, and reporting what this edge still has on spinlets
-//! that drain.
+//! that drain and which upstreams answer.
 
+use crate::routing::RoutingTable;
 use crate::sync::Snapshot;
 use spinforge_state::records::DrainLoad;
 use spinforge_state::stop::CancellationToken;
 use spinforge_state::{DRAIN_REPORT_INTERVAL, DRAIN_REPORT_TTL, Event, Store};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -58,12 +60,14 @@ async fn flush_activity_until_stop(store: &Store, snapshot: &Snapshot, stop: &Ca
     }
 }
 
-/// Every [`DRAIN_REPORT_INTERVAL`], tells the store that this edge is alive and what it still
+/// Every [`DRAIN_REPORT_INTERVAL`], tells the store that this edge is alive, what it still
 /// has — requests in flight, and of those WebSockets and event streams — on each spinlet that
-/// drains: the supervisor stops a drained spinlet once every live edge reports nothing left on
-/// it. A report lives [`DRAIN_REPORT_TTL`], so an edge that dies (or loses the store) holds no
-/// drain beyond that; on stop, with its requests finished, the edge withdraws at once. Nothing
-/// here touches the request path: counts are atomics the requests keep, read here.
+/// drains, and which upstreams answered requests lately: the supervisor stops a drained spinlet
+/// once every live edge reports nothing left on it, and keeps a spinlet that misses health
+/// probes while it answers requests (busy, not hung). A report lives [`DRAIN_REPORT_TTL`], so an
+/// edge that dies (or loses the store) holds no drain beyond that; on stop, with its requests
+/// finished, the edge withdraws at once. Nothing here touches the request path: counts are
+/// atomics the requests keep, read here.
 pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, stop: CancellationToken) {
     let edge = spinforge_state::instance_id("edge");
     let mut tick = tokio::time::interval(DRAIN_REPORT_INTERVAL);
@@ -71,6 +75,7 @@ pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, stop: Cancella
     // Drains the previous round saw. One is reported from the round after it first appears:
     // by then every request that chose its spinlet from an older table is counted.
     let mut known: HashSet<Arc<str>> = HashSet::new();
+    let mut answers = RecentAnswers::default();
     let mut failing = false;
     loop {
         let stopping = tokio::select! {
@@ -102,7 +107,8 @@ pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, stop: Cancella
             }
         }
         known = seen;
-        let report = store.report_drains(&edge, &loads, DRAIN_REPORT_TTL);
+        let answered = answers.update(&table, spinforge_state::now_ms());
+        let report = store.report_edge(&edge, &loads, &answered, DRAIN_REPORT_TTL);
         let error = match tokio::time::timeout(REPORT_DEADLINE, report).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -120,6 +126,44 @@ pub async fn report_drains(store: Store, snapshot: Arc<Snapshot>, stop: Cancella
             }
             _ => {}
         }
+    }
+}
+
+/// How long an upstream's last answer is reported after it came: well past a health probe's
+/// timeout, so that a supervisor whose probe went unanswered still finds it.
+const ANSWERS_REPORTED_FOR_MS: u64 = 10_000;
+
+/// The serving upstreams that answered requests lately, from the answer counts the requests
+/// keep ([`crate::balance::Loads::answers`]): `host:port` and when (ms) more answers were seen.
+#[derive(Debug, Default)]
+struct RecentAnswers {
+    /// Per upstream: its count when last looked at, and when it last grew (0: not seen grow).
+    seen: HashMap<SocketAddr, (u64, u64)>,
+}
+
+impl RecentAnswers {
+    fn update(&mut self, table: &RoutingTable, now_ms: u64) -> Vec<(String, u64)> {
+        let mut next = HashMap::with_capacity(self.seen.len());
+        for e in table.apps().filter(|e| !e.external) {
+            for &addr in e.upstreams.iter() {
+                let Some(count) = e.runtime.loads.answers(addr) else {
+                    continue;
+                };
+                let grew_at = match self.seen.get(&addr) {
+                    Some(&(before, at)) if before == count => at,
+                    Some(_) => now_ms,
+                    // First look: the count so far may be from before (a reused slot).
+                    None => 0,
+                };
+                next.insert(addr, (count, grew_at));
+            }
+        }
+        self.seen = next;
+        self.seen
+            .iter()
+            .filter(|(_, (_, at))| *at > 0 && now_ms.saturating_sub(*at) <= ANSWERS_REPORTED_FOR_MS)
+            .map(|(addr, (_, at))| (addr.to_string(), *at))
+            .collect()
     }
 }
 

@@ -25,6 +25,9 @@ struct Slot {
     in_flight: AtomicUsize,
     /// Of `in_flight`, the long-lived streams.
     streams: AtomicUsize,
+    /// Answer heads the upstream sent (ever): evidence it is alive even when it is too busy to
+    /// answer a health probe in time (see [`Loads::answers`]).
+    answers: AtomicU64,
 }
 
 /// Allocated on the app's first request: with 10,000 routes most apps may never see one.
@@ -116,6 +119,16 @@ impl Loads {
             })
     }
 
+    /// How many answers `addr` has sent while it had a slot of its own (`None`: it has none).
+    pub fn answers(&self, addr: SocketAddr) -> Option<u64> {
+        let slots = self.slots.get()?;
+        let k = key(addr);
+        slots
+            .iter()
+            .find(|s| s.addr.load(Ordering::Acquire) == k)
+            .map(|s| s.answers.load(Ordering::Relaxed))
+    }
+
     /// Counts a request to `addr` until the guard is dropped.
     pub fn start(self: &Arc<Self>, addr: SocketAddr) -> UpstreamLoad {
         let (index, owned) = self.slot_for(addr);
@@ -181,6 +194,18 @@ pub struct UpstreamLoad {
     loads: Arc<Loads>,
     index: usize,
     owned: bool,
+}
+
+impl UpstreamLoad {
+    /// The upstream sent an answer's head (counted only in a slot of its own: a shared slot's
+    /// count would vouch for another upstream).
+    pub fn answered(&self) {
+        if self.owned {
+            self.loads.slots()[self.index]
+                .answers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for UpstreamLoad {

@@ -742,7 +742,7 @@ impl ProxyHttp for EdgeProxy {
             return Err(Error::explain(ErrorType::InvalidHTTPHeader, why).into_up());
         }
         if let (Some(app), Some(addr)) = (&ctx.app, ctx.upstream) {
-            app.runtime.breakers.success(addr);
+            app.runtime.answered(addr, ctx.upstream_load.as_ref());
         }
         for name in dropped_headers(&resp.headers, false) {
             resp.remove_header(&name);

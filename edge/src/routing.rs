@@ -84,6 +84,16 @@ impl AppRuntime {
         self.flushed_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
+    /// An answer's head came back from `upstream` (on the request `load` counts): it works (its
+    /// breaker closes) and it is alive, which the edge reports for the supervisor's health
+    /// checks (a spinlet too busy to answer a probe in time still answers requests).
+    pub fn answered(&self, upstream: SocketAddr, load: Option<&crate::balance::UpstreamLoad>) {
+        self.breakers.success(upstream);
+        if let Some(load) = load {
+            load.answered();
+        }
+    }
+
     /// Counts a long-lived stream (WebSocket, event stream) to `upstream` until the guard is
     /// dropped: for the app (it keeps the app awake) and for that upstream (a drain waits for
     /// it).

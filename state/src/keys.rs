@@ -45,8 +45,9 @@ pub fn drains(app: &str) -> String {
 pub const EDGES: &str = "spinforge:edges";
 
 /// HASH of one edge's report, rewritten every [`crate::DRAIN_REPORT_INTERVAL`] and expiring
-/// after [`crate::DRAIN_REPORT_TTL`]: field `_` (always there while the edge lives), and per
-/// draining spinlet the edge knows, `{requests} {streams}` it still has on it.
+/// after [`crate::DRAIN_REPORT_TTL`]: field `_` (always there while the edge lives); per
+/// draining spinlet the edge knows, `{requests} {streams}` it still has on it; and per serving
+/// upstream that answered a request lately, `answered:{host:port}` → when (ms).
 pub fn inflight(edge: &str) -> String {
     format!("spinforge:inflight:{edge}")
 }

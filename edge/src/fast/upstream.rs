@@ -128,7 +128,7 @@ pub(super) async fn exchange_head<F: Front>(
                         continue;
                     }
                     Ok(Some(head)) => {
-                        app.runtime.breakers.success(addr);
+                        app.runtime.answered(addr, Some(&load));
                         return Ok(Answered {
                             up,
                             addr,

@@ -493,17 +493,25 @@ impl Store {
             .collect())
     }
 
-    /// An edge's report, valid for `ttl`: it is alive, and still has `loads` on these draining
-    /// spinlets (by id). A drain it does not list is one it has not taken out of its routing yet.
-    pub async fn report_drains(
+    /// An edge's report, valid for `ttl`: it is alive, still has `loads` on these draining
+    /// spinlets (by id), and `answered` lists upstreams (`host:port`) that answered requests
+    /// lately, with when (ms). A drain it does not list is one it has not taken out of its
+    /// routing yet.
+    pub async fn report_edge(
         &self,
         edge: &str,
         loads: &[(String, DrainLoad)],
+        answered: &[(String, u64)],
         ttl: Duration,
     ) -> Result<()> {
-        let mut fields = Vec::with_capacity(loads.len() + 1);
+        let mut fields = Vec::with_capacity(loads.len() + answered.len() + 1);
         fields.push((EDGE_ALIVE.to_string(), crate::now_ms().to_string()));
         fields.extend(loads.iter().map(|(id, l)| (id.clone(), l.to_value())));
+        fields.extend(
+            answered
+                .iter()
+                .map(|(addr, at)| (answered_field(addr), at.to_string())),
+        );
         let writes = vec![
             Write::SetAdd {
                 key: keys::EDGES.into(),
@@ -582,6 +590,31 @@ impl Store {
             let _ = self.write(gone, None).await;
         }
         Ok(out)
+    }
+
+    /// When a live edge last saw `upstream` (`host:port`) answer a request (ms), if one did in
+    /// the last few seconds: a spinlet that misses health probes but answers requests is busy,
+    /// not hung.
+    pub async fn last_answered(&self, upstream: &str) -> Result<Option<u64>> {
+        let edges = match &*self.backend {
+            Backend::Embedded(b) => b.members_of(&[keys::EDGES.to_string()]),
+            Backend::Redis(b) => b.members_of(&[keys::EDGES.to_string()]).await?,
+        }
+        .pop()
+        .unwrap_or_default();
+        if edges.is_empty() {
+            return Ok(None);
+        }
+        let fields = [EDGE_ALIVE.to_string(), answered_field(upstream)];
+        let keys: Vec<String> = edges.iter().map(|e| keys::inflight(e)).collect();
+        let reports = match &*self.backend {
+            Backend::Embedded(b) => b.hash_fields(&keys, &fields),
+            Backend::Redis(b) => b.hash_fields(&keys, &fields).await?,
+        };
+        Ok(reports
+            .iter()
+            .filter_map(|values| values.get(1)?.as_deref()?.parse::<u64>().ok())
+            .max())
     }
 
     // --- activity ---
@@ -1000,6 +1033,11 @@ pub struct RateCount {
 /// Entries per store call in [`Store::exchange_rate_counts`] (one Lua call on Redis: bounded
 /// so that Redis is never blocked for long).
 const RATE_EXCHANGE_CHUNK: usize = 1000;
+
+/// The field of `inflight:{edge}` that holds when the edge last saw `upstream` answer.
+fn answered_field(upstream: &str) -> String {
+    format!("answered:{upstream}")
+}
 
 /// The field of `inflight:{edge}` that is there while the edge lives (its value: when written).
 const EDGE_ALIVE: &str = "_";

@@ -14,7 +14,7 @@ use super::effect::{
 };
 use super::machine::Machine;
 use super::publish::Publisher;
-use super::spawner::{Exits, Process, Spawner, StartSpec};
+use super::spawner::{Exits, ProbeFailure, Process, Spawner, StartSpec};
 use super::timing::Timing;
 use crate::control::ControlError;
 use crate::ports::PortAllocator;
@@ -392,12 +392,17 @@ impl AppTask {
                         .ctx
                         .spawner
                         .probe(port, &path, self.ctx.timing.check_timeout);
+                    let store = self.ctx.store.clone();
                     let owed = Owed::Probe(id.clone());
                     self.spawn_work(owed, async move {
-                        Input::Probed {
-                            id,
-                            result: probe.await,
-                        }
+                        let sent_ms = spinforge_state::now_ms();
+                        let result = match probe.await {
+                            Err(ProbeFailure::NoAnswer(why)) => {
+                                busy_or_hung(&store, &id, port, sent_ms, why).await
+                            }
+                            other => other.map_err(ProbeFailure::why),
+                        };
+                        Input::Probed { id, result }
                     });
                 }
                 Effect::WatchDrain { id, until } => {
@@ -640,5 +645,28 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How long the driver waits for the edges' reports when a probe went unanswered.
+const ANSWERS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A probe sent at `sent_ms` went unanswered: the spinlet passes when an edge saw it answer a
+/// request since (it is busy: replacing it would only drop what it serves and load the others
+/// more); otherwise it failed. Without a report in time, it failed.
+async fn busy_or_hung(
+    store: &Store,
+    id: &str,
+    port: u16,
+    sent_ms: u64,
+    why: String,
+) -> Result<(), String> {
+    let addr = format!("127.0.0.1:{port}");
+    match tokio::time::timeout(ANSWERS_DEADLINE, store.last_answered(&addr)).await {
+        Ok(Ok(Some(at))) if at >= sent_ms => {
+            tracing::debug!(spinlet = %id, "a health probe went unanswered, but the spinlet answers requests: busy, kept");
+            Ok(())
+        }
+        _ => Err(why),
     }
 }

@@ -53,7 +53,7 @@ pub trait Spawner: Send + Sync + std::fmt::Debug + 'static {
         port: u16,
         path: &str,
         timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), String>>;
+    ) -> BoxFuture<'static, Result<(), ProbeFailure>>;
 
     /// The last lines of the app's log as `"; log: a | b"`, or nothing: quoted with failures.
     fn log_tail(&self, app: &str) -> BoxFuture<'static, String>;
@@ -61,6 +61,24 @@ pub trait Spawner: Send + Sync + std::fmt::Debug + 'static {
     /// Frees what earlier supervisors left behind for `app` (the cgroups of its spinlets other
     /// than `keep`, the ones adopted). Called once, before the app starts anything.
     fn sweep(&self, app: &str, keep: &[&str]);
+}
+
+/// Why a health probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// The spinlet said so (a 5xx), or nothing listens on its port.
+    Unhealthy(String),
+    /// No answer in time: hung, or too busy to get to the probe. The driver tells the two apart
+    /// by whether the edges still get answers from it.
+    NoAnswer(String),
+}
+
+impl ProbeFailure {
+    pub fn why(self) -> String {
+        match self {
+            ProbeFailure::Unhealthy(why) | ProbeFailure::NoAnswer(why) => why,
+        }
+    }
 }
 
 /// A running spinlet process.
@@ -148,16 +166,19 @@ impl Spawner for ProcessSpawner {
         port: u16,
         path: &str,
         timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, Result<(), ProbeFailure>> {
         let path = path.to_string();
         Box::pin(async move {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             match tokio::time::timeout(timeout, process::probe_addr(addr, "localhost", &path)).await
             {
                 Ok(Ok(status)) if status < 500 => Ok(()),
-                Ok(Ok(status)) => Err(format!("answered {status}")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+                Ok(Ok(status)) => Err(ProbeFailure::Unhealthy(format!("answered {status}"))),
+                Ok(Err(e)) => Err(ProbeFailure::Unhealthy(e.to_string())),
+                Err(_) => Err(ProbeFailure::NoAnswer(format!(
+                    "no answer within {} s",
+                    timeout.as_secs()
+                ))),
             }
         })
     }

@@ -5,7 +5,7 @@
 use crate::app::builds::{BuildEnd, BuildJob, Builds};
 use crate::app::command::{self, Outbox};
 use crate::app::driver::{AppContext, AppTask};
-use crate::app::spawner::{Exits, Process, Spawner, StartSpec};
+use crate::app::spawner::{Exits, ProbeFailure, Process, Spawner, StartSpec};
 use crate::app::timing::Timing;
 use crate::ports::PortAllocator;
 use crate::release::Release;
@@ -112,13 +112,18 @@ impl Spawner for FakeSpawner {
         })
     }
 
-    fn probe(&self, port: u16, _: &str, _: Duration) -> BoxFuture<'static, Result<(), String>> {
+    fn probe(
+        &self,
+        port: u16,
+        _: &str,
+        _: Duration,
+    ) -> BoxFuture<'static, Result<(), ProbeFailure>> {
         let ok = self.0.healthy(port);
         Box::pin(async move {
             if ok {
                 Ok(())
             } else {
-                Err("refused (fake)".into())
+                Err(ProbeFailure::Unhealthy("refused (fake)".into()))
             }
         })
     }
@@ -471,7 +476,7 @@ async fn a_drain_lasts_while_an_edge_reports_requests_on_the_spinlet() {
                     })
                     .collect();
                 store
-                    .report_drains("edge-1", &loads, Duration::from_millis(500))
+                    .report_edge("edge-1", &loads, &[], Duration::from_millis(500))
                     .await
                     .expect("report");
                 tokio::time::sleep(Duration::from_millis(50)).await;
