@@ -5,6 +5,8 @@
 //! the API within a second), deploys a .tar.gz from the deploy page, lists certificates, signs
 //! out; and checks over plain HTTP what a browser would not show: no
 //! cookie, a wrong CSRF token and a wrong token are refused, and the failed sign-in is audited.
+//! In split mode (`spinforge supervisor` and `spinforge edge` sharing a real Redis) a wake the
+//! edge asks for and a restart reach the open app page within a second.
 //!
 //! axe-core (from npm, put under ~/.cache by scripts/setup) checks every page in the same browser:
 //! a serious or critical violation fails the test. Screenshots of every page, and the first paint
@@ -1155,6 +1157,137 @@ fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
 
 /// Without a token the dashboard is for this machine only: one click signs in, but only for a
 /// loopback `Host`, so that a web page cannot reach it through DNS rebinding.
+/// Split mode: the dashboard is served by `spinforge supervisor`, the traffic goes through a
+/// separate `spinforge edge`, and the two share only Redis. A wake the edge asks for and a restart
+/// through the API reach the open app page within a second of the API seeing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_live_in_split_mode() {
+    let redis = support::RedisServer::start();
+    let ws = Workspace::new();
+    let edge_port = free_port();
+    let src = ws.path().join("demo");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("server.js"), SERVER_JS).unwrap();
+    std::fs::write(src.join("package.json"), PACKAGE_JSON).unwrap();
+    let config = ws.write(
+        "spinforge.yaml",
+        &format!(
+            "state:\n  redis: {}\nedge:\n  listen_http: 127.0.0.1:{edge_port}\n  metrics: off\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n  demo:\n    domains: [demo.test]\n    source: {}\n",
+            redis.url(),
+            port_block(),
+            src.display()
+        ),
+    );
+    let supervisor = Spinforge::start(&ws, "supervisor", &config, None);
+    let edge = Spinforge::start(
+        &ws,
+        "edge",
+        &config,
+        Some(([127, 0, 0, 1], edge_port).into()),
+    );
+    let base = format!("http://{}", supervisor.admin.unwrap());
+    let api = http([127, 0, 0, 1]);
+    support::eventually(Duration::from_secs(60), "the first release", || async {
+        let v: Value = api
+            .get(format!("{base}/api/v1/apps/demo"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["current_release"].as_u64()
+    })
+    .await;
+    let driver = Driver::start(&ws);
+    let b = driver.browser().await;
+    b.goto(&format!("{base}/ui/login")).await.unwrap();
+    b.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&b, "the overview", "location.pathname === '/ui/'").await;
+    b.goto(&format!("{base}/ui/apps/demo")).await.unwrap();
+    until(
+        &b,
+        "the live event stream is open",
+        "document.documentElement.getAttribute('data-live') === 'open'",
+    )
+    .await;
+    // The first pid the API lists running for the app, other than `not`.
+    let running_pid = |not: Option<u64>| {
+        let (api, base) = (api.clone(), base.clone());
+        async move {
+            let list: Value = api
+                .get(format!("{base}/api/v1/spinlets"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            list.as_array()?
+                .iter()
+                .filter(|s| s["app"] == "demo" && s["state"] == "running")
+                .filter_map(|s| s["pid"].as_u64())
+                .find(|pid| Some(*pid) != not)
+        }
+    };
+
+    // A request to the edge wakes the app (edge → Redis → supervisor): the open page shows
+    // the spinlet the API sees, within a second.
+    let r = edge.client().fetch("demo.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let woken = support::eventually(Duration::from_secs(30), "a running spinlet", || {
+        running_pid(None)
+    })
+    .await;
+    until_within(
+        &b,
+        Duration::from_secs(1),
+        "the woken spinlet on the open page within a second",
+        &format!("document.getElementById('spinlets').textContent.includes('{woken}')"),
+    )
+    .await;
+
+    // A restart through the API: its new spinlet, within a second of the API listing it.
+    let r = api
+        .post(format!("{base}/api/v1/apps/demo/restart"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let restarted = support::eventually(Duration::from_secs(30), "a new running spinlet", || {
+        running_pid(Some(woken))
+    })
+    .await;
+    let seen = Instant::now();
+    until_within(
+        &b,
+        Duration::from_secs(1),
+        "the restarted spinlet on the open page within a second",
+        &format!("document.getElementById('spinlets').textContent.includes('{restarted}')"),
+    )
+    .await;
+    eprintln!(
+        "split mode: the restarted spinlet showed {} ms after the API listed it",
+        seen.elapsed().as_millis()
+    );
+    b.close().await.unwrap();
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_only_loopback_hosts() {
     let ws = Workspace::new();
