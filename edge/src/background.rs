@@ -200,3 +200,52 @@ async fn flush_once(store: &Store, snapshot: &Snapshot) {
         Err(_) => tracing::warn!("recording activity timed out"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spinforge_state::policy::EdgePolicy;
+
+    #[test]
+    fn upstreams_that_answered_lately_are_reported_and_the_others_are_not() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:4001".parse().expect("addr"),
+            "127.0.0.1:4002".parse().expect("addr"),
+        );
+        let p = EdgePolicy::default();
+        let ups = HashMap::from([("app".to_string(), vec![a, b])]);
+        let table = RoutingTable::build(
+            [("app.test", "app", &p, false)],
+            &ups,
+            &HashMap::new(),
+            &RoutingTable::default(),
+        );
+        let loads = table
+            .lookup("app.test")
+            .expect("routed")
+            .runtime
+            .loads
+            .clone();
+        let answer = |addr| loads.start(addr).answered();
+        let mut recent = RecentAnswers::default();
+        // Nothing asked yet: nothing to say.
+        assert!(recent.update(&table, 1_000).is_empty());
+        // Counts seen for the first time are a baseline, not evidence.
+        answer(a);
+        let _b_in_flight = loads.start(b); // b has a slot, but never answers
+        assert!(recent.update(&table, 2_000).is_empty());
+        // a answers again: reported from this round, with when it was seen.
+        answer(a);
+        assert_eq!(recent.update(&table, 3_000), [(a.to_string(), 3_000)]);
+        // Still reported for a while without new answers, then no more.
+        assert_eq!(
+            recent.update(&table, 3_000 + ANSWERS_REPORTED_FOR_MS),
+            [(a.to_string(), 3_000)]
+        );
+        assert!(
+            recent
+                .update(&table, 3_001 + ANSWERS_REPORTED_FOR_MS)
+                .is_empty()
+        );
+    }
+}
