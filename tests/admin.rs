@@ -667,6 +667,30 @@ async fn cli_prints_tables_json_and_says_what_happened_in_its_exit_code() {
     let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["logs", "echo", "-n", "1000"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, log, "the CLI prints the log file's lines");
+    // A line with terminal escapes (retitle, clear screen, carriage return) is shown, not obeyed;
+    // `--raw` prints it as written.
+    let r = sf
+        .client()
+        .fetch(
+            "echo.test",
+            "/say?line=%1B%5D0%3Bpwned%07%1B%5B2Jhidden%0Dcanary",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown = "\\x1b]0;pwned\\x07\\x1b[2Jhidden\\x0dcanary";
+    let out = support::eventually(Duration::from_secs(10), "the line in the log", || async {
+        let (code, out, _) = cli(&admin, ADMIN_TOKEN, &["logs", "echo"]);
+        (code == 0 && out.contains("canary")).then_some(out)
+    })
+    .await;
+    assert!(out.contains(shown), "{out:?}");
+    assert!(!out.contains(['\x1b', '\x07', '\r']), "{out:?}");
+    let (code, raw, err) = cli(&admin, ADMIN_TOKEN, &["logs", "echo", "--raw"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        raw.contains("\x1b]0;pwned\x07\x1b[2Jhidden\rcanary"),
+        "{raw:?}"
+    );
 
     // Exit codes: 3 for a wrong token or nothing listening, 2 for usage, 1 for a refused operation.
     let (code, _, err) = cli(&admin, "wrong", &["apps"]);

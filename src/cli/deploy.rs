@@ -142,9 +142,10 @@ pub async fn run(client: &Client, args: DeployArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A line on stdout, control characters shown (build output is the app's).
 fn println_safe(s: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{s}");
+    let _ = writeln!(out, "{}", super::terminal::visible(s));
     let _ = out.flush();
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod deploy;
 mod pack;
 mod show;
+mod terminal;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,10 @@ pub struct LogsArgs {
     /// How many of the last lines to print first.
     #[arg(short = 'n', long, default_value_t = 100)]
     lines: usize,
+    /// Print lines as the app wrote them, control characters included (colours; only for apps
+    /// you trust: escape sequences act on your terminal). By default they are shown as `\x1b`.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,7 +117,7 @@ pub fn run(cmd: ClientCmd) -> ExitCode {
             ClientCmd::Deploy(a) => deploy::run(&client, a).await,
             ClientCmd::Apps(a) => show::apps(&client, a.json).await,
             ClientCmd::Status(a) => show::status(&client, a.json).await,
-            ClientCmd::Logs(a) => show::logs(&client, &a.app, a.follow, a.lines).await,
+            ClientCmd::Logs(a) => show::logs(&client, &a.app, a.follow, a.lines, a.raw).await,
             ClientCmd::Rollback(a) => show::rollback(&client, &a.app, a.release).await,
             ClientCmd::Start(a) => show::lifecycle(&client, &a.app, "start").await,
             ClientCmd::Stop(a) => show::lifecycle(&client, &a.app, "stop").await,
@@ -123,7 +128,7 @@ pub fn run(cmd: ClientCmd) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            eprintln!("error: {}", terminal::visible(&f.message));
             ExitCode::from(f.code)
         }
     }

@@ -50,7 +50,7 @@ fn list(v: &Value) -> &[Value] {
 fn out(s: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(s.as_bytes())
+        .write_all(super::terminal::visible(s).as_bytes())
         .and_then(|_| stdout.flush())
         .map_err(|e| Failure::failed(format!("cannot write to stdout: {e}")))
 }
@@ -154,7 +154,13 @@ fn duration(secs: u64) -> String {
     }
 }
 
-pub async fn logs(client: &Client, app: &str, follow: bool, lines: usize) -> Result<(), Failure> {
+pub async fn logs(
+    client: &Client,
+    app: &str,
+    follow: bool,
+    lines: usize,
+    raw: bool,
+) -> Result<(), Failure> {
     app_name(app)?;
     let path = format!(
         "/api/v1/apps/{app}/logs?lines={lines}{}",
@@ -168,7 +174,12 @@ pub async fn logs(client: &Client, app: &str, follow: bool, lines: usize) -> Res
         }
         let mut stdout = std::io::stdout().lock();
         // A closed pipe (`| head`) ends the command quietly.
-        if writeln!(stdout, "{}", ev.data)
+        let line = if raw {
+            ev.data.as_str().into()
+        } else {
+            super::terminal::visible(&ev.data)
+        };
+        if writeln!(stdout, "{line}")
             .and_then(|_| stdout.flush())
             .is_err()
         {
