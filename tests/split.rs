@@ -139,3 +139,64 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
         "the spinlet ran through the outage"
     );
 }
+
+/// A spinlet record is only trusted as far as the process it names: one planted in the shared
+/// store (naming another process by its real pid and start time) is not adopted, so the
+/// supervisor sends that process no signal and forgets the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_spinlet_record_cannot_aim_the_supervisors_signals() {
+    use spinforge_state::records::{Spinlet, SpinletState};
+    use std::os::unix::process::CommandExt as _;
+    let redis = RedisServer::start();
+    let ws = Workspace::new();
+    // The canary: its own process group, like a spinlet, but not one.
+    let mut canary = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .expect("spawn the canary");
+    let pid = canary.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let proc_start: u64 = stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .parse()
+        .expect("ticks");
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    store
+        .put_spinlet(&Spinlet {
+            id: "alpha-planted".into(),
+            app: "alpha".into(),
+            release: 1,
+            state: SpinletState::Stopping,
+            pid,
+            host: "127.0.0.1".into(),
+            port: 1,
+            started: 1,
+            restarts: 0,
+            proc_start,
+            reason: None,
+            settings: None,
+        })
+        .await
+        .expect("plant the record");
+    let _split = start_split(&ws, &redis, &echo_app(&ws, "alpha", "alpha.test", ""));
+    eventually(
+        Duration::from_secs(30),
+        "the planted record is forgotten",
+        || async {
+            let all = store.spinlets().await.ok()?;
+            (!all.iter().any(|s| s.id == "alpha-planted")).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        canary.try_wait().expect("wait").is_none(),
+        "the canary was signalled"
+    );
+    let _ = canary.kill();
+    let _ = canary.wait();
+}

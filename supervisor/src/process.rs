@@ -95,6 +95,7 @@ pub fn spawn(
     }
     cmd.env("PORT", port.to_string())
         .env("HOST", "127.0.0.1")
+        .env(crate::spinlet::SPINLET_ENV, spinlet_id)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

@@ -3,14 +3,22 @@
 //! Either way a watcher task reports the exit once, on the app task's `exits` channel and on a
 //! watch the stopper waits on; signals go to the process group by pid, so stopping needs no
 //! `Child` handle. An adopted process is not our child: its exit is seen by polling /proc, and it
-//! is only adopted if its start time still matches the record (a reused pid is someone else).
+//! is only adopted if its start time still matches the record (a reused pid is someone else) and
+//! it is the spinlet the record names — the leader of its own process group, started with
+//! [`SPINLET_ENV`] naming it — so a record planted in a shared store cannot aim our signals at
+//! another process.
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use std::path::Path;
 use std::time::Duration;
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+/// Every spinlet starts with this variable set to its id (after the app's own env, so an app
+/// cannot set it): what a supervisor checks before adopting a process a record names.
+pub const SPINLET_ENV: &str = "SPINFORGE_SPINLET";
 
 /// How often an adopted process (not our child, so no wait()) is checked for its exit.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
@@ -47,15 +55,20 @@ impl Proc {
         }
     }
 
-    /// Takes over a spinlet a previous supervisor started: `None` unless `pid` is alive and
-    /// started at `recorded_ticks`.
+    /// Takes over a spinlet a previous supervisor started: `None` unless `pid` is alive, started
+    /// at `recorded_ticks`, and is spinlet `id` ([`is_spinlet`]).
     pub fn adopt(
         pid: u32,
         recorded_ticks: u64,
         id: String,
+        releases: &Path,
         exits: mpsc::UnboundedSender<Exit>,
     ) -> Option<Proc> {
         if pid == 0 || recorded_ticks == 0 || start_ticks(pid) != Some(recorded_ticks) {
+            return None;
+        }
+        if !is_spinlet(pid, &id, releases) {
+            tracing::warn!(spinlet = %id, pid, "a spinlet record names a process that is not that spinlet: not adopted, not signalled");
             return None;
         }
         let (tx, exited) = watch::channel(None);
@@ -128,6 +141,34 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
+/// Whether `pid` is spinlet `id`: the leader of its own process group (what our signals go to)
+/// whose environment at start held `SPINFORGE_SPINLET=<id>` — or, started by a supervisor from
+/// before that variable (none in its environment), working in one of its app's `releases`.
+pub fn is_spinlet(pid: u32, id: &str, releases: &Path) -> bool {
+    let group_leader = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // After the command name: state, ppid, pgrp.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+        })
+        == Some(pid);
+    if !group_leader {
+        return false;
+    }
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let marker = format!("{SPINLET_ENV}={id}");
+    let prefix = format!("{SPINLET_ENV}=");
+    let mut vars = environ.split(|&b| b == 0);
+    if vars.clone().any(|v| v == marker.as_bytes()) {
+        return true;
+    }
+    !vars.any(|v| v.starts_with(prefix.as_bytes()))
+        && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(releases))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,17 +178,27 @@ mod tests {
         use std::os::unix::process::CommandExt as _;
         let child = std::process::Command::new("sleep")
             .arg("30")
+            .env(SPINLET_ENV, "x")
             .process_group(0)
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
         let ticks = start_ticks(pid).expect("alive");
         let (tx, mut exits) = mpsc::unbounded_channel();
+        let releases = std::path::PathBuf::from("/nonexistent/apps/x/releases");
         assert!(
-            Proc::adopt(pid, ticks + 1, "x".into(), tx.clone()).is_none(),
+            Proc::adopt(pid, ticks + 1, "x".into(), &releases, tx.clone()).is_none(),
             "a different start time is a different process"
         );
-        let proc = Proc::adopt(pid, ticks, "x".into(), tx).expect("adopted");
+        assert!(
+            Proc::adopt(pid, ticks, "y".into(), &releases, tx.clone()).is_none(),
+            "another spinlet's record"
+        );
+        // Not started as a spinlet (this test's own process, in its parent's group).
+        let me = std::process::id();
+        let my_ticks = start_ticks(me).expect("alive");
+        assert!(Proc::adopt(me, my_ticks, "x".into(), &releases, tx.clone()).is_none());
+        let proc = Proc::adopt(pid, ticks, "x".into(), &releases, tx).expect("adopted");
         assert!(!proc.has_exited());
         let ended = proc.stop(Instant::now() + Duration::from_secs(5)).await;
         assert!(ended.is_some(), "the exit was seen");
@@ -159,5 +210,34 @@ mod tests {
         // Reap our own child so the test leaves no zombie.
         let mut child = child;
         let _ = child.wait();
+    }
+
+    /// A spinlet from a supervisor before `SPINFORGE_SPINLET` is known by where it works.
+    #[tokio::test]
+    async fn a_spinlet_started_before_the_marker_is_known_by_its_release_folder() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let releases = dir.path().join("apps/old/releases");
+        std::fs::create_dir_all(releases.join("1")).expect("mkdir");
+        let spawn = |cwd: &Path| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .current_dir(cwd)
+                .env_remove(SPINLET_ENV)
+                .process_group(0)
+                .spawn()
+                .expect("spawn sleep")
+        };
+        let (tx, _exits) = mpsc::unbounded_channel();
+        let mut elsewhere = spawn(dir.path());
+        let ticks = start_ticks(elsewhere.id()).expect("alive");
+        assert!(Proc::adopt(elsewhere.id(), ticks, "x".into(), &releases, tx.clone()).is_none());
+        let _ = elsewhere.kill();
+        let _ = elsewhere.wait();
+        let mut old = spawn(&releases.join("1"));
+        let ticks = start_ticks(old.id()).expect("alive");
+        let proc = Proc::adopt(old.id(), ticks, "x".into(), &releases, tx).expect("adopted");
+        proc.stop(Instant::now() + Duration::from_secs(5)).await;
+        let _ = old.wait();
     }
 }

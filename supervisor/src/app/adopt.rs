@@ -1,6 +1,8 @@
 //! Taking over the spinlets a previous supervisor left running (an upgrade, a restart over
 //! Redis). The driver has already checked each record's process (pid *and* start time, so a
-//! reused pid is never taken for a spinlet); what to do with each is decided here, without I/O:
+//! reused pid is never taken for a spinlet, and that the process is that spinlet — see
+//! `crate::spinlet::is_spinlet` — so a planted record names no other process); what to do with
+//! each is decided here, without I/O:
 //! keep up to `instances` running one release that is still on disk, stop the other live ones
 //! (those that were starting, draining or stopping too), forget the dead.
 

@@ -139,7 +139,18 @@ impl Spawner for ProcessSpawner {
         config: &AppConfig,
         exits: Exits,
     ) -> Option<Arc<dyn Process>> {
-        let proc = Proc::adopt(record.pid, record.proc_start, record.id.clone(), exits)?;
+        let releases = self
+            .data_dir
+            .join("apps")
+            .join(&config.name)
+            .join("releases");
+        let proc = Proc::adopt(
+            record.pid,
+            record.proc_start,
+            record.id.clone(),
+            &releases,
+            exits,
+        )?;
         // The group it runs in (re-opened, limits written again) for OOM reports.
         let limits = Limits {
             memory: config.memory,
