@@ -1,7 +1,9 @@
 //! Limits and isolation end to end (`spinforge up`, real node spinlets, real cgroups): a memory
 //! hog is OOM-killed, reported and restarted while its neighbour keeps serving; a `cpu: 0.2` app
 //! is throttled; under `run_as` one app cannot read another's environment, release or log; logs
-//! rotate at their cap. Needs root and cgroups (v1 or v2), as on the CI machine.
+//! rotate at their cap; a spinlet no record knows (its supervisor was killed before recording
+//! it) is stopped when the next one starts. Needs root and cgroups (v1 or v2), as on the CI
+//! machine.
 
 mod support;
 
@@ -306,4 +308,51 @@ async fn logs_rotate_at_the_cap() {
     assert!((1000..8 << 10).contains(&len), "{len}");
     let head = std::fs::read(logs.join("chatty.log")).expect("log");
     assert_ne!(head[0], 0, "no hole of zeros where the old content was");
+}
+
+/// A supervisor killed between starting a spinlet and recording it leaves a process no record
+/// knows, in a group of the app's: the next supervisor stops it (and removes the group) before
+/// the app starts anything, so it holds no port and no release folder for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinlet_no_record_knows_is_stopped_when_the_next_supervisor_starts() {
+    use std::os::unix::process::CommandExt as _;
+    if !is_root() {
+        eprintln!("skipped: cgroups need root");
+        return;
+    }
+    let name = format!("orphan{}", std::process::id());
+    let hierarchy = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    let group = hierarchy
+        .join("spinforge")
+        .join(&name)
+        .join(format!("{name}-1-stray0"));
+    std::fs::create_dir_all(&group).expect("make the stray spinlet's group");
+    let mut stray = std::process::Command::new("sleep")
+        .arg("300")
+        .process_group(0)
+        .spawn()
+        .expect("spawn the stray");
+    std::fs::write(group.join("cgroup.procs"), stray.id().to_string()).expect("join the group");
+    let ws = Workspace::new();
+    let _sf = up(&ws, "", &app(&name, ""));
+    let began = Instant::now();
+    while stray.try_wait().expect("wait").is_none() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the stray spinlet still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while group.exists() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "its group is left: {}",
+            group.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

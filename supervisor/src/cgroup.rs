@@ -451,35 +451,69 @@ fn mkdir(dir: &Path) -> Result<(), CgroupError> {
 }
 
 /// Removes the groups of `app`'s spinlets other than `keep`: what a supervisor that was killed
-/// left behind (spinlets it was stopping, or that died while no supervisor ran). Called before
-/// the app starts anything, so no group is half made; `rmdir` refuses a group that still holds
-/// a process, so a stray process keeps its own.
+/// left behind (spinlets it was stopping, that died while no supervisor ran, or that it started
+/// and was killed before recording). Called before the app starts anything, so no group is half
+/// made. A process still in such a group is a spinlet no record knows, which no supervisor would
+/// ever stop: it is killed first (the group is ours, so is what runs in it), and the group removed
+/// once it has gone.
 pub fn sweep_app(app: &str, keep: &[&str]) {
     if check_name(app).is_err() {
         return;
     }
-    let bases: Vec<&PathBuf> = match layout() {
-        Layout::V2 { base } => vec![base],
+    let bases: Vec<PathBuf> = match layout() {
+        Layout::V2 { base } => vec![base.clone()],
         Layout::V1 {
             memory,
             cpu,
             cpuacct,
-        } => [memory, cpu, cpuacct].into_iter().flatten().collect(),
+        } => [memory, cpu, cpuacct]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
         Layout::None { .. } => return,
     };
-    for base in bases {
-        let app_dir = base.join(app);
-        let Ok(entries) = std::fs::read_dir(&app_dir) else {
+    let mut stale = Vec::new();
+    for base in &bases {
+        let Ok(entries) = std::fs::read_dir(base.join(app)) else {
             continue;
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            let stale =
-                e.file_type().is_ok_and(|t| t.is_dir()) && !keep.iter().any(|k| name == **k);
-            if stale && std::fs::remove_dir(e.path()).is_ok() {
-                tracing::debug!(dir = %e.path().display(), "removed the cgroup of a spinlet that is gone");
+            if e.file_type().is_ok_and(|t| t.is_dir()) && !keep.iter().any(|k| name == **k) {
+                stale.push(e.path());
             }
         }
+    }
+    let mut killed = std::collections::BTreeSet::new();
+    for dir in &stale {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if killed.insert(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    if !killed.is_empty() {
+        tracing::warn!(%app, processes = ?killed, "killed processes of spinlets no record knew (their supervisor was killed before recording them)");
+    }
+    // Killed processes take a moment to leave their group: removed from a blocking thread.
+    let mut remove = move || {
+        for _ in 0..50 {
+            stale.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
+            if stale.is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tracing::debug!(dirs = ?stale, "cgroups of gone spinlets not removed yet (the stale sweep retries)");
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
 }
 
