@@ -667,8 +667,9 @@ async fn cli_prints_tables_json_and_says_what_happened_in_its_exit_code() {
     let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["logs", "echo", "-n", "1000"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, log, "the CLI prints the log file's lines");
-    // A line with terminal escapes (retitle, clear screen, carriage return) is shown, not obeyed;
-    // `--raw` prints it as written.
+    // A line with terminal escapes (retitle, clear screen) is shown, not obeyed; `--raw` prints
+    // it as written. (A carriage return ends a line in the API's event stream, as in any
+    // EventSource: it cannot hide what came before it.)
     let r = sf
         .client()
         .fetch(
@@ -677,7 +678,7 @@ async fn cli_prints_tables_json_and_says_what_happened_in_its_exit_code() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let shown = "\\x1b]0;pwned\\x07\\x1b[2Jhidden\\x0dcanary";
+    let shown = "\\x1b]0;pwned\\x07\\x1b[2Jhidden\ncanary";
     let out = support::eventually(Duration::from_secs(10), "the line in the log", || async {
         let (code, out, _) = cli(&admin, ADMIN_TOKEN, &["logs", "echo"]);
         (code == 0 && out.contains("canary")).then_some(out)
@@ -688,7 +689,7 @@ async fn cli_prints_tables_json_and_says_what_happened_in_its_exit_code() {
     let (code, raw, err) = cli(&admin, ADMIN_TOKEN, &["logs", "echo", "--raw"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        raw.contains("\x1b]0;pwned\x07\x1b[2Jhidden\rcanary"),
+        raw.contains("\x1b]0;pwned\x07\x1b[2Jhidden\ncanary"),
         "{raw:?}"
     );
 

@@ -183,6 +183,13 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
+        // `spawn` may return before the new program's environment is in place (the parent of a
+        // vfork resumes when the child's memory is replaced, a moment before execve fills it).
+        let began = Instant::now();
+        while std::fs::read(format!("/proc/{pid}/environ")).map_or(true, |e| e.is_empty()) {
+            assert!(began.elapsed() < Duration::from_secs(5), "sleep never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let ticks = start_ticks(pid).expect("alive");
         let (tx, mut exits) = mpsc::unbounded_channel();
         let releases = std::path::PathBuf::from("/nonexistent/apps/x/releases");
