@@ -231,6 +231,58 @@ async fn until_within(b: &Client, limit: Duration, what: &str, script: &str) {
     }
 }
 
+/// Types `token` into the sign-in form and submits it.
+async fn submit_token(b: &Client, token: &str) {
+    b.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits until the open page listens to the store's events.
+async fn until_live(b: &Client) {
+    until(
+        b,
+        "the live event stream is open",
+        "document.documentElement.getAttribute('data-live') === 'open'",
+    )
+    .await;
+}
+
+/// The demo app's source, in `ws/demo`.
+fn demo_source(ws: &Workspace) -> PathBuf {
+    let src = ws.path().join("demo");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("server.js"), SERVER_JS).unwrap();
+    std::fs::write(src.join("package.json"), PACKAGE_JSON).unwrap();
+    src
+}
+
+/// The demo app's current release, once it has one (waiting `limit` at most).
+async fn first_release(api: &reqwest::Client, base: &str, limit: Duration) -> u64 {
+    support::eventually(limit, "the first release", || async {
+        let v: Value = api
+            .get(format!("{base}/api/v1/apps/demo"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["current_release"].as_u64()
+    })
+    .await
+}
+
 /// An HTTP client that keeps no cookies and follows no redirects, from `local` (any loopback
 /// address reaches the admin API on 127.0.0.1; the sign-in rate limit is per address).
 fn http(local: [u8; 4]) -> reqwest::Client {
@@ -313,14 +365,7 @@ async fn the_dashboard_in_a_browser() {
     accessible(&b, &axe, "sign-in", &mut timings).await;
 
     // A wrong token: refused, said so, and the token typed is not echoed.
-    let token = b.find(Locator::Css("#token")).await.unwrap();
-    token.send_keys("not-the-token").await.unwrap();
-    b.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_token(&b, "not-the-token").await;
     until(
         &b,
         "the refusal shows",
@@ -331,14 +376,7 @@ async fn the_dashboard_in_a_browser() {
     assert!(!page.contains("not-the-token"), "{page}");
 
     // The right token: the overview, empty (no apps yet), with its hint.
-    let token = b.find(Locator::Css("#token")).await.unwrap();
-    token.send_keys(ADMIN_TOKEN).await.unwrap();
-    b.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_token(&b, ADMIN_TOKEN).await;
     until(&b, "the overview", "location.pathname === '/ui/'").await;
     let text = b
         .find(Locator::Css("main"))
@@ -358,19 +396,11 @@ async fn the_dashboard_in_a_browser() {
     assert_eq!(cookies, json!(""), "HttpOnly cookies are not readable");
 
     // The page listens to the store's events before anything happens.
-    until(
-        &b,
-        "the live event stream is open",
-        "document.documentElement.getAttribute('data-live') === 'open'",
-    )
-    .await;
+    until_live(&b).await;
 
     // An app through the API, built from a folder with a secret env value.
     let api = http([127, 0, 0, 1]);
-    let src = ws.path().join("demo");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("server.js"), SERVER_JS).unwrap();
-    std::fs::write(src.join("package.json"), PACKAGE_JSON).unwrap();
+    let src = demo_source(&ws);
     let r = api
         .put(format!("{base}/api/v1/apps/demo"))
         .bearer_auth(ADMIN_TOKEN)
@@ -388,19 +418,7 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
     // Its first release, from the folder; then an upload makes the second.
-    let first = support::eventually(Duration::from_secs(30), "the first release", || async {
-        let v: Value = api
-            .get(format!("{base}/api/v1/apps/demo"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["current_release"].as_u64()
-    })
-    .await;
+    let first = first_release(&api, &base, Duration::from_secs(30)).await;
     let r = api
         .post(format!("{base}/api/v1/apps/demo/deploy"))
         .bearer_auth(ADMIN_TOKEN)
@@ -674,12 +692,7 @@ async fn the_dashboard_in_a_browser() {
     assert!(serving.contains("serving"), "{serving}");
     record(&b, "5-app-rolled-back", &mut timings).await;
     // A rollback from elsewhere (the API) reaches the open page within a second.
-    until(
-        &b,
-        "the live event stream is open",
-        "document.documentElement.getAttribute('data-live') === 'open'",
-    )
-    .await;
+    until_live(&b).await;
     // A keyboard user on a rollback button keeps their place through the update.
     b.execute(
         &format!("document.querySelector(\"tr[data-release='{current}'] button\").focus();"),
@@ -1165,10 +1178,7 @@ async fn the_dashboard_is_live_in_split_mode() {
     let redis = support::RedisServer::start();
     let ws = Workspace::new();
     let edge_port = free_port();
-    let src = ws.path().join("demo");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("server.js"), SERVER_JS).unwrap();
-    std::fs::write(src.join("package.json"), PACKAGE_JSON).unwrap();
+    let src = demo_source(&ws);
     let config = ws.write(
         "spinforge.yaml",
         &format!(
@@ -1187,42 +1197,14 @@ async fn the_dashboard_is_live_in_split_mode() {
     );
     let base = format!("http://{}", supervisor.admin.unwrap());
     let api = http([127, 0, 0, 1]);
-    support::eventually(Duration::from_secs(60), "the first release", || async {
-        let v: Value = api
-            .get(format!("{base}/api/v1/apps/demo"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["current_release"].as_u64()
-    })
-    .await;
+    first_release(&api, &base, Duration::from_secs(60)).await;
     let driver = Driver::start(&ws);
     let b = driver.browser().await;
     b.goto(&format!("{base}/ui/login")).await.unwrap();
-    b.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    b.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_token(&b, ADMIN_TOKEN).await;
     until(&b, "the overview", "location.pathname === '/ui/'").await;
     b.goto(&format!("{base}/ui/apps/demo")).await.unwrap();
-    until(
-        &b,
-        "the live event stream is open",
-        "document.documentElement.getAttribute('data-live') === 'open'",
-    )
-    .await;
+    until_live(&b).await;
     // The first pid the API lists running for the app, other than `not`.
     let running_pid = |not: Option<u64>| {
         let (api, base) = (api.clone(), base.clone());

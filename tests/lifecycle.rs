@@ -162,22 +162,33 @@ async fn three_instances_share_the_load_and_a_killed_one_is_skipped() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_serves() {
-    let ws = Workspace::new();
+/// `spinforge up` with one always-on app `name` (version 1 of [`versioned_app`], `extra` YAML
+/// lines) health-checked at `/health`, once it serves.
+async fn up_probed(ws: &Workspace, name: &str, extra: &str) -> Spinforge {
     let src = versioned_app(&ws.path().join("v1"), "1", false);
     let port = free_port();
     let block = format!(
-        "  duo:\n    domains: [duo.test]\n    source: {}\n    idle_timeout: 0\n    instances: 2\n    health_check: {{ path: /health, timeout: 5s }}\n",
+        "  {name}:\n    domains: [{name}.test]\n    source: {}\n    idle_timeout: 0\n{extra}    health_check: {{ path: /health, timeout: 5s }}\n",
         src.display()
     );
     let config = ws.write("spinforge.yaml", &yaml(port, "", "", &block));
-    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
+    let sf = Spinforge::start(ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
     let http = sf.client();
-    eventually(Duration::from_secs(30), "duo serves", || async {
-        version_of(&http, "duo.test").await
-    })
+    let host = format!("{name}.test");
+    eventually(
+        Duration::from_secs(30),
+        format!("{name} serves"),
+        || async { version_of(&http, &host).await },
+    )
     .await;
+    sf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_serves() {
+    let ws = Workspace::new();
+    let sf = up_probed(&ws, "duo", "    instances: 2\n").await;
+    let http = sf.client();
     let load = Load::start(sf.http.expect("edge"), "duo.test", 2);
     // One instance turns sick: it still answers `/`, but its health check fails from now on.
     let sick = http.fetch("duo.test", "/sick").await.json()["pid"]
@@ -213,19 +224,8 @@ async fn an_instance_that_fails_its_health_checks_is_replaced_while_the_other_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinlet_that_misses_probes_but_answers_requests_is_kept_until_it_answers_nothing() {
     let ws = Workspace::new();
-    let src = versioned_app(&ws.path().join("v1"), "1", false);
-    let port = free_port();
-    let block = format!(
-        "  stall:\n    domains: [stall.test]\n    source: {}\n    idle_timeout: 0\n    health_check: {{ path: /health, timeout: 5s }}\n",
-        src.display()
-    );
-    let config = ws.write("spinforge.yaml", &yaml(port, "", "", &block));
-    let sf = Spinforge::start(&ws, "up", &config, Some(([127, 0, 0, 1], port).into()));
+    let sf = up_probed(&ws, "stall", "").await;
     let http = sf.client();
-    eventually(Duration::from_secs(30), "stall serves", || async {
-        version_of(&http, "stall.test").await
-    })
-    .await;
     // From now on its health probes get no answer; requests still do.
     let stalled = http.fetch("stall.test", "/stall").await.json()["pid"]
         .as_i64()

@@ -36,7 +36,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use spinforge_state::Store;
 use spinforge_state::config::EdgeConfig;
-use spinforge_state::stop::{CancellationToken, TaskTracker};
+use spinforge_state::stop::{CancellationToken, StopSignal, TaskTracker};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,8 +59,6 @@ pub enum EdgeError {
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
 }
-
-pub use spinforge_state::stop::{Stop, StopSignal};
 
 /// A bound, not yet serving edge.
 #[derive(Debug)]

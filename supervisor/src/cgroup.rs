@@ -460,60 +460,50 @@ pub fn sweep_app(app: &str, keep: &[&str]) {
     if check_name(app).is_err() {
         return;
     }
-    let bases: Vec<PathBuf> = match layout() {
-        Layout::V2 { base } => vec![base.clone()],
+    let (bases, v2): (Vec<&PathBuf>, bool) = match layout() {
+        Layout::V2 { base } => (vec![base], true),
         Layout::V1 {
             memory,
             cpu,
             cpuacct,
-        } => [memory, cpu, cpuacct]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect(),
+        } => (
+            [memory, cpu, cpuacct].into_iter().flatten().collect(),
+            false,
+        ),
         Layout::None { .. } => return,
     };
-    let mut stale = Vec::new();
-    for base in &bases {
+    // Each gone spinlet's folders, in every hierarchy (the memory one first: `kill_all` reads it).
+    let mut stale: std::collections::BTreeMap<std::ffi::OsString, Vec<PathBuf>> =
+        Default::default();
+    for base in bases {
         let Ok(entries) = std::fs::read_dir(base.join(app)) else {
             continue;
         };
         for e in entries.flatten() {
             let name = e.file_name();
             if e.file_type().is_ok_and(|t| t.is_dir()) && !keep.iter().any(|k| name == **k) {
-                stale.push(e.path());
+                stale.entry(name).or_default().push(e.path());
             }
         }
     }
-    let mut killed = std::collections::BTreeSet::new();
-    for dir in &stale {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            if killed.insert(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    for (spinlet, dirs) in stale {
+        let group = Cgroup {
+            dirs,
+            memory: None,
+            cpuacct: None,
+            v2,
+            limits: Limits::default(),
+        };
+        let killed = group.kill_all();
+        if killed > 0 {
+            tracing::warn!(%app, spinlet = ?spinlet, processes = killed, "killed the processes of a spinlet no record knew (its supervisor was killed before recording it)");
+        }
+        if !group.remove() {
+            // Killed processes take a moment to leave their group.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { group.remove_soon().await });
             }
         }
-    }
-    if !killed.is_empty() {
-        tracing::warn!(%app, processes = ?killed, "killed processes of spinlets no record knew (their supervisor was killed before recording them)");
-    }
-    // Killed processes take a moment to leave their group: removed from a blocking thread.
-    let mut remove = move || {
-        for _ in 0..50 {
-            stale.retain(|dir| std::fs::remove_dir(dir).is_err() && dir.exists());
-            if stale.is_empty() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        tracing::debug!(dirs = ?stale, "cgroups of gone spinlets not removed yet (the stale sweep retries)");
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(remove)),
-        Err(_) => remove(),
     }
 }
 

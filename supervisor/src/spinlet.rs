@@ -127,32 +127,34 @@ impl Proc {
     }
 }
 
-/// `/proc/<pid>/stat` field 22: when the process started, in clock ticks since boot.
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+/// `/proc/<pid>/stat` field `n` (1-based, `n` ≥ 3). The command name (field 2) may hold spaces
+/// and parentheses, so fields are counted from its last `)`.
+fn stat_field<T: std::str::FromStr>(stat: &str, n: usize) -> Option<T> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // `rest` starts at field 3 (state); field 22 is the 20th from there. A zombie has exited.
-    let state = fields.next()?;
+    rest.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+fn stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// `/proc/<pid>/stat` field 22: when the process started, in clock ticks since boot. `None` for
+/// a process that is gone (or a zombie: it has exited).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = stat(pid)?;
+    let state: String = stat_field(&stat, 3)?;
     if state == "Z" || state == "X" {
         return None;
     }
-    fields.nth(18)?.parse().ok()
+    stat_field(&stat, 22)
 }
 
 /// Whether `pid` is spinlet `id`: the leader of its own process group (what our signals go to)
 /// whose environment at start held `SPINFORGE_SPINLET=<id>` — or, started by a supervisor from
 /// before that variable (none in its environment), working in one of its app's `releases`.
 pub fn is_spinlet(pid: u32, id: &str, releases: &Path) -> bool {
-    let group_leader = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // After the command name: state, ppid, pgrp.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-        })
-        == Some(pid);
+    // Field 5: the process group.
+    let group_leader = stat(pid).and_then(|s| stat_field::<u32>(&s, 5)) == Some(pid);
     if !group_leader {
         return false;
     }

@@ -2,13 +2,14 @@
 //! supervisor running real Node spinlets on the embedded store: apps created, deployed, rolled
 //! back, stopped, started, restarted, refused, deleted, and kept across a restart.
 
+mod support;
+
 use spinforge_state::Store;
-use spinforge_state::config::{AppSource, Config};
-use spinforge_state::stop::{DropGuard, Stop, StopSignal};
-use spinforge_supervisor::Supervisor;
-use spinforge_supervisor::control::{ControlError, Lifecycle, Origin, SupervisorHandle};
+use spinforge_state::config::AppSource;
+use spinforge_supervisor::control::{ControlError, Lifecycle, Origin};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn versioned_app(dir: &Path, version: &str) -> PathBuf {
@@ -28,44 +29,13 @@ fn versioned_app(dir: &Path, version: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
-struct Running {
-    handle: SupervisorHandle,
-    stop: StopSignal,
-    /// Stops the supervisor at once should the test end early.
-    _stop_on_drop: DropGuard,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(dir: &Path, store: Store, ports: &str) -> Running {
     let yaml = format!(
         "edge:\n  grace: 1s\nsupervisor:\n  data_dir: {}\n  port_range: {ports}\napps:\n  fromfile:\n    domains: [file.test]\n    source: {}\n",
         dir.join("data").display(),
         versioned_app(&dir.join("file-src"), "file").display()
     );
-    let path = dir.join("spinforge.yaml");
-    std::fs::write(&path, &yaml).expect("config");
-    let config = Config::parse(&yaml, &path).expect("valid config");
-    let sup = Supervisor::start(&config, store)
-        .await
-        .expect("supervisor starts");
-    let handle = sup.handle();
-    let stop = StopSignal::new();
-    let task = tokio::spawn(sup.run(stop.clone()));
-    Running {
-        handle,
-        _stop_on_drop: stop.stop_on_drop(),
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn shutdown(self) {
-        self.stop.send(Stop::at(
-            tokio::time::Instant::now() + Duration::from_secs(3),
-        ));
-        let _ = self.task.await;
-    }
+    Running::start(dir, &yaml, store).await
 }
 
 /// `GET /` straight from the app's first upstream: (version, pid).

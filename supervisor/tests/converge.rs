@@ -9,16 +9,17 @@
 //! - an env edit with an unchanged source rolls out new spinlets of the same release;
 //! - release pruning spares the release that serves and the one a rollback would pick.
 
-use spinforge_state::config::{AppSource, Config};
+mod support;
+
+use spinforge_state::config::AppSource;
 use spinforge_state::records::{BuildState, SpinletState};
-use spinforge_state::stop::{DropGuard, Stop, StopSignal};
 use spinforge_state::{Event, Signal, Store};
-use spinforge_supervisor::Supervisor;
-use spinforge_supervisor::control::{Lifecycle, SupervisorHandle};
+use spinforge_supervisor::control::Lifecycle;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// No build of these tests may stay in flight longer (the slow ones are cancelled well before).
@@ -63,43 +64,12 @@ fn app_source(dir: &Path, version: &str, build_secs: Option<u32>, broken: bool) 
     dir.to_path_buf()
 }
 
-struct Running {
-    handle: SupervisorHandle,
-    stop: StopSignal,
-    /// Stops the supervisor at once should the test end early.
-    _stop_on_drop: DropGuard,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(dir: &Path, store: Store, ports: &str, builds: &str, apps: &str) -> Running {
     let yaml = format!(
         "edge:\n  grace: 1s\nsupervisor:\n  data_dir: {}\n  port_range: {ports}\n  builds: {{ {builds} }}\napps:\n{apps}",
         dir.join("data").display(),
     );
-    let path = dir.join("spinforge.yaml");
-    std::fs::write(&path, &yaml).expect("config");
-    let config = Config::parse(&yaml, &path).expect("valid config");
-    let sup = Supervisor::start(&config, store)
-        .await
-        .expect("supervisor starts");
-    let handle = sup.handle();
-    let stop = StopSignal::new();
-    let task = tokio::spawn(sup.run(stop.clone()));
-    Running {
-        handle,
-        _stop_on_drop: stop.stop_on_drop(),
-        stop,
-        task,
-    }
-}
-
-impl Running {
-    async fn shutdown(self) {
-        self.stop.send(Stop::at(
-            tokio::time::Instant::now() + Duration::from_secs(3),
-        ));
-        let _ = self.task.await;
-    }
+    Running::start(dir, &yaml, store).await
 }
 
 /// What the watchdog saw of one build.
@@ -432,7 +402,7 @@ async fn an_env_edit_rolls_out_the_same_release_and_a_restart_adopts_without_rol
     let pids = running_pids(&store, "shop").await;
     assert_eq!(pids.len(), 2);
     h.detach().await.expect("detach");
-    let _ = sup.task.await;
+    sup.exited().await;
     let dog = Watchdog::start(&store);
     let again = start(d, store.clone(), "24680-24719", "", "").await;
     // Its check build reuses the release and, the spinlets matching, changes nothing.

@@ -547,35 +547,12 @@ impl Store {
         if spinlets.is_empty() {
             return Ok(out);
         }
-        let edges = match &*self.backend {
-            Backend::Embedded(b) => b.members_of(&[keys::EDGES.to_string()]),
-            Backend::Redis(b) => b.members_of(&[keys::EDGES.to_string()]).await?,
-        }
-        .pop()
-        .unwrap_or_default();
-        let mut fields = Vec::with_capacity(spinlets.len() + 1);
-        fields.push(EDGE_ALIVE.to_string());
-        fields.extend(spinlets.iter().cloned());
-        let keys: Vec<String> = edges.iter().map(|e| keys::inflight(e)).collect();
-        let reports = match &*self.backend {
-            Backend::Embedded(b) => b.hash_fields(&keys, &fields),
-            Backend::Redis(b) => b.hash_fields(&keys, &fields).await?,
-        };
-        let mut gone = Vec::new();
-        for (edge, values) in edges.iter().zip(reports) {
-            // `_` missing: its report expired, the edge is gone.
-            if values.first().is_none_or(Option::is_none) {
-                gone.push(Write::SetRemove {
-                    key: keys::EDGES.into(),
-                    member: edge.clone(),
-                });
-                continue;
-            }
-            for (report, value) in out.iter_mut().zip(values.iter().skip(1)) {
+        for values in self.live_edge_reports(spinlets).await? {
+            for (report, value) in out.iter_mut().zip(values) {
                 report.edges += 1;
                 // A value that does not parse counts as busy: better a drain that waits.
                 if let Some(v) = value {
-                    let load = DrainLoad::from_value(v).unwrap_or(DrainLoad {
+                    let load = DrainLoad::from_value(&v).unwrap_or(DrainLoad {
                         requests: 1,
                         streams: 0,
                     });
@@ -585,10 +562,6 @@ impl Store {
                 }
             }
         }
-        if !gone.is_empty() {
-            // Housekeeping only: the next read tries again.
-            let _ = self.write(gone, None).await;
-        }
         Ok(out)
     }
 
@@ -596,6 +569,16 @@ impl Store {
     /// the last few seconds: a spinlet that misses health probes but answers requests is busy,
     /// not hung.
     pub async fn last_answered(&self, upstream: &str) -> Result<Option<u64>> {
+        let reports = self.live_edge_reports(&[answered_field(upstream)]).await?;
+        Ok(reports
+            .into_iter()
+            .filter_map(|mut values| values.pop()??.parse::<u64>().ok())
+            .max())
+    }
+
+    /// `fields` of each live edge's report (`inflight:{edge}`), in the order asked. Edges whose
+    /// reports expired are left out (and forgotten).
+    async fn live_edge_reports(&self, fields: &[String]) -> Result<Vec<Vec<Option<String>>>> {
         let edges = match &*self.backend {
             Backend::Embedded(b) => b.members_of(&[keys::EDGES.to_string()]),
             Backend::Redis(b) => b.members_of(&[keys::EDGES.to_string()]).await?,
@@ -603,18 +586,35 @@ impl Store {
         .pop()
         .unwrap_or_default();
         if edges.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let fields = [EDGE_ALIVE.to_string(), answered_field(upstream)];
+        let mut asked = Vec::with_capacity(fields.len() + 1);
+        asked.push(EDGE_ALIVE.to_string());
+        asked.extend(fields.iter().cloned());
         let keys: Vec<String> = edges.iter().map(|e| keys::inflight(e)).collect();
         let reports = match &*self.backend {
-            Backend::Embedded(b) => b.hash_fields(&keys, &fields),
-            Backend::Redis(b) => b.hash_fields(&keys, &fields).await?,
+            Backend::Embedded(b) => b.hash_fields(&keys, &asked),
+            Backend::Redis(b) => b.hash_fields(&keys, &asked).await?,
         };
-        Ok(reports
-            .iter()
-            .filter_map(|values| values.get(1)?.as_deref()?.parse::<u64>().ok())
-            .max())
+        let mut live = Vec::with_capacity(edges.len());
+        let mut gone = Vec::new();
+        for (edge, mut values) in edges.into_iter().zip(reports) {
+            // `_` missing: its report expired, the edge is gone.
+            if values.first().is_none_or(Option::is_none) {
+                gone.push(Write::SetRemove {
+                    key: keys::EDGES.into(),
+                    member: edge,
+                });
+                continue;
+            }
+            values.remove(0);
+            live.push(values);
+        }
+        if !gone.is_empty() {
+            // Housekeeping only: the next read tries again.
+            let _ = self.write(gone, None).await;
+        }
+        Ok(live)
     }
 
     // --- activity ---

@@ -661,7 +661,7 @@ async fn busy_or_hung(
     sent_ms: u64,
     why: String,
 ) -> Result<(), String> {
-    let addr = format!("127.0.0.1:{port}");
+    let addr = super::effect::spinlet_addr(port);
     match tokio::time::timeout(ANSWERS_DEADLINE, store.last_answered(&addr)).await {
         Ok(Ok(Some(at))) if at >= sent_ms => {
             tracing::debug!(spinlet = %id, "a health probe went unanswered, but the spinlet answers requests: busy, kept");

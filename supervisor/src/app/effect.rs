@@ -53,8 +53,13 @@ pub struct ProcInfo {
 
 impl ProcInfo {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        spinlet_addr(self.port)
     }
+}
+
+/// Where the spinlet on `port` listens, as routes, upstreams and the edges' reports name it.
+pub fn spinlet_addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 /// A spinlet record a previous supervisor left, and whether its process still runs (the driver
