@@ -718,3 +718,98 @@ async fn an_edit_made_while_the_supervisor_was_down_is_applied_after_adoption() 
     assert!(answered > 0);
     assert!(failed.is_empty(), "{failed:?}");
 }
+
+/// A rollback is a choice that holds until the next deploy or source edit: a supervisor killed
+/// after it, whose successor's check build reuses the newest release (the source is unchanged),
+/// keeps serving the rolled-back release; the next source edit then builds and serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
+    use spinforge_state::Store;
+    use spinforge_state::config::RedisUrl;
+    use spinforge_state::records::BuildState;
+
+    let redis = RedisServer::start();
+    let ws = Workspace::new();
+    let sources: Vec<PathBuf> = ["1", "2", "3"]
+        .iter()
+        .map(|v| versioned_app(&ws.path().join(format!("v{v}")), v, false))
+        .collect();
+    let port = free_port();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let state = format!("state:\n  redis: {}\n", redis.url());
+    let extra = format!("  admin_listen: {admin}\n");
+    let write = |source: &Path| {
+        ws.write(
+            "spinforge.yaml",
+            &yaml(port, &state, &extra, &app_block("web", source, "")),
+        )
+    };
+    let config = write(&sources[0]);
+    let mut supervisor = Spinforge::start(&ws, "supervisor", &config, None);
+    let edge = Spinforge::start(&ws, "edge", &config, Some(([127, 0, 0, 1], port).into()));
+    let http = edge.client();
+    let serves = |version: &'static str| {
+        let http = &http;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                &format!("web serves {version}"),
+                || async {
+                    (version_of(http, "web.test").await.as_deref() == Some(version)).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    serves("1").await;
+    write(&sources[1]);
+    serves("2").await;
+
+    let api = reqwest::Client::new();
+    let rollback = api
+        .post(format!("http://{admin}/api/v1/apps/web/rollback"))
+        .bearer_auth(support::spinforge::ADMIN_TOKEN)
+        .header("content-length", "0")
+        .send()
+        .await
+        .expect("rollback");
+    assert_eq!(rollback.status(), 200, "{:?}", rollback.text().await);
+    serves("1").await;
+    let pin = ws.data_dir().join("apps/web/releases/pin.json");
+    assert!(pin.exists(), "the rollback is kept on disk");
+
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let builds_before = store.builds_of("web").await.expect("builds").len();
+    supervisor.kill();
+    let _second = Spinforge::start(&ws, "supervisor", &config, None);
+    // The new supervisor's check build ends (reusing release 2, the source being unchanged)...
+    let check = eventually(Duration::from_secs(60), "the check build ends", || async {
+        let builds = store.builds_of("web").await.ok()?;
+        let newest = builds.first()?;
+        (builds.len() > builds_before && newest.state == BuildState::Succeeded)
+            .then(|| newest.clone())
+    })
+    .await;
+    assert_eq!(check.release, Some(2), "{check:?}");
+    // ...and release 1 serves on: the app record says so, and every answer is 1's.
+    eventually(Duration::from_secs(10), "release 1 is current", || async {
+        let app = store.app("web").await.ok()??;
+        (app.current_release == Some(1) && app.state == "running").then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            version_of(&http, "web.test").await.as_deref(),
+            Some("1"),
+            "the rollback was undone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The next source edit builds and serves as usual, and the pin is gone.
+    write(&sources[2]);
+    serves("3").await;
+    assert!(!pin.exists(), "a source edit ends the rollback");
+}

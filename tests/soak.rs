@@ -901,9 +901,9 @@ struct App {
     instances: u32,
     /// Versions made so far.
     made: u32,
-    /// A rollback (to `version`, older than `source`) was followed by a supervisor kill -9: the
-    /// known gap the README names under "Rollback" may have undone it.
-    rollback_at_risk: bool,
+    /// The last change of release was a rollback: it is kept on disk (`releases/pin.json`)
+    /// until the next deploy.
+    rolled_back: bool,
 }
 
 /// An operation as it ran.
@@ -956,7 +956,7 @@ impl Soak {
                 env: "e0".into(),
                 instances: 2,
                 made: 1,
-                rollback_at_risk: false,
+                rolled_back: false,
             },
             App {
                 name: format!("soakapi{suffix}"),
@@ -967,7 +967,7 @@ impl Soak {
                 env: "e0".into(),
                 instances: 2,
                 made: 1,
-                rollback_at_risk: false,
+                rolled_back: false,
             },
         ];
         let soak = Soak {
@@ -1207,7 +1207,7 @@ impl Soak {
                     Via::Yaml => {
                         self.apps[app].source = version.clone();
                         self.apps[app].version = version.clone();
-                        self.apps[app].rollback_at_risk = false;
+                        self.apps[app].rolled_back = false;
                         self.write_config();
                         Ok(format!("{version} named in the YAML"))
                     }
@@ -1221,7 +1221,7 @@ impl Soak {
                             (202, v) => {
                                 self.apps[app].source = version.clone();
                                 self.apps[app].version = version.clone();
-                                self.apps[app].rollback_at_risk = false;
+                                self.apps[app].rolled_back = false;
                                 Ok(format!("{version} uploaded: build {}", v["build"]))
                             }
                             (s, v) => Err(format!("deploy {version}: {s} {v}")),
@@ -1251,7 +1251,7 @@ impl Soak {
                                 "rolled back to release {n}, which is not on disk"
                             ))?;
                         self.apps[app].version = version.clone();
-                        self.apps[app].rollback_at_risk = false;
+                        self.apps[app].rolled_back = true;
                         Ok(format!("release {n} ({version}) serves"))
                     }
                     // Nothing before the current release: nothing changes.
@@ -1271,9 +1271,6 @@ impl Soak {
                 if kill {
                     sup.kill();
                     self.retired.push(sup);
-                    for a in &mut self.apps {
-                        a.rollback_at_risk |= a.version != a.source;
-                    }
                     Ok("SIGKILL".into())
                 } else {
                     signal(sup.pid(), nix::sys::signal::Signal::SIGQUIT);
@@ -1367,11 +1364,7 @@ impl Soak {
         }
         let releases = self.releases(app);
         let serving_version = releases.get(&current).cloned().unwrap_or_default();
-        // The known gap: the newest source's release back after a killed supervisor. The rest is
-        // checked against what serves, so nothing else goes unchecked.
-        let gap = serving_version != a.version && a.rollback_at_risk && serving_version == a.source;
-        let version = if gap { &a.source } else { &a.version };
-        if serving_version != *version {
+        if serving_version != a.version {
             return Err(format!(
                 "release {current} ({serving_version}) is current; {} was asked for (releases: {releases:?})",
                 a.version
@@ -1417,12 +1410,12 @@ impl Soak {
                 .map_err(|e| format!("GET / on {}: {e:?}", a.host))?;
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|_| format!("{status}: {}", String::from_utf8_lossy(&body)))?;
-            if v["version"].as_str() != Some(version.as_str())
+            if v["version"].as_str() != Some(a.version.as_str())
                 || v["env"].as_str() != Some(a.env.as_str())
             {
                 return Err(format!(
-                    "answered {v} (asked {version} with SOAK_ENV={})",
-                    a.env
+                    "answered {v} (asked {} with SOAK_ENV={})",
+                    a.version, a.env
                 ));
             }
             pids.insert(v["pid"].as_u64().unwrap_or(0));
@@ -1432,17 +1425,9 @@ impl Soak {
                 "answers came from pids {pids:?}; the records say {record_pids:?}"
             ));
         }
-        let note = if gap {
-            format!(
-                " — KNOWN GAP (README, \"Rollback\"): the rollback to {} was undone when the supervisor was killed",
-                a.version
-            )
-        } else {
-            String::new()
-        };
         Ok(format!(
-            "{}: release {current} ({version}), SOAK_ENV={}, {} instances (pids {pids:?}){note}",
-            a.name, a.env, a.instances
+            "{}: release {current} ({}), SOAK_ENV={}, {} instances (pids {pids:?})",
+            a.name, a.version, a.env, a.instances
         ))
     }
 
@@ -1526,12 +1511,20 @@ impl Soak {
     }
 
     /// Release folders beyond `keep_releases` (the serving one and the one a rollback would pick
-    /// aside), and half-made ones.
+    /// aside), and half-made ones; a rollback's pin exactly while the last change of release was
+    /// a rollback.
     fn release_leaks(&self, app: usize, a: &App) -> Vec<String> {
         let dir = self.data().join("apps").join(&a.name).join("releases");
         let mut leaks = Vec::new();
+        let pin = "pin.json";
+        if a.rolled_back && !dir.join(pin).exists() {
+            leaks.push(format!("{}: the last rollback is not kept on disk", a.name));
+        }
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            if name == pin && a.rolled_back {
+                continue;
+            }
             if name.parse::<u64>().is_err() {
                 leaks.push(format!("{}: {name} is left in the releases folder", a.name));
             }

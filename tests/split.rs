@@ -11,7 +11,7 @@ use support::{RedisServer, eventually, free_port};
 
 struct Split {
     edge: Spinforge,
-    _supervisor: Spinforge,
+    supervisor: Spinforge,
 }
 
 fn start_split(ws: &Workspace, redis: &RedisServer, apps: &str) -> Split {
@@ -24,10 +24,7 @@ fn start_split(ws: &Workspace, redis: &RedisServer, apps: &str) -> Split {
     let path = ws.write("spinforge.yaml", &yaml);
     let supervisor = Spinforge::start(ws, "supervisor", &path, None);
     let edge = Spinforge::start(ws, "edge", &path, Some(([127, 0, 0, 1], port).into()));
-    Split {
-        edge,
-        _supervisor: supervisor,
-    }
+    Split { edge, supervisor }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +134,77 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
         ws.starts("alpha.starts").len(),
         1,
         "the spinlet ran through the outage"
+    );
+}
+
+/// After Redis restarts empty, the store is refilled app by app; until the supervisor says it is
+/// whole again, the edge keeps its last routes for what the store lacks instead of answering
+/// 404 for an app whose route is not back yet. The supervisor is frozen (SIGSTOP) for the
+/// edge's whole reconnect and reload, so the store stays empty for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_redis_restart_costs_no_route_while_the_supervisor_writes_back() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    let mut redis = RedisServer::start();
+    let ws = Workspace::new();
+    let split = start_split(
+        &ws,
+        &redis,
+        &echo_app(&ws, "alpha", "alpha.test", "    idle_timeout: 0\n"),
+    );
+    let http = split.edge.client();
+    eventually(Duration::from_secs(20), "alpha answers", || async {
+        (http.fetch("alpha.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    eventually(
+        Duration::from_secs(10),
+        "the store is marked whole",
+        || async { store.published().await.ok()?.then_some(()) },
+    )
+    .await;
+
+    support::spinforge::signal(split.supervisor.pid(), SIGSTOP);
+    redis.restart();
+    // Past the edge's reconnect, its settle pause (1 s) and a refill retry: every answer is
+    // alpha's, from an empty store.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut answered = 0;
+    while std::time::Instant::now() < until {
+        let r = http.fetch("alpha.test", "/").await;
+        assert_eq!(
+            r.status, 200,
+            "answer {answered} from an empty store: {}",
+            r.body
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !store.published().await.expect("read"),
+        "the store is still empty"
+    );
+
+    support::spinforge::signal(split.supervisor.pid(), SIGCONT);
+    eventually(
+        Duration::from_secs(15),
+        "the supervisor wrote everything back and said so",
+        || async {
+            let route = store.route("alpha.test").await.ok()??;
+            store.published().await.ok()?.then_some(route)
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(http.fetch("alpha.test", "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ws.starts("alpha.starts").len(),
+        1,
+        "the spinlet ran through"
     );
 }
 

@@ -1,6 +1,11 @@
 //! Keeps the routing snapshot in step with the store: events change single routes or upstream
 //! sets; a resync (first subscription, reconnect, lag, or every [`FULL_RELOAD`]) reloads it all.
 //! While the store is unreachable the last table keeps serving and the reload is retried.
+//!
+//! A store that lost its data (a Redis restarted empty) is refilled by the supervisor app by
+//! app; until it says it is whole again (`Store::published`), a reload takes what the store has
+//! and keeps the last routes and upstreams for what it lacks — a route the store has not got
+//! back yet is not a route that was removed — and reloads again soon.
 
 use crate::routing::RoutingTable;
 use crate::routing::drain::Draining;
@@ -16,7 +21,8 @@ use tokio::sync::watch;
 
 /// A safety net against lost events: reload everything this often.
 const FULL_RELOAD: Duration = Duration::from_secs(30);
-/// After a failed reload, try again after this long.
+/// After a failed reload, or one from a store still being refilled, try again after this long
+/// (doubling while the store stays incomplete, up to [`FULL_RELOAD`]).
 const RETRY: Duration = Duration::from_millis(500);
 /// After a reconnect, wait this long before reloading: a Redis that restarted empty is refilled
 /// by the supervisor's republish within it, and until then the last table keeps serving.
@@ -74,7 +80,10 @@ struct Model {
 }
 
 impl Model {
-    async fn load(store: &Store) -> Result<Model, StoreError> {
+    /// Everything, and whether the store said it was whole before it was read.
+    async fn load(store: &Store) -> Result<(Model, bool), StoreError> {
+        // Asked first: what is read after a "whole" answer is whole.
+        let whole = store.published().await?;
         let routes: BTreeMap<String, Route> = store
             .routes()
             .await?
@@ -92,7 +101,19 @@ impl Model {
         for (app, (set, drains)) in apps.into_iter().zip(sets) {
             model.set(app, &set, &drains);
         }
-        Ok(model)
+        Ok((model, whole))
+    }
+
+    /// A reload from a store being refilled: what it has wins; what it lacks (a route, or an
+    /// app's upstreams not written back yet) is kept from before.
+    fn refill(&mut self, fresh: Model) {
+        self.routes.extend(fresh.routes);
+        for (app, set) in fresh.upstreams {
+            if !set.is_empty() || !self.upstreams.contains_key(&app) {
+                self.upstreams.insert(app, set);
+            }
+        }
+        self.draining.extend(fresh.draining);
     }
 
     /// An app's upstreams and drains, as read together.
@@ -185,8 +206,11 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
     let mut full_reload = tokio::time::interval(FULL_RELOAD);
     full_reload.tick().await; // the subscription's first signal is a resync already
     let mut first = true;
+    let mut loaded = false;
     // When the next full reload is due, if one is scheduled.
     let mut reload_at: Option<tokio::time::Instant> = None;
+    // The pause before the next reload while the store is being refilled.
+    let mut refill_retry = RETRY;
     let mut events = Vec::new();
     loop {
         let reload_timer = async {
@@ -196,6 +220,7 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
             }
         };
         let mut reload_now = false;
+        let mut refill_later = None;
         let mut signals = Vec::new();
         tokio::select! {
             signal = sub.next() => match signal {
@@ -222,8 +247,20 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
             }
         }
         let outcome = if reload_now {
-            Model::load(&store).await.map(|m| {
-                model = m;
+            Model::load(&store).await.map(|(fresh, whole)| {
+                if whole || !loaded {
+                    model = fresh;
+                    refill_retry = RETRY;
+                } else {
+                    tracing::debug!(
+                        routes = fresh.routes.len(),
+                        "the store is being refilled; keeping the last routes for what it lacks"
+                    );
+                    model.refill(fresh);
+                    refill_later = Some(refill_retry);
+                    refill_retry = (refill_retry * 2).min(FULL_RELOAD);
+                }
+                loaded = true;
                 true
             })
         } else {
@@ -233,7 +270,7 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
         match outcome {
             Ok(changed) => {
                 if reload_now {
-                    reload_at = None;
+                    reload_at = refill_later.map(|after| tokio::time::Instant::now() + after);
                 }
                 if changed {
                     let table = model.table(&snapshot.load());
@@ -256,4 +293,58 @@ async fn apply_all(model: &mut Model, store: &Store, events: &[Event]) -> Result
         changed |= model.apply(store, e).await?;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(domain: &str, app: &str) -> Route {
+        Route {
+            domain: domain.into(),
+            app: app.into(),
+            release: None,
+            policy: Default::default(),
+            external: false,
+        }
+    }
+
+    fn model(routes: &[(&str, &str)], upstreams: &[(&str, &[&str])]) -> Model {
+        let mut m = Model::default();
+        for (d, a) in routes {
+            m.routes.insert(d.to_string(), route(d, a));
+        }
+        for (app, set) in upstreams {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            m.set(app.to_string(), &set, &[]);
+        }
+        m
+    }
+
+    #[test]
+    fn a_refill_keeps_what_the_store_lacks_and_takes_what_it_has() {
+        let mut last = model(
+            &[("a.test", "a"), ("b.test", "b")],
+            &[("a", &["127.0.0.1:1"]), ("b", &["127.0.0.1:2"])],
+        );
+        // The store has a's route back with a new upstream set, and b's not yet.
+        let fresh = model(
+            &[("a.test", "a"), ("c.test", "c")],
+            &[("a", &["127.0.0.1:3"]), ("c", &[])],
+        );
+        last.refill(fresh);
+        let domains: Vec<&str> = last.routes.keys().map(String::as_str).collect();
+        assert_eq!(domains, ["a.test", "b.test", "c.test"]);
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            last.upstreams["a"],
+            [addr("127.0.0.1:3")],
+            "the store's wins"
+        );
+        assert_eq!(last.upstreams["b"], [addr("127.0.0.1:2")], "kept");
+        assert!(last.upstreams["c"].is_empty(), "new, and empty");
+        // An app's upstreams not written back yet (read as empty) are kept too.
+        last.refill(model(&[], &[("a", &[])]));
+        assert_eq!(last.upstreams["a"], [addr("127.0.0.1:3")]);
+    }
 }

@@ -16,6 +16,11 @@ pub fn route(domain: &str) -> String {
 pub const ROUTES_PATTERN: &str = "spinforge:routes:*";
 pub const ROUTES_PREFIX: &str = "spinforge:routes:";
 
+/// When the supervisor last finished writing everything it owns (ms): after its start, and
+/// after every resync. A store without it lost its data and is being refilled, so a reader
+/// must not take what it lacks as gone.
+pub const PUBLISHED: &str = "spinforge:published";
+
 /// JSON [`crate::records::AppRecord`].
 pub fn app(name: &str) -> String {
     format!("spinforge:apps:{name}")

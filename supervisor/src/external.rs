@@ -69,7 +69,9 @@ impl ExternalTask {
 
     pub async fn run(mut self) {
         // Nothing is known healthy until it answers.
+        let first = self.inbox.republish_asked();
         self.republish().await;
+        self.inbox.republished(first);
         self.acknowledge();
         let mut next_check = Instant::now();
         let mut probe: Option<Probe> = None;
@@ -100,7 +102,11 @@ impl ExternalTask {
                     }
                     Err(_) => definition_open = false,
                 },
-                () = self.inbox.republish.notified() => self.republish().await,
+                () = self.inbox.republish.notified() => {
+                    let generation = self.inbox.republish_asked();
+                    self.republish().await;
+                    self.inbox.republished(generation);
+                }
                 cmd = self.inbox.commands.recv() => match cmd {
                     // Never started, never idled: SpinForge does not run it.
                     Some(Command::Wake | Command::IdleCheck { .. }) => {}

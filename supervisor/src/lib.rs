@@ -113,7 +113,15 @@ pub struct Supervisor {
     /// Configs handed in by the process's reloader ([`Supervisor::config_updates`]; every
     /// binary mode attaches one, `src/reload.rs`); without one the config stays as started.
     updates: Option<mpsc::Receiver<ConfigUpdate>>,
+    /// Marks the store whole once every app has written back what it owns (after the start or
+    /// a resync; see [`Supervisor::mark_published_once_written`]).
+    published_marker: Option<AbortHandle>,
 }
+
+/// How long the supervisor waits for every app to write its state back before it marks the
+/// store whole anyway: an app that has not by then is stuck, and edges keep their last routes
+/// for what the store lacks until the mark.
+const REPUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A new config for a running supervisor: what a reload applies to it (`apps:`, and
 /// `supervisor.builds`, `logs`, `port_range`, `deploy_dir`). Keys only a new process can apply
@@ -189,6 +197,7 @@ impl Supervisor {
             log_limits,
             hot_deploy: None,
             updates: None,
+            published_marker: None,
         };
         let mut wanted: Vec<ManagedApp> = config
             .apps
@@ -279,6 +288,7 @@ impl Supervisor {
     pub async fn run(mut self, shutdown: StopSignal) {
         let mut events = self.store.subscribe();
         let _ = events.next().await; // the initial resync: `start` has just written everything
+        self.mark_published_once_written();
         self.start_hot_deploy();
         let mut reap = tokio::time::interval(reap_interval(&self.app_configs()));
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -654,7 +664,7 @@ impl Supervisor {
 
     /// The store may have lost what we wrote (Redis restarted empty): write it all again.
     /// False when the store refused the routes; the caller tries again shortly.
-    async fn resync(&self) -> bool {
+    async fn resync(&mut self) -> bool {
         tracing::info!("store resynced; republishing routes and spinlets");
         // Each task writes its own again (a request that is never dropped)...
         for e in self.apps.values() {
@@ -665,7 +675,36 @@ impl Supervisor {
             tracing::warn!(error = %e, "cannot sweep routes yet; retrying");
             return false;
         }
+        self.mark_published_once_written();
         true
+    }
+
+    /// Once every app task has written back everything it owns (as of the republish asked
+    /// last), says so in the store: an edge reloading from a store that lost its data keeps its
+    /// last routes for what the store lacks until then, instead of answering 404 for an app whose
+    /// routes are still being written (see `spinforge_state::keys::PUBLISHED`). A newer resync
+    /// replaces the wait.
+    fn mark_published_once_written(&mut self) {
+        if let Some(previous) = self.published_marker.take() {
+            previous.abort();
+        }
+        let written: Vec<_> = self.apps.values().map(|e| e.outbox.written()).collect();
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let all = futures::future::join_all(written);
+            if tokio::time::timeout(REPUBLISH_DEADLINE, all).await.is_err() {
+                tracing::warn!(
+                    "not every app wrote its state back within {}s; marking the store whole anyway",
+                    REPUBLISH_DEADLINE.as_secs()
+                );
+            }
+            match store.mark_published().await {
+                Ok(()) => tracing::debug!("every app's state is in the store"),
+                // The store went away again: its next resync marks it.
+                Err(e) => tracing::warn!(error = %e, "cannot mark the store whole"),
+            }
+        });
+        self.published_marker = Some(task.abort_handle());
     }
 
     /// Deletes routes no app claims and records of apps that are gone (see [`app::publish`]).

@@ -3,6 +3,7 @@
 //! toolchain builds and spinlets use.
 
 use serde::{Deserialize, Serialize};
+use spinforge_state::config::AppConfig;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -132,6 +133,62 @@ pub async fn list_releases(releases: &Path) -> Vec<Release> {
     out
 }
 
+/// A rollback's choice, kept on disk (`releases/pin.json`) so that it outlives the supervisor:
+/// a restarted supervisor's check build reuses the newest release when the source is unchanged,
+/// and without the pin it would roll out that release over the rollback. A pin holds while the
+/// app's build definition is the one it was made under, and goes with the next deploy or source
+/// edit (as a rollback on Heroku holds until the next deploy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub release: u64,
+    /// [`build_definition`] when the rollback was asked for.
+    pub definition: String,
+}
+
+/// What in a definition decides what a build makes (source, framework, spa), as a digest: a
+/// git URL's password never reaches the disk this way.
+pub fn build_definition(app: &AppConfig) -> String {
+    let text = format!(
+        "{}\nframework={};spa={}",
+        app.source,
+        app.framework.as_str(),
+        app.spa
+    );
+    blake3::hash(text.as_bytes()).to_hex().to_string()
+}
+
+const PIN_FILE: &str = "pin.json";
+
+/// The pin in `releases`, if there is a readable one (an unreadable one is no pin, said once).
+pub async fn read_pin(releases: &Path) -> Option<Pin> {
+    let path = releases.join(PIN_FILE);
+    let text = tokio::fs::read_to_string(&path).await.ok()?;
+    match serde_json::from_str(&text) {
+        Ok(pin) => Some(pin),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable rollback pin");
+            None
+        }
+    }
+}
+
+/// Writes (`Some`) or removes (`None`) the pin in `releases`; a write is whole or absent for
+/// any reader (a temporary file renamed over it).
+pub async fn write_pin(releases: &Path, pin: Option<&Pin>) -> std::io::Result<()> {
+    let path = releases.join(PIN_FILE);
+    let Some(pin) = pin else {
+        return match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    };
+    tokio::fs::create_dir_all(releases).await?;
+    let temp = releases.join(".pin.json.tmp");
+    let text = serde_json::to_vec(pin).map_err(std::io::Error::other)?;
+    tokio::fs::write(&temp, text).await?;
+    tokio::fs::rename(&temp, &path).await
+}
+
 /// The release a rollback without a number goes to: the newest one older than `current`.
 pub fn previous(numbers: &[u64], current: Option<u64>) -> Option<u64> {
     let current = current?;
@@ -222,5 +279,31 @@ mod tests {
         assert_eq!(previous(&all, Some(4)), Some(3));
         assert_eq!(previous(&all, Some(1)), None);
         assert_eq!(previous(&all, None), None);
+    }
+
+    #[tokio::test]
+    async fn a_pin_is_written_whole_read_back_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let releases = dir.path().join("releases");
+        assert_eq!(read_pin(&releases).await, None, "no pin, no folder");
+        let pin = Pin {
+            release: 3,
+            definition: "d".repeat(64),
+        };
+        write_pin(&releases, Some(&pin)).await.expect("write");
+        assert_eq!(read_pin(&releases).await, Some(pin));
+        write_pin(&releases, None).await.expect("remove");
+        write_pin(&releases, None)
+            .await
+            .expect("removing none is fine");
+        assert_eq!(read_pin(&releases).await, None);
+        // A torn or foreign file is no pin.
+        std::fs::write(releases.join(PIN_FILE), b"{\"release\":").expect("write");
+        assert_eq!(read_pin(&releases).await, None);
+        let names: Vec<_> = std::fs::read_dir(&releases)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [PIN_FILE], "no temporary file is left");
     }
 }

@@ -275,6 +275,21 @@ impl Store {
             .collect()
     }
 
+    /// Says every route, upstream set and record the supervisor owns is written (see
+    /// [`keys::PUBLISHED`]).
+    pub async fn mark_published(&self) -> Result<()> {
+        let value = crate::now_ms().to_string();
+        let key = keys::PUBLISHED.to_string();
+        self.write(vec![Write::Set { key, value }], None).await
+    }
+
+    /// Whether the store holds everything the supervisor owns, as far as it said so last: false
+    /// when it lost its data (a Redis restarted empty) and the supervisor has not written it all
+    /// back yet — or no supervisor has ever written to it.
+    pub async fn published(&self) -> Result<bool> {
+        Ok(self.get(keys::PUBLISHED).await?.is_some())
+    }
+
     // --- apps ---
 
     pub async fn put_app(&self, app: &AppRecord) -> Result<()> {

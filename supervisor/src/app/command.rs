@@ -4,7 +4,9 @@
 //! - the app's **definition** is a `watch`: only the latest one matters, so edits coalesce and
 //!   none is ever dropped, however busy the task;
 //! - a **republish** request (the store may have lost what the task wrote) is a `Notify`: many
-//!   become one, none is lost;
+//!   become one, none is lost; each is numbered, and the task says which one it has written
+//!   (its first publish counts as the first), so the supervisor knows when the store is whole
+//!   again;
 //! - everything else is a [`Command`] on a bounded queue. Wakes and idle checks may be dropped
 //!   when it is full (they come again); a refused deploy, rollback or lifecycle request is
 //!   answered as busy.
@@ -17,6 +19,7 @@ use super::builds::BuildJob;
 use crate::control::{ControlError, Lifecycle};
 use spinforge_state::config::AppConfig;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -85,6 +88,10 @@ pub struct Outbox {
     pub commands: mpsc::Sender<Command>,
     definition: watch::Sender<Definition>,
     republish: Arc<Notify>,
+    /// The newest republish asked for (the task's first publish is the first).
+    republish_asked: Arc<AtomicU64>,
+    /// The newest one the task has written.
+    republished: watch::Receiver<u64>,
     published: watch::Receiver<u64>,
 }
 
@@ -94,6 +101,8 @@ pub struct Inbox {
     pub commands: mpsc::Receiver<Command>,
     pub definition: watch::Receiver<Definition>,
     pub republish: Arc<Notify>,
+    republish_asked: Arc<AtomicU64>,
+    republished: watch::Sender<u64>,
     /// The version of the definition the task has published.
     pub published: watch::Sender<u64>,
 }
@@ -108,6 +117,20 @@ impl Inbox {
             newer
         });
     }
+
+    /// The newest republish asked for: the one a write of everything from now on answers.
+    pub fn republish_asked(&self) -> u64 {
+        self.republish_asked.load(Ordering::SeqCst)
+    }
+
+    /// Says the task has written everything it owns as of republish `generation`.
+    pub fn republished(&self, generation: u64) {
+        self.republished.send_if_modified(|v| {
+            let newer = *v < generation;
+            *v = (*v).max(generation);
+            newer
+        });
+    }
 }
 
 /// A new task's channels, its definition at version 1.
@@ -118,18 +141,24 @@ pub fn channel(config: AppConfig) -> (Outbox, Inbox) {
         config: Arc::new(config),
     });
     let republish = Arc::new(Notify::new());
+    let republish_asked = Arc::new(AtomicU64::new(1));
+    let (republished_tx, republished) = watch::channel(0);
     let (published_tx, published) = watch::channel(0);
     (
         Outbox {
             commands: tx,
             definition: definition_tx,
             republish: republish.clone(),
+            republish_asked: republish_asked.clone(),
+            republished,
             published,
         },
         Inbox {
             commands: rx,
             definition,
             republish,
+            republish_asked,
+            republished: republished_tx,
             published: published_tx,
         },
     )
@@ -150,7 +179,18 @@ impl Outbox {
 
     /// Asks the task to write everything it owns in the store again.
     pub fn republish(&self) {
+        self.republish_asked.fetch_add(1, Ordering::SeqCst);
         self.republish.notify_one();
+    }
+
+    /// Ends once the task has written everything it owns as of the newest republish asked for
+    /// now (or its first publish), or has ended.
+    pub fn written(&self) -> impl Future<Output = ()> + Send + 'static {
+        let generation = self.republish_asked.load(Ordering::SeqCst);
+        let mut rx = self.republished.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v >= generation).await;
+        }
     }
 
     /// Waits until the task has published `version` of its definition (or a later one), at most

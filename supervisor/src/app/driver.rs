@@ -108,6 +108,8 @@ pub struct AppTask {
     version: u64,
     /// Builds still running are given until then to end, once the machine is done.
     exit_deadline: Option<Instant>,
+    /// The republish the step about to run writes everything for (see `Inbox::republished`).
+    writing: Option<u64>,
 }
 
 impl std::fmt::Debug for AppTask {
@@ -151,6 +153,7 @@ impl AppTask {
             queued: VecDeque::new(),
             version: definition.version,
             exit_deadline: None,
+            writing: None,
         }
     }
 
@@ -184,9 +187,13 @@ impl AppTask {
         }
         let keep: Vec<&str> = self.procs.keys().map(String::as_str).collect();
         self.ctx.spawner.sweep(&config.name, &keep);
+        let pin = release::read_pin(&self.ctx.releases_dir(self.name())).await;
+        // The first step publishes everything: it answers the first republish.
+        self.writing = Some(self.inbox.republish_asked());
         self.queued.push_back(Input::Begin {
             adopted: adoptees,
             releases,
+            pin,
         });
         loop {
             let input = match self.queued.pop_front() {
@@ -197,6 +204,9 @@ impl AppTask {
             let done = self.execute(effects).await;
             // Whatever the step was, the machine has (and has published) this definition.
             self.inbox.acknowledge(self.version);
+            if let Some(generation) = self.writing.take() {
+                self.inbox.republished(generation);
+            }
             // A deploy's ticket is for the build its step asked for, or none: unused, it ends
             // as cancelled.
             self.deploy = None;
@@ -226,7 +236,10 @@ impl AppTask {
                     }
                     Err(_) => self.definition_open = false,
                 },
-                () = self.inbox.republish.notified() => return Input::Republish,
+                () = self.inbox.republish.notified() => {
+                    self.writing = Some(self.inbox.republish_asked());
+                    return Input::Republish;
+                }
                 cmd = self.inbox.commands.recv(), if self.commands_open => match cmd {
                     Some(cmd) => return self.command(cmd).await,
                     None => {
@@ -458,6 +471,13 @@ impl AppTask {
                 Effect::CancelBuild { seq } => {
                     if let Some(id) = self.builds.get(&seq) {
                         self.ctx.builds.cancel(id);
+                    }
+                }
+                Effect::Pin(pin) => {
+                    let dir = self.ctx.releases_dir(self.name());
+                    if let Err(e) = release::write_pin(&dir, pin.as_ref()).await {
+                        // The rollback serves; only a restart of the supervisor may undo it.
+                        tracing::error!(app = %self.name(), error = %e, "cannot record the rollback on disk");
                     }
                 }
                 Effect::Prune { serving, in_use } => self.prune(serving, &in_use).await,

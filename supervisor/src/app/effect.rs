@@ -4,7 +4,7 @@
 
 use super::publish::AppView;
 use crate::control::Lifecycle;
-use crate::release::Release;
+use crate::release::{self, Release};
 use spinforge_state::config::AppConfig;
 use spinforge_state::records::{Drain, Spinlet};
 use std::collections::BTreeSet;
@@ -93,6 +93,8 @@ pub enum Input {
     Begin {
         adopted: Vec<Adoptee>,
         releases: Vec<Release>,
+        /// The last rollback's choice, as a previous supervisor left it on disk.
+        pin: Option<release::Pin>,
     },
     // --- from the supervisor ---
     Wake,
@@ -226,6 +228,8 @@ pub enum Effect {
     CancelBuild {
         seq: BuildSeq,
     },
+    /// Keep (`Some`) or drop (`None`) the last rollback's choice on disk.
+    Pin(Option<release::Pin>),
     /// Remove old releases, sparing those in use and `serving`'s rollback target.
     Prune {
         serving: Option<u64>,

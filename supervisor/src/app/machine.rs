@@ -19,11 +19,11 @@
 use super::effect::{Adoptee, Answer, BuildSeq, Effect, Input, Now, ReplyId};
 use super::publish::{self, AppView};
 use super::state::{
-    AfterStop, ExitKind, Exiting, Failure, InFlight, Phase, Refusal, Role, Rollout, Serving, Slot,
-    Target, Waiter, Want,
+    AfterStop, ExitKind, Exiting, Failure, InFlight, Phase, Pinned, Refusal, Role, Rollout,
+    Serving, Slot, Target, Waiter, Want,
 };
 use super::timing::Timing;
-use crate::release::Release;
+use crate::release::{self, Release};
 use crate::settings;
 use spinforge_state::config::AppConfig;
 use spinforge_state::records::{Drain, Spinlet, SpinletState};
@@ -62,6 +62,8 @@ pub struct Machine {
     // --- what is wanted ---
     pub(super) want: Want,
     pub(super) desired: Option<Release>,
+    /// The last rollback, while no deploy or source edit has come since.
+    pub(super) pin: Option<Pinned>,
     pub(super) generation: u64,
     /// Counts requests someone waits on (see [`Waiter`]).
     pub(super) stamp: u64,
@@ -116,6 +118,7 @@ impl Machine {
             rng: fastrand::Rng::with_seed(seed),
             begun: false,
             desired: None,
+            pin: None,
             generation: 0,
             stamp: 0,
             failed: None,
@@ -258,7 +261,11 @@ impl Machine {
             return;
         }
         match input {
-            Input::Begin { adopted, releases } => self.begin(adopted, releases, now, fx),
+            Input::Begin {
+                adopted,
+                releases,
+                pin,
+            } => self.begin(adopted, releases, pin, now, fx),
             Input::Wake => self.wake(now),
             Input::IdleCheck { last_access_ms } => self.idle_check(last_access_ms, now),
             Input::Republish => self.republish(fx),
@@ -634,11 +641,13 @@ impl Machine {
 
     /// The task starts: spinlets a previous supervisor left are taken over (see `adopt.rs`),
     /// then a check build makes what runs match the definition (it reuses the release when the
-    /// source is unchanged, and adopted spinlets may predate an edit).
+    /// source is unchanged, and adopted spinlets may predate an edit) — or, while the last
+    /// rollback's `pin` holds, keeps the release it chose.
     pub(super) fn begin(
         &mut self,
         adopted: Vec<Adoptee>,
         releases: Vec<Release>,
+        pin: Option<release::Pin>,
         now: Now,
         fx: &mut Fx,
     ) {
@@ -646,8 +655,22 @@ impl Machine {
             return;
         }
         self.begun = true;
+        if let Some(pin) = pin {
+            match releases.iter().find(|r| r.info.number == pin.release) {
+                Some(r) => {
+                    self.pin = Some(Pinned {
+                        release: r.clone(),
+                        definition: pin.definition,
+                    })
+                }
+                None => {
+                    tracing::warn!(app = %self.name, release = pin.release, "the release the last rollback chose is gone: forgetting the rollback");
+                    fx.push(Effect::Pin(None));
+                }
+            }
+        }
         self.adopt(adopted, &releases, now, fx);
-        self.request_build(fx);
+        self.ask_build(true, fx);
     }
 
     pub(super) fn push_slot(&mut self, slot: Slot) {

@@ -4,7 +4,9 @@
 
 use super::effect::{Answer, BuildResult, BuildSeq, Effect, Input, Now, ReplyId};
 use super::machine::{Fx, Machine};
-use super::state::{AfterStop, ExitKind, Exiting, Failure, InFlight, Phase, Role, Waiter, Want};
+use super::state::{
+    AfterStop, ExitKind, Exiting, Failure, InFlight, Phase, Pinned, Role, Waiter, Want,
+};
 use crate::control::Lifecycle;
 use crate::release::{self, Release};
 use spinforge_state::config::AppConfig;
@@ -68,13 +70,23 @@ impl Machine {
         self.config_gen += 1;
     }
 
-    /// Asks for a build of the current definition; the one in flight, if any, is cancelled
-    /// (its end comes and is ignored).
+    /// Asks for a build of the current definition, as a deploy or an edit does: it ends the last
+    /// rollback's pin.
     pub(super) fn request_build(&mut self, fx: &mut Fx) {
+        if self.pin.take().is_some() {
+            fx.push(Effect::Pin(None));
+        }
+        self.ask_build(false, fx);
+    }
+
+    /// Asks for a build (`check`: see [`InFlight::check`]); the one in flight, if any, is
+    /// cancelled (its end comes and is ignored).
+    pub(super) fn ask_build(&mut self, check: bool, fx: &mut Fx) {
         self.build_seq += 1;
         let seq = self.build_seq;
         let previous = self.build.replace(InFlight {
             seq,
+            check,
             config_gen: self.config_gen,
         });
         if let Some(previous) = previous {
@@ -152,6 +164,15 @@ impl Machine {
         };
         let number = target.info.number;
         tracing::info!(app = %self.name, release = number, "rolling back");
+        let definition = release::build_definition(&self.config);
+        fx.push(Effect::Pin(Some(release::Pin {
+            release: number,
+            definition: definition.clone(),
+        })));
+        self.pin = Some(Pinned {
+            release: target.clone(),
+            definition,
+        });
         self.desired = Some(target);
         self.wait_for_change(reply, Some(number));
     }
@@ -263,12 +284,29 @@ impl Machine {
             tracing::debug!(app = %self.name, seq, "a replaced build ended");
             return;
         }
-        self.build = None;
+        let Some(build) = self.build.take() else {
+            return;
+        };
         fx.force_view = true;
         match result {
             BuildResult::Built { release, .. } => {
+                let definition = release::build_definition(&self.config);
+                let kept = match self.pin.take() {
+                    // What a starting supervisor's check build made does not undo a rollback
+                    // made under this very definition.
+                    Some(pin) if build.check && pin.definition == definition => {
+                        tracing::info!(app = %self.name, release = pin.release.info.number, built = release.info.number, "keeping the release the last rollback chose until the next deploy or source edit");
+                        self.pin = Some(pin.clone());
+                        Some(pin.release)
+                    }
+                    Some(_) => {
+                        fx.push(Effect::Pin(None));
+                        None
+                    }
+                    None => None,
+                };
                 // Asked for anew: a target refused before is tried again, a failed app too.
-                self.desired = Some(*release);
+                self.desired = Some(kept.unwrap_or(*release));
                 self.refused = None;
                 self.failed = None;
                 self.start_failures = 0;

@@ -173,10 +173,21 @@ pub struct Waiter {
     pub release: Option<u64>,
 }
 
+/// A rollback's choice (see [`crate::release::Pin`]): the release, and the build definition it
+/// was made under.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub release: Release,
+    pub definition: String,
+}
+
 /// The build the app waits for.
 #[derive(Debug, Clone)]
 pub struct InFlight {
     pub seq: u64,
+    /// The build a starting task asks for to check what runs against the definition; unlike a
+    /// deploy or an edit it keeps a rollback's [`Pinned`] release.
+    pub check: bool,
     /// The definition's generation when it was asked for: while it runs, a change of settings
     /// alone waits for it (one rollout with both), unless the definition changed since.
     pub config_gen: u64,

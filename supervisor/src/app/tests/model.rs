@@ -132,11 +132,15 @@ impl Case {
                 self.plan(*source, *plan);
                 let mut config = (*self.w.m.config).clone();
                 config.source = world::source(*source);
+                self.w.model.pin = None;
                 self.w.step(Input::Deploy(Arc::new(config)));
             }
             Op::EditSource { source, plan } => {
                 self.plan(*source, *plan);
                 let src = world::source(*source);
+                if src != self.w.m.config.source {
+                    self.w.model.pin = None;
+                }
                 self.edit(|c| c.source = src);
             }
             Op::EditEnv(n) => {
@@ -161,6 +165,7 @@ impl Case {
                 let exists = target.filter(|n| numbers.contains(n));
                 if let Some(n) = exists {
                     w.model.release = Some(n);
+                    w.model.pin = Some((n, w.m.config.source.to_string()));
                 }
                 let reply = w.reply_id();
                 let releases = w.releases.clone();

@@ -201,6 +201,11 @@ pub struct Model {
     pub restart_reply: Option<u64>,
     /// The newest build asked for: `(epoch, seq)`.
     pub latest_build: Option<(u32, BuildSeq)>,
+    /// The build a starting supervisor asked for to check what runs.
+    pub check_build: Option<(u32, BuildSeq)>,
+    /// The last rollback's release and the source it was asked under, until a deploy or a
+    /// source edit: a check build under that source keeps it.
+    pub pin: Option<(u64, String)>,
 }
 
 pub struct World {
@@ -234,6 +239,8 @@ pub struct World {
     pub faulted: BTreeSet<String>,
     pub refusals: u64,
     pub done: bool,
+    /// The rollback pin as the supervisor left it on disk.
+    pub disk_pin: Option<release::Pin>,
     pub model: Model,
     rollout_since: Option<(u64, Instant)>,
     build_since: Option<(BuildSeq, Instant)>,
@@ -289,6 +296,7 @@ impl World {
             faulted: BTreeSet::new(),
             refusals: 0,
             done: false,
+            disk_pin: None,
             model: Model {
                 awake,
                 release: None,
@@ -296,6 +304,8 @@ impl World {
                 restart_at: None,
                 restart_reply: None,
                 latest_build: None,
+                check_build: None,
+                pin: None,
             },
             rollout_since: None,
             build_since: None,
@@ -312,7 +322,9 @@ impl World {
         self.step(Input::Begin {
             adopted: Vec::new(),
             releases,
+            pin: None,
         });
+        self.model.check_build = self.model.latest_build;
     }
 
     pub fn reply_id(&mut self) -> u64 {
@@ -409,7 +421,16 @@ impl World {
                         // The newest build's release is what is wanted from now on.
                         match result {
                             BuildResult::Built { release, .. } => {
-                                self.model.release = Some(release.info.number);
+                                let check = self.model.check_build == Some((epoch, *seq));
+                                let source = self.m.config.source.to_string();
+                                self.model.release = match self.model.pin.take() {
+                                    // A rollback made under this source outlives a restart.
+                                    Some((n, under)) if check && under == source => {
+                                        self.model.pin = Some((n, under));
+                                        Some(n)
+                                    }
+                                    _ => Some(release.info.number),
+                                };
                             }
                             BuildResult::Failed {
                                 fallback: Some(f), ..
@@ -706,6 +727,7 @@ impl World {
                     );
                 }
             }
+            Effect::Pin(pin) => self.disk_pin = pin,
             Effect::Prune { serving, in_use } => {
                 let numbers: Vec<u64> = self.releases.iter().map(|r| r.info.number).collect();
                 let removed = release::prunable(&numbers, KEEP, serving, &in_use);
@@ -1037,7 +1059,23 @@ impl World {
         self.model.release = adopted_release(&adopted, &self.releases);
         self.model.awake = adopted_release(&adopted, &self.releases).is_some()
             || self.m.config.idle_timeout.is_none();
-        self.step(Input::Begin { adopted, releases });
+        assert_eq!(
+            self.disk_pin.as_ref().map(|p| p.release),
+            self.model.pin.as_ref().map(|p| p.0),
+            "the pin on disk is the last rollback's, until a deploy or source edit"
+        );
+        if let Some((n, _)) = self.model.pin
+            && !releases.iter().any(|r| r.info.number == n)
+        {
+            self.model.pin = None;
+        }
+        let pin = self.disk_pin.clone();
+        self.step(Input::Begin {
+            adopted,
+            releases,
+            pin,
+        });
+        self.model.check_build = self.model.latest_build;
     }
 
     /// The app serves, but the spinlets it keeps starting to make up `instances` cannot
