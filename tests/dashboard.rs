@@ -690,6 +690,10 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     assert!(serving.contains("serving"), "{serving}");
+    assert!(
+        serving.contains("held until the next deploy"),
+        "the page says the rollback holds: {serving}"
+    );
     record(&b, "5-app-rolled-back", &mut timings).await;
     // A rollback from elsewhere (the API) reaches the open page within a second.
     until_live(&b).await;

@@ -777,6 +777,25 @@ async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
     serves("1").await;
     let pin = ws.data_dir().join("apps/web/releases/pin.json");
     assert!(pin.exists(), "the rollback is kept on disk");
+    let pinned = |releases: serde_json::Value| -> Vec<u64> {
+        let list = releases.as_array().cloned().unwrap_or_default();
+        list.iter()
+            .filter(|r| r["pinned"] == true)
+            .filter_map(|r| r["release"].as_u64())
+            .collect()
+    };
+    let releases = api
+        .get(format!("http://{admin}/api/v1/apps/web/releases"))
+        .bearer_auth(support::spinforge::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("releases");
+    let releases: serde_json::Value = releases.json().await.expect("json");
+    assert_eq!(
+        pinned(releases),
+        [1],
+        "the API shows what the rollback holds"
+    );
 
     let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
         .await
@@ -812,4 +831,14 @@ async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
     write(&sources[2]);
     serves("3").await;
     assert!(!pin.exists(), "a source edit ends the rollback");
+    let releases: serde_json::Value = api
+        .get(format!("http://{admin}/api/v1/apps/web/releases"))
+        .bearer_auth(support::spinforge::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("releases")
+        .json()
+        .await
+        .expect("json");
+    assert!(pinned(releases).is_empty(), "nothing is held any more");
 }

@@ -58,6 +58,7 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
     let record = ctx.store.app(name).await?;
     let current = record.as_ref().and_then(|r| r.current_release);
     let numbers = record.map(|r| r.releases).unwrap_or_default();
+    let pinned = pinned_release(&ctx.data_dir, name).await;
     let mut list = Vec::new();
     for n in numbers.iter().rev() {
         // release.json says how it was built; a release whose file is gone still shows.
@@ -71,6 +72,7 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
         list.push(json!({
             "release": n,
             "current": Some(*n) == current,
+            "pinned": Some(*n) == pinned,
             "framework": field("framework"),
             // Releases built before credentials were redacted may still hold them.
             "source": field("source").as_str().map(|s| redact_userinfo(s).into_owned()),
@@ -80,6 +82,14 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
         }));
     }
     Ok(json(StatusCode::OK, &Value::Array(list)))
+}
+
+/// The release the app's last rollback holds until its next deploy or source edit, if any.
+pub(crate) async fn pinned_release(data_dir: &std::path::Path, app: &str) -> Option<u64> {
+    let releases = data_dir.join("apps").join(app).join("releases");
+    spinforge_supervisor::release::read_pin(&releases)
+        .await
+        .map(|p| p.release)
 }
 
 /// A release's `release.json` (how it was built), when it can be read.

@@ -294,6 +294,7 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
     );
     let numbers = view["releases"].as_array().cloned().unwrap_or_default();
     let current = view["current_release"].as_u64();
+    let pinned = reads::pinned_release(&a.ctx.data_dir, name).await;
     if numbers.is_empty() {
         out.push_str("<p class=\"muted\">No release yet: deploy one.</p>");
     } else {
@@ -321,7 +322,11 @@ async fn render(a: &Asked<'_>, s: &Session, name: &str) -> Result<String, Proble
                 .map(spinforge_state::config::redact_userinfo)
                 .unwrap_or_default();
             let commit = info["source_commit"].as_str().unwrap_or("");
-            let action = if Some(number) == current {
+            let action = if Some(number) == current && Some(number) == pinned {
+                "<span class=\"badge badge-ok\">serving</span> \
+<span class=\"muted\">rolled back to: held until the next deploy</span>"
+                    .to_string()
+            } else if Some(number) == current {
                 "<span class=\"badge badge-ok\">serving</span>".to_string()
             } else {
                 format!(
