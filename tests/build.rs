@@ -11,8 +11,6 @@
 mod support;
 
 use serde_json::Value;
-use spinforge_state::Store;
-use spinforge_state::config::RedisUrl;
 use spinforge_state::records::BuildState;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -673,9 +671,7 @@ async fn builds_go_through_the_queue_with_status_and_log_in_redis() {
     let sf = up(&ws, port, &path);
     let one = wait_release(&ws, &sf, "one", 1);
     let two = wait_release(&ws, &sf, "two", 1);
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("redis");
+    let store = redis.store().await;
     let mut spans = Vec::new();
     for info in [&one, &two] {
         let id = info["build_id"].as_str().expect("build id");

@@ -266,19 +266,20 @@ fn demo_source(ws: &Workspace) -> PathBuf {
     src
 }
 
+/// The demo app as the admin API shows it.
+async fn demo_view(api: &reqwest::Client, base: &str) -> reqwest::Result<Value> {
+    api.get(format!("{base}/api/v1/apps/demo"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await
+}
+
 /// The demo app's current release, once it has one (waiting `limit` at most).
 async fn first_release(api: &reqwest::Client, base: &str, limit: Duration) -> u64 {
     support::eventually(limit, "the first release", || async {
-        let v: Value = api
-            .get(format!("{base}/api/v1/apps/demo"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["current_release"].as_u64()
+        demo_view(api, base).await.ok()?["current_release"].as_u64()
     })
     .await
 }
@@ -444,16 +445,9 @@ async fn the_dashboard_in_a_browser() {
         .unwrap();
     assert!(log.contains("\"state\":\"succeeded\""), "{log}");
     let current = support::eventually(support::EVENTUALLY, "the upload's release", || async {
-        let v: Value = api
-            .get(format!("{base}/api/v1/apps/demo"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["current_release"].as_u64().filter(|n| *n > first)
+        demo_view(&api, &base).await.ok()?["current_release"]
+            .as_u64()
+            .filter(|n| *n > first)
     })
     .await;
 
@@ -672,15 +666,7 @@ async fn the_dashboard_in_a_browser() {
         .await
         .unwrap();
     assert!(notice.contains(&format!("release {older}")), "{notice}");
-    let v: Value = api
-        .get(format!("{base}/api/v1/apps/demo"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = demo_view(&api, &base).await.unwrap();
     assert_eq!(v["current_release"], older, "the API sees the rollback");
     let serving = b
         .find(Locator::Css(&format!("tr[data-release='{older}']")))
@@ -814,15 +800,7 @@ async fn the_dashboard_in_a_browser() {
     assert!(!build_log.trim().is_empty(), "the build log streamed");
     record(&b, "6-deploy-done", &mut timings).await;
     accessible(&b, &axe, "deploy", &mut timings).await;
-    let v: Value = api
-        .get(format!("{base}/api/v1/apps/demo"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = demo_view(&api, &base).await.unwrap();
     let newest = v["current_release"].as_u64().unwrap();
     assert!(newest > current, "the upload is a new release: {v}");
     let served = sf.client().fetch("demo.test", "/").await;

@@ -11,7 +11,6 @@ mod support;
 
 use futures::{SinkExt, StreamExt};
 use spinforge_state::Store;
-use spinforge_state::config::RedisUrl;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::spinforge::{Spinforge, Workspace, alive, echo_app, fixture, port_block};
@@ -407,9 +406,7 @@ async fn with_two_edges_over_redis_a_drain_waits_for_both() {
     .await;
     let old = first_pid(addr_a).await;
     assert_eq!(first_pid(addr_b).await, old);
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     let report = |store: Store| async move {
         let (_, drains) = store
             .upstreams_and_drains_of(&["alpha".to_string()])

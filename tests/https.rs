@@ -391,8 +391,6 @@ async fn two_processes_on_one_redis_order_once_and_both_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_stored_certificate_is_replaced() {
-    use spinforge_state::Store;
-    use spinforge_state::config::RedisUrl;
     let redis = RedisServer::start();
     let ports = Ports::new();
     let opts = PebbleOptions {
@@ -405,9 +403,7 @@ async fn a_corrupt_stored_certificate_is_replaced() {
     let sf = one_app_up(&ws, &ports, &pebble, &top, "", "fix.test");
     let root = pebble.issuing_root();
     until_trusted(&root, "fix.test", ports.https_addr(), "/").await;
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     let mut bad = store.cert("fix.test").await.expect("read").expect("stored");
     let good_chain = bad.chain_pem.clone();
     bad.chain_pem =

@@ -259,14 +259,14 @@ async fn a_spinlet_that_misses_probes_but_answers_requests_is_kept_until_it_answ
 }
 
 /// The pids of `app`'s running spinlets, as the admin API lists them.
-async fn running_pids(sf: &Spinforge, app: &str) -> BTreeSet<i64> {
-    let admin = sf.admin.expect("up has an admin API");
+/// `GET path` of the admin API at `admin`, as JSON.
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
     let text = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
-        .get(format!("http://{admin}/api/v1/spinlets"))
+        .get(format!("http://{admin}{path}"))
         .bearer_auth(support::spinforge::ADMIN_TOKEN)
         .send()
         .await
@@ -274,7 +274,12 @@ async fn running_pids(sf: &Spinforge, app: &str) -> BTreeSet<i64> {
         .text()
         .await
         .expect("body");
-    let list: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+async fn running_pids(sf: &Spinforge, app: &str) -> BTreeSet<i64> {
+    let admin = sf.admin.expect("up has an admin API");
+    let list = admin_get(admin, "/api/v1/spinlets").await;
     list.as_array()
         .expect("a list")
         .iter()
@@ -724,8 +729,6 @@ async fn an_edit_made_while_the_supervisor_was_down_is_applied_after_adoption() 
 /// keeps serving the rolled-back release; the next source edit then builds and serves as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
-    use spinforge_state::Store;
-    use spinforge_state::config::RedisUrl;
     use spinforge_state::records::BuildState;
 
     let redis = RedisServer::start();
@@ -784,22 +787,14 @@ async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
             .filter_map(|r| r["release"].as_u64())
             .collect()
     };
-    let releases = api
-        .get(format!("http://{admin}/api/v1/apps/web/releases"))
-        .bearer_auth(support::spinforge::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("releases");
-    let releases: serde_json::Value = releases.json().await.expect("json");
+    let releases = admin_get(admin, "/api/v1/apps/web/releases").await;
     assert_eq!(
         pinned(releases),
         [1],
         "the API shows what the rollback holds"
     );
 
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     let builds_before = store.builds_of("web").await.expect("builds").len();
     supervisor.kill();
     let _second = Spinforge::start(&ws, "supervisor", &config, None);
@@ -831,14 +826,6 @@ async fn a_rollback_outlives_a_killed_supervisor_until_the_next_source_edit() {
     write(&sources[2]);
     serves("3").await;
     assert!(!pin.exists(), "a source edit ends the rollback");
-    let releases: serde_json::Value = api
-        .get(format!("http://{admin}/api/v1/apps/web/releases"))
-        .bearer_auth(support::spinforge::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("releases")
-        .json()
-        .await
-        .expect("json");
+    let releases = admin_get(admin, "/api/v1/apps/web/releases").await;
     assert!(pinned(releases).is_empty(), "nothing is held any more");
 }

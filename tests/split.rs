@@ -2,8 +2,6 @@
 
 mod support;
 
-use spinforge_state::Store;
-use spinforge_state::config::RedisUrl;
 use spinforge_state::records::Route;
 use std::time::Duration;
 use support::spinforge::{Spinforge, Workspace, echo_app, port_block};
@@ -25,6 +23,22 @@ fn start_split(ws: &Workspace, redis: &RedisServer, apps: &str) -> Split {
     let supervisor = Spinforge::start(ws, "supervisor", &path, None);
     let edge = Spinforge::start(ws, "edge", &path, Some(([127, 0, 0, 1], port).into()));
     Split { edge, supervisor }
+}
+
+/// A split setup serving one app, `alpha`, that never idles (it must keep running while Redis
+/// is away), once it answers.
+async fn start_alpha(ws: &Workspace, redis: &RedisServer) -> Split {
+    let split = start_split(
+        ws,
+        redis,
+        &echo_app(ws, "alpha", "alpha.test", "    idle_timeout: 0\n"),
+    );
+    let http = split.edge.client();
+    eventually(Duration::from_secs(20), "alpha answers", || async {
+        (http.fetch("alpha.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+    split
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,9 +67,7 @@ async fn edge_and_supervisor_apart_wake_an_app_through_redis() {
     assert_eq!(http.fetch("gamma.test", "/").await.status, 404);
 
     // The edge batches last access into `active` for the supervisor's idle checks.
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     let activity = eventually(Duration::from_secs(5), "activity recorded", || async {
         let a = store.activity().await.ok()?;
         (a.contains_key("alpha") && a.contains_key("beta")).then_some(a)
@@ -69,17 +81,8 @@ async fn edge_and_supervisor_apart_wake_an_app_through_redis() {
 async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
     let mut redis = RedisServer::start();
     let ws = Workspace::new();
-    // Never idle: the app must keep running while Redis is away.
-    let split = start_split(
-        &ws,
-        &redis,
-        &echo_app(&ws, "alpha", "alpha.test", "    idle_timeout: 0\n"),
-    );
+    let split = start_alpha(&ws, &redis).await;
     let http = split.edge.client();
-    eventually(Duration::from_secs(20), "alpha answers", || async {
-        (http.fetch("alpha.test", "/").await.status == 200).then_some(())
-    })
-    .await;
 
     redis.stop();
     // Known routes keep working from the edge's snapshot, for well past a reload period.
@@ -91,9 +94,7 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
 
     // Redis comes back empty (no persistence): the supervisor republishes, the edge reloads.
     redis.restart();
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     eventually(
         Duration::from_secs(15),
         "the supervisor republished alpha's route",
@@ -146,19 +147,9 @@ async fn an_empty_redis_restart_costs_no_route_while_the_supervisor_writes_back(
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let mut redis = RedisServer::start();
     let ws = Workspace::new();
-    let split = start_split(
-        &ws,
-        &redis,
-        &echo_app(&ws, "alpha", "alpha.test", "    idle_timeout: 0\n"),
-    );
+    let split = start_alpha(&ws, &redis).await;
     let http = split.edge.client();
-    eventually(Duration::from_secs(20), "alpha answers", || async {
-        (http.fetch("alpha.test", "/").await.status == 200).then_some(())
-    })
-    .await;
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     eventually(
         Duration::from_secs(10),
         "the store is marked whole",
@@ -231,9 +222,7 @@ async fn a_planted_spinlet_record_cannot_aim_the_supervisors_signals() {
         .expect("field 22")
         .parse()
         .expect("ticks");
-    let store = Store::connect_redis(&RedisUrl::new(redis.url()), Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let store = redis.store().await;
     store
         .put_spinlet(&Spinlet {
             id: "alpha-planted".into(),

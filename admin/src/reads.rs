@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use spinforge_state::config::{AppSource, redact_userinfo};
 use spinforge_state::records::AppRecord;
 use spinforge_supervisor::control::ManagedApp;
+use spinforge_supervisor::release;
 
 /// An app as the API shows it.
 pub(crate) fn app_view(app: &ManagedApp, record: Option<&AppRecord>) -> Value {
@@ -86,18 +87,13 @@ pub(crate) async fn releases(ctx: &Ctx, name: &str) -> Result<Resp, Problem> {
 
 /// The release the app's last rollback holds until its next deploy or source edit, if any.
 pub(crate) async fn pinned_release(data_dir: &std::path::Path, app: &str) -> Option<u64> {
-    let releases = data_dir.join("apps").join(app).join("releases");
-    spinforge_supervisor::release::read_pin(&releases)
-        .await
-        .map(|p| p.release)
+    let releases = release::releases_dir(data_dir, app);
+    release::read_pin(&releases).await.map(|p| p.release)
 }
 
 /// A release's `release.json` (how it was built), when it can be read.
 pub(crate) async fn release_info(data_dir: &std::path::Path, app: &str, n: u64) -> Option<Value> {
-    let path = data_dir
-        .join("apps")
-        .join(app)
-        .join("releases")
+    let path = release::releases_dir(data_dir, app)
         .join(n.to_string())
         .join("release.json");
     let text = tokio::fs::read_to_string(path).await.ok()?;

@@ -220,7 +220,6 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
             }
         };
         let mut reload_now = false;
-        let mut refill_later = None;
         let mut signals = Vec::new();
         tokio::select! {
             signal = sub.next() => match signal {
@@ -248,6 +247,7 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
         }
         let outcome = if reload_now {
             Model::load(&store).await.map(|(fresh, whole)| {
+                reload_at = None;
                 if whole || !loaded {
                     model = fresh;
                     refill_retry = RETRY;
@@ -257,7 +257,8 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
                         "the store is being refilled; keeping the last routes for what it lacks"
                     );
                     model.refill(fresh);
-                    refill_later = Some(refill_retry);
+                    // Again soon, and less often while the store stays incomplete.
+                    reload_at = Some(tokio::time::Instant::now() + refill_retry);
                     refill_retry = (refill_retry * 2).min(FULL_RELOAD);
                 }
                 loaded = true;
@@ -269,9 +270,6 @@ pub async fn keep_in_sync(store: Store, snapshot: Arc<Snapshot>, stop: Cancellat
         events.clear();
         match outcome {
             Ok(changed) => {
-                if reload_now {
-                    reload_at = refill_later.map(|after| tokio::time::Instant::now() + after);
-                }
                 if changed {
                     let table = model.table(&snapshot.load());
                     tracing::debug!(routes = table.len(), "routing table updated");

@@ -104,6 +104,11 @@ impl Toolchain {
     }
 }
 
+/// Where an app's releases live: `data_dir/apps/<app>/releases`.
+pub fn releases_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("apps").join(app).join("releases")
+}
+
 /// The releases in `releases`, oldest first; half-written ones (`.build-*`) are not releases.
 pub async fn list_releases(releases: &Path) -> Vec<Release> {
     let mut out = Vec::new();
@@ -145,16 +150,23 @@ pub struct Pin {
     pub definition: String,
 }
 
-/// What in a definition decides what a build makes (source, framework, spa), as a digest: a
-/// git URL's password never reaches the disk this way.
+/// Whether two definitions build the same: what a build makes depends on the source, the
+/// framework and `spa` alone (a change of env or limits rolls out the same release).
+pub fn same_build(a: &AppConfig, b: &AppConfig) -> bool {
+    a.source == b.source && a.framework == b.framework && a.spa == b.spa
+}
+
+/// What [`same_build`] compares, as a digest (kept on disk with a rollback's pin: a git URL's
+/// password never reaches the disk this way).
 pub fn build_definition(app: &AppConfig) -> String {
-    let text = format!(
-        "{}\nframework={};spa={}",
-        app.source,
-        app.framework.as_str(),
-        app.spa
-    );
+    let text = format!("{}\n{}", app.source, build_config(app));
     blake3::hash(text.as_bytes()).to_hex().to_string()
+}
+
+/// What in the config shapes a build besides its source, as [`ReleaseInfo::build_config`]
+/// records it.
+pub fn build_config(app: &AppConfig) -> String {
+    format!("framework={};spa={}", app.framework.as_str(), app.spa)
 }
 
 const PIN_FILE: &str = "pin.json";

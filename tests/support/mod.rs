@@ -109,6 +109,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// A store client on this server, as the binaries connect one.
+    pub async fn store(&self) -> spinforge_state::Store {
+        let url = spinforge_state::config::RedisUrl::new(self.url());
+        spinforge_state::Store::connect_redis(&url, Duration::from_secs(5))
+            .await
+            .expect("connect to the test redis-server")
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -50,7 +50,7 @@ pub struct AppContext {
 
 impl AppContext {
     pub fn releases_dir(&self, app: &str) -> PathBuf {
-        self.data_dir.join("apps").join(app).join("releases")
+        release::releases_dir(&self.data_dir, app)
     }
 }
 

@@ -48,9 +48,7 @@ impl Machine {
         if *config == *self.config {
             return;
         }
-        let rebuild = config.source != self.config.source
-            || config.framework != self.config.framework
-            || config.spa != self.config.spa;
+        let rebuild = !release::same_build(&config, &self.config);
         self.define(config);
         if self.failed.is_some() && self.desired.is_some() {
             tracing::info!(app = %self.name, "the app changed: trying to start it again");
@@ -164,15 +162,12 @@ impl Machine {
         };
         let number = target.info.number;
         tracing::info!(app = %self.name, release = number, "rolling back");
-        let definition = release::build_definition(&self.config);
-        fx.push(Effect::Pin(Some(release::Pin {
-            release: number,
-            definition: definition.clone(),
-        })));
-        self.pin = Some(Pinned {
+        let pinned = Pinned {
             release: target.clone(),
-            definition,
-        });
+            definition: release::build_definition(&self.config),
+        };
+        fx.push(Effect::Pin(Some(pinned.on_disk())));
+        self.pin = Some(pinned);
         self.desired = Some(target);
         self.wait_for_change(reply, Some(number));
     }
@@ -273,6 +268,19 @@ impl Machine {
         });
     }
 
+    /// The release the last rollback holds, if `build`'s end leaves it serving: only a starting
+    /// supervisor's check build under the definition the rollback was made under does (a deploy
+    /// or source edit dropped the pin when it asked for its build). Any other ends the pin.
+    fn held_after(&mut self, build: &InFlight, fx: &mut Fx) -> Option<Release> {
+        let pin = self.pin.as_ref()?;
+        if build.check && pin.definition == release::build_definition(&self.config) {
+            return Some(pin.release.clone());
+        }
+        self.pin = None;
+        fx.push(Effect::Pin(None));
+        None
+    }
+
     pub(super) fn build_ended(
         &mut self,
         seq: BuildSeq,
@@ -280,33 +288,19 @@ impl Machine {
         now: Now,
         fx: &mut Fx,
     ) {
-        if self.build.as_ref().map(|b| b.seq) != Some(seq) {
+        let Some(build) = self.build.take_if(|b| b.seq == seq) else {
             tracing::debug!(app = %self.name, seq, "a replaced build ended");
-            return;
-        }
-        let Some(build) = self.build.take() else {
             return;
         };
         fx.force_view = true;
         match result {
             BuildResult::Built { release, .. } => {
-                let definition = release::build_definition(&self.config);
-                let kept = match self.pin.take() {
-                    // What a starting supervisor's check build made does not undo a rollback
-                    // made under this very definition.
-                    Some(pin) if build.check && pin.definition == definition => {
-                        tracing::info!(app = %self.name, release = pin.release.info.number, built = release.info.number, "keeping the release the last rollback chose until the next deploy or source edit");
-                        self.pin = Some(pin.clone());
-                        Some(pin.release)
-                    }
-                    Some(_) => {
-                        fx.push(Effect::Pin(None));
-                        None
-                    }
-                    None => None,
-                };
+                let held = self.held_after(&build, fx);
+                if let Some(held) = &held {
+                    tracing::info!(app = %self.name, release = held.info.number, built = release.info.number, "keeping the release the last rollback chose until the next deploy or source edit");
+                }
                 // Asked for anew: a target refused before is tried again, a failed app too.
-                self.desired = Some(kept.unwrap_or(*release));
+                self.desired = Some(held.unwrap_or(*release));
                 self.refused = None;
                 self.failed = None;
                 self.start_failures = 0;

@@ -139,11 +139,7 @@ impl Spawner for ProcessSpawner {
         config: &AppConfig,
         exits: Exits,
     ) -> Option<Arc<dyn Process>> {
-        let releases = self
-            .data_dir
-            .join("apps")
-            .join(&config.name)
-            .join("releases");
+        let releases = crate::release::releases_dir(&self.data_dir, &config.name);
         let proc = Proc::adopt(
             record.pid,
             record.proc_start,

@@ -181,6 +181,16 @@ pub struct Pinned {
     pub definition: String,
 }
 
+impl Pinned {
+    /// What the disk keeps of it.
+    pub fn on_disk(&self) -> crate::release::Pin {
+        crate::release::Pin {
+            release: self.release.info.number,
+            definition: self.definition.clone(),
+        }
+    }
+}
+
 /// The build the app waits for.
 #[derive(Debug, Clone)]
 pub struct InFlight {

@@ -96,7 +96,7 @@ pub async fn prepare(
     build_id: &str,
 ) -> Result<Outcome, BuildError> {
     let started = Instant::now();
-    let releases = ctx.data_dir.join("apps").join(&app.name).join("releases");
+    let releases = release::releases_dir(&ctx.data_dir, &app.name);
     tokio::fs::create_dir_all(&releases)
         .await
         .map_err(io(format!("creating {}", releases.display())))?;
@@ -105,7 +105,7 @@ pub async fn prepare(
     let staging = releases.join(format!(".build-{number}"));
     let final_dir = releases.join(number.to_string());
     let _ = tokio::fs::remove_dir_all(&staging).await;
-    let build_config = format!("framework={};spa={}", app.framework.as_str(), app.spa);
+    let build_config = release::build_config(app);
     let reusable = |identity: &str| {
         existing
             .last()
