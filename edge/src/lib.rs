@@ -195,7 +195,17 @@ impl Edge {
 
     /// Serves until `shutdown` asks for a [`Stop`], then stops accepting, lets in-flight requests
     /// finish until its deadline, and returns.
-    pub async fn serve(self, shutdown: StopSignal) -> Result<(), EdgeError> {
+    // Boxed at this crate's edge so that the body compiles here, in parallel with the other
+    // crates, and once: rustc compiles an async fn's body in every crate that awaits it.
+    #[inline(never)]
+    pub fn serve(
+        self,
+        shutdown: StopSignal,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), EdgeError>> + Send>> {
+        Box::pin(self.serve_here(shutdown))
+    }
+
+    async fn serve_here(self, shutdown: StopSignal) -> Result<(), EdgeError> {
         let snapshot = Arc::new(sync::Snapshot::new());
         // Ends the background tasks (table sync, activity, drain reports, metrics, …).
         let background = CancellationToken::new();
