@@ -308,10 +308,14 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
         l4.set_socket_digest(digest);
         let stream: Stream = match tls {
             None => Box::new(l4),
-            Some(acceptor) => match crate::tls::listener::handshake(&acceptor, l4, peer).await {
-                Some(tls) => tls,
-                None => return,
-            },
+            // Boxed: the handshake's future is ~8 KB; inline, it would size every connection's
+            // task, idle keep-alive ones included, for the connection's whole life.
+            Some(acceptor) => {
+                match Box::pin(crate::tls::listener::handshake(&acceptor, l4, peer)).await {
+                    Some(tls) => tls,
+                    None => return,
+                }
+            }
         };
         let mut stream = Some(stream);
         while let Some(s) = stream {

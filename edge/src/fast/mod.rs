@@ -311,7 +311,8 @@ impl FastPath {
                         ip,
                         addr: peer.as_ref().and_then(|a| a.as_inet()).copied(),
                     };
-                    self.serve_h2(client, peer, shutdown).await;
+                    // Boxed: rare, and its future would size every HTTP/1.1 connection's.
+                    Box::pin(self.serve_h2(client, peer, shutdown)).await;
                     return Served::Closed;
                 }
                 Some(Next::Http2) => return conn.fallback(true),
