@@ -1090,3 +1090,82 @@ async fn without_a_token_requests_from_web_pages_are_refused() {
         "the app was not stopped or restarted"
     );
 }
+
+/// The CLI reaches an admin API published over HTTPS (here by the edge itself: an app for
+/// `localhost` whose upstream is the admin port, with a certificate from files) and checks the
+/// certificate against the system's roots, which `SSL_CERT_FILE` names as it does for curl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reaches_an_admin_api_over_https_and_checks_its_certificate() {
+    let ws = Workspace::new();
+    make_ca_and_leaf(ws.path(), "localhost");
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "edge:\n  listen_http: 127.0.0.1:{http}\n  listen_https: 127.0.0.1:{https}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\n  admin_listen: 127.0.0.1:{admin}\napps:\n  api:\n    domains: [localhost]\n    upstream: 127.0.0.1:{admin}\n    tls: {{ cert: cert.pem, key: key.pem }}\n",
+        port_block()
+    );
+    let path = ws.write("spinforge.yaml", &yaml);
+    let _sf = Spinforge::start(&ws, "up", &path, Some(([127, 0, 0, 1], http).into()));
+    let url = format!("https://localhost:{https}");
+    let apps = |roots: &Path| {
+        let out = Command::new(binary())
+            .arg("apps")
+            .env("SPINFORGE_ADMIN_URL", &url)
+            .env("SPINFORGE_TOKEN", ADMIN_TOKEN)
+            .env("SSL_CERT_FILE", roots)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Trusted: the listing comes through the edge.
+    let (code, out, err) = apps(&ws.path().join("ca.pem"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("api ")),
+        "the listing names the app: {out}"
+    );
+    // Not trusted (the system's usual roots do not include it): refused, and said why.
+    let (code, _, err) = apps(Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    assert_ne!(code, 0, "an untrusted certificate must not be accepted");
+    assert!(
+        err.contains("certificate"),
+        "the error names the certificate: {err}"
+    );
+}
+
+/// A CA (`ca.pem`) and a certificate for `name` it signed (`cert.pem`, `key.pem`) in `dir`.
+fn make_ca_and_leaf(dir: &Path, name: &str) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let run = |line: String| openssl(&line.split_whitespace().collect::<Vec<_>>());
+    run(format!(
+        "req -x509 {ec} -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem"
+    ));
+    run(format!(
+        "req {ec} -subj /CN={name} -keyout key.pem -out leaf.csr"
+    ));
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .expect("write leaf.ext");
+    run(
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out cert.pem"
+            .to_string(),
+    );
+}
