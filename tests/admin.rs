@@ -1169,3 +1169,53 @@ fn make_ca_and_leaf(dir: &Path, name: &str) {
             .to_string(),
     );
 }
+
+/// Without a token the admin API trusts loopback clients, and an edge on the same machine is
+/// one: a request the edge forwards to it (here, for an app on `localhost` whose upstream is the
+/// admin port, with a client's `Host: localhost`) is refused, reads and changes alike, and the
+/// canary app the request tried to stop keeps serving. Direct loopback clients are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_admin_api_refuses_what_a_proxy_forwards() {
+    let ws = Workspace::new();
+    let (http, admin) = (free_port(), free_port());
+    let apps = echo_app(&ws, "echo", "echo.test", "")
+        + &format!(
+            "  api:\n    domains: [localhost]\n    upstream: 127.0.0.1:{admin}\n    tls: off\n"
+        );
+    let yaml = format!(
+        "edge:\n  listen_http: 127.0.0.1:{http}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\n  admin_listen: 127.0.0.1:{admin}\napps:\n{apps}",
+        port_block()
+    );
+    let path = ws.write("spinforge.yaml", &yaml);
+    let sf = Spinforge::start_env(
+        &ws,
+        "up",
+        &path,
+        Some(([127, 0, 0, 1], http).into()),
+        &[("SPINFORGE_TOKEN", "")],
+    );
+    let edge = sf.client();
+    assert_eq!(edge.fetch("echo.test", "/").await.status, 200);
+    let read = edge.fetch("localhost", "/api/v1/apps").await;
+    assert_eq!(read.status, 403, "a forwarded read: {}", read.body);
+    let stop = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{http}/api/v1/apps/echo/stop"))
+        .header("host", "localhost")
+        .send()
+        .await
+        .expect("the edge answers");
+    assert_eq!(stop.status().as_u16(), 403, "a forwarded change");
+    // The canary: still running, still serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(edge.fetch("echo.test", "/").await.status, 200);
+    let direct = Api::new(([127, 0, 0, 1], admin).into());
+    let apps = direct
+        .send(direct.req("GET", "/api/v1/apps/echo", None))
+        .await;
+    assert_eq!(apps.status, 200, "a direct loopback client: {}", apps.body);
+    assert!(
+        !apps.body.contains("\"stopped\""),
+        "the app was not stopped: {}",
+        apps.body
+    );
+}

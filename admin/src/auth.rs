@@ -142,7 +142,8 @@ pub(crate) fn loopback_host(headers: &http::HeaderMap) -> bool {
 /// make the browser send requests to 127.0.0.1 too (a form POST to `…/stop` needs no CORS
 /// preflight), and through DNS rebinding even read the answers. Such requests are refused: one
 /// a browser marks as coming from another site (`Sec-Fetch-Site`, or an `Origin` header, which
-/// the CLI and scripts do not send), or one whose `Host` is not a loopback name.
+/// the CLI and scripts do not send), one whose `Host` is not a loopback name, or one a proxy
+/// forwarded.
 pub(crate) fn refuse_browser_without_token(headers: &http::HeaderMap) -> Option<&'static str> {
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| !s.eq_ignore_ascii_case("none")) {
@@ -155,6 +156,11 @@ pub(crate) fn refuse_browser_without_token(headers: &http::HeaderMap) -> Option<
     }
     if !loopback_host(headers) {
         return Some("without a token, the admin API answers only a loopback Host");
+    }
+    // A proxy on this machine (the edge itself, for an app whose upstream is this port) connects
+    // from loopback on behalf of anyone, and passes their `Host: localhost` on.
+    if headers.contains_key("x-forwarded-for") || headers.contains_key(http::header::FORWARDED) {
+        return Some("without a token, the admin API does not answer requests a proxy forwards");
     }
     None
 }
@@ -193,6 +199,8 @@ mod browser_tests {
                 ("origin", "https://evil.example"),
             ],
             &[("host", "evil.example:9000")],
+            &[("host", "localhost"), ("x-forwarded-for", "203.0.113.7")],
+            &[("host", "localhost"), ("forwarded", "for=203.0.113.7")],
             &[("host", "127.0.0.1.evil.example")],
             &[],
         ] {
