@@ -606,10 +606,16 @@ impl<R: std::io::Read> TakeBytes for R {}
 
 /// Runs the CLI against `admin` with `token`; returns (exit code, stdout, stderr).
 fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    cli_env(admin, token, args, &[])
+}
+
+/// [`cli`] with more environment variables.
+fn cli_env(admin: &str, token: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(binary())
         .args(args)
         .env("SPINFORGE_ADMIN_URL", admin)
         .env("SPINFORGE_TOKEN", token)
+        .envs(env.iter().copied())
         .output()
         .expect("run the CLI");
     (
@@ -1032,13 +1038,7 @@ async fn without_a_token_requests_from_web_pages_are_refused() {
     let ws = Workspace::new();
     let port = free_port();
     let path = config(&ws, port, "", &echo_app(&ws, "echo", "echo.test", ""));
-    let sf = Spinforge::start_env(
-        &ws,
-        "up",
-        &path,
-        Some(([127, 0, 0, 1], port).into()),
-        &[("SPINFORGE_TOKEN", "")],
-    );
+    let sf = Spinforge::up_without_token(&ws, &path, ([127, 0, 0, 1], port).into());
     let edge = support::spinforge::Http::new(sf.http.expect("edge"));
     let pid = support::eventually(Duration::from_secs(60), "the app serves", || async {
         let r = edge.get("echo.test", "/").send().await.ok()?;
@@ -1107,19 +1107,8 @@ async fn cli_reaches_an_admin_api_over_https_and_checks_its_certificate() {
     let _sf = Spinforge::start(&ws, "up", &path, Some(([127, 0, 0, 1], http).into()));
     let url = format!("https://localhost:{https}");
     let apps = |roots: &Path| {
-        let out = Command::new(binary())
-            .arg("apps")
-            .env("SPINFORGE_ADMIN_URL", &url)
-            .env("SPINFORGE_TOKEN", ADMIN_TOKEN)
-            .env("SSL_CERT_FILE", roots)
-            .env_remove("SSL_CERT_DIR")
-            .output()
-            .expect("run the CLI");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let roots = roots.to_str().expect("a UTF-8 path");
+        cli_env(&url, ADMIN_TOKEN, &["apps"], &[("SSL_CERT_FILE", roots)])
     };
     // Trusted: the listing comes through the edge.
     let (code, out, err) = apps(&ws.path().join("ca.pem"));
@@ -1182,18 +1171,13 @@ async fn without_a_token_the_admin_api_refuses_what_a_proxy_forwards() {
         + &format!(
             "  api:\n    domains: [localhost]\n    upstream: 127.0.0.1:{admin}\n    tls: off\n"
         );
-    let yaml = format!(
-        "edge:\n  listen_http: 127.0.0.1:{http}\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\n  admin_listen: 127.0.0.1:{admin}\napps:\n{apps}",
-        port_block()
-    );
-    let path = ws.write("spinforge.yaml", &yaml);
-    let sf = Spinforge::start_env(
+    let path = config(
         &ws,
-        "up",
-        &path,
-        Some(([127, 0, 0, 1], http).into()),
-        &[("SPINFORGE_TOKEN", "")],
+        http,
+        &format!("  admin_listen: 127.0.0.1:{admin}\n"),
+        &apps,
     );
+    let sf = Spinforge::up_without_token(&ws, &path, ([127, 0, 0, 1], http).into());
     let edge = sf.client();
     assert_eq!(edge.fetch("echo.test", "/").await.status, 200);
     let read = edge.fetch("localhost", "/api/v1/apps").await;

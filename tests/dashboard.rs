@@ -1263,13 +1263,7 @@ async fn without_a_token_only_loopback_hosts() {
             port_block()
         ),
     );
-    let sf = Spinforge::start_env(
-        &ws,
-        "up",
-        &config,
-        Some(([127, 0, 0, 1], edge_port).into()),
-        &[("SPINFORGE_TOKEN", "")],
-    );
+    let sf = Spinforge::up_without_token(&ws, &config, ([127, 0, 0, 1], edge_port).into());
     let admin = sf.admin.unwrap();
     let base = format!("http://{admin}");
     let c = http([127, 0, 0, 1]);

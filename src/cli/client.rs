@@ -47,7 +47,9 @@ impl Client {
     /// Sends, and turns a transport error or a problem answer into a [`Failure`].
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, Failure> {
         let resp = req.send().await.map_err(|e| {
-            let cause = causes(&e);
+            // With its causes: reqwest's own message names only the outermost ("error sending
+            // request"), not why (refused, a certificate, a timeout).
+            let cause = format!("{:#}", anyhow::Error::new(e));
             let hint = if cause.contains("certificate") {
                 "its certificate is not trusted here: add its CA to the system's roots, or name a \
                  file of trusted roots in SSL_CERT_FILE"
@@ -100,22 +102,6 @@ impl Client {
         serde_json::from_slice(&bytes)
             .map_err(|e| Failure::failed(format!("{path}: the answer is not JSON: {e}")))
     }
-}
-
-/// An error and its causes on one line: reqwest's own message names only the outermost
-/// ("error sending request"), not why (refused, a certificate, a timeout).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        next = cause.source();
-    }
-    line
 }
 
 /// A non-2xx answer as a failure: the problem's detail, and an exit code by status.

@@ -134,6 +134,11 @@ impl Spinforge {
         Self::start_full(ws, &[role], config, http, env)
     }
 
+    /// `spinforge up` with no admin token (the API then trusts loopback clients only).
+    pub fn up_without_token(ws: &Workspace, config: &Path, http: SocketAddr) -> Spinforge {
+        Self::start_full(ws, &["up"], config, Some(http), &[("SPINFORGE_TOKEN", "")])
+    }
+
     /// `spinforge <args…> --config <config>`.
     pub fn start_with(
         ws: &Workspace,
