@@ -341,7 +341,7 @@ pub enum Encoder {
     Whole(Encoding, Vec<u8>),
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
-    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Zstd(ZstdStream),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -377,9 +377,7 @@ impl Encoder {
                 BROTLI_QUALITY,
                 BROTLI_STREAM_WINDOW,
             ))),
-            Encoding::Zstd => {
-                Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?)
-            }
+            Encoding::Zstd => Encoder::Zstd(ZstdStream::new()?),
         })
     }
 
@@ -440,17 +438,106 @@ impl Encoder {
                     Ok(Bytes::from(std::mem::take(e.get_mut())))
                 }
             }
-            Encoder::Zstd(e) => {
-                e.write_all(chunk)?;
-                if end {
-                    e.do_finish()?;
-                } else {
-                    e.flush()?;
+            Encoder::Zstd(e) => e.encode(chunk, end).map(Bytes::from),
+        }
+    }
+}
+
+/// zstd's window for streams: 256 KiB, as brotli's (the default at level 3 is 2 MiB, which a
+/// context allocates whole).
+const ZSTD_STREAM_WINDOW_LOG: i32 = 18;
+/// Stream contexts kept per thread for the next streams: bounded, since each holds ~1 MiB.
+const ZSTD_STREAMS_KEPT: usize = 4;
+
+thread_local! {
+    static ZSTD_STREAMS: std::cell::RefCell<Vec<zstd::zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A zstd stream over a compression context taken from this thread's pool and given back when
+/// the stream is dropped: a fresh context per response cost more CPU than the compressing
+/// (zeroing its tables), which made zstd the dearest encoding for streamed answers.
+pub struct ZstdStream {
+    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+}
+
+impl std::fmt::Debug for ZstdStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZstdStream")
+    }
+}
+
+impl ZstdStream {
+    fn new() -> std::io::Result<ZstdStream> {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let cctx = match ZSTD_STREAMS.with_borrow_mut(Vec::pop) {
+            Some(cctx) => cctx,
+            None => {
+                let mut cctx = CCtx::try_create()
+                    .ok_or_else(|| std::io::Error::other("zstd: cannot allocate a context"))?;
+                cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
+                    .map_err(zstd_error)?;
+                cctx.set_parameter(CParameter::WindowLog(ZSTD_STREAM_WINDOW_LOG as u32))
+                    .map_err(zstd_error)?;
+                cctx
+            }
+        };
+        Ok(ZstdStream { cctx: Some(cctx) })
+    }
+
+    /// Compresses `chunk` and flushes it (or, at `end`, ends the frame): what comes out.
+    fn encode(&mut self, chunk: &[u8], end: bool) -> std::io::Result<Vec<u8>> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
+        use zstd::zstd_safe::{InBuffer, OutBuffer};
+        let Some(cctx) = self.cctx.as_mut() else {
+            return Err(std::io::Error::other("zstd: stream already failed"));
+        };
+        let directive = if end {
+            ZSTD_EndDirective::ZSTD_e_end
+        } else {
+            ZSTD_EndDirective::ZSTD_e_flush
+        };
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()) + 64);
+        let mut input = InBuffer::around(chunk);
+        loop {
+            if out.capacity() - out.len() < 256 {
+                out.reserve(4096);
+            }
+            let filled = out.len();
+            let mut output = OutBuffer::around_pos(&mut out, filled);
+            let left = cctx.compress_stream2(&mut output, &mut input, directive);
+            match left {
+                // With a flush or an end directive, 0 means all input is in and out.
+                Ok(0) => return Ok(out),
+                Ok(_) => {}
+                Err(code) => {
+                    self.cctx = None; // a context mid-error is not given back
+                    return Err(zstd_error(code));
                 }
-                Ok(Bytes::from(std::mem::take(e.get_mut())))
             }
         }
     }
+}
+
+impl Drop for ZstdStream {
+    fn drop(&mut self) {
+        use zstd::zstd_safe::ResetDirective;
+        if let Some(mut cctx) = self.cctx.take()
+            && cctx.reset(ResetDirective::SessionOnly).is_ok()
+        {
+            // The thread may be exiting (its pool gone): then the context is just freed.
+            let _ = ZSTD_STREAMS.try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < ZSTD_STREAMS_KEPT {
+                    pool.push(cctx);
+                }
+            });
+        }
+    }
+}
+
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
 }
 
 #[cfg(test)]
@@ -553,5 +640,45 @@ mod tests {
                 out.len()
             );
         }
+    }
+
+    /// A zstd context goes back to the thread's pool when its stream is dropped — ended or
+    /// abandoned halfway (a client gone) — and the next stream on it starts a clean frame.
+    #[test]
+    fn zstd_stream_contexts_are_reused_whole() {
+        let pooled = || ZSTD_STREAMS.with_borrow(Vec::len);
+        let text = "a page that streams, with some repeats. ".repeat(300);
+        let stream = |pieces: usize| {
+            let mut e = Encoder::new(Encoding::Zstd).expect("encoder");
+            let mut out = Vec::new();
+            for piece in text.as_bytes().chunks(900).take(pieces) {
+                out.extend_from_slice(&e.encode(piece, false).expect("chunk"));
+            }
+            out
+        };
+        ZSTD_STREAMS.with_borrow_mut(Vec::clear);
+        let half = stream(5); // abandoned: never ended
+        assert!(!half.is_empty(), "each chunk is flushed");
+        assert_eq!(pooled(), 1, "the abandoned stream's context is kept");
+        for _ in 0..3 {
+            let mut e = Encoder::new(Encoding::Zstd).expect("encoder");
+            assert_eq!(pooled(), 0, "the kept context is taken");
+            let mut out = Vec::new();
+            for piece in text.as_bytes().chunks(900) {
+                out.extend_from_slice(&e.encode(piece, false).expect("chunk"));
+            }
+            out.extend_from_slice(&e.encode(b"", true).expect("end"));
+            drop(e);
+            assert_eq!(pooled(), 1);
+            let back = zstd::decode_all(&out[..]).expect("a whole, clean frame");
+            assert_eq!(back, text.as_bytes());
+            assert!(out.len() < text.len() / 10, "compressed to {}", out.len());
+        }
+        // Bounded: more streams at once than the pool keeps.
+        let many: Vec<_> = (0..ZSTD_STREAMS_KEPT + 3)
+            .map(|_| Encoder::new(Encoding::Zstd).expect("encoder"))
+            .collect();
+        drop(many);
+        assert_eq!(pooled(), ZSTD_STREAMS_KEPT);
     }
 }

@@ -11,9 +11,16 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::broadcast;
+
+/// What a command returns: a future boxed here (see `impl Redis`).
+type Command<'a, T> = BoxFuture<'a, Result<T>>;
+
+/// A hash's fields and values.
+type Fields = BTreeMap<String, String>;
 
 /// No Redis command may wait longer than this: callers retry on their own schedule.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,58 +40,63 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+// Every command returns a future boxed here. rustc compiles an `async fn`'s body in the crate
+// that awaits it, so unboxed, each crate using the store (the edge, built at opt-level 2, among
+// them) compiled its own copy of fred's client code. A Redis round trip dwarfs the allocation.
 impl Redis {
-    pub(crate) async fn connect(url: &RedisUrl, wait: Duration) -> Result<Redis> {
-        let shown = url.to_string();
-        let err = |source| StoreError::Redis {
-            url: shown.clone(),
-            source,
-        };
-        let config = Config::from_url(url.expose()).map_err(err)?;
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-                c.max_command_attempts = 2;
-            })
-            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-            // Forever, backing off to one attempt every 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-        let client = builder.build().map_err(err)?;
-        let subscriber = builder.build_subscriber_client().map_err(err)?;
+    pub(crate) fn connect(url: &RedisUrl, wait: Duration) -> Command<'_, Redis> {
+        Box::pin(async move {
+            let shown = url.to_string();
+            let err = |source| StoreError::Redis {
+                url: shown.clone(),
+                source,
+            };
+            let config = Config::from_url(url.expose()).map_err(err)?;
+            let mut builder = Builder::from_config(config);
+            builder
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.internal_command_timeout = COMMAND_TIMEOUT;
+                    c.max_command_attempts = 2;
+                })
+                .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+                // Forever, backing off to one attempt every 2 s.
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+            let client = builder.build().map_err(err)?;
+            let subscriber = builder.build_subscriber_client().map_err(err)?;
 
-        let deadline = tokio::time::Instant::now() + wait;
-        for c in [&client as &dyn InitClient, &subscriber] {
-            loop {
-                match c.init_once().await {
-                    Ok(()) => break,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::warn!(redis = %shown, error = %e, "cannot reach Redis yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+            let deadline = tokio::time::Instant::now() + wait;
+            for c in [&client as &dyn InitClient, &subscriber] {
+                loop {
+                    match c.init_once().await {
+                        Ok(()) => break,
+                        Err(e) if tokio::time::Instant::now() < deadline => {
+                            tracing::warn!(redis = %shown, error = %e, "cannot reach Redis yet; retrying");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => return Err(err(e)),
                     }
-                    Err(e) => return Err(err(e)),
                 }
             }
-        }
 
-        let events = broadcast::channel(EVENT_BUFFER).0;
-        // Listen before subscribing, so nothing published after SUBSCRIBE returns is missed.
-        let messages = subscriber.message_rx();
-        let reconnects = subscriber.reconnect_rx();
-        subscribe_confirmed(&subscriber).await.map_err(err)?;
-        tokio::spawn(relay(
-            subscriber.clone(),
-            messages,
-            reconnects,
-            events.clone(),
-        ));
-        tracing::info!(redis = %shown, "connected to Redis");
-        Ok(Redis {
-            url: shown,
-            client,
-            subscriber,
-            events,
+            let events = broadcast::channel(EVENT_BUFFER).0;
+            // Listen before subscribing, so nothing published after SUBSCRIBE returns is missed.
+            let messages = subscriber.message_rx();
+            let reconnects = subscriber.reconnect_rx();
+            subscribe_confirmed(&subscriber).await.map_err(err)?;
+            tokio::spawn(relay(
+                subscriber.clone(),
+                messages,
+                reconnects,
+                events.clone(),
+            ));
+            tracing::info!(redis = %shown, "connected to Redis");
+            Ok(Redis {
+                url: shown,
+                client,
+                subscriber,
+                events,
+            })
         })
     }
 
@@ -104,97 +116,107 @@ impl Redis {
         }
     }
 
-    pub(crate) async fn write(&self, writes: Vec<Write>, event: Option<&Event>) -> Result<()> {
-        self.ensure_connected()?;
-        let trx = self.client.multi();
-        for w in writes {
-            match w {
-                Write::Set { key, value } => {
-                    trx.set::<(), _, _>(key, value, None, None, false).await?
-                }
-                Write::Del { key } => trx.del::<(), _>(key).await?,
-                Write::SetPx { key, value, ttl_ms } => {
-                    trx.set::<(), _, _>(
-                        key,
-                        value,
-                        Some(Expiration::PX(ttl_ms as i64)),
-                        None,
-                        false,
-                    )
-                    .await?
-                }
-                Write::HashReplace { key, fields } => {
-                    trx.del::<(), _>(key.clone()).await?;
-                    let fields: HashMap<String, String> = fields
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect();
-                    trx.hset::<(), _, _>(key, fields).await?
-                }
-                Write::HashOf {
-                    key,
-                    fields,
-                    ttl_ms,
-                } => {
-                    trx.del::<(), _>(key.clone()).await?;
-                    if !fields.is_empty() {
-                        trx.hset::<(), _, _>(key.clone(), fields).await?;
-                        if let Some(ttl) = ttl_ms {
-                            trx.pexpire::<(), _>(key, ttl as i64, None).await?;
-                        }
+    pub(crate) fn write<'a>(
+        &'a self,
+        writes: Vec<Write>,
+        event: Option<&'a Event>,
+    ) -> Command<'a, ()> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let trx = self.client.multi();
+            for w in writes {
+                match w {
+                    Write::Set { key, value } => {
+                        trx.set::<(), _, _>(key, value, None, None, false).await?
                     }
-                }
-                Write::SetAdd { key, member } => trx.sadd::<(), _, _>(key, member).await?,
-                Write::SetRemove { key, member } => trx.srem::<(), _, _>(key, member).await?,
-                Write::ZAddGreater { key, entries } => {
-                    let values: Vec<(f64, String)> = entries
-                        .into_iter()
-                        .map(|(m, score)| (score as f64, m))
-                        .collect();
-                    trx.zadd::<(), _, _>(
-                        key,
-                        None,
-                        Some(Ordering::GreaterThan),
-                        false,
-                        false,
-                        values,
-                    )
-                    .await?
-                }
-                Write::ListPush { key, value } => trx.rpush::<(), _, _>(key, value).await?,
-                Write::ListRemove { key, value } => trx.lrem::<(), _, _>(key, 0, value).await?,
-                Write::ListKeepLast { key, keep } => {
-                    trx.ltrim::<(), _>(key, -(keep as i64), -1).await?
-                }
-                Write::StreamAdd {
-                    key,
-                    lines,
-                    max_len,
-                } => {
-                    for line in lines {
-                        trx.xadd::<(), _, _, _, _>(
-                            key.as_str(),
+                    Write::Del { key } => trx.del::<(), _>(key).await?,
+                    Write::SetPx { key, value, ttl_ms } => {
+                        trx.set::<(), _, _>(
+                            key,
+                            value,
+                            Some(Expiration::PX(ttl_ms as i64)),
+                            None,
                             false,
-                            ("MAXLEN", "~", max_len as i64),
-                            "*",
-                            vec![("line", line)],
                         )
                         .await?
                     }
+                    Write::HashReplace { key, fields } => {
+                        trx.del::<(), _>(key.clone()).await?;
+                        let fields: HashMap<String, String> = fields
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect();
+                        trx.hset::<(), _, _>(key, fields).await?
+                    }
+                    Write::HashOf {
+                        key,
+                        fields,
+                        ttl_ms,
+                    } => {
+                        trx.del::<(), _>(key.clone()).await?;
+                        if !fields.is_empty() {
+                            trx.hset::<(), _, _>(key.clone(), fields).await?;
+                            if let Some(ttl) = ttl_ms {
+                                trx.pexpire::<(), _>(key, ttl as i64, None).await?;
+                            }
+                        }
+                    }
+                    Write::SetAdd { key, member } => trx.sadd::<(), _, _>(key, member).await?,
+                    Write::SetRemove { key, member } => trx.srem::<(), _, _>(key, member).await?,
+                    Write::ZAddGreater { key, entries } => {
+                        let values: Vec<(f64, String)> = entries
+                            .into_iter()
+                            .map(|(m, score)| (score as f64, m))
+                            .collect();
+                        trx.zadd::<(), _, _>(
+                            key,
+                            None,
+                            Some(Ordering::GreaterThan),
+                            false,
+                            false,
+                            values,
+                        )
+                        .await?
+                    }
+                    Write::ListPush { key, value } => trx.rpush::<(), _, _>(key, value).await?,
+                    Write::ListRemove { key, value } => trx.lrem::<(), _, _>(key, 0, value).await?,
+                    Write::ListKeepLast { key, keep } => {
+                        trx.ltrim::<(), _>(key, -(keep as i64), -1).await?
+                    }
+                    Write::StreamAdd {
+                        key,
+                        lines,
+                        max_len,
+                    } => {
+                        for line in lines {
+                            trx.xadd::<(), _, _, _, _>(
+                                key.as_str(),
+                                false,
+                                ("MAXLEN", "~", max_len as i64),
+                                "*",
+                                vec![("line", line)],
+                            )
+                            .await?
+                        }
+                    }
+                    Write::Expire { key, secs } => {
+                        trx.expire::<(), _>(key, secs as i64, None).await?
+                    }
                 }
-                Write::Expire { key, secs } => trx.expire::<(), _>(key, secs as i64, None).await?,
             }
-        }
-        if let Some(e) = event {
-            trx.publish::<(), _, _>(keys::EVENTS, e.to_json()).await?;
-        }
-        let _: Value = trx.exec(true).await?;
-        Ok(())
+            if let Some(e) = event {
+                trx.publish::<(), _, _>(keys::EVENTS, e.to_json()).await?;
+            }
+            let _: Value = trx.exec(true).await?;
+            Ok(())
+        })
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<String>> {
-        self.ensure_connected()?;
-        Ok(self.client.get(key).await?)
+    pub(crate) fn get<'a>(&'a self, key: &'a str) -> Command<'a, Option<String>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            Ok(self.client.get(key).await?)
+        })
     }
 
     async fn keys(&self, pattern: &str) -> Result<Vec<String>> {
@@ -220,218 +242,251 @@ impl Redis {
         Ok(keys)
     }
 
-    pub(crate) async fn scan_values(&self, pattern: &str) -> Result<Vec<(String, String)>> {
-        self.ensure_connected()?;
-        let keys = self.keys(pattern).await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
-            let values: Vec<Option<String>> = self.client.mget(chunk.to_vec()).await?;
-            out.extend(
-                chunk
-                    .iter()
-                    .cloned()
-                    .zip(values)
-                    .filter_map(|(k, v)| Some((k, v?))),
-            );
-        }
-        Ok(out)
+    pub(crate) fn scan_values<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> Command<'a, Vec<(String, String)>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let keys = self.keys(pattern).await?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(500) {
+                let values: Vec<Option<String>> = self.client.mget(chunk.to_vec()).await?;
+                out.extend(
+                    chunk
+                        .iter()
+                        .cloned()
+                        .zip(values)
+                        .filter_map(|(k, v)| Some((k, v?))),
+                );
+            }
+            Ok(out)
+        })
     }
 
-    pub(crate) async fn scan_hashes(
-        &self,
-        pattern: &str,
-    ) -> Result<Vec<(String, BTreeMap<String, String>)>> {
-        let keys = self.keys(pattern).await?;
-        let pipeline = self.client.pipeline();
-        for k in &keys {
-            pipeline.hgetall::<(), _>(k.as_str()).await?;
-        }
-        let hashes: Vec<HashMap<String, String>> = if keys.is_empty() {
-            Vec::new()
-        } else {
-            pipeline.all().await?
-        };
-        Ok(keys
-            .into_iter()
-            .zip(hashes)
-            .filter(|(_, h)| !h.is_empty()) // deleted between SCAN and HGETALL
-            .map(|(k, h)| (k, h.into_iter().collect()))
-            .collect())
-    }
-
-    pub(crate) async fn members_of(&self, keys: &[String]) -> Result<Vec<Vec<String>>> {
-        self.ensure_connected()?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut sets = Vec::with_capacity(keys.len());
-        // In pipelines of 500: fred's command queue keeps the capacity it grew to, so one pipeline
-        // of 10,000 commands would hold megabytes for the life of the connection.
-        for chunk in keys.chunks(500) {
+    pub(crate) fn scan_hashes<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> Command<'a, Vec<(String, Fields)>> {
+        Box::pin(async move {
+            let keys = self.keys(pattern).await?;
             let pipeline = self.client.pipeline();
-            for k in chunk {
-                pipeline.smembers::<(), _>(k.as_str()).await?;
+            for k in &keys {
+                pipeline.hgetall::<(), _>(k.as_str()).await?;
             }
-            // One result per command. (`all()` answers a list of replies even for one command,
-            // which fred's conversion then mangles unless that one set has exactly one member.)
-            for set in pipeline.try_all::<Vec<String>>().await {
-                let mut set = set?;
-                set.sort();
-                sets.push(set);
+            let hashes: Vec<HashMap<String, String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                pipeline.all().await?
+            };
+            Ok(keys
+                .into_iter()
+                .zip(hashes)
+                .filter(|(_, h)| !h.is_empty()) // deleted between SCAN and HGETALL
+                .map(|(k, h)| (k, h.into_iter().collect()))
+                .collect())
+        })
+    }
+
+    pub(crate) fn members_of<'a>(&'a self, keys: &'a [String]) -> Command<'a, Vec<Vec<String>>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
             }
-        }
-        Ok(sets)
+            let mut sets = Vec::with_capacity(keys.len());
+            // In pipelines of 500: fred's command queue keeps the capacity it grew to, so one pipeline
+            // of 10,000 commands would hold megabytes for the life of the connection.
+            for chunk in keys.chunks(500) {
+                let pipeline = self.client.pipeline();
+                for k in chunk {
+                    pipeline.smembers::<(), _>(k.as_str()).await?;
+                }
+                // One result per command. (`all()` answers a list of replies even for one command,
+                // which fred's conversion then mangles unless that one set has exactly one member.)
+                for set in pipeline.try_all::<Vec<String>>().await {
+                    let mut set = set?;
+                    set.sort();
+                    sets.push(set);
+                }
+            }
+            Ok(sets)
+        })
     }
 
     /// For each `(set key, hash key)`: the set's members (sorted) and the hash's fields, in
     /// pipelines of 250 pairs.
-    pub(crate) async fn sets_and_hashes(
-        &self,
-        keys: &[(String, String)],
-    ) -> Result<Vec<(Vec<String>, BTreeMap<String, String>)>> {
-        self.ensure_connected()?;
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(250) {
-            let pipeline = self.client.pipeline();
-            for (set, hash) in chunk {
-                pipeline.smembers::<(), _>(set.as_str()).await?;
-                pipeline.hgetall::<(), _>(hash.as_str()).await?;
+    pub(crate) fn sets_and_hashes<'a>(
+        &'a self,
+        keys: &'a [(String, String)],
+    ) -> Command<'a, Vec<(Vec<String>, Fields)>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(250) {
+                let pipeline = self.client.pipeline();
+                for (set, hash) in chunk {
+                    pipeline.smembers::<(), _>(set.as_str()).await?;
+                    pipeline.hgetall::<(), _>(hash.as_str()).await?;
+                }
+                let mut replies = pipeline.try_all::<Value>().await.into_iter();
+                while let (Some(set), Some(hash)) = (replies.next(), replies.next()) {
+                    let mut members: Vec<String> = set?.convert()?;
+                    members.sort();
+                    let fields: HashMap<String, String> = hash?.convert()?;
+                    out.push((members, fields.into_iter().collect()));
+                }
             }
-            let mut replies = pipeline.try_all::<Value>().await.into_iter();
-            while let (Some(set), Some(hash)) = (replies.next(), replies.next()) {
-                let mut members: Vec<String> = set?.convert()?;
-                members.sort();
-                let fields: HashMap<String, String> = hash?.convert()?;
-                out.push((members, fields.into_iter().collect()));
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// For each hash in `keys`, the values of `fields` (`None`: absent), in one pipeline of
     /// HMGETs.
-    pub(crate) async fn hash_fields(
-        &self,
-        keys: &[String],
-        fields: &[String],
-    ) -> Result<Vec<Vec<Option<String>>>> {
-        self.ensure_connected()?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(250) {
-            let pipeline = self.client.pipeline();
-            for k in chunk {
-                pipeline
-                    .hmget::<(), _, _>(k.as_str(), fields.to_vec())
-                    .await?;
+    pub(crate) fn hash_fields<'a>(
+        &'a self,
+        keys: &'a [String],
+        fields: &'a [String],
+    ) -> Command<'a, Vec<Vec<Option<String>>>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
             }
-            for values in pipeline.try_all::<Value>().await {
-                let values = match values? {
-                    Value::Array(items) => items
-                        .into_iter()
-                        .map(|v| v.convert::<Option<String>>())
-                        .collect::<Result<Vec<_>, _>>()?,
-                    // One field asked: a bare reply.
-                    other => vec![other.convert::<Option<String>>()?],
-                };
-                out.push(values);
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(250) {
+                let pipeline = self.client.pipeline();
+                for k in chunk {
+                    pipeline
+                        .hmget::<(), _, _>(k.as_str(), fields.to_vec())
+                        .await?;
+                }
+                for values in pipeline.try_all::<Value>().await {
+                    let values = match values? {
+                        Value::Array(items) => items
+                            .into_iter()
+                            .map(|v| v.convert::<Option<String>>())
+                            .collect::<Result<Vec<_>, _>>()?,
+                        // One field asked: a bare reply.
+                        other => vec![other.convert::<Option<String>>()?],
+                    };
+                    out.push(values);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    pub(crate) async fn hash(&self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
-        self.ensure_connected()?;
-        let h: HashMap<String, String> = self.client.hgetall(key).await?;
-        Ok((!h.is_empty()).then(|| h.into_iter().collect()))
+    pub(crate) fn hash<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> Command<'a, Option<BTreeMap<String, String>>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let h: HashMap<String, String> = self.client.hgetall(key).await?;
+            Ok((!h.is_empty()).then(|| h.into_iter().collect()))
+        })
     }
 
-    pub(crate) async fn try_lock(
-        &self,
-        key: &str,
-        owner: &str,
+    pub(crate) fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
         ttl_ms: u64,
-    ) -> Result<Option<u64>> {
-        self.ensure_connected()?;
-        let fence: Option<i64> = self
-            .client
-            .eval(
-                LOCK_SCRIPT,
-                vec![key.to_string(), keys::FENCING.to_string()],
-                vec![owner.to_string(), ttl_ms.to_string()],
-            )
-            .await?;
-        Ok(fence.map(|f| f as u64))
+    ) -> Command<'a, Option<u64>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let fence: Option<i64> = self
+                .client
+                .eval(
+                    LOCK_SCRIPT,
+                    vec![key.to_string(), keys::FENCING.to_string()],
+                    vec![owner.to_string(), ttl_ms.to_string()],
+                )
+                .await?;
+            Ok(fence.map(|f| f as u64))
+        })
     }
 
-    pub(crate) async fn extend_lock(&self, key: &str, value: &str, ttl_ms: u64) -> Result<bool> {
-        self.ensure_connected()?;
-        let n: i64 = self
-            .client
-            .eval(
-                EXTEND_SCRIPT,
-                vec![key.to_string()],
-                vec![value.to_string(), ttl_ms.to_string()],
-            )
-            .await?;
-        Ok(n == 1)
+    pub(crate) fn extend_lock<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl_ms: u64,
+    ) -> Command<'a, bool> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let n: i64 = self
+                .client
+                .eval(
+                    EXTEND_SCRIPT,
+                    vec![key.to_string()],
+                    vec![value.to_string(), ttl_ms.to_string()],
+                )
+                .await?;
+            Ok(n == 1)
+        })
     }
 
-    pub(crate) async fn unlock(&self, key: &str, value: &str) -> Result<()> {
-        self.ensure_connected()?;
-        let _: i64 = self
-            .client
-            .eval(
-                UNLOCK_SCRIPT,
-                vec![key.to_string()],
-                vec![value.to_string()],
-            )
-            .await?;
-        Ok(())
+    pub(crate) fn unlock<'a>(&'a self, key: &'a str, value: &'a str) -> Command<'a, ()> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let _: i64 = self
+                .client
+                .eval(
+                    UNLOCK_SCRIPT,
+                    vec![key.to_string()],
+                    vec![value.to_string()],
+                )
+                .await?;
+            Ok(())
+        })
     }
 
     /// Replaces the hash at `key` and publishes `event`, only while `lock_key` holds `lock_value`.
-    pub(crate) async fn put_hash_fenced(
-        &self,
-        lock_key: &str,
-        lock_value: &str,
-        key: &str,
+    pub(crate) fn put_hash_fenced<'a>(
+        &'a self,
+        lock_key: &'a str,
+        lock_value: &'a str,
+        key: &'a str,
         fields: BTreeMap<&'static str, String>,
-        event: &Event,
-    ) -> Result<bool> {
-        self.ensure_connected()?;
-        let mut args = vec![
-            lock_value.to_string(),
-            keys::EVENTS.to_string(),
-            event.to_json(),
-        ];
-        for (k, v) in fields {
-            args.push(k.to_string());
-            args.push(v);
-        }
-        let n: i64 = self
-            .client
-            .eval(
-                FENCED_HASH_SCRIPT,
-                vec![lock_key.to_string(), key.to_string()],
-                args,
-            )
-            .await?;
-        Ok(n == 1)
+        event: &'a Event,
+    ) -> Command<'a, bool> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let mut args = vec![
+                lock_value.to_string(),
+                keys::EVENTS.to_string(),
+                event.to_json(),
+            ];
+            for (k, v) in fields {
+                args.push(k.to_string());
+                args.push(v);
+            }
+            let n: i64 = self
+                .client
+                .eval(
+                    FENCED_HASH_SCRIPT,
+                    vec![lock_key.to_string(), key.to_string()],
+                    args,
+                )
+                .await?;
+            Ok(n == 1)
+        })
     }
 
-    pub(crate) async fn zset(&self, key: &str) -> Result<BTreeMap<String, u64>> {
-        self.ensure_connected()?;
-        let pairs: Vec<(String, f64)> = self
-            .client
-            .zrange(key, 0, -1, None, false, None, true)
-            .await?;
-        Ok(pairs.into_iter().map(|(m, s)| (m, s as u64)).collect())
+    pub(crate) fn zset<'a>(&'a self, key: &'a str) -> Command<'a, BTreeMap<String, u64>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let pairs: Vec<(String, f64)> = self
+                .client
+                .zrange(key, 0, -1, None, false, None, true)
+                .await?;
+            Ok(pairs.into_iter().map(|(m, s)| (m, s as u64)).collect())
+        })
     }
 }
 
@@ -466,56 +521,62 @@ return 1
 "#;
 
 impl Redis {
-    pub(crate) async fn list(&self, key: &str) -> Result<Vec<String>> {
-        self.ensure_connected()?;
-        Ok(self.client.lrange(key, 0, -1).await?)
+    pub(crate) fn list<'a>(&'a self, key: &'a str) -> Command<'a, Vec<String>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            Ok(self.client.lrange(key, 0, -1).await?)
+        })
     }
 
-    pub(crate) async fn stream_after(
-        &self,
-        key: &str,
-        after: Option<&str>,
+    pub(crate) fn stream_after<'a>(
+        &'a self,
+        key: &'a str,
+        after: Option<&'a str>,
         count: usize,
-    ) -> Result<Vec<LogEntry>> {
-        self.ensure_connected()?;
-        // `(id` is exclusive (Redis 6.2+).
-        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .client
-            .xrange(key, start, "+", Some(count as u64))
-            .await?;
-        Ok(entries
-            .into_iter()
-            .map(|(id, mut fields)| LogEntry {
-                id,
-                line: fields.remove("line").unwrap_or_default(),
-            })
-            .collect())
+    ) -> Command<'a, Vec<LogEntry>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            // `(id` is exclusive (Redis 6.2+).
+            let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+            let entries: Vec<(String, HashMap<String, String>)> = self
+                .client
+                .xrange(key, start, "+", Some(count as u64))
+                .await?;
+            Ok(entries
+                .into_iter()
+                .map(|(id, mut fields)| LogEntry {
+                    id,
+                    line: fields.remove("line").unwrap_or_default(),
+                })
+                .collect())
+        })
     }
 
-    pub(crate) async fn exchange_rate_counts(
-        &self,
+    pub(crate) fn exchange_rate_counts<'a>(
+        &'a self,
         add_window: u64,
         read_window: u64,
         ttl_ms: u64,
-        entries: &[super::RateCount],
-    ) -> Result<Vec<u64>> {
-        self.ensure_connected()?;
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Keys are built here and passed as KEYS (add key, read key per entry), as scripts must.
-        let mut keys = Vec::with_capacity(entries.len() * 2);
-        let mut args = Vec::with_capacity(entries.len() * 2 + 1);
-        args.push(ttl_ms.to_string());
-        for e in entries {
-            keys.push(super::rate_window_key(add_window, &e.app));
-            keys.push(super::rate_window_key(read_window, &e.app));
-            args.push(e.client.clone());
-            args.push(e.add.to_string());
-        }
-        let totals: Vec<i64> = self.client.eval(RATE_EXCHANGE_SCRIPT, keys, args).await?;
-        Ok(totals.into_iter().map(|t| t.max(0) as u64).collect())
+        entries: &'a [super::RateCount],
+    ) -> Command<'a, Vec<u64>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Keys are built here and passed as KEYS (add key, read key per entry), as scripts must.
+            let mut keys = Vec::with_capacity(entries.len() * 2);
+            let mut args = Vec::with_capacity(entries.len() * 2 + 1);
+            args.push(ttl_ms.to_string());
+            for e in entries {
+                keys.push(super::rate_window_key(add_window, &e.app));
+                keys.push(super::rate_window_key(read_window, &e.app));
+                args.push(e.client.clone());
+                args.push(e.add.to_string());
+            }
+            let totals: Vec<i64> = self.client.eval(RATE_EXCHANGE_SCRIPT, keys, args).await?;
+            Ok(totals.into_iter().map(|t| t.max(0) as u64).collect())
+        })
     }
 }
 
@@ -535,11 +596,11 @@ impl Drop for Redis {
 /// Both fred client kinds, for the connect loop above. `Send + Sync` so that `connect` (which holds
 /// `&dyn InitClient` across `.await`) stays `Send` and can run inside `tokio::spawn`.
 trait InitClient: Send + Sync {
-    fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>>;
+    fn init_once(&self) -> BoxFuture<'_, Result<(), fred::error::Error>>;
 }
 
 impl<C: ClientLike> InitClient for C {
-    fn init_once(&self) -> futures::future::BoxFuture<'_, Result<(), fred::error::Error>> {
+    fn init_once(&self) -> BoxFuture<'_, Result<(), fred::error::Error>> {
         Box::pin(async move { self.init().await.map(|_| ()) })
     }
 }
