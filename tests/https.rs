@@ -365,6 +365,15 @@ async fn two_processes_on_one_redis_order_once_and_both_serve() {
     let apps = echo_app(&ws, "alpha", "one.test, two.test", "");
     let path_a = config(&ws, "a.yaml", &a, &pebble, &top, "", &apps);
     let path_b = config(&ws, "b.yaml", &b, &pebble, &top, "", &apps);
+    // Each its own data_dir, as on two machines: sharing one, the two supervisors' builds of the
+    // app could remove each other's work folder (seen in CI: the build failed, the app held
+    // every request and the check timed out).
+    let yaml_b = std::fs::read_to_string(&path_b).expect("read b.yaml");
+    assert!(yaml_b.contains("data_dir: ./data\n"), "{yaml_b}");
+    let path_b = ws.write(
+        "b.yaml",
+        &yaml_b.replace("data_dir: ./data\n", "data_dir: ./data-b\n"),
+    );
     let sf_a = Spinforge::start(&ws, "up", &path_a, Some(([127, 0, 0, 1], a.http).into()));
     let sf_b = Spinforge::start(&ws, "up", &path_b, Some(([127, 0, 0, 1], b.http).into()));
     let root = pebble.issuing_root();
