@@ -291,9 +291,8 @@ const BROTLI_QUALITY: u32 = 4;
 const BROTLI_STREAM_WINDOW: u32 = 18;
 
 thread_local! {
-    // Compressor state reused across requests (zstd's context alone is ~1 MiB to set up).
+    // Compressor state reused across requests (zstd's are pooled: see `ZstdContext`).
     static DEFLATE: std::cell::RefCell<Option<libdeflater::Compressor>> = const { std::cell::RefCell::new(None) };
-    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Compresses a whole body with `enc`, appending the result to `out`.
@@ -313,16 +312,7 @@ pub fn compress_whole(enc: Encoding, body: &[u8], out: &mut Vec<u8>) -> std::io:
             out.truncate(start + n);
             Ok(())
         }),
-        Encoding::Zstd => ZSTD.with_borrow_mut(|c| {
-            let c = match c {
-                Some(c) => c,
-                None => c.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
-            };
-            out.resize(start + zstd::zstd_safe::compress_bound(body.len()), 0);
-            let n = c.compress_to_buffer(body, &mut out[start..])?;
-            out.truncate(start + n);
-            Ok(())
-        }),
+        Encoding::Zstd => ZstdContext::take()?.compress_whole(body, out),
         Encoding::Brotli => {
             let window = (usize::BITS - body.len().leading_zeros()).clamp(10, 22);
             let mut w =
@@ -341,7 +331,7 @@ pub enum Encoder {
     Whole(Encoding, Vec<u8>),
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
-    Zstd(ZstdStream),
+    Zstd(ZstdContext),
 }
 
 impl std::fmt::Debug for Encoder {
@@ -377,7 +367,7 @@ impl Encoder {
                 BROTLI_QUALITY,
                 BROTLI_STREAM_WINDOW,
             ))),
-            Encoding::Zstd => Encoder::Zstd(ZstdStream::new()?),
+            Encoding::Zstd => Encoder::Zstd(ZstdContext::take()?),
         })
     }
 
@@ -443,46 +433,66 @@ impl Encoder {
     }
 }
 
-/// zstd's window for streams: 256 KiB, as brotli's (the default at level 3 is 2 MiB, which a
-/// context allocates whole).
-const ZSTD_STREAM_WINDOW_LOG: i32 = 18;
-/// Stream contexts kept per thread for the next streams: bounded, since each holds ~1 MiB.
-const ZSTD_STREAMS_KEPT: usize = 4;
+/// zstd's window: 256 KiB, as brotli's for streams (the default at level 3 is 2 MiB, which a
+/// context allocates whole; a whole body's window is fitted to its length anyway).
+const ZSTD_WINDOW_LOG: i32 = 18;
+/// Contexts kept per thread for the next answers: bounded, since each holds ~1 MiB.
+const ZSTD_CONTEXTS_KEPT: usize = 4;
 
 thread_local! {
-    static ZSTD_STREAMS: std::cell::RefCell<Vec<zstd::zstd_safe::CCtx<'static>>> =
+    static ZSTD_CONTEXTS: std::cell::RefCell<Vec<zstd::zstd_safe::CCtx<'static>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A zstd stream over a compression context taken from this thread's pool and given back when
-/// the stream is dropped: a fresh context per response cost more CPU than the compressing
+/// A zstd compression context taken from this thread's pool and given back when dropped, for a
+/// whole body or a stream: a fresh context per response cost more CPU than the compressing
 /// (zeroing its tables), which made zstd the dearest encoding for streamed answers.
-pub struct ZstdStream {
+pub struct ZstdContext {
     cctx: Option<zstd::zstd_safe::CCtx<'static>>,
 }
 
-impl std::fmt::Debug for ZstdStream {
+impl std::fmt::Debug for ZstdContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ZstdStream")
+        f.write_str("ZstdContext")
     }
 }
 
-impl ZstdStream {
-    fn new() -> std::io::Result<ZstdStream> {
+impl ZstdContext {
+    fn take() -> std::io::Result<ZstdContext> {
         use zstd::zstd_safe::{CCtx, CParameter};
-        let cctx = match ZSTD_STREAMS.with_borrow_mut(Vec::pop) {
+        let cctx = match ZSTD_CONTEXTS.with_borrow_mut(Vec::pop) {
             Some(cctx) => cctx,
             None => {
                 let mut cctx = CCtx::try_create()
                     .ok_or_else(|| std::io::Error::other("zstd: cannot allocate a context"))?;
                 cctx.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL))
                     .map_err(zstd_error)?;
-                cctx.set_parameter(CParameter::WindowLog(ZSTD_STREAM_WINDOW_LOG as u32))
+                cctx.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG as u32))
                     .map_err(zstd_error)?;
                 cctx
             }
         };
-        Ok(ZstdStream { cctx: Some(cctx) })
+        Ok(ZstdContext { cctx: Some(cctx) })
+    }
+
+    /// Compresses a whole body into one frame, appending it to `out`.
+    fn compress_whole(mut self, body: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        let Some(cctx) = self.cctx.as_mut() else {
+            return Err(std::io::Error::other("zstd: no context"));
+        };
+        let start = out.len();
+        out.resize(start + zstd::zstd_safe::compress_bound(body.len()), 0);
+        match cctx.compress2(&mut out[start..], body) {
+            Ok(n) => {
+                out.truncate(start + n);
+                Ok(())
+            }
+            Err(code) => {
+                out.truncate(start);
+                self.cctx = None; // a context mid-error is not given back
+                Err(zstd_error(code))
+            }
+        }
     }
 
     /// Compresses `chunk` and flushes it (or, at `end`, ends the frame): what comes out.
@@ -519,16 +529,16 @@ impl ZstdStream {
     }
 }
 
-impl Drop for ZstdStream {
+impl Drop for ZstdContext {
     fn drop(&mut self) {
         use zstd::zstd_safe::ResetDirective;
         if let Some(mut cctx) = self.cctx.take()
             && cctx.reset(ResetDirective::SessionOnly).is_ok()
         {
             // The thread may be exiting (its pool gone): then the context is just freed.
-            let _ = ZSTD_STREAMS.try_with(|pool| {
+            let _ = ZSTD_CONTEXTS.try_with(|pool| {
                 let mut pool = pool.borrow_mut();
-                if pool.len() < ZSTD_STREAMS_KEPT {
+                if pool.len() < ZSTD_CONTEXTS_KEPT {
                     pool.push(cctx);
                 }
             });
@@ -646,7 +656,7 @@ mod tests {
     /// abandoned halfway (a client gone) — and the next stream on it starts a clean frame.
     #[test]
     fn zstd_stream_contexts_are_reused_whole() {
-        let pooled = || ZSTD_STREAMS.with_borrow(Vec::len);
+        let pooled = || ZSTD_CONTEXTS.with_borrow(Vec::len);
         let text = "a page that streams, with some repeats. ".repeat(300);
         let stream = |pieces: usize| {
             let mut e = Encoder::new(Encoding::Zstd).expect("encoder");
@@ -656,7 +666,7 @@ mod tests {
             }
             out
         };
-        ZSTD_STREAMS.with_borrow_mut(Vec::clear);
+        ZSTD_CONTEXTS.with_borrow_mut(Vec::clear);
         let half = stream(5); // abandoned: never ended
         assert!(!half.is_empty(), "each chunk is flushed");
         assert_eq!(pooled(), 1, "the abandoned stream's context is kept");
@@ -675,10 +685,10 @@ mod tests {
             assert!(out.len() < text.len() / 10, "compressed to {}", out.len());
         }
         // Bounded: more streams at once than the pool keeps.
-        let many: Vec<_> = (0..ZSTD_STREAMS_KEPT + 3)
+        let many: Vec<_> = (0..ZSTD_CONTEXTS_KEPT + 3)
             .map(|_| Encoder::new(Encoding::Zstd).expect("encoder"))
             .collect();
         drop(many);
-        assert_eq!(pooled(), ZSTD_STREAMS_KEPT);
+        assert_eq!(pooled(), ZSTD_CONTEXTS_KEPT);
     }
 }

@@ -298,15 +298,16 @@ impl Redis {
                 return Ok(Vec::new());
             }
             let mut sets = Vec::with_capacity(keys.len());
-            // In pipelines of 500: fred's command queue keeps the capacity it grew to, so one pipeline
-            // of 10,000 commands would hold megabytes for the life of the connection.
+            // In pipelines of 500: fred's command queue keeps the capacity it grew to, so one
+            // pipeline of 10,000 commands would hold megabytes for the life of the connection.
             for chunk in keys.chunks(500) {
                 let pipeline = self.client.pipeline();
                 for k in chunk {
                     pipeline.smembers::<(), _>(k.as_str()).await?;
                 }
-                // One result per command. (`all()` answers a list of replies even for one command,
-                // which fred's conversion then mangles unless that one set has exactly one member.)
+                // One result per command. (`all()` answers a list of replies even for one
+                // command, which fred's conversion then mangles unless that one set has exactly
+                // one member.)
                 for set in pipeline.try_all::<Vec<String>>().await {
                     let mut set = set?;
                     set.sort();
@@ -380,10 +381,7 @@ impl Redis {
         })
     }
 
-    pub(crate) fn hash<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> Command<'a, Option<BTreeMap<String, String>>> {
+    pub(crate) fn hash<'a>(&'a self, key: &'a str) -> Command<'a, Option<Fields>> {
         Box::pin(async move {
             self.ensure_connected()?;
             let h: HashMap<String, String> = self.client.hgetall(key).await?;
@@ -564,7 +562,8 @@ impl Redis {
             if entries.is_empty() {
                 return Ok(Vec::new());
             }
-            // Keys are built here and passed as KEYS (add key, read key per entry), as scripts must.
+            // Keys are built here and passed as KEYS (add key, read key per entry), as scripts
+            // must.
             let mut keys = Vec::with_capacity(entries.len() * 2);
             let mut args = Vec::with_capacity(entries.len() * 2 + 1);
             args.push(ttl_ms.to_string());
