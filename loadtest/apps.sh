@@ -54,6 +54,10 @@
 #                            openssl, python3)
 #   BIN=target/release/spinforge   the spinforge binary
 #   SECS=10 ROUNDS=3 WARM=2        seconds per run, rounds, warm-up seconds per target and scenario
+#   WARM_EACH=1                    seconds of the same load right before every measured run, not
+#                                  measured (0: none). Without it the first run of a round came
+#                                  after a minute of the other part's load and Node idle on this
+#                                  app: p99 330 ms on whichever target went first (session 10)
 #   PARTS=1,2                      which parts (1: Express, 2: Next.js)
 #   PAGE_H2='-c16 -m2' PAGE_H1='-c32'  h2load's load for the page rendered per request (2a-2c)
 #   CHEAP_H2='-c16 -m2'            h2load's load for the prerendered page and the asset (2d, 2e)
@@ -72,6 +76,7 @@ BIN=${BIN:-target/release/spinforge}
 SECS=${SECS:-10}
 ROUNDS=${ROUNDS:-3}
 WARM=${WARM:-2}
+WARM_EACH=${WARM_EACH:-1}
 PARTS=${PARTS:-1,2}
 OUT=${OUT:-}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1500}
@@ -336,7 +341,7 @@ cmd_of() { # target scenario secs [log] [check]
 say "# apps.sh — $(date -u '+%Y-%m-%d %H:%M UTC')"
 say ""
 say "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg)."
-say "SpinForge: \`$BIN\` ($(stat -c '%y' "$BIN" | cut -d. -f1))${EDGE_ENV:+ with $EDGE_ENV}; Node $(node -v); $(part 2 && echo "$(nginx -v 2>&1 | sed 's/.*version: //') (2 workers); ")$(h2load --version | head -1 | awk '{print $2}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'). SECS=$SECS ROUNDS=$ROUNDS WARM=$WARM$(part 2 && echo " PAGE_H2=\"$PAGE_H2\" PAGE_H1=\"$PAGE_H1\" CHEAP_H2=\"$CHEAP_H2\"")."
+say "SpinForge: \`$BIN\` ($(stat -c '%y' "$BIN" | cut -d. -f1))${EDGE_ENV:+ with $EDGE_ENV}; Node $(node -v); $(part 2 && echo "$(nginx -v 2>&1 | sed 's/.*version: //') (2 workers); ")$(h2load --version | head -1 | awk '{print $2}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'). SECS=$SECS ROUNDS=$ROUNDS WARM=$WARM WARM_EACH=$WARM_EACH$(part 2 && echo " PAGE_H2=\"$PAGE_H2\" PAGE_H1=\"$PAGE_H1\" CHEAP_H2=\"$CHEAP_H2\"")."
 for a in "${apps[@]}"; do say "App $(release_info "$a"); spinlet pid ${pid_of[$a]}, port ${port_of[$a]} (admin API \`GET /api/v1/spinlets\`)."; done
 say ""
 
@@ -447,6 +452,7 @@ same_spinlet() { # app
 run_load() { # target scenario round
   local t=$1 s=$2 r=$3 tool base l pb pa nb na node line
   tool=$(field "$s" 0); base=$W/out/$s-r$r-$t; node=$(node_of "$s")
+  [ "$WARM_EACH" = 0 ] || cmd_of "$t" "$s" "$WARM_EACH" | run_cmd >/dev/null 2>&1 || true
   l=$(load1)
   pb=$(proxy_ticks "$t"); nb=$(ticks_tree "$node")
   cmd_of "$t" "$s" "$SECS" "$base.log" | run_cmd >"$base.txt" 2>&1 || true

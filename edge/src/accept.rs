@@ -301,16 +301,12 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
                 return;
             }
         }
-        let _ = tcp.set_nodelay(true);
-        let mut l4: L4Stream = tcp.into();
-        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-        let _ = digest.peer_addr.set(Some(peer.into()));
-        l4.set_socket_digest(digest);
         let stream: Stream = match tls {
-            None => Box::new(l4),
+            None => Box::new(l4_stream(tcp, peer)),
             // Boxed: the handshake's future is ~8 KB; inline, it would size every connection's
             // task, idle keep-alive ones included, for the connection's whole life.
             Some(acceptor) => {
+                let l4 = l4_stream(tcp, peer);
                 match Box::pin(crate::tls::listener::handshake(&acceptor, l4, peer)).await {
                     Some(tls) => tls,
                     None => return,
@@ -322,6 +318,18 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
             stream = self.app.process_new(s, &stop).await;
         }
     }
+}
+
+/// Pingora's stream over an accepted connection, with its socket digest. Not inline in
+/// [`ThreadServer::serve`]: the stream and digest (~770 bytes) would keep their slots in that
+/// future's state after being moved out, in every connection's task for its whole life.
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
+    let _ = tcp.set_nodelay(true);
+    let mut l4: L4Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    l4
 }
 
 #[cfg(test)]

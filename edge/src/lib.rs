@@ -524,6 +524,15 @@ struct Counted<A> {
     fast: Option<fast::FastPath>,
 }
 
+/// A Pingora HTTP/1.1 session over `stream`, keep-alive as Pingora's own loop sets it (the
+/// proxy's early filter then sets the configured timeout). Not inline in `process_new`: the
+/// session (~680 bytes) would keep its slot in that future's state after being moved out.
+fn pingora_session(stream: Stream, shutdown: &ShutdownWatch) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+    session
+}
+
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
     async fn process_new(
@@ -548,10 +557,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
                 fast::Served::Fallback(s) => stream = s,
                 fast::Served::Handover(s) => return self.inner.process_new(s, shutdown).await,
             }
-            let mut session = ServerSession::new_http1(stream);
-            // As Pingora's loop does (the proxy's early filter sets the configured timeout).
-            session.set_keepalive((!*shutdown.borrow()).then_some(60));
-            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let reused = self
+                .inner
+                .process_new_http(pingora_session(stream, shutdown), shutdown)
+                .await?;
             stream = reused.consume().0;
         }
     }

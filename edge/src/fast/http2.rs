@@ -544,13 +544,23 @@ async fn pass_body(
         );
         let n = out.len() as u64;
         let mut stream = send_head(&mut respond, head, false)?;
-        send_all(&mut stream, Bytes::from(out), true).await?;
+        send_held(&mut stream, Bytes::from(out))?;
         return Ok((n, clean));
     }
     let no_body = h.body == ResponseBody::None;
     let mut stream = send_head(&mut respond, head, no_body)?;
     if no_body {
         return Ok((0, h.upstream_keepalive && buf.len() == start));
+    }
+    // A body of known length that came whole with the head (most small answers): handed over
+    // as it is, without a copy.
+    if let (None, ResponseBody::Length(len), false) = (h.encode, h.body, h.event_stream)
+        && (buf.len() - start) as u64 >= len
+    {
+        let end = start + len as usize;
+        let clean = h.upstream_keepalive && buf.len() == end;
+        send_held(&mut stream, Bytes::from(buf).slice(start..end))?;
+        return Ok((len, clean));
     }
     let mut encoder = match h.encode {
         Some(enc) => {
@@ -658,6 +668,14 @@ fn send_head(
     respond.send_response(response, end).map_err(|e| {
         tracing::debug!(error = %e, "the client went away before its answer");
     })
+}
+
+/// Ends `stream` with `data`, a whole body the edge already holds in memory: h2 takes it at
+/// once and sends it as the client's window allows. One call instead of [`send_all`]'s
+/// reserve-and-wait per window (each a lock of the connection's state): nothing more is held
+/// than already was, and the body is at most [`compress::WHOLE_MAX`] or a read buffer.
+fn send_held(stream: &mut SendStream<Bytes>, data: Bytes) -> Result<(), ()> {
+    stream.send_data(data, true).map_err(|_| ())
 }
 
 /// Sends `data` on `stream` as the client's flow-control window allows (never more buffered

@@ -240,7 +240,8 @@ impl FastPath {
                     ip: addr.map(|a| a.ip()),
                     addr,
                 };
-                self.serve_h2(tls, peer, shutdown).await;
+                // Boxed: HTTP/2's future (~2 KB) would size every HTTP/1.1 connection's too.
+                Box::pin(self.serve_h2(tls, peer, shutdown)).await;
                 Served::Closed
             }
             Kind::Other(other) => Served::Handover(other),
@@ -318,7 +319,8 @@ impl FastPath {
                 Some(Next::Http2) => return conn.fallback(true),
                 Some(Next::Refuse(error)) => {
                     let id = RequestId::for_request(None);
-                    let sent = self.answer(&mut conn, None, error, &id, true).await;
+                    // Boxed: rare, and its future would size every connection's.
+                    let sent = Box::pin(self.answer(&mut conn, None, error, &id, true)).await;
                     self.proxy.metrics.unrouted(error.status());
                     if sent.is_none() {
                         tracing::debug!("could not send the error page");
@@ -333,7 +335,10 @@ impl FastPath {
             let Some(plan) = self.plan(&conn, &head) else {
                 return conn.fallback(false);
             };
-            match self.proxy_one(&mut conn, &head, plan, shutdown).await {
+            // Boxed: a request being proxied is the largest state of this future (~1.6 KB);
+            // inline, it would size every connection's future for its whole life, idle
+            // keep-alive ones included. One allocation per request is the price.
+            match Box::pin(self.proxy_one(&mut conn, &head, plan, shutdown)).await {
                 After::KeepAlive => {
                     // An idle keep-alive connection holds no buffers (~9 KiB with the upstream
                     // side's): they come back with its next request.
@@ -385,16 +390,25 @@ impl FastPath {
             } else {
                 *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout)
             };
-            // Grows only as a head needs it, to one byte past the largest allowed.
-            if conn.buf.capacity() - conn.buf.len() < 1024 {
-                conn.buf
-                    .reserve(SMALL_BUF.min((max_head + 1).saturating_sub(conn.buf.len()).max(1)));
-            }
             let room = (max_head + 1).saturating_sub(conn.buf.len()).max(1);
+            let idle = conn.buf.capacity() == 0;
+            // Grows only as a head needs it, to one byte past the largest allowed. An idle
+            // connection has no buffer: it gets one when its next request's bytes arrive.
+            if !idle && conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(SMALL_BUF.min(room));
+            }
+            let waiting = conn.buf.is_empty();
+            let read = async {
+                if idle {
+                    read_first(&mut *conn.client, &mut conn.buf, room).await
+                } else {
+                    read_at_most(&mut *conn.client, &mut conn.buf, room).await
+                }
+            };
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, read_at_most(&mut *conn.client, &mut conn.buf, room)) => r,
-                _ = closing.cancelled(), if conn.buf.is_empty() => return None,
+                r = tokio::time::timeout_at(deadline, read) => r,
+                _ = closing.cancelled(), if waiting => return None,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
@@ -1050,6 +1064,44 @@ async fn read_at_most<C: Client>(
     client.read_buf(&mut buf.limit(limit)).await
 }
 
+thread_local! {
+    /// Where a thread's idle connections read their next request's first bytes. Borrowed only
+    /// within one poll, never across an await, so one per thread serves all its connections.
+    static FIRST_READ: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SMALL_BUF].into_boxed_slice());
+}
+
+/// [`read_at_most`] for a connection that holds no buffer (idle between requests): it waits
+/// without one, reads into the thread's [`FIRST_READ`] and moves what came into `buf`, which is
+/// allocated only then. An idle keep-alive connection so costs no read buffer (NGINX too frees
+/// its buffers while a connection idles).
+async fn read_first<R: tokio::io::AsyncRead + Unpin + ?Sized>(
+    client: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        FIRST_READ.with_borrow_mut(|scratch| {
+            let want = limit.min(scratch.len());
+            let mut read = tokio::io::ReadBuf::new(&mut scratch[..want]);
+            match std::pin::Pin::new(&mut *client).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let got = read.filled();
+                    if !got.is_empty() {
+                        buf.reserve(SMALL_BUF.min(limit).max(got.len()));
+                        buf.extend_from_slice(got);
+                    }
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
 /// Reads at most `limit` bytes from the upstream into `buf` (replacing its contents).
 async fn read_some(up: &mut TcpStream, buf: &mut Vec<u8>, limit: u64) -> Result<usize, Failed> {
     buf.clear();
@@ -1069,5 +1121,51 @@ async fn write_client<C: Client>(client: &mut C, bytes: &[u8]) -> Result<(), Fai
     match tokio::time::timeout(CLIENT_IO_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(Failed::Midway),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer_until_bytes_arrive() {
+        let (mut client, mut edge) = tokio::io::duplex(1024);
+        let mut buf = Vec::new();
+        // Nothing sent: the wait ends (as at the keep-alive timeout) with no buffer taken.
+        let waited = tokio::time::timeout(
+            Duration::from_millis(30),
+            read_first(&mut edge, &mut buf, 8192),
+        )
+        .await;
+        assert!(waited.is_err(), "nothing was sent, so nothing was read");
+        assert_eq!(buf.capacity(), 0, "an idle connection holds no buffer");
+
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let n = read_first(&mut edge, &mut buf, 8192).await.expect("read");
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(n, buf.len());
+        assert!(buf.capacity() >= SMALL_BUF, "room for the rest of a head");
+
+        // The limit holds: one byte past the largest head, no more.
+        let mut small = Vec::new();
+        client.write_all(b"0123456789").await.expect("write");
+        assert_eq!(read_first(&mut edge, &mut small, 4).await.expect("read"), 4);
+        assert_eq!(&small[..], b"0123");
+
+        // The client left: 0 bytes, and still no buffer.
+        drop(client);
+        let mut rest = Vec::new();
+        while read_first(&mut edge, &mut rest, 8192).await.expect("read") > 0 {}
+        assert_eq!(&rest[..], b"456789");
+        let mut after = Vec::new();
+        assert_eq!(
+            read_first(&mut edge, &mut after, 8192).await.expect("read"),
+            0
+        );
+        assert_eq!(after.capacity(), 0);
     }
 }
