@@ -15,7 +15,7 @@ use spinforge_state::records::BuildState;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::spinforge::{Http, Spinforge, Workspace, fixture, port_block};
-use support::{RedisServer, free_port};
+use support::{RedisServer, eventually, free_port};
 
 /// A cold Next.js build on a busy 2-core machine takes minutes.
 const BUILD_WAIT: Duration = Duration::from_secs(900);
@@ -532,6 +532,66 @@ async fn a_broken_build_leaves_the_old_release_serving() {
     assert!(
         sf.log_text().contains("node build.js"),
         "the error names the failed command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_first_build_fails_answers_503_at_once_not_after_the_wake_timeout() {
+    let ws = Workspace::new();
+    let src = ws.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(
+        src.join("package.json"),
+        r#"{"name":"f","private":true,"scripts":{"build":"node build.js","start":"node server.js"}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        src.join("build.js"),
+        "console.error('this build always breaks'); process.exit(3);\n",
+    )
+    .expect("write");
+    std::fs::write(
+        src.join("server.js"),
+        "require('http').createServer((q, s) => s.end('never')).listen(+process.env.PORT);\n",
+    )
+    .expect("write");
+    let port = free_port();
+    // wake_timeout is 60 s here: a request held for a wake would take that long.
+    let path = config(&ws, port, "", "", &app("doomed", &src, ""));
+    let sf = up(&ws, port, &path);
+    assert_eventually!(
+        timeout = Duration::from_secs(120),
+        sf.log_text()
+            .contains("build failed; the app will answer 503"),
+        "the failed build is reported:\n{}",
+        sf.log_text()
+    );
+    // The route says so: the edge answers 503 without holding the request. (A request sent
+    // before the route was updated would still be answered as soon as it is.)
+    let http = sf.client();
+    let took = eventually(
+        Duration::from_secs(15),
+        "a request for the failed app is answered 503",
+        || async {
+            let (status, _, took) = cold_get(&http, "doomed.test", "/").await;
+            (status == 503).then_some(took)
+        },
+    )
+    .await;
+    assert!(
+        took < Duration::from_secs(5),
+        "answered at once, not held for a wake: {took:?}"
+    );
+    let r = http.fetch("doomed.test", "/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.header("retry-after").is_some(),
+        "a 503 says when to retry"
+    );
+    assert!(
+        !r.body.contains("this build always breaks"),
+        "the build's output stays with the operator: {}",
+        r.body
     );
 }
 

@@ -118,6 +118,7 @@ async fn the_edge_serves_through_a_redis_outage_and_catches_up_after() {
             release: None,
             policy: Default::default(),
             external: false,
+            failed: false,
         })
         .await
         .expect("write a route");

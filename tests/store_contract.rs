@@ -97,6 +97,7 @@ fn route(domain: &str, app: &str, release: Option<u64>) -> Route {
         release,
         policy: Default::default(),
         external: false,
+        failed: false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! writing last-access times in batches, and reporting what this edge still has on spinlets
 //! that drain and which upstreams answer.
 
-use crate::routing::RoutingTable;
+use crate::routing::{NoUpstream, RoutingTable};
 use crate::sync::Snapshot;
 use spinforge_state::records::DrainLoad;
 use spinforge_state::stop::CancellationToken;
@@ -144,7 +144,10 @@ struct RecentAnswers {
 impl RecentAnswers {
     fn update(&mut self, table: &RoutingTable, now_ms: u64) -> Vec<(String, u64)> {
         let mut next = HashMap::with_capacity(self.seen.len());
-        for e in table.apps().filter(|e| !e.external) {
+        for e in table
+            .apps()
+            .filter(|e| e.no_upstream != NoUpstream::External)
+        {
             for &addr in e.upstreams.iter() {
                 let Some(count) = e.runtime.loads.answers(addr) else {
                     continue;
@@ -215,7 +218,7 @@ mod tests {
         let p = EdgePolicy::default();
         let ups = HashMap::from([("app".to_string(), vec![a, b])]);
         let table = RoutingTable::build(
-            [("app.test", "app", &p, false)],
+            [("app.test", "app", &p, NoUpstream::Wake)],
             &ups,
             &HashMap::new(),
             &RoutingTable::default(),

@@ -6,7 +6,7 @@ use crate::errors::EdgeError;
 use crate::limits::{self, ClientRates, Gcra, Verdict};
 use crate::metrics::{Gauge, Metrics, method_index};
 use crate::policy;
-use crate::routing::{AppEntry, OpenStream};
+use crate::routing::{AppEntry, NoUpstream, OpenStream};
 use crate::sync::Snapshot;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -164,7 +164,8 @@ impl EdgeProxy {
         }
     }
 
-    /// Holds the request until `host`'s app has an upstream or the wake timeout passes.
+    /// Holds the request until `host`'s app has an upstream or the wake timeout passes, or
+    /// until its route says it failed (`None` at once: nothing would start in time).
     pub(crate) async fn wait_for_wake(
         &self,
         host: &str,
@@ -183,6 +184,11 @@ impl EdgeProxy {
                 // Ask (again, at most once a second per app) for the app to be started.
                 if e.runtime.wake_due(now_ms()) {
                     let _ = self.wakes.try_send(e.name.clone());
+                }
+                if e.no_upstream == NoUpstream::Failed {
+                    // Its build or starts failed: no wake comes in time (the one just asked
+                    // for lets the supervisor retry it after its pause). 503 now, not later.
+                    return None;
                 }
             } else {
                 return None; // the route went away while we waited
@@ -519,7 +525,7 @@ impl ProxyHttp for EdgeProxy {
             None
         };
         entry.runtime.touch(now_ms());
-        if entry.upstreams.is_empty() && entry.external {
+        if entry.upstreams.is_empty() && entry.no_upstream == NoUpstream::External {
             ctx.app = Some(entry);
             // Not ours to start: nothing to wait for.
             answer(session, ctx, EdgeError::UpstreamUnhealthy).await?;

@@ -33,10 +33,35 @@ pub struct AppEntry {
     pub draining: Box<[Draining]>,
     /// Rate limits, size limits, compression, security headers.
     pub policy: Arc<EdgePolicy>,
-    /// A service SpinForge does not run (`upstream:`): never held for, never woken.
-    pub external: bool,
+    /// What a request gets while the app has no upstream.
+    pub no_upstream: NoUpstream,
     /// Counters that outlive table swaps.
     pub runtime: Arc<AppRuntime>,
+}
+
+/// What the edge does with a request for an app that has no upstream right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoUpstream {
+    /// Holds it and asks the supervisor to wake the app (stopped, or still starting).
+    Wake,
+    /// Answers 502 at once: a service SpinForge does not run (`upstream:`), never woken.
+    External,
+    /// Answers 503 at once: the app failed (its build, or its starts) and has nothing to run.
+    /// A wake is still asked for: it is how the supervisor retries a failed app in time.
+    Failed,
+}
+
+impl NoUpstream {
+    /// For a route as the supervisor published it.
+    pub fn of(route: &spinforge_state::records::Route) -> NoUpstream {
+        if route.external {
+            NoUpstream::External
+        } else if route.failed {
+            NoUpstream::Failed
+        } else {
+            NoUpstream::Wake
+        }
+    }
 }
 
 /// Per-app counters kept across snapshots: the next table reuses the previous one's.
@@ -191,11 +216,11 @@ impl AppEntry {
 }
 
 impl RoutingTable {
-    /// Builds a table from `routes` (domain, app, the app's policy, whether the app is external),
+    /// Builds a table from `routes` (domain, app, the app's policy, what it gets without upstream),
     /// `upstreams` (app → addresses) and `draining` (app → spinlets that drain), reusing the
     /// runtimes of `previous` for apps it already had.
     pub fn build<'a>(
-        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy, bool)>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a EdgePolicy, NoUpstream)>,
         upstreams: &HashMap<String, Vec<SocketAddr>>,
         draining: &HashMap<String, Vec<Draining>>,
         previous: &RoutingTable,
@@ -204,7 +229,7 @@ impl RoutingTable {
         // Apps mostly share a few policies (the default above all): one Arc for each distinct
         // one, or the previous table's when unchanged, instead of one copy per app.
         let mut distinct: Vec<Arc<EdgePolicy>> = Vec::new();
-        for (domain, app, policy, external) in routes {
+        for (domain, app, policy, no_upstream) in routes {
             let entry = match table.apps.get(app) {
                 Some(e) => e.clone(),
                 None => {
@@ -253,7 +278,7 @@ impl RoutingTable {
                         upstreams: addrs.into(),
                         draining: drains,
                         policy,
-                        external,
+                        no_upstream,
                         runtime,
                     });
                     table.apps.insert(name, e.clone());
@@ -369,7 +394,10 @@ mod tests {
         let p = EdgePolicy::default();
         let ups = HashMap::from([("a".to_string(), vec![addr("127.0.0.1:3001")])]);
         let t = RoutingTable::build(
-            [("a.test", "a", &p, false), ("*.b.test", "b", &p, false)],
+            [
+                ("a.test", "a", &p, NoUpstream::Wake),
+                ("*.b.test", "b", &p, NoUpstream::Wake),
+            ],
             &ups,
             &HashMap::new(),
             &RoutingTable::default(),
@@ -391,9 +419,9 @@ mod tests {
         let copy = default.clone();
         let t = RoutingTable::build(
             [
-                ("a.test", "a", &default, false),
-                ("b.test", "b", &strict, false),
-                ("c.test", "c", &copy, false),
+                ("a.test", "a", &default, NoUpstream::Wake),
+                ("b.test", "b", &strict, NoUpstream::Wake),
+                ("c.test", "c", &copy, NoUpstream::Wake),
             ],
             &HashMap::new(),
             &HashMap::new(),
@@ -406,8 +434,8 @@ mod tests {
         // A rebuild keeps an unchanged app's policy, and a changed one gets its new one.
         let t2 = RoutingTable::build(
             [
-                ("a.test", "a", &default, false),
-                ("b.test", "b", &default, false),
+                ("a.test", "a", &default, NoUpstream::Wake),
+                ("b.test", "b", &default, NoUpstream::Wake),
             ],
             &HashMap::new(),
             &HashMap::new(),
@@ -427,14 +455,17 @@ mod tests {
     fn runtimes_survive_rebuilds() {
         let p = EdgePolicy::default();
         let t1 = RoutingTable::build(
-            [("a.test", "a", &p, false)],
+            [("a.test", "a", &p, NoUpstream::Wake)],
             &HashMap::new(),
             &HashMap::new(),
             &RoutingTable::default(),
         );
         t1.lookup("a.test").expect("a").runtime.touch(42);
         let t2 = RoutingTable::build(
-            [("a.test", "a", &p, false), ("www.a.test", "a", &p, false)],
+            [
+                ("a.test", "a", &p, NoUpstream::Wake),
+                ("www.a.test", "a", &p, NoUpstream::Wake),
+            ],
             &HashMap::new(),
             &HashMap::new(),
             &t1,
@@ -455,7 +486,7 @@ mod tests {
         };
         let drains = HashMap::from([("a".to_string(), vec![drain(3000), drain(3001)])]);
         let t = RoutingTable::build(
-            [("a.test", "a", &p, false)],
+            [("a.test", "a", &p, NoUpstream::Wake)],
             &ups,
             &drains,
             &RoutingTable::default(),

@@ -7,8 +7,8 @@
 //! and keeps the last routes and upstreams for what it lacks — a route the store has not got
 //! back yet is not a route that was removed — and reloads again soon.
 
-use crate::routing::RoutingTable;
 use crate::routing::drain::Draining;
+use crate::routing::{NoUpstream, RoutingTable};
 use arc_swap::ArcSwap;
 use spinforge_state::records::{Drain, Route};
 use spinforge_state::stop::CancellationToken;
@@ -165,7 +165,7 @@ impl Model {
         RoutingTable::build(
             self.routes
                 .iter()
-                .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy, r.external)),
+                .map(|(d, r)| (d.as_str(), r.app.as_str(), &r.policy, NoUpstream::of(r))),
             &self.upstreams,
             &self.draining,
             previous,
@@ -304,6 +304,7 @@ mod tests {
             release: None,
             policy: Default::default(),
             external: false,
+            failed: false,
         }
     }
 

@@ -19,6 +19,11 @@ pub struct Route {
     /// for it or asks to wake it; with no healthy upstream it answers 502 at once.
     #[serde(default, skip_serializing_if = "is_false")]
     pub external: bool,
+    /// The app failed (its build, with no release built before, or its starts) and has nothing
+    /// to run until the supervisor retries it: the edge answers 503 at once instead of holding
+    /// the request for a wake that cannot come in time.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failed: bool,
 }
 
 fn is_false(b: &bool) -> bool {

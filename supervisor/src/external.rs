@@ -214,6 +214,7 @@ impl ExternalTask {
                 release: None,
                 policy: self.app.policy.clone(),
                 external: true,
+                failed: false,
             })
             .collect();
         self.publisher.external(&record, &routes).await;

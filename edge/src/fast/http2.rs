@@ -20,8 +20,8 @@ use crate::errors::EdgeError;
 use crate::metrics::method_index;
 use crate::policy::{self, Forward, RequestBody, ResponseBody};
 use crate::proxy::{AccessLine, log_access};
-use crate::routing::AppEntry;
 use crate::routing::drain::{self, EventEnds};
+use crate::routing::{AppEntry, NoUpstream};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -305,7 +305,7 @@ impl Stream {
         entry.runtime.touch(now_ms());
         let app = if !entry.upstreams.is_empty() {
             entry
-        } else if entry.external {
+        } else if entry.no_upstream == NoUpstream::External {
             refuse!(EdgeError::UpstreamUnhealthy)
         } else {
             let waited = Instant::now();

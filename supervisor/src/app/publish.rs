@@ -54,6 +54,7 @@ pub fn view(
                 release: current,
                 policy: config.policy.clone(),
                 external: false,
+                failed: state == "failed",
             })
             .collect(),
     }
