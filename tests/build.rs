@@ -48,6 +48,21 @@ fn up(ws: &Workspace, port: u16, path: &Path) -> Spinforge {
     Spinforge::start_env(ws, "up", path, Some(([127, 0, 0, 1], port).into()), ENV)
 }
 
+/// An app in `ws/src` whose build runs `build_js` (`node build.js`) and whose start runs
+/// `server_js` (`node server.js`).
+fn scripted_app(ws: &Workspace, build_js: &str, server_js: &str) -> PathBuf {
+    let src = ws.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(
+        src.join("package.json"),
+        r#"{"name":"scripted","private":true,"scripts":{"build":"node build.js","start":"node server.js"}}"#,
+    )
+    .expect("write");
+    std::fs::write(src.join("build.js"), build_js).expect("write");
+    std::fs::write(src.join("server.js"), server_js).expect("write");
+    src
+}
+
 fn release_dir(ws: &Workspace, app: &str, n: u64) -> PathBuf {
     ws.data_dir()
         .join("apps")
@@ -473,23 +488,11 @@ async fn remix_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_build_leaves_the_old_release_serving() {
     let ws = Workspace::new();
-    let src = ws.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(
-        src.join("package.json"),
-        r#"{"name":"b","private":true,"scripts":{"build":"node build.js","start":"node server.js"}}"#,
-    )
-    .expect("write");
-    std::fs::write(
-        src.join("build.js"),
+    let src = scripted_app(
+        &ws,
         "require('fs').writeFileSync('built.txt', 'release one');\n",
-    )
-    .expect("write");
-    std::fs::write(
-        src.join("server.js"),
         "const t = require('fs').readFileSync(__dirname + '/built.txt', 'utf8');\nrequire('http').createServer((q, s) => s.end(t)).listen(+process.env.PORT, process.env.HOST);\n",
-    )
-    .expect("write");
+    );
     let port = free_port();
     let path = config(&ws, port, "", "", &app("keeper", &src, ""));
     let mut sf = up(&ws, port, &path);
@@ -538,23 +541,11 @@ async fn a_broken_build_leaves_the_old_release_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_whose_first_build_fails_answers_503_at_once_not_after_the_wake_timeout() {
     let ws = Workspace::new();
-    let src = ws.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    std::fs::write(
-        src.join("package.json"),
-        r#"{"name":"f","private":true,"scripts":{"build":"node build.js","start":"node server.js"}}"#,
-    )
-    .expect("write");
-    std::fs::write(
-        src.join("build.js"),
+    let src = scripted_app(
+        &ws,
         "console.error('this build always breaks'); process.exit(3);\n",
-    )
-    .expect("write");
-    std::fs::write(
-        src.join("server.js"),
         "require('http').createServer((q, s) => s.end('never')).listen(+process.env.PORT);\n",
-    )
-    .expect("write");
+    );
     let port = free_port();
     // wake_timeout is 60 s here: a request held for a wake would take that long.
     let path = config(&ws, port, "", "", &app("doomed", &src, ""));

@@ -164,13 +164,44 @@ impl EdgeProxy {
         }
     }
 
-    /// Holds the request until `host`'s app has an upstream or the wake timeout passes, or
-    /// until its route says it failed (`None` at once: nothing would start in time).
-    pub(crate) async fn wait_for_wake(
+    /// `entry` when it has an upstream; else what its route says ([`NoUpstream`]): a `502`
+    /// for a service SpinForge does not run, a `503` for a failed app or one that did not
+    /// wake in time, or the woken app with how long the request waited (counted once in the
+    /// app's cold-start metric). Both front ends call this before choosing an upstream.
+    pub(crate) async fn ready_upstream(
         &self,
         host: &str,
-        entry: &AppEntry,
-    ) -> Option<Arc<AppEntry>> {
+        entry: &Arc<AppEntry>,
+    ) -> Result<Ready, EdgeError> {
+        if !entry.upstreams.is_empty() {
+            return Ok(Ready {
+                app: entry.clone(),
+                cold_start: None,
+            });
+        }
+        if entry.no_upstream == NoUpstream::External {
+            return Err(EdgeError::UpstreamUnhealthy); // not ours to start: nothing to wait for
+        }
+        let started = Instant::now();
+        let Some(woken) = self.wait_for_wake(host, entry).await else {
+            tracing::debug!(%host, app = %entry.name, "cold app did not come up in time");
+            return Err(EdgeError::Unavailable {
+                retry_after: RETRY_AFTER,
+            });
+        };
+        let waited = started.elapsed();
+        if woken.runtime.claim_cold_start() {
+            woken.runtime.metrics().cold_start(waited);
+        }
+        Ok(Ready {
+            app: woken,
+            cold_start: Some(waited),
+        })
+    }
+
+    /// Holds the request until `host`'s app has an upstream or the wake timeout passes, or
+    /// until its route says it failed (`None` at once: nothing would start in time).
+    async fn wait_for_wake(&self, host: &str, entry: &AppEntry) -> Option<Arc<AppEntry>> {
         let settings = self.settings.load();
         let _held = entry.runtime.try_hold(settings.max_held_requests)?;
         let deadline = tokio::time::Instant::now() + settings.wake_timeout;
@@ -202,6 +233,13 @@ impl EdgeProxy {
             }
         }
     }
+}
+
+/// An app ready for a request ([`EdgeProxy::ready_upstream`]).
+pub(crate) struct Ready {
+    pub app: Arc<AppEntry>,
+    /// How long the request waited for the app to wake, when it had to.
+    pub cold_start: Option<Duration>,
 }
 
 /// The upstream for attempt `attempt` (0 first) of a request whose rotation starts at `first`
@@ -525,41 +563,18 @@ impl ProxyHttp for EdgeProxy {
             None
         };
         entry.runtime.touch(now_ms());
-        if entry.upstreams.is_empty() && entry.no_upstream == NoUpstream::External {
-            ctx.app = Some(entry);
-            // Not ours to start: nothing to wait for.
-            answer(session, ctx, EdgeError::UpstreamUnhealthy).await?;
-            return Ok(true);
-        }
-        if entry.upstreams.is_empty() {
-            let started = Instant::now();
-            match self.wait_for_wake(&host, &entry).await {
-                Some(woken) => {
-                    let waited = started.elapsed();
-                    if woken.runtime.claim_cold_start() {
-                        woken.runtime.metrics().cold_start(waited);
-                    }
-                    ctx.cold_start = Some(waited);
-                    ctx.app = Some(woken);
-                }
-                None => {
-                    tracing::debug!(%host, app = %entry.name, "cold app did not come up in time");
-                    ctx.app = Some(entry);
-                    answer(
-                        session,
-                        ctx,
-                        EdgeError::Unavailable {
-                            retry_after: RETRY_AFTER,
-                        },
-                    )
-                    .await?;
-                    return Ok(true);
-                }
+        match self.ready_upstream(&host, &entry).await {
+            Ok(ready) => {
+                ctx.cold_start = ready.cold_start;
+                ctx.app = Some(ready.app);
+                Ok(false)
             }
-        } else {
-            ctx.app = Some(entry);
+            Err(error) => {
+                ctx.app = Some(entry);
+                answer(session, ctx, error).await?;
+                Ok(true)
+            }
         }
-        Ok(false)
     }
 
     async fn request_body_filter(

@@ -20,8 +20,8 @@ use crate::errors::EdgeError;
 use crate::metrics::method_index;
 use crate::policy::{self, Forward, RequestBody, ResponseBody};
 use crate::proxy::{AccessLine, log_access};
+use crate::routing::AppEntry;
 use crate::routing::drain::{self, EventEnds};
-use crate::routing::{AppEntry, NoUpstream};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -303,25 +303,12 @@ impl Stream {
             refuse!(EdgeError::RateLimited { retry_after: wait })
         }
         entry.runtime.touch(now_ms());
-        let app = if !entry.upstreams.is_empty() {
-            entry
-        } else if entry.no_upstream == NoUpstream::External {
-            refuse!(EdgeError::UpstreamUnhealthy)
-        } else {
-            let waited = Instant::now();
-            match proxy.wait_for_wake(&host, &entry).await {
-                Some(woken) => {
-                    let d = waited.elapsed();
-                    if woken.runtime.claim_cold_start() {
-                        woken.runtime.metrics().cold_start(d);
-                    }
-                    outcome.cold_start = Some(d);
-                    woken
-                }
-                None => refuse!(EdgeError::Unavailable {
-                    retry_after: crate::proxy::RETRY_AFTER
-                }),
+        let app = match proxy.ready_upstream(&host, &entry).await {
+            Ok(ready) => {
+                outcome.cold_start = ready.cold_start;
+                ready.app
             }
+            Err(e) => refuse!(e),
         };
         outcome.app = Some(app.clone());
 
