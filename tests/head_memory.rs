@@ -1,6 +1,10 @@
 //! What a client can make the edge hold in memory with request heads it never finishes (issue
 //! 13, finding 10): no connection buffers more than the largest `limits.headers` of any app,
 //! plain or TLS. Before, heads over 16 KiB went to Pingora, which buffered up to 1 MiB each.
+//!
+//! And what an idle keep-alive connection costs once its request is answered (issue 14): no
+//! read or write buffer stays with it, over TLS (rustls's record buffer) or HTTP/2 (h2's frame
+//! buffers and slabs): the patches in `vendor/` that give them back must be in force.
 
 mod support;
 
@@ -67,13 +71,18 @@ impl PeakRss {
     }
 }
 
-fn config(ws: &Workspace, https: Option<u16>, upstream: SocketAddr) -> (std::path::PathBuf, u16) {
+fn config_with(
+    ws: &Workspace,
+    https: Option<u16>,
+    upstream: SocketAddr,
+    edge_extra: &str,
+) -> (std::path::PathBuf, u16) {
     let port = free_port();
     let https = https
         .map(|p| format!("  listen_https: 127.0.0.1:{p}\n"))
         .unwrap_or_default();
     let yaml = format!(
-        "edge:\n  listen_http: 127.0.0.1:{port}\n{https}  metrics: off\n  grace: 2s\nsupervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n  mem:\n    domains: [mem.localhost]\n    upstream: {upstream}\n    health_check: {{ path: /healthz }}\n",
+        "edge:\n  listen_http: 127.0.0.1:{port}\n{https}  metrics: off\n  grace: 2s\n{edge_extra}supervisor:\n  data_dir: ./data\n  port_range: {}\napps:\n  mem:\n    domains: [mem.localhost]\n    upstream: {upstream}\n    health_check: {{ path: /healthz }}\n",
         port_block()
     );
     (ws.write("spinforge.yaml", &yaml), port)
@@ -135,6 +144,14 @@ fn plain(addr: SocketAddr) -> Box<dyn ReadWrite> {
 
 /// A TLS client that trusts anything (the edge serves `*.localhost` a self-signed certificate).
 fn tls(addr: SocketAddr) -> Box<dyn ReadWrite> {
+    Box::new(tls_with_alpn(addr, &[]))
+}
+
+/// [`tls`], offering the application protocols `alpn` (none: the edge speaks HTTP/1.1).
+fn tls_with_alpn(
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     #[derive(Debug)]
     struct AnyCert;
     impl rustls::client::danger::ServerCertVerifier for AnyCert {
@@ -170,7 +187,7 @@ fn tls(addr: SocketAddr) -> Box<dyn ReadWrite> {
                 .supported_schemes()
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -178,14 +195,24 @@ fn tls(addr: SocketAddr) -> Box<dyn ReadWrite> {
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(AnyCert))
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from("mem.localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("tls client");
-    Box::new(rustls::StreamOwned::new(conn, tcp(addr)))
+    rustls::StreamOwned::new(conn, tcp(addr))
 }
 
 async fn edge_with(ws: &Workspace, https: bool, upstream: &Upstream) -> (Spinforge, u16) {
+    edge_with_extra(ws, https, upstream, "").await
+}
+
+async fn edge_with_extra(
+    ws: &Workspace,
+    https: bool,
+    upstream: &Upstream,
+    edge_extra: &str,
+) -> (Spinforge, u16) {
     let https_port = https.then(free_port);
-    let (path, port) = config(ws, https_port, upstream.addr);
+    let (path, port) = config_with(ws, https_port, upstream.addr, edge_extra);
     let sf = Spinforge::start(ws, "up", &path, Some(([127, 0, 0, 1], port).into()));
     let http = sf.client();
     eventually(
@@ -257,4 +284,158 @@ async fn unfinished_heads_over_tls_cost_at_most_the_header_limit_per_connection(
         .expect("clients");
     check("tls", &answers, before, peak.finish());
     assert_eq!(upstream.requests(), served, "nothing reached the app");
+}
+
+/// Idle connections opened of each kind: enough that the per-connection figure is not the
+/// allocator's noise, few enough for the test's file descriptors and a debug build's speed.
+const IDLE: usize = 300;
+/// What one idle connection may hold, in bytes of the edge's resident memory (debug build).
+/// With upstream rustls and h2 (no `vendor/` patches) one held about 14.2 KB (TLS) and 35.1 KB
+/// (HTTP/2); patched, about 10.4 KB and 14.9 KB.
+const IDLE_TLS_LIMIT: u64 = 12 * 1024;
+const IDLE_H2_LIMIT: u64 = 20 * 1024;
+
+/// One HTTP/1.1 request answered whole on `s`, the connection kept open.
+fn h1_get(s: &mut impl ReadWrite) -> bool {
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: mem.localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Ok(n) = s.read(&mut buf) else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text.starts_with("HTTP/1.1 200");
+            }
+        }
+    }
+}
+
+/// One HTTP/2 frame: length, type, flags, stream, payload (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The preface, SETTINGS and one `GET /` on stream 1, read to its END_STREAM (the server's
+/// SETTINGS acknowledged on the way); true if the answer was a 200. The connection stays open.
+fn h2_get(s: &mut impl ReadWrite) -> bool {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 1;
+    const ACK: u8 = 1;
+    // :method GET, :scheme https, :path / (static table), :authority as a literal.
+    let mut block = vec![0x82, 0x87, 0x84, 0x01, b"mem.localhost".len() as u8];
+    block.extend_from_slice(b"mem.localhost");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    out.extend(h2_frame(HEADERS, END_STREAM | 0x4, 1, &block));
+    if s.write_all(&out).is_err() {
+        return false;
+    }
+    let mut ok = false;
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            return false;
+        }
+        // The server's SETTINGS are acknowledged, as a client must.
+        if kind == SETTINGS
+            && flags & ACK == 0
+            && s.write_all(&h2_frame(SETTINGS, ACK, 0, &[])).is_err()
+        {
+            return false;
+        }
+        match kind {
+            // h2 sends `:status: 200` as static table entry 8.
+            HEADERS if stream == 1 => ok = payload.first() == Some(&0x88),
+            GOAWAY => return false,
+            _ => {}
+        }
+        if stream == 1 && (kind == DATA || kind == HEADERS) && flags & END_STREAM != 0 {
+            return ok;
+        }
+    }
+}
+
+/// Opens `IDLE` connections with `open`, each with one request answered; returns them (to be
+/// held open) and the edge's resident memory per connection in bytes.
+fn idle_connections<C: Send>(pid: u32, open: impl Fn() -> Option<C> + Sync) -> (Vec<C>, u64) {
+    let before = rss_kib(pid);
+    let conns: Vec<C> = (0..IDLE).filter_map(|_| open()).collect();
+    assert_eq!(conns.len(), IDLE, "every connection got its 200");
+    // Let the edge finish with every connection (answers flushed, reads pending).
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(pid);
+    let per_connection = after.saturating_sub(before) * 1024 / IDLE as u64;
+    (conns, per_connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_or_http2_connection_holds_no_buffers() {
+    let upstream = Upstream::start("mem").await;
+    let ws = Workspace::new();
+    let (sf, port) =
+        edge_with_extra(&ws, true, &upstream, "  max_connections_per_ip: 10000\n").await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let pid = sf.pid();
+    let (tls_each, h2_each) = tokio::task::spawn_blocking(move || {
+        let tls_h1 = || {
+            let mut s = tls_with_alpn(addr, &[b"http/1.1"]);
+            h1_get(&mut s).then_some(s)
+        };
+        let tls_h2 = || {
+            let mut s = tls_with_alpn(addr, &[b"h2"]);
+            h2_get(&mut s).then_some(s)
+        };
+        // Warm up: threads, session caches and the upstream pool exist before the count starts.
+        for _ in 0..32 {
+            assert!(tls_h1().is_some() && tls_h2().is_some(), "warm-up answered");
+        }
+        let (held_tls, tls_each) = idle_connections(pid, tls_h1);
+        let (held_h2, h2_each) = idle_connections(pid, tls_h2);
+        drop((held_tls, held_h2));
+        (tls_each, h2_each)
+    })
+    .await
+    .expect("clients");
+    eprintln!("idle connection, resident bytes each: TLS {tls_each}, HTTP/2 over TLS {h2_each}");
+    assert!(
+        tls_each <= IDLE_TLS_LIMIT,
+        "an idle TLS connection holds {tls_each} B (limit {IDLE_TLS_LIMIT}): is vendor/rustls's patch in force?"
+    );
+    assert!(
+        h2_each <= IDLE_H2_LIMIT,
+        "an idle HTTP/2 connection holds {h2_each} B (limit {IDLE_H2_LIMIT}): is vendor/h2's patch in force?"
+    );
 }

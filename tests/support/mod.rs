@@ -21,13 +21,26 @@ pub const EVENTUALLY: Duration = Duration::from_secs(10);
 /// How often they look again.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test is about to start.
+///
+/// Taken from 10000–19999, below the kernel's ephemeral range (32768–60999 by default; spinlets
+/// get 20000 and up, see `port_block`), so that no outgoing connection — a test's clients hold
+/// hundreds — can be given it as its source port before the server binds it. A process hands
+/// its ports out in turn, from a start that depends on its id, skipping any that are taken.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local address of an ephemeral listener")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % COUNT) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}-{}", FIRST + COUNT - 1);
 }
 
 /// A TCP port on 127.0.0.1 that refuses connections for as long as this lives: the socket is
