@@ -822,6 +822,35 @@ async fn cli_deploys_a_folder_serves_it_through_the_edge_and_rolls_back() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("site: now serving release {release1}\n"));
+    // `releases` lists both, newest first: the first serves again, pinned by the rollback.
+    let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["releases", "site"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_ne!(rows[0][0], release1.to_string(), "newest first:\n{out}");
+    assert_eq!(rows[0][1], "-", "{out}");
+    assert_eq!(
+        rows[1][..2],
+        [release1.to_string().as_str(), "serving, pinned"],
+        "{out}"
+    );
+    assert!(rows.iter().all(|r| r[2].ends_with(" ago")), "{out}");
+    let (code, out, err) = cli(&admin, ADMIN_TOKEN, &["releases", "site", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed[1]["release"], release1, "{out}");
+    assert_eq!(listed[1]["current"], true, "{out}");
+    let (code, _, err) = cli(&admin, ADMIN_TOKEN, &["releases", "nope"]);
+    assert_eq!(code, 1, "no such app: {err}");
     let api = Api::new(sf.admin.unwrap());
     assert_eq!(
         api.get("/api/v1/apps/site").await.json()["current_release"],

@@ -1,5 +1,5 @@
-//! The client commands: `deploy`, `apps`, `status`, `logs`, `rollback`, `start`, `stop`,
-//! `restart`, `reload`, talking to a running SpinForge's admin API (`SPINFORGE_ADMIN_URL`,
+//! The client commands: `deploy`, `apps`, `status`, `logs`, `releases`, `rollback`, `start`,
+//! `stop`, `restart`, `reload`, talking to a running SpinForge's admin API (`SPINFORGE_ADMIN_URL`,
 //! `SPINFORGE_TOKEN`).
 //!
 //! Exit codes: 0 done; 1 the operation failed (refused, build failed, not found); 2 usage (bad
@@ -24,6 +24,9 @@ pub enum ClientCmd {
     Status(JsonArg),
     /// Print an app's log; `-f` follows it.
     Logs(LogsArgs),
+    /// List an app's kept releases, newest first: which one serves, which a rollback pinned,
+    /// when and from what each was built.
+    Releases(ReleasesArgs),
     /// Serve an earlier release again (default: the one before the current).
     Rollback(RollbackArgs),
     /// Start an app's spinlets now.
@@ -66,9 +69,17 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ReleasesArgs {
+    app: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     app: String,
-    /// The release number (see `spinforge apps`); default: the one before the current.
+    /// The release number (see `spinforge releases APP`); default: the one before the current.
     release: Option<u64>,
 }
 
@@ -118,6 +129,7 @@ pub fn run(cmd: ClientCmd) -> ExitCode {
             ClientCmd::Apps(a) => show::apps(&client, a.json).await,
             ClientCmd::Status(a) => show::status(&client, a.json).await,
             ClientCmd::Logs(a) => show::logs(&client, &a.app, a.follow, a.lines, a.raw).await,
+            ClientCmd::Releases(a) => show::releases(&client, &a.app, a.json).await,
             ClientCmd::Rollback(a) => show::rollback(&client, &a.app, a.release).await,
             ClientCmd::Start(a) => show::lifecycle(&client, &a.app, "start").await,
             ClientCmd::Stop(a) => show::lifecycle(&client, &a.app, "stop").await,

@@ -1,4 +1,4 @@
-//! `apps`, `status`, `logs`, `rollback`, `start|stop|restart`: aligned tables on stdout (or
+//! `apps`, `status`, `logs`, `releases`, `rollback`, `start|stop|restart`: aligned tables on stdout (or
 //! JSON), log lines as they come.
 
 use super::client::{Client, read_events};
@@ -93,10 +93,7 @@ pub async fn status(client: &Client, as_json: bool) -> Result<(), Failure> {
             &json!({ "apps": apps, "spinlets": spinlets, "certs": certs }),
         ));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = now_ms();
     let spinlet_rows: Vec<Vec<String>> = list(&spinlets)
         .iter()
         .map(|s| {
@@ -193,6 +190,68 @@ pub async fn logs(
     Ok(())
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn releases_table(releases: &Value, now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list(releases)
+        .iter()
+        .map(|r| {
+            let state = match (r["current"] == true, r["pinned"] == true) {
+                (true, true) => "serving, pinned",
+                (true, false) => "serving",
+                (false, true) => "pinned",
+                (false, false) => "-",
+            };
+            let built = r["created_ms"]
+                .as_u64()
+                .map(|t| format!("{} ago", duration(now_ms.saturating_sub(t) / 1000)))
+                .unwrap_or_else(|| "-".into());
+            let commit = r["source_commit"]
+                .as_str()
+                .map(|c| c.chars().take(12).collect())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                text(&r["release"]),
+                state.into(),
+                built,
+                text(&r["framework"]),
+                text(&r["source"]),
+                commit,
+                text(&r["build_id"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RELEASE",
+            "STATE",
+            "BUILT",
+            "FRAMEWORK",
+            "SOURCE",
+            "COMMIT",
+            "BUILD",
+        ],
+        &rows,
+    )
+}
+
+pub async fn releases(client: &Client, app: &str, as_json: bool) -> Result<(), Failure> {
+    app_name(app)?;
+    let releases = client
+        .get_json(&format!("/api/v1/apps/{app}/releases"))
+        .await?;
+    out(&if as_json {
+        pretty(&releases)
+    } else {
+        releases_table(&releases, now_ms())
+    })
+}
+
 pub async fn rollback(client: &Client, app: &str, release: Option<u64>) -> Result<(), Failure> {
     app_name(app)?;
     let body = release.map(|r| json!({ "release": r }));
@@ -274,5 +333,54 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME    X\na       1\nlonger  22\n");
+    }
+
+    #[test]
+    fn releases_say_which_serves_which_is_pinned_and_when_each_was_built() {
+        let releases = json!([
+            {"release": 3, "current": false, "pinned": false, "framework": "express",
+             "source": "https://example.com/shop.git#main",
+             "source_commit": "0123456789abcdef0123", "build_id": "shop-3", "created_ms": 940_000},
+            {"release": 2, "current": true, "pinned": true, "framework": "express",
+             "source": "upload", "source_commit": null, "build_id": "shop-2",
+             "created_ms": 400_000},
+            {"release": 1, "current": false, "pinned": false, "framework": null, "source": null,
+             "source_commit": null, "build_id": null, "created_ms": null},
+        ]);
+        let t = releases_table(&releases, 1_000_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("RELEASE  STATE"), "{t}");
+        fn cells(l: &str) -> Vec<&str> {
+            l.split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect()
+        }
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "3",
+                "-",
+                "60s ago",
+                "express",
+                "https://example.com/shop.git#main",
+                "0123456789ab",
+                "shop-3"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "2",
+                "serving, pinned",
+                "10m ago",
+                "express",
+                "upload",
+                "-",
+                "shop-2"
+            ]
+        );
+        assert_eq!(cells(lines[3]), ["1", "-", "-", "-", "-", "-", "-"]);
     }
 }
