@@ -71,7 +71,7 @@ impl PeakRss {
     }
 }
 
-fn config_with(
+fn config(
     ws: &Workspace,
     https: Option<u16>,
     upstream: SocketAddr,
@@ -201,18 +201,15 @@ fn tls_with_alpn(
     rustls::StreamOwned::new(conn, tcp(addr))
 }
 
-async fn edge_with(ws: &Workspace, https: bool, upstream: &Upstream) -> (Spinforge, u16) {
-    edge_with_extra(ws, https, upstream, "").await
-}
-
-async fn edge_with_extra(
+/// `edge_extra`: more lines under `edge:` (indented two spaces, each ending in a newline).
+async fn edge_with(
     ws: &Workspace,
     https: bool,
     upstream: &Upstream,
     edge_extra: &str,
 ) -> (Spinforge, u16) {
     let https_port = https.then(free_port);
-    let (path, port) = config_with(ws, https_port, upstream.addr, edge_extra);
+    let (path, port) = config(ws, https_port, upstream.addr, edge_extra);
     let sf = Spinforge::start(ws, "up", &path, Some(([127, 0, 0, 1], port).into()));
     let http = sf.client();
     eventually(
@@ -247,7 +244,7 @@ fn check(kind: &str, answers: &[String], before: u64, peak: u64) {
 async fn unfinished_heads_cost_at_most_the_header_limit_per_connection() {
     let upstream = Upstream::start("mem").await;
     let ws = Workspace::new();
-    let (sf, port) = edge_with(&ws, false, &upstream).await;
+    let (sf, port) = edge_with(&ws, false, &upstream, "").await;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let served = upstream.requests();
     let before = rss_kib(sf.pid());
@@ -263,7 +260,7 @@ async fn unfinished_heads_cost_at_most_the_header_limit_per_connection() {
 async fn unfinished_heads_over_tls_cost_at_most_the_header_limit_per_connection() {
     let upstream = Upstream::start("mem").await;
     let ws = Workspace::new();
-    let (sf, port) = edge_with(&ws, true, &upstream).await;
+    let (sf, port) = edge_with(&ws, true, &upstream, "").await;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let served = upstream.requests();
     // The handshakes' own memory (session caches, buffers) is not what is measured: warm up.
@@ -329,33 +326,26 @@ fn h1_get(s: &mut impl ReadWrite) -> bool {
     }
 }
 
-/// One HTTP/2 frame: length, type, flags, stream, payload (RFC 9113 §4.1).
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// The preface, SETTINGS and one `GET /` on stream 1, read to its END_STREAM (the server's
 /// SETTINGS acknowledged on the way); true if the answer was a 200. The connection stays open.
 fn h2_get(s: &mut impl ReadWrite) -> bool {
-    const DATA: u8 = 0;
-    const HEADERS: u8 = 1;
-    const SETTINGS: u8 = 4;
-    const GOAWAY: u8 = 7;
-    const END_STREAM: u8 = 1;
-    const ACK: u8 = 1;
-    // :method GET, :scheme https, :path / (static table), :authority as a literal.
-    let mut block = vec![0x82, 0x87, 0x84, 0x01, b"mem.localhost".len() as u8];
-    block.extend_from_slice(b"mem.localhost");
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
-    out.extend(h2_frame(HEADERS, END_STREAM | 0x4, 1, &block));
+    use support::h2wire::{
+        ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, SETTINGS, encode_fields,
+        frame,
+    };
+    let block = encode_fields(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", "/"),
+        (":authority", "mem.localhost"),
+    ]);
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
     if s.write_all(&out).is_err() {
         return false;
     }
+    let mut fields = support::h2wire::Decoder::default();
     let mut ok = false;
     loop {
         let mut head = [0u8; 9];
@@ -372,13 +362,17 @@ fn h2_get(s: &mut impl ReadWrite) -> bool {
         // The server's SETTINGS are acknowledged, as a client must.
         if kind == SETTINGS
             && flags & ACK == 0
-            && s.write_all(&h2_frame(SETTINGS, ACK, 0, &[])).is_err()
+            && s.write_all(&frame(SETTINGS, ACK, 0, &[])).is_err()
         {
             return false;
         }
         match kind {
-            // h2 sends `:status: 200` as static table entry 8.
-            HEADERS if stream == 1 => ok = payload.first() == Some(&0x88),
+            HEADERS if stream == 1 => {
+                ok = fields.decode(&payload).is_ok_and(|f| {
+                    f.iter()
+                        .any(|(n, v)| n.as_slice() == b":status" && v.as_slice() == b"200")
+                })
+            }
             GOAWAY => return false,
             _ => {}
         }
@@ -405,8 +399,7 @@ fn idle_connections<C: Send>(pid: u32, open: impl Fn() -> Option<C> + Sync) -> (
 async fn an_idle_tls_or_http2_connection_holds_no_buffers() {
     let upstream = Upstream::start("mem").await;
     let ws = Workspace::new();
-    let (sf, port) =
-        edge_with_extra(&ws, true, &upstream, "  max_connections_per_ip: 10000\n").await;
+    let (sf, port) = edge_with(&ws, true, &upstream, "  max_connections_per_ip: 10000\n").await;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let pid = sf.pid();
     let (tls_each, h2_each) = tokio::task::spawn_blocking(move || {
