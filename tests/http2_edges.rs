@@ -15,7 +15,9 @@
 //!   HTTP/2 load loses no request: every request is answered, or refused in a way RFC 9113 §8.7
 //!   says was not processed (and retried);
 //! - interoperation: h2load over h2c and over TLS (all 2xx), curl with `--http2` and
-//!   `--http2-prior-knowledge`.
+//!   `--http2-prior-knowledge`;
+//! - Huffman-coded fields (the patched `h2` decoder's buffer, vendor/h2): long, repeated on
+//!   one connection, and invalid (the connection ends, no app sees the request).
 
 mod support;
 
@@ -603,6 +605,142 @@ async fn an_idle_connection_is_closed_after_its_first_request_too() {
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
         "closed {idle:?} after the answer (keepalive_timeout: 1s)"
     );
+}
+
+/// What came back on `stream`: its `:status` and body, or how it ended otherwise (`GOAWAY
+/// <reason>`, `RST <reason>`, `closed`, `timeout`).
+async fn h2wire_answer(c: &mut h2wire::Client, stream: u32) -> Result<(String, Vec<u8>), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (mut status, mut body) = (String::new(), Vec::new());
+    loop {
+        match c.next(deadline).await {
+            Next::Frame(Frame::Headers {
+                stream: s,
+                fields,
+                end,
+            }) if s == stream => {
+                if let Some((_, v)) = fields.iter().find(|(n, _)| n.as_slice() == b":status") {
+                    status = String::from_utf8_lossy(v).into_owned();
+                }
+                if end {
+                    return Ok((status, body));
+                }
+            }
+            Next::Frame(Frame::Data {
+                stream: s,
+                data,
+                end,
+            }) if s == stream => {
+                body.extend_from_slice(&data);
+                if end {
+                    return Ok((status, body));
+                }
+            }
+            Next::Frame(Frame::Rst { stream: s, code }) if s == stream => {
+                return Err(format!("RST {}", h2wire::reason(code)));
+            }
+            Next::Frame(Frame::GoAway { code, .. }) => {
+                return Err(format!("GOAWAY {}", h2wire::reason(code)));
+            }
+            Next::Frame(_) => {}
+            Next::Closed => return Err("closed".into()),
+            Next::Timeout => return Err("timeout".into()),
+        }
+    }
+}
+
+/// Huffman-coded header strings are what browsers send, and what the `h2` crate's decoder
+/// (vendor/h2: its buffer is now made per field block and given back after it) turns back into
+/// bytes: a string longer than the buffer's first 4 KB, the next block on the same connection
+/// after the buffer was given back, then a block whose Huffman string is not valid, which must
+/// end the connection with a GOAWAY and reach no app; a new connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huffman_coded_fields_long_repeated_or_invalid_are_decoded_or_refused() {
+    use h2wire::{END_HEADERS, END_STREAM, HEADERS, frame, huffman_decode, huffman_encode};
+    // The encoder against RFC 7541 C.4.1, and back.
+    let www = huffman_encode(b"www.example.com");
+    assert_eq!(
+        www,
+        [
+            0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff
+        ]
+    );
+    assert_eq!(huffman_decode(&www).expect("decodes"), b"www.example.com");
+
+    let upstream = Upstream::start().await;
+    let ws = Workspace::new();
+    let edge = up(&ws, &upstream, "2s").await;
+    let block = |path: &str, huffman: bool| {
+        let mut b = Vec::new();
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", HOST),
+            (":path", path),
+            ("user-agent", "huffman-test/1.0"),
+        ] {
+            let (n, v) = if huffman {
+                (huffman_encode(n.as_bytes()), huffman_encode(v.as_bytes()))
+            } else {
+                (n.as_bytes().to_vec(), v.as_bytes().to_vec())
+            };
+            b.extend(h2wire::literal_field(&n, &v, huffman));
+        }
+        b
+    };
+    let mut c = h2wire::Client::connect(edge.http, &[], 1 << 20)
+        .await
+        .expect("connect");
+    // 6,000 bytes once decoded ('a' is 5 bits: 3,750 on the wire).
+    let long = format!("/huff/{}", "a".repeat(6000));
+    for (stream, path) in [(1, long.as_str()), (3, "/huff/two"), (5, "/huff/three")] {
+        let b = block(path, true);
+        c.send_raw(&frame(HEADERS, END_STREAM | END_HEADERS, stream, &b))
+            .await
+            .expect("send");
+        let (status, body) = h2wire_answer(&mut c, stream).await.expect(path);
+        assert_eq!(status, "200", "{path}");
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("saw {path}\n"),
+            "the path reached the app decoded"
+        );
+    }
+    // A Huffman string of one byte 0x00: '0' (5 bits) and 3 bits of padding that are not ones.
+    let mut bad = block("/huff/bad", false);
+    bad.extend(h2wire::literal_field(b"x-bad", &[0x00], true));
+    c.send_raw(&frame(HEADERS, END_STREAM | END_HEADERS, 7, &bad))
+        .await
+        .expect("send");
+    // The connection ends with a GOAWAY. The h2 crate gives every failed HPACK decode
+    // PROTOCOL_ERROR where RFC 9113 §4.3 says COMPRESSION_ERROR; either closes the connection.
+    let ended = h2wire_answer(&mut c, 7).await;
+    assert!(
+        matches!(&ended, Err(e) if e == "GOAWAY PROTOCOL_ERROR" || e == "GOAWAY COMPRESSION_ERROR"),
+        "{ended:?}"
+    );
+    assert!(
+        upstream.carrying("/huff/bad").is_empty(),
+        "the refused block reached no app"
+    );
+    // The canary: a new connection, Huffman-coded, is served.
+    let mut c = h2wire::Client::connect(edge.http, &[], 1 << 20)
+        .await
+        .expect("connect");
+    c.send_raw(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &block("/huff/after", true),
+    ))
+    .await
+    .expect("send");
+    let (status, body) = h2wire_answer(&mut c, 1).await.expect("after");
+    assert_eq!(
+        (status.as_str(), body.as_slice()),
+        ("200", &b"saw /huff/after\n"[..])
+    );
+    drop(edge);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,12 +166,41 @@ fn put_int(out: &mut Vec<u8>, first: u8, n: u8, mut value: usize) {
 pub fn encode_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(N, V)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
-        let (name, value) = (name.as_ref(), value.as_ref());
-        out.push(0x00);
-        put_int(&mut out, 0, 7, name.len());
-        out.extend_from_slice(name);
-        put_int(&mut out, 0, 7, value.len());
-        out.extend_from_slice(value);
+        out.extend(literal_field(name.as_ref(), value.as_ref(), false));
+    }
+    out
+}
+
+/// One literal field without indexing (RFC 7541 §6.2.2) whose name and value strings are sent
+/// as given, both marked Huffman-coded when `huffman`: strings from [`huffman_encode`] make a
+/// field any decoder reads; other bytes, one it must refuse.
+pub fn literal_field(name: &[u8], value: &[u8], huffman: bool) -> Vec<u8> {
+    let h = if huffman { 0x80 } else { 0 };
+    let mut out = vec![0x00];
+    put_int(&mut out, h, 7, name.len());
+    out.extend_from_slice(name);
+    put_int(&mut out, h, 7, value.len());
+    out.extend_from_slice(value);
+    out
+}
+
+/// `src` Huffman-coded (RFC 7541 §5.2, Appendix B), padded with ones to a whole byte.
+pub fn huffman_encode(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for &b in src {
+        let len = u32::from(HUFFMAN_LENGTHS[b as usize]);
+        acc = (acc << len) | u64::from(HUFFMAN_CODES[b as usize]);
+        bits += len;
+        while bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        let pad = 8 - bits;
+        out.push(((acc << pad) | ((1 << pad) - 1)) as u8);
     }
     out
 }
