@@ -3,13 +3,18 @@
 
 usage: idle_conns.py HTTP_PORT HTTPS_PORT PLAIN_HOST TLS_HOST N SETTLE PID [PID...]
 
-Three phases, cumulative (the connections of a phase stay open through the later ones, so a
-phase's connections cannot reuse memory that an earlier phase freed):
+Four phases, cumulative (the connections of a phase stay open through the later ones, so a
+phase's connections cannot reuse memory that an earlier phase's connections still hold):
   plain  N connections over plain TCP, each with one HTTP/1.1 `GET /` (Host: PLAIN_HOST)
          answered, then idle
   tls    N connections over TLS (SNI and Host TLS_HOST, ALPN http/1.1), one `GET /` each, then idle
   h2     N connections over TLS with ALPN h2: the preface, SETTINGS, one GET on stream 1 read to
          its end (the server's SETTINGS acknowledged), then idle
+  plain+ N more plain connections as in `plain`, once all the others are idle: what holding
+         idle plain connections costs a server that has some already. A server that gives an
+         idle connection's memory back to its allocator (SpinForge parks them: the task and its
+         buffers go) shows it here, where the first phase saw the peak of N connections being
+         answered at once; for one that does not, the two phases agree.
 Before and SETTLE seconds after each phase, the memory of the PIDs and of their children
 (NGINX's workers) is summed, as RSS and as PSS (proportional set size: a page shared by k of
 the processes counts 1/k in each; unlike RSS, it grows when a forked worker writes to a page it
@@ -164,8 +169,10 @@ def main():
         float(sys.argv[6]))
     pids = {int(p) for p in sys.argv[7:]}
     held = []
-    for mode, port, host in (("plain", http_port, plain_host), ("tls", https_port, tls_host),
-                             ("h2", https_port, tls_host)):
+    for phase, mode, port, host in (("plain", "plain", http_port, plain_host),
+                                    ("tls", "tls", https_port, tls_host),
+                                    ("h2", "h2", https_port, tls_host),
+                                    ("plain+", "plain", http_port, plain_host)):
         before = memory_kb(pids)
         for i in range(n):
             try:
@@ -175,7 +182,7 @@ def main():
                 sys.exit(1)
         time.sleep(settle)
         after = memory_kb(pids)
-        print(mode, " ".join(f"{before[i]} {after[i]} {(after[i] - before[i]) * 1024 / n:.0f}"
+        print(phase, " ".join(f"{before[i]} {after[i]} {(after[i] - before[i]) * 1024 / n:.0f}"
                              for i in (0, 1)), flush=True)
     print(f"alive {sum(alive(m, s) for m, s in held)} of {len(held)}", flush=True)
     for _, s in held:

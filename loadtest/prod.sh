@@ -32,8 +32,9 @@
 #   8 HTTP/2 over TLS, 20 KB JSON, AE: gzip             h2load -c16 -m10
 #   9 TLS handshakes/s: full TLS 1.3, full TLS 1.2, resumed TLS 1.2, resumed TLS 1.3
 #     (loadtest/tls_handshakes.py, CLIENTS client processes, handshake only)
-#  10 memory per idle keep-alive connection, plain / TLS / HTTP/2 (loadtest/idle_conns.py: IDLE_N
-#     connections of each kind, held together; PSS and RSS of the peer's processes), measured
+#  10 memory per idle keep-alive connection, plain / TLS / HTTP/2 / plain once others idle
+#     (loadtest/idle_conns.py: IDLE_N connections of each kind, held together; PSS and RSS of
+#     the peer's processes), measured
 #     once, before the rounds
 #
 # Before measuring, every peer's answer in every scenario is checked (status 200, protocol,
@@ -513,7 +514,7 @@ for p in peers:
     d = {}
     for line in open(f"{out}/idle-{p}.txt"):
         f = line.split()
-        if f[0] in ("plain", "tls", "h2"):
+        if f[0] in ("plain", "tls", "h2", "plain+"):
             d[f[0]] = [float(x) for x in f[1:7]]  # rss before, after, per conn; pss the same
         elif f[0] == "alive":
             d["alive"] = (int(f[1]), int(f[3]))
@@ -522,17 +523,18 @@ def ratio(x, y):
     return f"{x / y:.2f}" if y >= 256 else "-"
 print(f"""## 10. Memory per idle keep-alive connection
 
-{n} connections of each kind opened one after the other and held together (plain HTTP/1.1, then HTTP/1.1 over TLS, then HTTP/2 over TLS; one `GET /` answered on each, then idle), by `loadtest/idle_conns.py`. Memory of the peer's processes {settle} s after each batch, minus before it, divided by {n}: PSS (each page shared by k of the peer's processes counts 1/k; unlike RSS it sees a forked NGINX worker copying a page it shared with its master), RSS in brackets. Measured once per peer, before any load (fresh processes apart from the checks). NGINX allocates and touches its connection structures for all `worker_connections` (10000 per worker, ~4 MB each) at start, so an idle plain connection costs it little more; ratios to a figure under 256 B are left out (-).
+{n} connections of each kind opened one after the other and held together (plain HTTP/1.1, then HTTP/1.1 over TLS, then HTTP/2 over TLS, then {n} more plain ones once all those idle; one `GET /` answered on each, then idle), by `loadtest/idle_conns.py`. Memory of the peer's processes {settle} s after each batch, minus before it, divided by {n}: PSS (each page shared by k of the peer's processes counts 1/k; unlike RSS it sees a forked NGINX worker copying a page it shared with its master), RSS in brackets. Measured once per peer, before any load (fresh processes apart from the checks). NGINX allocates and touches its connection structures for all `worker_connections` (10000 per worker, ~4 MB each) at start, so an idle plain connection costs it little more; ratios to a figure under 256 B are left out (-). *Plain, more*: the last {n} plain connections, opened once the others idle — the edge parks an idle plain connection after 250 ms (its task and buffers go back to the allocator, the socket stays), so its first plain figure is the peak of {n} being answered at once and this one what holding idle ones costs.
 
-| peer | plain B/conn | TLS B/conn | HTTP/2 B/conn | × nginx (plain / TLS / h2, PSS) | PSS before → with all {3 * n} | still open at the end |
-| --- | ---: | ---: | ---: | --- | --- | --- |""")
+| peer | plain B/conn | TLS B/conn | HTTP/2 B/conn | plain, more B/conn | × nginx (plain / TLS / h2 / plain, more; PSS) | PSS before → with all {4 * n} | still open at the end |
+| --- | ---: | ---: | ---: | ---: | --- | --- | --- |""")
+kinds = ("plain", "tls", "h2", "plain+")
 for p in peers:
     d, base = data[p], data["nginx"]
-    cells = [f"{d[k][5]:,.0f} ({d[k][2]:,.0f})" for k in ("plain", "tls", "h2")]
-    ratios = " / ".join(ratio(d[k][5], base[k][5]) for k in ("plain", "tls", "h2"))
+    cells = [f"{d[k][5]:,.0f} ({d[k][2]:,.0f})" for k in kinds]
+    ratios = " / ".join(ratio(d[k][5], base[k][5]) for k in kinds)
     alive, total = d["alive"]
     alive_note = f"{alive} of {total}" if alive == total else f"**{alive} of {total}: the peer closed some; its figures are low**"
-    print(f"| {p} | {' | '.join(cells)} | {ratios} | {d['plain'][3] / 1024:.1f} → {d['h2'][4] / 1024:.1f} MB | {alive_note} |")
+    print(f"| {p} | {' | '.join(cells)} | {ratios} | {d['plain'][3] / 1024:.1f} → {d['plain+'][4] / 1024:.1f} MB | {alive_note} |")
 print()
 PY
   cat "$W/mem.md" >>"$report"; cat "$W/mem.md"

@@ -4,7 +4,9 @@
 //!
 //! And what an idle keep-alive connection costs once its request is answered (issue 14): no
 //! read or write buffer stays with it, over TLS (rustls's record buffer) or HTTP/2 (h2's frame
-//! buffers and slabs): the patches in `vendor/` that give them back must be in force.
+//! buffers and slabs): the patches in `vendor/` that give them back must be in force. A plain
+//! one leaves its task and is held as its socket alone (`edge/src/park.rs`), keeps its per-IP
+//! count there, is served again when its client sends, and is closed at its keep-alive deadline.
 
 mod support;
 
@@ -292,6 +294,10 @@ const IDLE: usize = 300;
 const IDLE_TLS_LIMIT: u64 = 12 * 1024;
 const IDLE_H2_LIMIT: u64 = 20 * 1024;
 
+/// With its task (before parking existed) one held about 2.7 KB (release build) or more
+/// (debug); parked, a slab entry and a deadline, under 200 bytes.
+const IDLE_PLAIN_LIMIT: u64 = 1024;
+
 /// One HTTP/1.1 request answered whole on `s`, the connection kept open.
 fn h1_get(s: &mut impl ReadWrite) -> bool {
     if s.write_all(b"GET / HTTP/1.1\r\nHost: mem.localhost\r\n\r\n")
@@ -431,4 +437,112 @@ async fn an_idle_tls_or_http2_connection_holds_no_buffers() {
         h2_each <= IDLE_H2_LIMIT,
         "an idle HTTP/2 connection holds {h2_each} B (limit {IDLE_H2_LIMIT}): is vendor/h2's patch in force?"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_plain_connection_is_parked_then_served_again_or_closed_at_its_deadline() {
+    let upstream = Upstream::start("mem").await;
+    let ws = Workspace::new();
+    let extra = "  max_connections_per_ip: 10000\n  keepalive_timeout: 4s\n";
+    let (_sf, port) = edge_with(&ws, false, &upstream, extra).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let pid = _sf.pid();
+    let closed_after = tokio::task::spawn_blocking(move || {
+        let open = || {
+            let mut s = tcp(addr);
+            h1_get(&mut s).then_some(s)
+        };
+        for _ in 0..32 {
+            assert!(open().is_some(), "warm-up answered");
+        }
+        // Idle for a second: parked (after a quarter of one). The first batch's tasks, while
+        // they lived, took memory from the system that parking gave back to the allocator, not
+        // to the system: the second batch reuses it, and what it adds is what parking keeps.
+        let (first, with_tasks) = idle_connections(pid, open);
+        let (mut held, each) = idle_connections(pid, open);
+        eprintln!(
+            "idle plain connection, resident bytes each: {each} (the batch before, with its tasks at first: {with_tasks})"
+        );
+        drop(first);
+        assert!(
+            each <= IDLE_PLAIN_LIMIT,
+            "an idle plain connection holds {each} B (limit {IDLE_PLAIN_LIMIT}): is it parked?"
+        );
+        // Each is served again when its client sends, then idles (and parks) again.
+        let mut answered = Vec::new();
+        for (i, s) in held.iter_mut().enumerate() {
+            assert!(h1_get(s), "parked connection {i} answered its next request");
+            answered.push(std::time::Instant::now());
+        }
+        // Closed by the edge at its keep-alive deadline (4 s after that answer), not before.
+        let mut closed_after = Vec::new();
+        for (i, (mut s, answered)) in held.into_iter().zip(answered).enumerate() {
+            let mut byte = [0u8; 1];
+            match s.read(&mut byte) {
+                Ok(0) => closed_after.push(answered.elapsed()),
+                other => panic!("parked connection {i}: expected the edge to close it, got {other:?}"),
+            }
+        }
+        closed_after
+    })
+    .await
+    .expect("clients");
+    let first = closed_after.iter().min().expect("connections");
+    let last = closed_after.iter().max().expect("connections");
+    assert!(
+        *first >= Duration::from_millis(3500) && *last <= Duration::from_secs(9),
+        "parked connections closed between {first:?} and {last:?} after their answer (keep-alive 4 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_keeps_its_per_ip_count_until_its_client_closes() {
+    let upstream = Upstream::start("mem").await;
+    let ws = Workspace::new();
+    let (_sf, port) = edge_with(&ws, false, &upstream, "  max_connections_per_ip: 3\n").await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    tokio::task::spawn_blocking(move || {
+        let open = || {
+            let mut s = tcp(addr);
+            h1_get(&mut s).then_some(s)
+        };
+        // `edge_with`'s readiness check may hold a slot for a moment.
+        let mut held: Vec<TcpStream> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while held.len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "three connections admitted"
+            );
+            match open() {
+                Some(s) => held.push(s),
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1)); // all three parked
+        assert!(
+            open().is_none(),
+            "a fourth connection from the address is refused while three are parked"
+        );
+        // One client closes: its parked socket turns readable, is served, reads the end and
+        // closes, giving its count back.
+        drop(held.pop());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let fresh = loop {
+            if let Some(s) = open() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a connection is admitted once a parked one was closed by its client"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        held.push(fresh);
+        for (i, s) in held.iter_mut().enumerate() {
+            assert!(h1_get(s), "connection {i} answered after the others parked");
+        }
+    })
+    .await
+    .expect("clients");
 }

@@ -156,7 +156,8 @@ async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
         "the app took 300 ms to boot: {cold}"
     );
 
-    // An open keep-alive connection shows as open until it is closed.
+    // An open keep-alive connection shows as open until it is closed, parked ones too (idle
+    // past a quarter of a second, held as their socket alone).
     let open_before = value(&cold, "spinforge_open_connections").expect("gauge");
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     conn.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
@@ -164,6 +165,7 @@ async fn metrics_follow_the_traffic_and_requests_are_logged_as_json() {
     let mut buf = [0u8; 512];
     let n = conn.read(&mut buf).expect("read");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let open = value(&scrape(&metrics).await, "spinforge_open_connections").expect("gauge");
     assert!(open >= open_before + 1.0, "{open} vs {open_before}");
     drop(conn);

@@ -12,14 +12,17 @@
 //! Every connection is admitted against the per-IP count (`edge.max_connections_per_ip`; one
 //! table for plain and HTTPS), must send its first byte within `edge.header_timeout`, and an
 //! HTTPS one must complete its handshake within [`HANDSHAKE_TIMEOUT`]; then the thread's app
-//! (the fast path, Pingora behind it) serves it.
+//! (the fast path, Pingora behind it) serves it. A plain connection that idles between
+//! requests is parked (see [`crate::park`]) and comes back to a new task when its client sends.
 
-use crate::limits::{Admission, ConnectionCounts, client_key};
-use pingora_core::apps::ServerApp;
+use crate::limits::{Admission, ConnectionCounts, ConnectionSlot, client_key};
+use crate::park::{self, Parked};
+use async_trait::async_trait;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
+use spinforge_state::stop::CancellationToken;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -149,12 +152,27 @@ impl Drop for Open<'_> {
     }
 }
 
+/// What serves the connections a proxy thread accepts.
+#[async_trait]
+pub trait App: Send + Sync + 'static {
+    /// Serves `stream` until it closes; or, a plain connection, until it idles with nothing
+    /// read: then its socket comes back, to be parked.
+    async fn serve(self: &Arc<Self>, stream: Stream, stop: &ShutdownWatch) -> Option<park::Idle>;
+
+    /// Closes what is idle; called once the listeners are closed (and the linger is over).
+    async fn cleanup(&self);
+}
+
 /// Everything one proxy thread serves with.
 pub struct ThreadServer<A> {
     pub app: Arc<A>,
     pub guard: Guard,
     pub threads: Arc<Threads>,
     pub linger: Arc<Linger>,
+    /// Where this thread's idle plain connections go; its [`park::Inbox`] is given to [`run`].
+    ///
+    /// [`run`]: ThreadServer::run
+    pub park: park::Entrance,
 }
 
 impl<A> std::fmt::Debug for ThreadServer<A> {
@@ -163,13 +181,26 @@ impl<A> std::fmt::Debug for ThreadServer<A> {
     }
 }
 
-impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
+impl<A: App> ThreadServer<A> {
     /// Accepts on `listeners` until `stop` turns true, serves what this thread accepted or was
-    /// handed, then lingers, lets the app close its idle connections, and returns. Connections
-    /// still in flight go on until the runtime is dropped.
-    pub async fn run(self, listeners: Vec<Listener>, inbox: Inbox, stop: ShutdownWatch) {
+    /// handed, then lingers, lets the app close its idle connections, closes the parked ones,
+    /// and returns. Connections still in flight go on until the runtime is dropped.
+    pub async fn run(
+        self,
+        listeners: Vec<Listener>,
+        inbox: Inbox,
+        parked: park::Inbox,
+        stop: ShutdownWatch,
+    ) {
         let me = inbox.index;
         let this = Arc::new(self);
+        let close_parked = CancellationToken::new();
+        let park = {
+            let (this, stop) = (this.clone(), stop.clone());
+            tokio::spawn(park::keep(parked, close_parked.clone(), move |p| {
+                this.resume(me, p, &stop)
+            }))
+        };
         let mut accepts = Vec::new();
         for l in listeners {
             let socket = match tokio::net::TcpListener::from_std(l.socket) {
@@ -198,6 +229,8 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
             tokio::time::sleep(linger).await;
         }
         this.app.cleanup().await;
+        close_parked.cancel();
+        let _ = park.await;
     }
 
     async fn accept(
@@ -285,7 +318,7 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
             let s = guard.settings.load();
             (s.max_connections_per_ip, s.header_timeout)
         };
-        let _slot = match guard.counts.admit(client_key(peer.ip()), max_per_ip) {
+        let slot = match guard.counts.admit(client_key(peer.ip()), max_per_ip) {
             Admission::Refused => {
                 tracing::debug!(%peer, "too many connections from one address; closing");
                 return;
@@ -313,11 +346,59 @@ impl<A: ServerApp + Send + Sync + 'static> ThreadServer<A> {
                 }
             }
         };
-        let mut stream = Some(stream);
-        while let Some(s) = stream {
-            stream = self.app.process_new(s, &stop).await;
+        let slot = match slot {
+            Admission::Counted(slot) => Some(slot),
+            _ => None,
+        };
+        self.serve_stream(stream, slot, stop).await;
+    }
+
+    /// Serves `stream` with the app, and parks it whenever it idles (while the park has room;
+    /// else it goes on waiting in this task).
+    async fn serve_stream(
+        &self,
+        mut stream: Stream,
+        mut slot: Option<ConnectionSlot>,
+        stop: ShutdownWatch,
+    ) {
+        loop {
+            let Some(idle) = self.app.serve(stream, &stop).await else {
+                return;
+            };
+            match self.park.park(Parked { idle, slot }) {
+                Ok(()) => return,
+                Err(back) => {
+                    slot = back.slot;
+                    match unparked(back.idle) {
+                        Some(s) => stream = s,
+                        None => return,
+                    }
+                }
+            }
         }
     }
+
+    /// A parked connection's client sent (or closed): a new task serves it.
+    fn resume(self: &Arc<Self>, me: usize, parked: Parked, stop: &ShutdownWatch) {
+        let (this, stop) = (self.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _open = Open::start(&this.threads.open[me]);
+            let Parked { idle, slot } = parked;
+            if let Some(stream) = unparked(idle) {
+                this.serve_stream(stream, slot, stop).await;
+            }
+        });
+    }
+}
+
+/// Pingora's stream again over a parked connection's socket (`None`: it is gone). Its place in
+/// the open-connections gauge is given up: the app counts it again.
+fn unparked(idle: park::Idle) -> Option<Stream> {
+    let park::Idle { socket, open, .. } = idle;
+    drop(open);
+    let tcp = tokio::net::TcpStream::from_std(socket).ok()?;
+    let peer = tcp.peer_addr().ok()?;
+    Some(Box::new(l4_stream(tcp, peer)))
 }
 
 /// Pingora's stream over an accepted connection, with its socket digest. Not inline in

@@ -21,6 +21,7 @@ pub mod errors;
 pub mod fast;
 pub mod limits;
 pub mod metrics;
+pub mod park;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
@@ -367,22 +368,28 @@ impl Edge {
         // The threads hold their copies; the handover to a successor has its own (`handoff`).
         drop(self.listener);
         drop(self.https);
-        let server_for = || accept::ThreadServer {
-            app: app_for(),
-            guard: guard.clone(),
-            threads: threads.clone(),
-            linger: linger.clone(),
+        // Each thread's server, with its park's entrance, and the park's inbox for its `run`.
+        let server_for = || {
+            let (park, parked) = park::channel();
+            let server = accept::ThreadServer {
+                app: app_for(),
+                guard: guard.clone(),
+                threads: threads.clone(),
+                linger: linger.clone(),
+                park,
+            };
+            (server, parked)
         };
         let mut service_task = None;
         // The proxy threads still serving (their cleanup, with the linger, included).
         let serving = TaskTracker::new();
         for ((i, mine), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
-            let server = server_for();
+            let (server, parked) = server_for();
             let (stop, running) = (service_stop_rx.clone(), serving.token());
             match layout {
                 RuntimeLayout::Shared => {
                     service_task = Some(tokio::spawn(async move {
-                        server.run(mine, inbox, stop).await;
+                        server.run(mine, inbox, parked, stop).await;
                         drop(running);
                     }));
                 }
@@ -404,7 +411,7 @@ impl Edge {
                                 }
                             };
                             runtime.block_on(async move {
-                                server.run(mine, inbox, stop).await;
+                                server.run(mine, inbox, parked, stop).await;
                                 drop(running);
                                 release.cancelled().await;
                             });
@@ -534,28 +541,43 @@ fn pingora_session(stream: Stream, shutdown: &ShutdownWatch) -> ServerSession {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
-    async fn process_new(
+impl<A: HttpServerApp + Send + Sync + 'static> accept::App for Counted<A> {
+    async fn serve(
         self: &Arc<Self>,
         mut stream: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _open = self.metrics.connection();
+    ) -> Option<park::Idle> {
+        let open = self.metrics.connection();
         let Some(fast) = &self.fast else {
             // Pingora's own loop serves every request of the connection.
             let inner = match &self.inner_h2c {
                 Some(h2c) if self.settings.load().h2c => h2c,
                 _ => &self.inner,
             };
-            return inner.process_new(stream, shutdown).await;
+            let mut next = Some(stream);
+            while let Some(s) = next {
+                next = inner.process_new(s, shutdown).await;
+            }
+            return None;
         };
         loop {
             // Boxed: the fast path's future is large and would otherwise be moved whole into
             // this one's state.
             match Box::pin(fast.serve(stream, shutdown)).await {
                 fast::Served::Closed => return None,
+                fast::Served::Idle { socket, until } => {
+                    return Some(park::Idle {
+                        socket,
+                        until,
+                        open,
+                    });
+                }
                 fast::Served::Fallback(s) => stream = s,
-                fast::Served::Handover(s) => return self.inner.process_new(s, shutdown).await,
+                fast::Served::Handover(s) => {
+                    // Pingora's loop: it gives the connection back only for another request.
+                    stream = self.inner.process_new(s, shutdown).await?;
+                    continue;
+                }
             }
             let reused = self
                 .inner

@@ -7,8 +7,8 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Slots in the client rate table (8 bytes each: 2 MiB). When more clients than this are active
@@ -224,14 +224,15 @@ impl Default for ConnectionCounts {
     }
 }
 
-/// One counted connection; uncounted on drop.
+/// One counted connection; uncounted on drop. Owned, so that it can stay with a connection
+/// that leaves its task while it idles (`park`).
 #[derive(Debug)]
-pub struct ConnectionSlot<'a> {
-    counts: &'a ConnectionCounts,
+pub struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
     slot: usize,
 }
 
-impl Drop for ConnectionSlot<'_> {
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let cell = &self.counts.slots[self.slot];
         let mut current = cell.load(Ordering::Relaxed);
@@ -249,8 +250,8 @@ impl Drop for ConnectionSlot<'_> {
 
 /// What happened to a new connection.
 #[derive(Debug)]
-pub enum Admission<'a> {
-    Counted(ConnectionSlot<'a>),
+pub enum Admission {
+    Counted(ConnectionSlot),
     /// The IP already holds `max` connections.
     Refused,
     /// Both of the IP's slots belong to other busy IPs: let it in uncounted rather than refuse
@@ -267,7 +268,7 @@ impl ConnectionCounts {
         }
     }
 
-    pub fn admit(&self, client: u128, max: u32) -> Admission<'_> {
+    pub fn admit(self: &Arc<Self>, client: u128, max: u32) -> Admission {
         let (a, b, _) = places(self.hasher.hash_one(client), self.slots.len());
         let tag = (self.hasher.hash_one((client, 1u8)) | 1) << 32;
         for pass in 0..2 {
@@ -293,7 +294,12 @@ impl ConnectionCounts {
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     ) {
-                        Ok(_) => return Admission::Counted(ConnectionSlot { counts: self, slot }),
+                        Ok(_) => {
+                            return Admission::Counted(ConnectionSlot {
+                                counts: self.clone(),
+                                slot,
+                            });
+                        }
                         Err(actual) => current = actual,
                     }
                 }
@@ -399,7 +405,7 @@ mod tests {
 
     #[test]
     fn connections_per_ip() {
-        let counts = ConnectionCounts::with_slots(64);
+        let counts = Arc::new(ConnectionCounts::with_slots(64));
         let a = counts.admit(7, 2);
         let b = counts.admit(7, 2);
         assert!(matches!(a, Admission::Counted(_)));

@@ -76,6 +76,9 @@ enum Next {
     Http2,
     /// Not a request, or a head longer than any app accepts: answered here, then closed.
     Refuse(EdgeError),
+    /// Nothing of a next request for [`crate::park::AFTER`] (plain connections only): to be
+    /// parked until its keep-alive deadline.
+    Idle(tokio::time::Instant),
 }
 
 /// A connection as the fast path finds it.
@@ -97,6 +100,12 @@ pub enum Served {
     Fallback(Stream),
     /// The connection is the full path's from here on: HTTP/2's prior-knowledge preface.
     Handover(Stream),
+    /// Idle, nothing read of a next request (plain TCP only): its socket alone, to be parked
+    /// until `until` (its keep-alive deadline).
+    Idle {
+        socket: std::net::TcpStream,
+        until: tokio::time::Instant,
+    },
 }
 
 /// A client connection the fast path serves: read, written, and given bytes back for the full
@@ -110,18 +119,43 @@ trait Client:
     + Sync
     + 'static
 {
+    /// Whether an idle connection can be held as its socket alone (see [`crate::park`]):
+    /// plain TCP, not TLS, whose state is more than the socket.
+    const PARKS: bool = false;
+
     fn put_back(&mut self, bytes: &[u8]);
     fn into_stream(self: Box<Self>) -> Stream;
+
+    /// The socket, alone, of a connection with nothing buffered; only called where
+    /// [`Client::PARKS`].
+    fn into_socket(self: Box<Self>) -> std::io::Result<std::net::TcpStream> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Plain TCP.
 impl Client for L4Stream {
+    const PARKS: bool = true;
+
     fn put_back(&mut self, bytes: &[u8]) {
         self.rewind(bytes);
     }
 
     fn into_stream(self: Box<Self>) -> Stream {
         self
+    }
+
+    /// A duplicate of the socket's descriptor; dropping the stream then deregisters and closes
+    /// the original. Pingora's stream buffers nothing for plain TCP (no read buffer, writes
+    /// straight through), and the fast path parks only when it has read nothing.
+    fn into_socket(self: Box<Self>) -> std::io::Result<std::net::TcpStream> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor is the stream's, open while `self` lives, which is past the
+        // duplication.
+        #[allow(unsafe_code)]
+        let fd = unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) }.try_clone_to_owned()?;
+        drop(self);
+        Ok(std::net::TcpStream::from(fd))
     }
 }
 
@@ -327,6 +361,13 @@ impl FastPath {
                     }
                     return Served::Closed;
                 }
+                Some(Next::Idle(until)) => {
+                    // Nothing read (`next_head` parks only then), so the socket is all there is.
+                    return match conn.client.into_socket() {
+                        Ok(socket) => Served::Idle { socket, until },
+                        Err(_) => Served::Closed,
+                    };
+                }
                 None => return Served::Closed,
             };
             if head.unfit.is_some() {
@@ -398,6 +439,10 @@ impl FastPath {
                 conn.buf.reserve(SMALL_BUF.min(room));
             }
             let waiting = conn.buf.is_empty();
+            // A plain connection with nothing read parks after a short wait: see crate::park.
+            let parks_at = (C::PARKS && idle && waiting)
+                .then(|| tokio::time::Instant::now() + crate::park::AFTER)
+                .filter(|at| *at < deadline);
             let read = async {
                 if idle {
                     read_first(&mut *conn.client, &mut conn.buf, room).await
@@ -407,10 +452,11 @@ impl FastPath {
             };
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, read) => r,
+                r = tokio::time::timeout_at(parks_at.unwrap_or(deadline), read) => r,
                 _ = closing.cancelled(), if waiting => return None,
             };
             match read {
+                Err(_) if parks_at.is_some() => return Some(Next::Idle(deadline)),
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                 Ok(Ok(_)) => {}
             }

@@ -1,0 +1,189 @@
+//! Idle plain keep-alive connections, held as their sockets alone.
+//!
+//! A plain HTTP/1.1 connection whose next request has not begun [`AFTER`] its last answer, with
+//! nothing of it read, leaves its task: the fast path gives the socket back ([`Idle`]), the
+//! task ends — its futures, Pingora's stream and socket digest, tokio's registration, ~2.7 KB in
+//! all — and the thread's park holds the socket in an epoll set of its own, with the
+//! connection's keep-alive deadline, its per-IP count and its place in the open-connections
+//! gauge: under 200 bytes. When the client sends (or closes), the socket goes back to tokio and
+//! a new task serves it from its first read, as if it had never left; at its deadline, or when
+//! the thread stops, it is closed. NGINX, too, frees what a keep-alive connection holds while it
+//! idles; HTTPS and HTTP/2 connections keep their TLS state and stay in their tasks.
+//!
+//! Parking waits [`AFTER`] so that a busy connection (the next request a few milliseconds
+//! behind the answer) never pays for it: a park and a return cost six system calls and a task.
+
+use crate::limits::ConnectionSlot;
+use crate::metrics::Gauge;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use spinforge_state::stop::CancellationToken;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a plain connection waits in its task for its next request before it is parked.
+pub const AFTER: Duration = Duration::from_millis(250);
+
+/// Connections on their way into the park at once (per thread). When it is full, a connection
+/// stays in its task and waits there instead: nothing is refused.
+const QUEUE: usize = 1024;
+
+/// A plain connection the fast path gave back: idle, with nothing read of its next request.
+#[derive(Debug)]
+pub struct Idle {
+    pub socket: std::net::TcpStream,
+    /// Its keep-alive deadline: closed then if nothing came.
+    pub until: Instant,
+    /// The open-connections gauge, held while parked.
+    pub open: Gauge,
+}
+
+/// An idle connection with its per-IP count, on its way into the park or back out of it.
+#[derive(Debug)]
+pub struct Parked {
+    pub idle: Idle,
+    pub slot: Option<ConnectionSlot>,
+}
+
+/// Where a thread's connection tasks send the connections they park.
+#[derive(Debug, Clone)]
+pub struct Entrance(mpsc::Sender<Parked>);
+
+/// The park's side of the channel: [`keep`] takes it.
+#[derive(Debug)]
+pub struct Inbox(mpsc::Receiver<Parked>);
+
+pub fn channel() -> (Entrance, Inbox) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Entrance(tx), Inbox(rx))
+}
+
+impl Entrance {
+    /// Parks `p`, or gives it back when the park is full or gone (the thread is stopping).
+    pub fn park(&self, p: Parked) -> Result<(), Parked> {
+        self.0.try_send(p).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+        })
+    }
+}
+
+/// A connection in the park.
+struct Held {
+    parked: Parked,
+    /// Told apart from a later connection in the same slab place, for the deadline heap.
+    serial: u64,
+}
+
+/// Holds this thread's parked connections: each goes to `resume` when its client sends or
+/// closes, is closed at its deadline, and all are closed when `stop` is cancelled. Runs on the
+/// thread's runtime; returns after `stop`.
+pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Parked)) {
+    let watched = Poll::new().and_then(|poll| {
+        let registry = poll.registry().try_clone()?;
+        // SAFETY: the epoll descriptor is the `Poll`'s, which the `AsyncFd` owns: it stays open
+        // while registered, and is registered with tokio nowhere else.
+        #[allow(unsafe_code)]
+        let ready = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok((ready, registry))
+    });
+    let (mut ready, registry) = match watched {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make the idle connections' epoll set; none is parked");
+            inbox.0.close();
+            // What was sent before the close goes back to serving.
+            while let Some(p) = inbox.0.recv().await {
+                resume(p);
+            }
+            return;
+        }
+    };
+    let mut held: slab::Slab<Held> = slab::Slab::new();
+    // Deadlines, soonest first; an entry whose connection has left is skipped when it comes up.
+    let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
+    let mut serial = 0u64;
+    let mut events = Events::with_capacity(256);
+    'park: loop {
+        let soonest = deadlines.peek().map(|Reverse((t, _, _))| *t);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            guard = ready.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                // (A failed set closes what it holds, and parks nothing more: connections then
+                // wait in their tasks.)
+                // Drained until the set has nothing ready; a connection that turns readable
+                // meanwhile makes the set readable again (a new edge for tokio).
+                loop {
+                    if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        if e.kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        tracing::warn!(error = %e, "the idle connections' epoll set failed");
+                        break 'park;
+                    }
+                    if events.is_empty() {
+                        guard.clear_ready();
+                        break;
+                    }
+                    for event in &events {
+                        // Each connection is deregistered as it leaves (below and at its
+                        // deadline), so a place in the slab is never reused while an event
+                        // for its former holder can still come.
+                        let Some(h) = held.try_remove(event.token().0) else { continue };
+                        let fd = h.parked.idle.socket.as_raw_fd();
+                        if registry.deregister(&mut SourceFd(&fd)).is_ok() {
+                            resume(h.parked);
+                        }
+                    }
+                }
+            }
+            p = inbox.0.recv() => {
+                let Some(p) = p else { break };
+                if p.idle.until <= Instant::now() {
+                    continue; // its keep-alive is over: closed
+                }
+                let place = held.vacant_entry();
+                let key = place.key();
+                let fd = p.idle.socket.as_raw_fd();
+                // Edge-triggered; a socket that is readable already is reported at once.
+                if registry.register(&mut SourceFd(&fd), Token(key), Interest::READABLE).is_err() {
+                    resume(p); // served in a task, as if never parked
+                    continue;
+                }
+                serial += 1;
+                deadlines.push(Reverse((p.idle.until, key, serial)));
+                place.insert(Held { parked: p, serial });
+            }
+            _ = tokio::time::sleep_until(soonest.unwrap_or_else(Instant::now)), if soonest.is_some() => {
+                let now = Instant::now();
+                while let Some(&Reverse((t, key, s))) = deadlines.peek() {
+                    if t > now {
+                        break;
+                    }
+                    deadlines.pop();
+                    if held.get(key).is_some_and(|h| h.serial == s) {
+                        let h = held.remove(key);
+                        let fd = h.parked.idle.socket.as_raw_fd();
+                        let _ = registry.deregister(&mut SourceFd(&fd));
+                        drop(h); // closed: the keep-alive timeout
+                    }
+                }
+                // Spare capacity from a crowd that has gone.
+                if held.is_empty() {
+                    held.shrink_to_fit();
+                    deadlines.shrink_to_fit();
+                }
+            }
+        }
+    }
+    // Stopping: every parked connection is idle, so it closes now (as the fast path closes an
+    // idle connection when the service stops).
+    drop(held);
+}
