@@ -12,6 +12,11 @@
 //!
 //! Parking waits [`AFTER`] so that a busy connection (the next request a few milliseconds
 //! behind the answer) never pays for it: a park and a return cost six system calls and a task.
+//!
+//! What the parked connections' tasks held is then free in the allocator, but glibc keeps such
+//! memory resident for reuse: after a crowd of connections has parked, the park asks it to
+//! give free pages back ([`Trim`]), so that an edge whose burst of clients went idle shrinks
+//! back rather than keep its peak.
 
 use crate::limits::ConnectionSlot;
 use crate::metrics::Gauge;
@@ -72,6 +77,71 @@ impl Entrance {
     }
 }
 
+/// Parks since the last trim before another is worth it (~2.5 KB freed each).
+const TRIM_AFTER: u32 = 256;
+/// A trim waits until no connection has parked for this long (a crowd parks over a few
+/// hundred milliseconds)...
+const TRIM_QUIET: Duration = Duration::from_millis(200);
+/// ...but no longer than this after the crowd began; and the process trims at most this often.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// When to give free memory back to the system: after [`TRIM_AFTER`] parks, once they pause.
+#[derive(Default)]
+struct Trim {
+    parks: u32,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Trim {
+    fn parked(&mut self, now: Instant) {
+        self.parks += 1;
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When the pending trim is due, if one is.
+    fn due(&self) -> Option<Instant> {
+        if self.parks < TRIM_AFTER {
+            return None;
+        }
+        let (first, last) = (self.first?, self.last?);
+        Some((last + TRIM_QUIET).min(first + TRIM_EVERY))
+    }
+
+    /// Trims (on a blocking thread: it walks the allocator's free lists) unless another thread
+    /// of the edge did within [`TRIM_EVERY`].
+    fn run(&mut self) {
+        *self = Trim::default();
+        static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+        {
+            let Ok(mut last) = LAST.try_lock() else {
+                return; // another thread is trimming now
+            };
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < TRIM_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        tokio::task::spawn_blocking(release_free_memory);
+    }
+}
+
+/// Gives the allocator's free pages back to the system (glibc's `malloc_trim`, which also
+/// releases free pages inside its heaps, not just at their tops).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: no preconditions; glibc locks each arena while it trims it.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
 /// A connection in the park.
 struct Held {
     parked: Parked,
@@ -109,8 +179,10 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
     let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
     let mut serial = 0u64;
     let mut events = Events::with_capacity(256);
+    let mut trim = Trim::default();
     'park: loop {
         let soonest = deadlines.peek().map(|Reverse((t, _, _))| *t);
+        let trim_due = trim.due();
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -160,6 +232,10 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
                 serial += 1;
                 deadlines.push(Reverse((p.idle.until, key, serial)));
                 place.insert(Held { parked: p, serial });
+                trim.parked(Instant::now());
+            }
+            _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now)), if trim_due.is_some() => {
+                trim.run();
             }
             _ = tokio::time::sleep_until(soonest.unwrap_or_else(Instant::now)), if soonest.is_some() => {
                 let now = Instant::now();

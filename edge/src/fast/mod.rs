@@ -126,9 +126,9 @@ trait Client:
     fn put_back(&mut self, bytes: &[u8]);
     fn into_stream(self: Box<Self>) -> Stream;
 
-    /// The socket, alone, of a connection with nothing buffered; only called where
-    /// [`Client::PARKS`].
-    fn into_socket(self: Box<Self>) -> std::io::Result<std::net::TcpStream> {
+    /// A second descriptor for the socket of a connection with nothing buffered, to hold it by
+    /// once the connection is dropped; only called where [`Client::PARKS`].
+    fn socket(&self) -> std::io::Result<std::net::TcpStream> {
         Err(std::io::ErrorKind::Unsupported.into())
     }
 }
@@ -145,16 +145,15 @@ impl Client for L4Stream {
         self
     }
 
-    /// A duplicate of the socket's descriptor; dropping the stream then deregisters and closes
-    /// the original. Pingora's stream buffers nothing for plain TCP (no read buffer, writes
-    /// straight through), and the fast path parks only when it has read nothing.
-    fn into_socket(self: Box<Self>) -> std::io::Result<std::net::TcpStream> {
+    /// A duplicate of the socket's descriptor (close-on-exec); dropping the stream then
+    /// deregisters and closes the original. Pingora's stream buffers nothing for plain TCP (no
+    /// read buffer, writes straight through), and the fast path parks only when it has read
+    /// nothing.
+    fn socket(&self) -> std::io::Result<std::net::TcpStream> {
         use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the descriptor is the stream's, open while `self` lives, which is past the
-        // duplication.
+        // SAFETY: the descriptor is the stream's, open while `self` is borrowed.
         #[allow(unsafe_code)]
         let fd = unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) }.try_clone_to_owned()?;
-        drop(self);
         Ok(std::net::TcpStream::from(fd))
     }
 }
@@ -361,13 +360,13 @@ impl FastPath {
                     }
                     return Served::Closed;
                 }
-                Some(Next::Idle(until)) => {
-                    // Nothing read (`next_head` parks only then), so the socket is all there is.
-                    return match conn.client.into_socket() {
-                        Ok(socket) => Served::Idle { socket, until },
-                        Err(_) => Served::Closed,
-                    };
-                }
+                Some(Next::Idle(until)) => match conn.client.socket() {
+                    // Nothing read (`next_head` parks only then), so the socket is all there is;
+                    // `conn` goes with this return, and the original descriptor with it.
+                    Ok(socket) => return Served::Idle { socket, until },
+                    // No descriptor to spare: it goes on waiting here.
+                    Err(_) => continue,
+                },
                 None => return Served::Closed,
             };
             if head.unfit.is_some() {
