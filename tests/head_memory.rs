@@ -456,8 +456,9 @@ async fn an_idle_plain_connection_is_parked_then_served_again_or_closed_at_its_d
             assert!(open().is_some(), "warm-up answered");
         }
         // Idle for a second: parked (after a quarter of one). The first batch's tasks, while
-        // they lived, took memory from the system that parking gave back to the allocator, not
-        // to the system: the second batch reuses it, and what it adds is what parking keeps.
+        // they lived, took memory from the system; parking frees it (to the allocator, which
+        // the park may then have return it to the system): the second batch is measured from
+        // there, and what it adds is what parking keeps.
         let (first, with_tasks) = idle_connections(pid, open);
         let (mut held, each) = idle_connections(pid, open);
         eprintln!(
