@@ -107,6 +107,15 @@ async fn edge_upgrade_in_place_loses_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = fresh.sent.load(Ordering::Relaxed) + pooled.sent.load(Ordering::Relaxed);
 
+    // A keep-alive connection idle long enough to be parked (edge/src/park.rs) when the
+    // handover begins.
+    let mut parked = std::net::TcpStream::connect(addr).expect("connect");
+    parked
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert!(answer_head(&mut parked).starts_with("http/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
     // The upgrade: the new edge waits for the sockets, the old one hands them over on SIGQUIT.
     let new = Spinforge::start_with(&ws, &["edge", "--upgrade"], &path, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -122,6 +131,13 @@ async fn edge_upgrade_in_place_loses_no_request() {
         },
     )
     .await;
+    // Within the old edge's linger, the parked connection's next request is served (a new task
+    // takes it out of the park) and told to reconnect.
+    let head = answer_head(&mut parked);
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("\r\nconnection: close\r\n"),
+        "a parked connection's request during the handover: {head}"
+    );
     let (status, _) = old.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "the old edge exits cleanly: {status}");
     assert!(took_over.elapsed() < Duration::from_secs(10));
@@ -143,6 +159,36 @@ async fn edge_upgrade_in_place_loses_no_request() {
     // The new edge serves on its own now.
     assert_eq!(new_client(addr).fetch("alpha.test", "/").await.status, 200);
     drop(new);
+}
+
+/// Sends `GET /` (Host alpha.test) on `conn` and reads the answer whole (its Content-Length);
+/// returns its head, lower-cased.
+fn answer_head(conn: &mut std::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("a Content-Length");
+            if got.len() >= end + 4 + length {
+                return text[..end + 4].to_string();
+            }
+        }
+    }
 }
 
 fn new_client(addr: std::net::SocketAddr) -> support::spinforge::Http {
