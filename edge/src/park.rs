@@ -142,6 +142,47 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
+/// The parked connections' keep-alive deadlines, soonest first. A connection that leaves the
+/// park early leaves its entry behind (skipped when it comes up, by its serial); so that a
+/// client parking and returning over and over cannot grow the heap past its parked
+/// connections, it is rebuilt from them once stale entries outnumber them.
+#[derive(Default)]
+struct Deadlines(BinaryHeap<Reverse<(Instant, usize, u64)>>);
+
+impl Deadlines {
+    fn push(&mut self, until: Instant, key: usize, serial: u64) {
+        self.0.push(Reverse((until, key, serial)));
+    }
+
+    /// Rebuilds the heap from the connections still parked, if stale entries outnumber them.
+    fn compact(&mut self, held: &slab::Slab<Held>) {
+        if self.0.len() > 2 * held.len() + 64 {
+            self.0 = held
+                .iter()
+                .map(|(key, h)| Reverse((h.parked.idle.until, key, h.serial)))
+                .collect();
+        }
+    }
+
+    fn soonest(&self) -> Option<Instant> {
+        self.0.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// The next entry due by `now`: (place, serial).
+    fn pop_due(&mut self, now: Instant) -> Option<(usize, u64)> {
+        let &Reverse((t, key, serial)) = self.0.peek()?;
+        if t > now {
+            return None;
+        }
+        self.0.pop();
+        Some((key, serial))
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
 /// A connection in the park.
 struct Held {
     parked: Parked,
@@ -175,13 +216,12 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
         }
     };
     let mut held: slab::Slab<Held> = slab::Slab::new();
-    // Deadlines, soonest first; an entry whose connection has left is skipped when it comes up.
-    let mut deadlines: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
+    let mut deadlines = Deadlines::default();
     let mut serial = 0u64;
     let mut events = Events::with_capacity(256);
     let mut trim = Trim::default();
     'park: loop {
-        let soonest = deadlines.peek().map(|Reverse((t, _, _))| *t);
+        let soonest = deadlines.soonest();
         let trim_due = trim.due();
         tokio::select! {
             biased;
@@ -230,8 +270,9 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
                     continue;
                 }
                 serial += 1;
-                deadlines.push(Reverse((p.idle.until, key, serial)));
+                deadlines.push(p.idle.until, key, serial);
                 place.insert(Held { parked: p, serial });
+                deadlines.compact(&held);
                 trim.parked(Instant::now());
             }
             _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now)), if trim_due.is_some() => {
@@ -239,11 +280,7 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
             }
             _ = tokio::time::sleep_until(soonest.unwrap_or_else(Instant::now)), if soonest.is_some() => {
                 let now = Instant::now();
-                while let Some(&Reverse((t, key, s))) = deadlines.peek() {
-                    if t > now {
-                        break;
-                    }
-                    deadlines.pop();
+                while let Some((key, s)) = deadlines.pop_due(now) {
                     if held.get(key).is_some_and(|h| h.serial == s) {
                         let h = held.remove(key);
                         let fd = h.parked.idle.socket.as_raw_fd();
@@ -262,4 +299,63 @@ pub async fn keep(mut inbox: Inbox, stop: CancellationToken, resume: impl Fn(Par
     // Stopping: every parked connection is idle, so it closes now (as the fast path closes an
     // idle connection when the service stops).
     drop(held);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn held(socket: &std::net::TcpListener, until: Instant, serial: u64) -> Held {
+        let addr = socket.local_addr().expect("address");
+        Held {
+            parked: Parked {
+                idle: Idle {
+                    socket: std::net::TcpStream::connect(addr).expect("connect"),
+                    until,
+                    open: Arc::new(crate::metrics::Metrics::default()).connection(),
+                },
+                slot: None,
+            },
+            serial,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_parking_and_leaving_over_and_over_do_not_grow_the_deadlines() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut slab = slab::Slab::new();
+        let mut deadlines = Deadlines::default();
+        let until = Instant::now() + Duration::from_secs(60);
+        // Ten stay parked; one more parks and leaves (its client sends) ten thousand times.
+        for serial in 0..10 {
+            let key = slab.insert(held(&listener, until, serial));
+            deadlines.push(until, key, serial);
+        }
+        let comer = held(&listener, until, 10);
+        let mut comer = Some(comer);
+        for serial in 10..10_010u64 {
+            let mut h = comer.take().expect("back");
+            h.serial = serial;
+            let key = slab.insert(h);
+            deadlines.push(until, key, serial);
+            deadlines.compact(&slab);
+            let kept = deadlines.0.len();
+            assert!(
+                kept <= 2 * slab.len() + 64,
+                "{kept} deadlines for {} parked",
+                slab.len()
+            );
+            comer = Some(slab.remove(key));
+        }
+        // Past the deadline, exactly the ten still parked come up, each once.
+        let mut due = Vec::new();
+        while let Some((key, serial)) = deadlines.pop_due(until) {
+            if slab.get(key).is_some_and(|h: &Held| h.serial == serial) {
+                due.push(serial);
+            }
+        }
+        due.sort_unstable();
+        assert_eq!(due, (0..10).collect::<Vec<_>>());
+    }
 }
