@@ -444,9 +444,9 @@ async fn an_idle_plain_connection_is_parked_then_served_again_or_closed_at_its_d
     let upstream = Upstream::start("mem").await;
     let ws = Workspace::new();
     let extra = "  max_connections_per_ip: 10000\n  keepalive_timeout: 4s\n";
-    let (_sf, port) = edge_with(&ws, false, &upstream, extra).await;
+    let (sf, port) = edge_with(&ws, false, &upstream, extra).await;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let pid = _sf.pid();
+    let pid = sf.pid();
     let closed_after = tokio::task::spawn_blocking(move || {
         let open = || {
             let mut s = tcp(addr);

@@ -439,9 +439,9 @@ impl FastPath {
             }
             let waiting = conn.buf.is_empty();
             // A plain connection with nothing read parks after a short wait: see crate::park.
-            let parks_at = (C::PARKS && idle && waiting)
-                .then(|| tokio::time::Instant::now() + crate::park::AFTER)
-                .filter(|at| *at < deadline);
+            // Waiting, the deadline is the keep-alive's from now: no second clock read.
+            let parks_at = (C::PARKS && idle && waiting && crate::park::AFTER < keepalive)
+                .then(|| deadline - keepalive + crate::park::AFTER);
             let read = async {
                 if idle {
                     read_first(&mut *conn.client, &mut conn.buf, room).await
